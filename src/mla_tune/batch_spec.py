@@ -1,0 +1,78 @@
+"""The batch-spec grammar of vLLM's attention benchmarks, as pure functions.
+
+A spec is ``_``-separated segments ``[count]q<q_len>[k][s<kv_len>[k]]``: ``64q1s4k`` is 64 requests of one
+new token over 4096 tokens of context, ``q2k`` one prefill of 2048 tokens (``kv_len`` defaults to ``q_len``),
+``2q2k_32q1s1k`` a mixed batch. ``k`` multiplies by 1024. ``parse(format(shape)) == shape`` for every shape.
+"""
+
+from __future__ import annotations
+
+import re
+from itertools import groupby
+
+from .errors import BatchSpecError
+from .types import Request, Shape
+
+_SEGMENT = re.compile(r"(\d*)q(\d+)(k?)(?:s(\d+)(k?))?")
+SPEC_DECODE_MAX_Q = 16  # extends with at most this many new tokens are speculative-decode verifications
+
+
+def _size(digits: str, k: str) -> int:
+    return int(digits) * (1024 if k else 1)
+
+
+def parse(spec: str) -> Shape:
+    """Parse a batch spec; raises ``BatchSpecError`` naming the first bad segment."""
+    if not spec or not spec.strip():
+        raise BatchSpecError(spec, spec, "empty spec")
+    requests: list[Request] = []
+    for seg in spec.split("_"):
+        m = _SEGMENT.fullmatch(seg)
+        if not m:
+            raise BatchSpecError(spec, seg, "expected [count]q<len>[k][s<len>[k]], e.g. 64q1s4k")
+        count = int(m.group(1)) if m.group(1) else 1
+        q_len = _size(m.group(2), m.group(3))
+        kv_len = _size(m.group(4), m.group(5)) if m.group(4) else q_len
+        if count < 1:
+            raise BatchSpecError(spec, seg, "count must be at least 1")
+        if q_len < 1:
+            raise BatchSpecError(spec, seg, "q_len must be at least 1")
+        if kv_len < q_len:
+            raise BatchSpecError(spec, seg, f"kv_len {kv_len} is shorter than q_len {q_len}")
+        requests.extend([Request(q_len, kv_len)] * count)
+    return Shape(tuple(requests))
+
+
+def _fmt_size(n: int) -> str:
+    return f"{n // 1024}k" if n % 1024 == 0 else str(n)
+
+
+def format(shape: Shape) -> str:  # noqa: A001 - the grammar's own verb, paired with parse
+    """The canonical spec of a shape: consecutive equal requests grouped, sizes in k where exact."""
+    segments = []
+    for req, group in groupby(shape.requests):
+        count = sum(1 for _ in group)
+        seg = f"{count if count > 1 else ''}q{_fmt_size(req.q_len)}"
+        if req.kv_len != req.q_len:
+            seg += f"s{_fmt_size(req.kv_len)}"
+        segments.append(seg)
+    return "_".join(segments)
+
+
+def canonical(spec: str) -> str:
+    """``64q1s4096`` -> ``64q1s4k``: one name per shape, so studies and tables never split."""
+    return format(parse(spec))
+
+
+def request_kind(req: Request) -> str:
+    if req.q_len == 1:
+        return "decode"
+    if req.q_len == req.kv_len:
+        return "prefill"
+    return "spec-decode" if req.q_len <= SPEC_DECODE_MAX_Q else "extend"
+
+
+def classify(shape: Shape) -> str:
+    """``decode``, ``spec-decode``, ``extend``, ``prefill`` or ``mixed`` (several kinds in one batch)."""
+    kinds = {request_kind(r) for r in shape.requests}
+    return kinds.pop() if len(kinds) == 1 else "mixed"

@@ -1,0 +1,306 @@
+"""Search spaces (``search_spaces/<BACKEND>.yaml``): validation, per-shape relevance, expansion, defaults.
+
+The parameters are not independent. Which of them matter depends on the batch shape and on each other, the
+way vLLM's own code paths do: the reorder threshold splits a batch into a decode part and a prefill part; the
+prefill backend only matters when there is a prefill part, the split knobs only when there is a decode part;
+vLLM replays full CUDA graphs only for uniform decode batches of at most ``CUDAGRAPH_MAX_TOKENS`` tokens; and
+the flash-attn split cap only applies under such a graph. ``resolve`` walks the parameters in that order and
+fixes the ones that do not matter, so every config it returns is one that serving really runs, and two
+configs that run the same kernels compare equal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from . import _yaml
+from .data import search_spaces_dir
+from .errors import DataFileError, UnknownNameError
+from .types import ParamValue, Shape
+
+BACKENDS = ("CUTLASS_MLA", "FLASHMLA", "FLASH_ATTN_MLA", "TRITON_MLA", "FLASHINFER_MLA")
+PREFILL_BACKENDS = ("auto", "fa2", "fa3", "fa4", "flashinfer", "cudnn", "trtllm")
+CUDAGRAPH_MAX_TOKENS = 512  # vLLM's default max_cudagraph_capture_size
+# vLLM's AttentionCGSupport levels, weakest first.
+CUDA_GRAPH_SUPPORT = ("never", "uniform_single_token_decode", "uniform_batch", "always")
+
+# The parameters mla-tune knows how to apply, in the order `resolve` decides them, with the backends
+# whose vLLM code has the knob.
+KNOWN_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "reorder_batch_threshold": ("FLASHMLA", "FLASH_ATTN_MLA", "FLASHINFER_MLA"),
+    "prefill_backend": BACKENDS,
+    "num_kv_splits": ("CUTLASS_MLA", "TRITON_MLA"),
+    "cuda_graphs": ("CUTLASS_MLA", "FLASHMLA", "FLASH_ATTN_MLA", "FLASHINFER_MLA"),
+    "max_num_splits": ("FLASH_ATTN_MLA",),
+}
+_TYPES = ("int", "categorical", "bool")
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    type: str
+    default: ParamValue
+    choices: tuple[ParamValue, ...] | None = None
+    low: int | None = None
+    high: int | None = None
+    log: bool = False
+    step: int = 1
+    description: str = ""
+    affects_decode: bool = False  # prefill_backend on FLASH_ATTN_MLA: the flash-attn version drives decode too
+
+    def values(self) -> tuple[ParamValue, ...]:
+        """Every value, in order: the grid an exhaustive search walks."""
+        if self.type == "bool":
+            return (False, True)
+        if self.choices is not None:
+            return self.choices
+        assert self.low is not None and self.high is not None
+        return tuple(range(self.low, self.high + 1, self.step))
+
+    def contains(self, value: Any) -> bool:
+        if self.type == "bool":
+            return isinstance(value, bool)
+        if isinstance(value, bool):
+            return False
+        if self.choices is not None:
+            return value in self.choices
+        return isinstance(value, int) and self.low <= value <= self.high and (value - self.low) % self.step == 0
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    backend: str
+    description: str
+    cuda_graph_support: str
+    parameters: tuple[Parameter, ...]
+    path: str = ""
+
+    def __getitem__(self, name: str) -> Parameter:
+        for p in self.parameters:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        return any(p.name == name for p in self.parameters)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.parameters)
+
+    def defaults(self) -> dict[str, ParamValue]:
+        """vLLM's own settings: the baseline every tuned config is compared against."""
+        return {p.name: p.default for p in self.parameters}
+
+    def threshold(self, params: dict[str, ParamValue]) -> int:
+        """The reorder threshold a config runs with (1, vLLM's fixed value, where the backend has no knob)."""
+        value = params.get("reorder_batch_threshold", self["reorder_batch_threshold"].default
+                           if "reorder_batch_threshold" in self else 1)
+        return int(value)
+
+    def graphable(self, shape: Shape, threshold: int) -> bool:
+        """Would vLLM replay a full CUDA graph for this batch? Uniform decode, small enough, supported."""
+        if any(r.q_len > threshold for r in shape.requests) or shape.num_tokens > CUDAGRAPH_MAX_TOKENS:
+            return False
+        q_lens = {r.q_len for r in shape.requests}
+        level = CUDA_GRAPH_SUPPORT.index(self.cuda_graph_support)
+        if level >= CUDA_GRAPH_SUPPORT.index("uniform_batch"):
+            return len(q_lens) == 1
+        if level == CUDA_GRAPH_SUPPORT.index("uniform_single_token_decode"):
+            return q_lens == {1}
+        return False
+
+    def resolve(self, shape: Shape, choose: Callable[[Parameter], ParamValue]) -> dict[str, ParamValue]:
+        """Walk the parameters in dependency order, asking ``choose`` only for those that matter here.
+
+        Returns the full config that is run. Parameters that do not matter for ``shape`` get the value
+        that serving runs with (``cuda_graphs`` False where vLLM would not graph the batch, else the default),
+        and the threshold is replaced by the representative of its class (see ``_threshold_class``).
+        """
+        config: dict[str, ParamValue] = {}
+        if "reorder_batch_threshold" in self:
+            p = self["reorder_batch_threshold"]
+            config[p.name] = (self._threshold_class(shape, int(choose(p)))
+                              if any(r.q_len > 1 for r in shape.requests) else p.default)
+        threshold = self.threshold(config)
+        if "prefill_backend" in self:
+            p = self["prefill_backend"]
+            matters = p.affects_decode or shape.prefill_requests(threshold)
+            config[p.name] = choose(p) if matters else p.default
+        if "num_kv_splits" in self:
+            p = self["num_kv_splits"]
+            config[p.name] = choose(p) if shape.decode_requests(threshold) else p.default
+        graphed = False
+        if "cuda_graphs" in self:
+            p = self["cuda_graphs"]
+            graphed = bool(choose(p)) if self.graphable(shape, threshold) else False
+            config[p.name] = graphed
+        if "max_num_splits" in self:
+            p = self["max_num_splits"]
+            config[p.name] = choose(p) if graphed else p.default
+        return config
+
+    def _threshold_class(self, shape: Shape, value: int) -> int:
+        """Thresholds that split the batch the same way run the same kernels: return one per class.
+
+        The representative is vLLM's default where it is in the class (so "no change" reads as no change),
+        else the largest value of the class, which is the least change from the default downwards.
+        """
+        p = self["reorder_batch_threshold"]
+        key = _split_key(shape, value)
+        same = [v for v in p.values() if _split_key(shape, int(v)) == key]
+        return int(p.default) if p.default in same else int(max(same))
+
+    def default_config(self, shape: Shape) -> dict[str, ParamValue]:
+        """The baseline as it runs for ``shape``."""
+        return self.resolve(shape, lambda p: p.default)
+
+    def expand(self, shape: Shape) -> list[dict[str, ParamValue]]:
+        """Every distinct config that runs differently for ``shape``; the baseline first."""
+        seen: dict[tuple, dict[str, ParamValue]] = {}
+        base = self.default_config(shape)
+        seen[config_key(base)] = base
+        for config in self._walk(shape):
+            seen.setdefault(config_key(config), config)
+        return list(seen.values())
+
+    def _walk(self, shape: Shape) -> Iterator[dict[str, ParamValue]]:
+        # Enumerate by replaying `resolve` with every combination of answers to the questions it asks.
+        stack: list[tuple[ParamValue, ...]] = [()]
+        while stack:
+            prefix = stack.pop()
+            asked: list[Parameter] = []
+
+            def choose(p: Parameter, prefix=prefix, asked=asked) -> ParamValue:
+                asked.append(p)
+                return prefix[len(asked) - 1] if len(asked) <= len(prefix) else p.values()[0]
+
+            config = self.resolve(shape, choose)
+            if len(asked) <= len(prefix):
+                yield config
+                continue
+            nxt = asked[len(prefix)]
+            stack.extend(prefix + (v,) for v in reversed(nxt.values()))
+
+    def restrict(self, name: str, allowed: Iterable[ParamValue], why: str = "") -> SearchSpace:
+        """The space without the values of ``name`` outside ``allowed`` (e.g. prefill kernels this GPU lacks).
+
+        The default always stays: it is the baseline, and vLLM runs it whatever the GPU.
+        """
+        if name not in self:
+            return self
+        p = self[name]
+        keep = tuple(v for v in p.values() if v in set(allowed) or v == p.default)
+        params = tuple(replace(q, type="categorical" if q.type != "bool" else q.type, choices=keep,
+                               low=None, high=None) if q.name == name else q for q in self.parameters)
+        return replace(self, parameters=params)
+
+    def size(self, shape: Shape) -> int:
+        return len(self.expand(shape))
+
+
+def _split_key(shape: Shape, threshold: int) -> tuple[bool, ...]:
+    return tuple(r.q_len <= threshold for r in shape.requests)
+
+
+def config_key(config: dict[str, ParamValue]) -> tuple:
+    return tuple(sorted(config.items()))
+
+
+def format_config(config: dict[str, ParamValue]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(config.items())) or "(defaults)"
+
+
+def _parameter(path: Path, backend: str, name: str, raw: Any) -> Parameter:
+    where = f"parameters.{name}"
+    if name not in KNOWN_PARAMETERS:
+        raise DataFileError(str(path), where, f"unknown parameter; known: {', '.join(KNOWN_PARAMETERS)}")
+    if backend not in KNOWN_PARAMETERS[name]:
+        raise DataFileError(str(path), where, f"does not apply to {backend}; it applies to "
+                            f"{', '.join(KNOWN_PARAMETERS[name])}")
+    raw = _yaml.check_keys(path, where, raw, ["type", "default"],
+                           ["choices", "low", "high", "log", "step", "description", "affects_decode"])
+    ptype = raw["type"]
+    if ptype not in _TYPES:
+        raise DataFileError(str(path), f"{where}.type", f"is {ptype!r}; allowed: {', '.join(_TYPES)}")
+    choices = raw.get("choices")
+    if choices is not None:
+        _yaml.expect(path, f"{where}.choices", choices, list, "a list")
+        if not choices or len(set(map(repr, choices))) != len(choices):
+            raise DataFileError(str(path), f"{where}.choices", "must be a non-empty list without repeats")
+        choices = tuple(choices)
+    param = Parameter(name, ptype, raw["default"], choices, raw.get("low"), raw.get("high"),
+                      bool(raw.get("log", False)), raw.get("step", 1), str(raw.get("description", "")),
+                      bool(raw.get("affects_decode", False)))
+    _check_parameter(path, where, param)
+    return param
+
+
+def _check_parameter(path: Path, where: str, p: Parameter) -> None:
+    if p.type == "bool":
+        if p.choices is not None or p.low is not None or p.high is not None:
+            raise DataFileError(str(path), where, "a bool takes no choices or range")
+    elif p.type == "categorical":
+        if p.choices is None:
+            raise DataFileError(str(path), f"{where}.choices", "a categorical needs choices")
+    else:  # int
+        if (p.choices is None) == (p.low is None or p.high is None):
+            raise DataFileError(str(path), where, "an int needs either choices or low and high")
+        if p.choices is not None:
+            for c in p.choices:
+                _yaml.expect(path, f"{where}.choices", c, int, "integers")
+        else:
+            _yaml.expect(path, f"{where}.low", p.low, int, "an integer")
+            _yaml.expect(path, f"{where}.high", p.high, int, "an integer")
+            _yaml.expect(path, f"{where}.step", p.step, int, "an integer")
+            if p.low > p.high or p.step < 1 or (p.log and p.low < 1):
+                raise DataFileError(str(path), where, f"bad range low={p.low} high={p.high} step={p.step}"
+                                    + (" (log needs low >= 1)" if p.log else ""))
+            if p.log and p.step != 1:
+                raise DataFileError(str(path), f"{where}.step", "a log range takes no step")
+    if p.name == "prefill_backend":
+        bad = [c for c in p.values() if c not in PREFILL_BACKENDS]
+        if bad:
+            raise DataFileError(str(path), f"{where}.choices", f"unknown prefill backend {bad[0]!r}; "
+                                f"known: {', '.join(PREFILL_BACKENDS)}")
+    if not p.contains(p.default):
+        raise DataFileError(str(path), f"{where}.default", f"{p.default!r} is outside the parameter's values")
+
+
+def load_space_file(path: Path) -> SearchSpace:
+    data = _yaml.check_keys(path, "", _yaml.load(path),
+                            ["schema_version", "backend", "parameters"], ["description", "cuda_graph_support"])
+    backend = data["backend"]
+    if backend not in BACKENDS:
+        raise DataFileError(str(path), "backend", f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    support = data.get("cuda_graph_support", "never")
+    if support not in CUDA_GRAPH_SUPPORT:
+        raise DataFileError(str(path), "cuda_graph_support",
+                            f"is {support!r}; allowed: {', '.join(CUDA_GRAPH_SUPPORT)}")
+    raw_params = _yaml.expect(path, "parameters", data["parameters"] or {}, dict, "a mapping")
+    params = {name: _parameter(path, backend, name, raw) for name, raw in raw_params.items()}
+    ordered = tuple(params[n] for n in KNOWN_PARAMETERS if n in params)
+    if "cuda_graphs" in params and support == "never":
+        raise DataFileError(str(path), "parameters.cuda_graphs", "backend has cuda_graph_support: never")
+    return SearchSpace(backend, str(data.get("description", "")), support, ordered, str(path))
+
+
+def load_space(backend: str, directory: Path | None = None) -> SearchSpace:
+    directory = directory or search_spaces_dir()
+    if backend not in BACKENDS:
+        raise UnknownNameError("backend", backend, BACKENDS)
+    path = directory / f"{backend}.yaml"
+    space = load_space_file(path)
+    if space.backend != backend:
+        raise DataFileError(str(path), "backend", f"says {space.backend}, the file name says {backend}")
+    return space
+
+
+def space_size_log10(space: SearchSpace) -> float:
+    """Rough size of the unconditioned product, for listings."""
+    return sum(math.log10(len(p.values())) for p in space.parameters)

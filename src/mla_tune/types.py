@@ -1,0 +1,205 @@
+"""Frozen value types shared by every layer: requests, shapes, MLA dims, cases, measurements, environments."""
+
+from __future__ import annotations
+
+import enum
+import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+ParamValue = Union[int, str, bool]
+
+
+@dataclass(frozen=True, order=True)
+class Request:
+    """One request of a batch: ``q_len`` new tokens attending over ``kv_len`` tokens (context + new)."""
+
+    q_len: int
+    kv_len: int
+
+    @property
+    def context_len(self) -> int:
+        return self.kv_len - self.q_len
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A batch of requests, in the order the batch spec gives them."""
+
+    requests: tuple[Request, ...]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(r.q_len for r in self.requests)
+
+    @property
+    def max_q_len(self) -> int:
+        return max(r.q_len for r in self.requests)
+
+    @property
+    def max_kv_len(self) -> int:
+        return max(r.kv_len for r in self.requests)
+
+    def decode_requests(self, threshold: int) -> tuple[Request, ...]:
+        """Requests vLLM sends down the decode pipeline when its reorder threshold is ``threshold``."""
+        return tuple(r for r in self.requests if r.q_len <= threshold)
+
+    def prefill_requests(self, threshold: int) -> tuple[Request, ...]:
+        return tuple(r for r in self.requests if r.q_len > threshold)
+
+
+@dataclass(frozen=True)
+class MLADims:
+    """The attention dimensions one GPU sees: query heads after tensor parallelism, latent ranks, head dims."""
+
+    model: str
+    tp: int
+    num_q_heads: int
+    kv_lora_rank: int
+    qk_rope_head_dim: int
+    qk_nope_head_dim: int
+    v_head_dim: int
+    q_lora_rank: int | None = None
+
+    @property
+    def head_size(self) -> int:
+        """Width of one latent cache entry (the compressed KV plus the rope part)."""
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}-tp{self.tp}"
+
+
+def freeze_params(params: Mapping[str, ParamValue]) -> tuple[tuple[str, ParamValue], ...]:
+    """Parameters as a sorted tuple, so that cases hash and compare by value."""
+    return tuple(sorted(params.items()))
+
+
+@dataclass(frozen=True)
+class Case:
+    """What a runner measures: one backend, one batch shape, one setting of the tunable parameters."""
+
+    backend: str
+    shape: Shape
+    dims: MLADims
+    params: tuple[tuple[str, ParamValue], ...] = ()
+    kv_cache_dtype: str = "auto"
+
+    @property
+    def param_dict(self) -> dict[str, ParamValue]:
+        return dict(self.params)
+
+    def with_params(self, params: Mapping[str, ParamValue]) -> Case:
+        return Case(self.backend, self.shape, self.dims, freeze_params(params), self.kv_cache_dtype)
+
+
+class Status(str, enum.Enum):
+    """How a measurement ended. Only ``OK`` carries samples; the rest say why in ``message``."""
+
+    OK = "ok"
+    UNSUPPORTED = "unsupported"
+    OOM = "oom"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """The outcome of measuring one case: raw per-call latencies in milliseconds, or a failure kept as data."""
+
+    status: Status
+    samples_ms: tuple[float, ...] = ()
+    message: str = ""
+    rel_err: float | None = None
+    details: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.status is Status.OK and not self.samples_ms:
+            raise ValueError("an ok measurement needs samples")
+        if self.status is not Status.OK and not self.message:
+            raise ValueError(f"a {self.status.value} measurement needs a message")
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.samples_ms)
+
+    @property
+    def spread(self) -> float:
+        """Inter-quartile range over the median: the relative noise of one sample."""
+        if len(self.samples_ms) < 4:
+            return 0.0
+        q1, _, q3 = statistics.quantiles(self.samples_ms, n=4)
+        return (q3 - q1) / self.median_ms
+
+    @classmethod
+    def failed(cls, status: Status, message: str, **details: str) -> Measurement:
+        return cls(status, (), message, None, tuple(sorted(details.items())))
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Where measurements come from: the GPU, the software versions and the runner (provenance)."""
+
+    runner: str
+    gpu_name: str
+    compute_capability: str
+    sm_count: int
+    driver: str = "unknown"
+    cuda: str = "unknown"
+    torch: str = "unknown"
+    vllm: str = "unknown"
+    mla_tune: str = "unknown"
+    recorded: str | None = None
+    extra: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def gpu_short(self) -> str:
+        """``NVIDIA H100 80GB HBM3`` -> ``H100``: the part of a study name that says which GPU."""
+        words = [w for w in self.gpu_name.replace("NVIDIA", "").split() if w]
+        return words[0] if words else "GPU"
+
+    @property
+    def fingerprint(self) -> str:
+        """The GPU part of study names; replayed studies never share names with measured ones."""
+        base = self.gpu_short
+        return f"{base}-replay" if self.runner == "replay" else base
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "runner": self.runner,
+            "gpu": {"name": self.gpu_name, "compute_capability": self.compute_capability,
+                    "sm_count": self.sm_count},
+            "driver": self.driver, "cuda": self.cuda, "torch": self.torch, "vllm": self.vllm,
+            "mla_tune": self.mla_tune,
+        }
+        if self.recorded:
+            d["recorded"] = self.recorded
+        if self.extra:
+            d["extra"] = dict(self.extra)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Environment:
+        gpu = d["gpu"]
+        return cls(runner=d["runner"], gpu_name=gpu["name"],
+                   compute_capability=str(gpu["compute_capability"]), sm_count=int(gpu["sm_count"]),
+                   driver=str(d.get("driver", "unknown")), cuda=str(d.get("cuda", "unknown")),
+                   torch=str(d.get("torch", "unknown")), vllm=str(d.get("vllm", "unknown")),
+                   mla_tune=str(d.get("mla_tune", "unknown")), recorded=d.get("recorded"),
+                   extra=tuple(sorted((str(k), str(v)) for k, v in (d.get("extra") or {}).items())))
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """Whether a decode or prefill backend can run with this runner, and if not, why."""
+
+    name: str
+    kind: str  # "decode" or "prefill"
+    available: bool
+    reason: str = ""
