@@ -1,0 +1,195 @@
+"""The public API: what the CLI calls and what users script. Never prints; raises ``MlaTuneError``s."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import StudyNotFoundError, UnknownNameError, UsageError
+from .models import get_model, load_models
+from .plan import KV_CACHE_DTYPES, OBJECTIVES, StudyRequest, plan
+from .runners import Runner, make_runner
+from .sampling import SAMPLERS
+from .space import BACKENDS, SearchSpace, load_space
+from .storage import parse_storage
+from .summary import StudySummary
+from .types import BackendStatus, Environment
+from .workloads import Workload, get_workload, load_workloads
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    storage: str
+    environment: Environment
+    summaries: list[StudySummary]
+    excluded: dict[str, str] = field(default_factory=dict)  # prefill backends left out here, with reasons
+
+
+def build_request(*, backend: str, workload: str, model: str = "deepseek-v3", tp: int = 1,
+                  kv_cache_dtype: str = "auto", objective: str = "per-shape", sampler: str = "auto",
+                  n_trials: int | None = None, timeout_s: float | None = None, seed: int | None = 0,
+                  confirm_top: int = 3, confirm_rounds: int = 6) -> tuple[StudyRequest, SearchSpace]:
+    """Validate every name and number of a study request; nothing is opened or written."""
+    if backend not in BACKENDS:
+        raise UnknownNameError("backend", backend, BACKENDS)
+    if sampler not in SAMPLERS:
+        raise UnknownNameError("sampler", sampler, SAMPLERS)
+    if objective not in OBJECTIVES:
+        raise UnknownNameError("objective", objective, OBJECTIVES)
+    if kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise UnknownNameError("kv-cache dtype", kv_cache_dtype, KV_CACHE_DTYPES)
+    if n_trials is not None and n_trials < 1:
+        raise UsageError(f"--trials must be at least 1, got {n_trials}")
+    if timeout_s is not None and timeout_s <= 0:
+        raise UsageError(f"--timeout must be positive, got {timeout_s}")
+    if confirm_rounds < 2:
+        raise UsageError(f"confirmation needs at least 2 rounds, got {confirm_rounds}")
+    space = load_space(backend)
+    wl = get_workload(workload)
+    dims = get_model(model, tp)
+    return StudyRequest(backend, wl, dims, kv_cache_dtype, objective, sampler, n_trials, timeout_s, seed,
+                        confirm_top, confirm_rounds), space
+
+
+@contextlib.contextmanager
+def open_runner(runner: str | Runner) -> Iterator[Runner]:
+    """A runner from its name (``vllm``, ``replay:PATH``), closed afterwards; a given instance is left open."""
+    if isinstance(runner, str):
+        r = make_runner(runner)
+        try:
+            yield r
+        finally:
+            r.close()
+    else:
+        yield runner
+
+
+def require_backend(runner: Runner, backend: str) -> None:
+    from .errors import RunnerUnavailableError
+
+    st = runner.backend_status(backend, "decode")
+    if not st.available:
+        raise RunnerUnavailableError(f"{backend} cannot run here: {st.reason}",
+                                     hint="`mla-tune backends` lists what can")
+
+
+def run_study(*, backend: str, workload: str, model: str = "deepseek-v3", tp: int = 1,
+              kv_cache_dtype: str = "auto", objective: str = "per-shape", sampler: str = "auto",
+              n_trials: int | None = None, timeout_s: float | None = None, storage: str | None = None,
+              runner: str | Runner = "vllm", seed: int | None = 0, confirm_top: int = 3, confirm_rounds: int = 6,
+              progress: Callable[[Any], None] | None = None) -> StudyOutcome:
+    """Run (or resume) the studies of one workload, confirm their winners, and summarize them.
+
+    Order matters for "bad input writes nothing": names are validated, the runner is made and asked whether
+    the backend runs here, and only then is the storage opened (created) and a study written.
+    """
+    from .confirm import confirm
+    from .storage import open_storage
+    from .study import check_space_available, run_trials
+    from .summary import summarize
+
+    request, space = build_request(backend=backend, workload=workload, model=model, tp=tp,
+                                   kv_cache_dtype=kv_cache_dtype, objective=objective, sampler=sampler,
+                                   n_trials=n_trials, timeout_s=timeout_s, seed=seed, confirm_top=confirm_top,
+                                   confirm_rounds=confirm_rounds)
+    spec = parse_storage(storage)
+    with open_runner(runner) as r:
+        require_backend(r, backend)
+        env = r.environment()
+        space, excluded = check_space_available(space, r)
+        store = open_storage(spec, create=True)
+        summaries = []
+        for target in plan(request, env, space):
+            study = run_trials(target, store, r, env, progress)
+            confirm(study, target, r, env, progress)
+            summaries.append(summarize(study))
+    return StudyOutcome(spec.display, env, summaries, excluded)
+
+
+def find_studies(*, storage: str | None = None, backend: str | None = None, model: str | None = None,
+                 tp: int | None = None, kv_cache_dtype: str | None = None, workload: str | None = None,
+                 gpu: str | None = None) -> list[StudySummary]:
+    """Summaries of the stored studies that match every filter given."""
+    from .storage import open_storage
+    from .summary import load_summaries
+
+    store = open_storage(parse_storage(storage), create=False)
+    wl: Workload | None = get_workload(workload) if workload else None
+    out = []
+    for s in load_summaries(store):
+        a = s.attrs
+        if backend and a.get("backend") != backend:
+            continue
+        if model and a.get("model", {}).get("model") != model:
+            continue
+        if tp is not None and a.get("model", {}).get("tp") != tp:
+            continue
+        if kv_cache_dtype and a.get("kv_cache_dtype") != kv_cache_dtype:
+            continue
+        if gpu and s.name.split("/", 1)[0] != gpu:
+            continue
+        if wl and s.label not in wl.specs and s.label != f"mix:{wl.name}":
+            continue
+        out.append(s)
+    return out
+
+
+def export_table(output: Path, *, storage: str | None = None, backend: str, model: str = "deepseek-v3",
+                 tp: int = 1, kv_cache_dtype: str = "auto", workload: str | None = None,
+                 gpu: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """Write the tuning table of the matching studies to ``output`` (atomically); returns it too."""
+    from .export import write_table
+    from .table import build_table
+
+    if backend not in BACKENDS:
+        raise UnknownNameError("backend", backend, BACKENDS)
+    get_model(model, tp)
+    found = find_studies(storage=storage, backend=backend, model=model, tp=tp, kv_cache_dtype=kv_cache_dtype,
+                         workload=workload, gpu=gpu)
+    if not found:
+        raise StudyNotFoundError(f"no {backend} studies for {model} tp{tp} (kv {kv_cache_dtype})"
+                                 + (f" and workload {workload}" if workload else "") + " in this storage",
+                                 hint="`mla-tune show` lists the stored studies")
+    gpus = sorted({s.name.split("/", 1)[0] for s in found})
+    if len(gpus) > 1:
+        raise UsageError(f"studies from several GPUs match: {', '.join(gpus)}", hint="pick one with --gpu")
+    if workload:  # keep the workload's own order
+        order = {spec: i for i, spec in enumerate(get_workload(workload).specs)}
+        found.sort(key=lambda s: order.get(s.label, len(order)))
+    table = build_table(found)
+    return write_table(table, output), table
+
+
+def list_workloads() -> dict[str, Workload]:
+    return load_workloads()
+
+
+def list_spaces() -> dict[str, SearchSpace]:
+    return {b: load_space(b) for b in BACKENDS}
+
+
+def list_models() -> dict[str, Any]:
+    return load_models()
+
+
+def list_backends(runner: str | Runner = "vllm") -> tuple[Environment, tuple[BackendStatus, ...]]:
+    with open_runner(runner) as r:
+        return r.environment(), r.backends()
+
+
+def run_sweep(*, backend: str, workload: str, output: Path, model: str = "deepseek-v3", tp: int = 1,
+              kv_cache_dtype: str = "auto", runner: str | Runner = "vllm",
+              progress: Callable[[Any], None] | None = None) -> int:
+    """Record an exhaustive sweep (all raw samples) for the replay runner; resumes an interrupted file."""
+    from .study import check_space_available
+    from .sweep import run_sweep as _run
+
+    request, space = build_request(backend=backend, workload=workload, model=model, tp=tp,
+                                   kv_cache_dtype=kv_cache_dtype)
+    with open_runner(runner) as r:
+        require_backend(r, backend)
+        space, _ = check_space_available(space, r)
+        return _run(r, space, request.workload, request.dims, kv_cache_dtype, Path(output), progress)

@@ -1,0 +1,197 @@
+"""The ``mla-tune`` command line: thin Typer commands that parse, call ``api`` and render."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from . import __version__
+from .errors import MlaTuneError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Measure vLLM's MLA attention settings for your GPU, model and traffic; export tuning tables.")
+
+RUNNER_HELP = "vllm (this GPU) or replay:PATH (recorded sweeps, e.g. replay:results/sweeps/h100)"
+STORAGE_HELP = "journal file path, sqlite:///FILE or postgresql://... [default: results/studies.journal]"
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library errors into one line on stderr and a non-zero exit; Ctrl-C into a clean stop."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MlaTuneError as e:
+            typer.echo(f"mla-tune: error: {e}", err=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("mla-tune: interrupted; finished trials are kept, run the same command to resume", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.disable_default_handler()  # our own progress replaces Optuna's per-trial log lines
+
+
+@app.command()
+@handle_errors
+def study(
+    backend: str = typer.Option(..., help="decode backend, e.g. FLASH_ATTN_MLA"),
+    workload: str = typer.Option(..., help="named workload (mla-tune workloads) or spec:64q1s4k"),
+    model: str = typer.Option("deepseek-v3", help="model preset (mla-tune spaces --models)"),
+    tp: int = typer.Option(1, help="tensor parallelism: query heads per GPU = heads / tp"),
+    kv_cache_dtype: str = typer.Option("auto", help="auto (bf16) or fp8"),
+    trials: Optional[int] = typer.Option(None, help="trial budget per study, counting earlier runs [default 24]"),
+    timeout: Optional[float] = typer.Option(None, help="stop each study after this many seconds"),
+    sampler: str = typer.Option("auto", help="auto, tpe, grid or random"),
+    storage: Optional[str] = typer.Option(None, help=STORAGE_HELP),
+    runner: str = typer.Option("vllm", help=RUNNER_HELP),
+    objective: str = typer.Option("per-shape", help="per-shape (a study per shape) or mix (weighted sum)"),
+    seed: int = typer.Option(0, help="sampler seed"),
+    export: Optional[Path] = typer.Option(None, help="also write the tuning table to this YAML file"),
+) -> None:
+    """Tune one backend on one workload; re-running the same command resumes."""
+    from . import api
+    from .render import ProgressView, print_outcome
+
+    _quiet_optuna()
+    with ProgressView(_console(stderr=True)) as view:
+        outcome = api.run_study(backend=backend, workload=workload, model=model, tp=tp,
+                                kv_cache_dtype=kv_cache_dtype, objective=objective, sampler=sampler,
+                                n_trials=trials, timeout_s=timeout, storage=storage, runner=runner, seed=seed,
+                                progress=view.update)
+    print_outcome(_console(), outcome)
+    if export is not None:
+        path, table = api.export_table(export, storage=storage, backend=backend, model=model, tp=tp,
+                                       kv_cache_dtype=kv_cache_dtype, workload=workload,
+                                       gpu=outcome.environment.fingerprint)
+        typer.echo(f"wrote {path}")
+
+
+@app.command("export")
+@handle_errors
+def export_cmd(
+    output: Path = typer.Option(..., "--output", "-o", help="YAML file to write"),
+    backend: str = typer.Option(..., help="decode backend"),
+    model: str = typer.Option("deepseek-v3"),
+    tp: int = typer.Option(1),
+    kv_cache_dtype: str = typer.Option("auto"),
+    workload: Optional[str] = typer.Option(None, help="only this workload's shapes"),
+    gpu: Optional[str] = typer.Option(None, help="GPU part of the study names, e.g. H100 or H100-replay"),
+    storage: Optional[str] = typer.Option(None, help=STORAGE_HELP),
+) -> None:
+    """Write the confirmed best settings as a YAML tuning table."""
+    from . import api
+    from .render import print_table
+
+    path, table = api.export_table(output, storage=storage, backend=backend, model=model, tp=tp,
+                                   kv_cache_dtype=kv_cache_dtype, workload=workload, gpu=gpu)
+    print_table(_console(), table, str(path))
+
+
+@app.command()
+@handle_errors
+def show(
+    table: Optional[Path] = typer.Argument(None, help="a tuning table YAML; without it, the stored studies"),
+    storage: Optional[str] = typer.Option(None, help=STORAGE_HELP),
+    backend: Optional[str] = typer.Option(None),
+    workload: Optional[str] = typer.Option(None),
+) -> None:
+    """Print stored studies, or a tuning table, as a terminal table."""
+    from . import api
+    from .export import load_table
+    from .render import print_studies, print_table
+
+    if table is not None:
+        print_table(_console(), load_table(table), str(table))
+        return
+    print_studies(_console(), api.find_studies(storage=storage, backend=backend, workload=workload))
+
+
+@app.command()
+@handle_errors
+def workloads() -> None:
+    """List the named workloads and their shapes."""
+    from . import api
+    from .render import print_workloads
+
+    print_workloads(_console(), api.list_workloads())
+
+
+@app.command()
+@handle_errors
+def spaces(models: bool = typer.Option(False, "--models", help="list model presets instead")) -> None:
+    """List the search space of every backend (or the model presets)."""
+    from . import api
+    from .render import print_models, print_spaces
+
+    if models:
+        print_models(_console(), api.list_models())
+    else:
+        print_spaces(_console(), api.list_spaces())
+
+
+@app.command()
+@handle_errors
+def backends(runner: str = typer.Option("vllm", help=RUNNER_HELP)) -> None:
+    """Which decode and prefill backends can run here, and why not."""
+    from . import api
+    from .render import print_backends
+
+    env, statuses = api.list_backends(runner)
+    print_backends(_console(), env, statuses)
+
+
+@app.command()
+@handle_errors
+def sweep(
+    backend: str = typer.Option(...),
+    workload: str = typer.Option(...),
+    output: Path = typer.Option(..., "--output", "-o", help="sweep file (.jsonl); appended to, resumable"),
+    model: str = typer.Option("deepseek-v3"),
+    tp: int = typer.Option(1),
+    kv_cache_dtype: str = typer.Option("auto"),
+    runner: str = typer.Option("vllm", help=RUNNER_HELP),
+) -> None:
+    """Measure every config of a space (all raw samples): the recordings the replay runner plays back."""
+    from . import api
+    from .render import SweepView
+
+    with SweepView(_console(stderr=True), f"{backend} {workload} {model} tp{tp}") as view:
+        n = api.run_sweep(backend=backend, workload=workload, output=output, model=model, tp=tp,
+                          kv_cache_dtype=kv_cache_dtype, runner=runner, progress=view.update)
+    typer.echo(f"wrote {n} measurements to {output}")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mla-tune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True)) -> None:
+    """mla-tune: measure vLLM's MLA settings instead of trusting heuristics."""
+
+
+def main() -> None:
+    app(prog_name="mla-tune")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

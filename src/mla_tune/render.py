@@ -1,0 +1,156 @@
+"""Terminal rendering for the CLI: progress bars and tables (rich). The only module that formats for people."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .space import format_config
+from .stats import round_sig
+from .summary import StudySummary
+from .table import table_rows
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{round_sig(x, 4):g}"
+
+
+class ProgressView:
+    """One bar per study: trials done of the budget, best latency so far, speedup over vLLM's default."""
+
+    def __init__(self, console: Console) -> None:
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
+                                  transient=False)
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> ProgressView:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._progress.__exit__(*exc)
+
+    def update(self, p: Any) -> None:
+        if p.study not in self._tasks:
+            self._tasks[p.study] = self._progress.add_task(p.study, total=p.total, info="")
+        task = self._tasks[p.study]
+        if p.phase == "trial":
+            info = f"best {_ms(p.best_ms)} ms" + (f"  x{p.speedup:.3f} vs default" if p.speedup else "")
+            self._progress.update(task, completed=p.done, total=p.total, info=info)
+        elif p.phase == "confirm":
+            self._progress.update(task, info=f"confirming {p.done + 1}/{p.total} ({p.message})")
+        else:
+            self._progress.update(task, info=self._progress.tasks[task].fields["info"].split("  confirming")[0]
+                                  + "  confirmed")
+
+
+class SweepView:
+    def __init__(self, console: Console, title: str) -> None:
+        self._progress = Progress(TextColumn(title), BarColumn(), MofNCompleteColumn(),
+                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
+        self._task = None
+
+    def __enter__(self) -> SweepView:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._progress.__exit__(*exc)
+
+    def update(self, p: Any) -> None:
+        if self._task is None:
+            self._task = self._progress.add_task("sweep", total=p.total, info="")
+        info = f"{p.shape} {p.status}" + (f" {_ms(p.median_ms)} ms" if p.median_ms is not None else "")
+        self._progress.update(self._task, completed=p.done, total=p.total, info=info)
+
+
+def _env_line(env: dict[str, Any]) -> str:
+    gpu = env.get("gpu", {})
+    line = (f"{gpu.get('name')} (SM {gpu.get('compute_capability')}, {gpu.get('sm_count')} SMs), "
+            f"vLLM {env.get('vllm')}, torch {env.get('torch')}, CUDA {env.get('cuda')}, runner {env.get('runner')}")
+    return line + (f", recorded {env['recorded']}" if env.get("recorded") else "")
+
+
+def print_outcome(console: Console, outcome: Any) -> None:
+    console.print(f"storage: {outcome.storage}")
+    console.print(f"source:  {_env_line(outcome.environment.as_dict())}")
+    if outcome.excluded:
+        console.print("left out here: " + "; ".join(f"prefill {k} ({v})" for k, v in outcome.excluded.items()))
+    print_studies(console, outcome.summaries)
+
+
+def study_rows(summaries: list[StudySummary]) -> list[list[str]]:
+    rows = []
+    for s in summaries:
+        conf = s.confirmation or {}
+        win = conf.get("winner")
+        cands = conf.get("candidates") or []
+        if win is not None:
+            c = cands[win]
+            verdict = f"x{c['speedup']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]"
+            params = format_config(c["configs"][0]) if len(c["configs"]) == 1 else f"trial {c['trial']}"
+        elif conf:
+            verdict, params = "default kept", "-"
+        else:
+            verdict, params = "not confirmed", "-"
+        base = (s.baseline or {}).get("value")
+        rows.append([s.name, str(s.measured), str(s.failed), _ms(base), _ms(s.best_value), verdict, params])
+    return rows
+
+
+def print_studies(console: Console, summaries: list[StudySummary]) -> None:
+    if not summaries:
+        console.print("no studies")
+        return
+    t = Table("study", "measured", "failed", "default ms", "best ms", "confirmed speedup", "tuned params")
+    for row in study_rows(summaries):
+        t.add_row(*row)
+    console.print(t)
+
+
+def print_table(console: Console, table: dict[str, Any], source: str) -> None:
+    m = table["model"]
+    console.print(f"{source}: {table['backend']} on {m['model']} tp{m['tp']} ({m['num_q_heads']} heads), "
+                  f"kv {table['kv_cache_dtype']}, block {table.get('block_size')}")
+    console.print(f"source: {_env_line(table['provenance'])}, date {table['provenance'].get('date')}")
+    t = Table("shape", "kind", "tuned", "params", "default ms", "best ms", "speedup", "95% CI")
+    for row in table_rows(table):
+        t.add_row(*row)
+    console.print(t)
+
+
+def print_workloads(console: Console, workloads: dict[str, Any]) -> None:
+    t = Table("workload", "shapes", "description")
+    for name, w in workloads.items():
+        t.add_row(name, " ".join(s.spec if s.weight == 1 else f"{s.spec}*{s.weight:g}" for s in w.shapes),
+                  w.description)
+    console.print(t)
+
+
+def print_spaces(console: Console, spaces: dict[str, Any]) -> None:
+    t = Table("backend", "parameter", "values", "vLLM default")
+    for backend, space in spaces.items():
+        for i, p in enumerate(space.parameters):
+            t.add_row(backend if i == 0 else "", p.name, " ".join(map(str, p.values())), str(p.default))
+    console.print(t)
+
+
+def print_models(console: Console, models: dict[str, Any]) -> None:
+    t = Table("model", "heads", "kv_lora_rank", "rope", "nope", "v", "aliases")
+    for name, m in models.items():
+        d = m.dims
+        t.add_row(name, str(d.num_q_heads), str(d.kv_lora_rank), str(d.qk_rope_head_dim), str(d.qk_nope_head_dim),
+                  str(d.v_head_dim), ", ".join(m.aliases))
+    console.print(t)
+
+
+def print_backends(console: Console, env: Any, statuses: Any) -> None:
+    console.print(f"source: {_env_line(env.as_dict())}")
+    t = Table("backend", "kind", "available", "reason")
+    for s in statuses:
+        t.add_row(s.name, s.kind, "yes" if s.available else "no", s.reason)
+    console.print(t)

@@ -1,0 +1,69 @@
+"""Pure statistics for latencies: medians, spread, paired speedups with a confidence interval."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; 1.96 beyond.
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042)
+
+
+def t95(dof: int) -> float:
+    if dof < 1:
+        raise ValueError("need at least one degree of freedom")
+    return _T95[dof - 1] if dof <= len(_T95) else 1.96
+
+
+def median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def relative_iqr(xs: Sequence[float]) -> float:
+    """Inter-quartile range over the median (0 for fewer than 4 samples)."""
+    if len(xs) < 4:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(xs, n=4)
+    return (q3 - q1) / statistics.median(xs)
+
+
+@dataclass(frozen=True)
+class PairedSpeedup:
+    """How much faster B is than A from paired rounds: ratio = A/B per round, geometric mean and 95% CI."""
+
+    speedup: float
+    ci_low: float
+    ci_high: float
+    rounds: int
+
+    @property
+    def significant(self) -> bool:
+        """True when the whole interval says B is faster: a gain distinguishable from noise."""
+        return self.ci_low > 1.0
+
+
+def paired_speedup(baseline_ms: Sequence[float], candidate_ms: Sequence[float]) -> PairedSpeedup:
+    """Speedup of candidate over baseline from per-round latencies measured back to back (A B A B ...).
+
+    Pairing cancels drift between rounds (clocks, temperature, neighbours): each round's ratio sees the same
+    conditions. The interval is Student's t on the log ratios.
+    """
+    if len(baseline_ms) != len(candidate_ms) or not baseline_ms:
+        raise ValueError("need the same, non-zero number of baseline and candidate rounds")
+    logs = [math.log(a / b) for a, b in zip(baseline_ms, candidate_ms)]
+    mean = statistics.fmean(logs)
+    if len(logs) < 2:
+        return PairedSpeedup(math.exp(mean), 0.0, math.inf, 1)
+    half = t95(len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return PairedSpeedup(math.exp(mean), math.exp(mean - half), math.exp(mean + half), len(logs))
+
+
+def round_sig(x: float, digits: int = 6) -> float:
+    """Stable floats for files people diff: ``digits`` significant digits."""
+    if x == 0 or not math.isfinite(x):
+        return x
+    return round(x, digits - 1 - int(math.floor(math.log10(abs(x)))))

@@ -1,0 +1,252 @@
+"""The Optuna glue: create or resume a study, run the objective through a runner, confirm the winners.
+
+Trial values are median latencies in milliseconds (a weighted sum over shapes for ``mix``). Each trial keeps
+its status, median, spread, sample count, raw samples, speedup over the baseline, the configs it ran and the
+runner's provenance as user attrs. A failed measurement fails the trial with its status and reason attached.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from .errors import UsageError
+from .plan import StudyTarget, config_set_key, study_attrs
+from .runners import Runner
+from .sampling import KEY_ATTR, make_sampler
+from .space import Parameter, SearchSpace
+from .stats import round_sig
+from .types import Case, Environment, Measurement, freeze_params
+
+DEFAULT_TRIALS = 24
+ATTRS_KEY = "mla_tune"
+METRIC = "latency_ms"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One step of a study, for progress bars: never printed by the library."""
+
+    study: str
+    phase: str  # "trial", "confirm", "done"
+    done: int
+    total: int | None
+    best_ms: float | None = None
+    speedup: float | None = None
+    message: str = ""
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+class MeasurementFailed(Exception):
+    """Raised inside the objective so that Optuna records the trial as failed (status kept in user attrs)."""
+
+
+def suggest(trial: Trial, p: Parameter) -> Any:
+    if p.type == "bool":
+        return trial.suggest_categorical(p.name, [False, True])
+    if p.choices is not None:
+        return trial.suggest_categorical(p.name, list(p.choices))
+    return trial.suggest_int(p.name, p.low, p.high, step=p.step, log=p.log)
+
+
+def trial_status(t: FrozenTrial) -> str | None:
+    return t.user_attrs.get("status")
+
+
+class Objective:
+    """Measures the configs a trial asks for; identical configs are measured once per study."""
+
+    def __init__(self, target: StudyTarget, runner: Runner, env: Environment, study: optuna.Study) -> None:
+        self.target, self.runner, self.env = target, runner, env
+        self.baseline_key = config_set_key(target.default_configs())
+        self._seen: dict[str, FrozenTrial] = {}
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+            if trial_status(t) and KEY_ATTR in t.user_attrs:  # interrupted trials have no status: redo them
+                self._seen.setdefault(t.user_attrs[KEY_ATTR], t)
+
+    def baseline_ms(self) -> float | None:
+        t = self._seen.get(self.baseline_key)
+        return t.value if t is not None and t.state == TrialState.COMPLETE else None
+
+    def __call__(self, trial: Trial) -> float:
+        configs = self.target.resolve(lambda p: suggest(trial, p))
+        key = config_set_key(configs)
+        trial.set_user_attr(KEY_ATTR, key)
+        if key == self.baseline_key:
+            trial.set_user_attr("role", "baseline")
+        if key in self._seen:  # same kernels as an earlier trial: reuse, don't spend GPU time
+            return self._reuse(trial, self._seen[key])
+        attrs, value = self._measure(configs)
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        frozen = _Recorded(key, value, attrs, trial.number)
+        self._seen[key] = frozen  # type: ignore[assignment]
+        if value is None:
+            raise MeasurementFailed(attrs["message"])
+        base = self.baseline_ms()
+        if base is not None:
+            trial.set_user_attr("speedup_vs_default", round_sig(base / value, 4))
+        return value
+
+    def _reuse(self, trial: Trial, earlier: Any) -> float:
+        trial.set_user_attr("duplicate_of", getattr(earlier, "number", None))
+        for k, v in earlier.user_attrs.items():
+            if k not in (KEY_ATTR, "role", "duplicate_of"):
+                trial.set_user_attr(k, v)
+        if earlier.value is None:
+            raise MeasurementFailed(earlier.user_attrs.get("message", "failed before"))
+        return earlier.value
+
+    def _measure(self, configs: list[dict]) -> tuple[dict[str, Any], float | None]:
+        """Measure every shape; the value is the weighted sum of medians (one shape: its median)."""
+        per_shape: dict[str, dict[str, Any]] = {}
+        total = 0.0
+        for ws, config in zip(self.target.shapes, configs):
+            r = self.target.request
+            case = Case(r.backend, ws.shape, r.dims, freeze_params(config), r.kv_cache_dtype)
+            m = self.runner.measure(case)
+            per_shape[ws.spec] = measurement_attrs(m, config)
+            if not m.ok:
+                attrs = {"status": m.status.value, "message": f"{ws.spec}: {m.message}", "shapes": per_shape,
+                         "provenance": self.env.as_dict()}
+                return attrs, None
+            total += ws.weight * m.median_ms
+        attrs: dict[str, Any] = {"status": "ok", "provenance": self.env.as_dict()}
+        if len(per_shape) == 1:
+            attrs.update(next(iter(per_shape.values())))
+        else:
+            attrs["shapes"] = per_shape
+        return attrs, round_sig(total)
+
+
+@dataclass
+class _Recorded:
+    """What the objective remembers of a trial it measured in this process (duck-types FrozenTrial)."""
+
+    key: str
+    value: float | None
+    user_attrs: dict[str, Any]
+    number: int | None = None
+    state: TrialState = TrialState.COMPLETE
+
+    def __post_init__(self) -> None:
+        if self.value is None:
+            self.state = TrialState.FAIL
+
+
+def measurement_attrs(m: Measurement, config: dict) -> dict[str, Any]:
+    attrs: dict[str, Any] = {"status": m.status.value, "config": dict(config)}
+    if m.ok:
+        attrs.update(median_ms=round_sig(m.median_ms), spread=round_sig(m.spread, 4), n_samples=len(m.samples_ms),
+                     samples_ms=[round_sig(x) for x in m.samples_ms])
+    else:
+        attrs["message"] = m.message
+    if m.rel_err is not None:
+        attrs["rel_err"] = round_sig(m.rel_err, 3)
+    if m.details:
+        attrs["details"] = dict(m.details)
+    return attrs
+
+
+def open_study(target: StudyTarget, storage: optuna.storages.BaseStorage, env: Environment,
+               sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    """Create the study or load it; refuse to mix trials from a different search space into it."""
+    study = optuna.create_study(study_name=target.name, storage=storage, sampler=sampler, direction="minimize",
+                                load_if_exists=True)
+    attrs = study_attrs(target, env)
+    existing = study.user_attrs.get(ATTRS_KEY)
+    if existing is None:
+        study.set_user_attr(ATTRS_KEY, attrs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([METRIC])
+    elif existing.get("space") != json.loads(json.dumps(attrs["space"])):
+        raise UsageError(f"study {target.name} was made with a different search space",
+                         hint="restore the YAML, or use another --storage for the new space")
+    return study
+
+
+def _measured(study: optuna.Study) -> list[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+            if trial_status(t)]
+
+
+def finished_count(study: optuna.Study) -> int:
+    """Trials that ended with a result (reused duplicates included; interrupted ones not)."""
+    return len(_measured(study))
+
+
+def measured_count(study: optuna.Study) -> int:
+    """Distinct configs measured: what the trial budget counts, since a repeated config costs no GPU time."""
+    return sum(1 for t in _measured(study) if "duplicate_of" not in t.user_attrs)
+
+
+def best_ok_trial(study: optuna.Study) -> FrozenTrial | None:
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    return min(done, key=lambda t: t.value) if done else None
+
+
+def run_trials(target: StudyTarget, storage: optuna.storages.BaseStorage, runner: Runner, env: Environment,
+               progress: ProgressFn | None = None) -> optuna.Study:
+    """Run (or resume) the trials of one study up to its budget. Ctrl-C propagates after the trial is recorded."""
+    r = target.request
+    answers, keys = target.enumerate()
+    budget = r.n_trials if r.n_trials is not None else (None if r.timeout_s else DEFAULT_TRIALS)
+    sampler, _chosen = make_sampler(r.sampler, space_size=len(keys), budget=budget, targets=answers, keys=keys,
+                                    seed=r.seed)
+    study = open_study(target, storage, env, sampler)
+    if not study.get_trials(deepcopy=False):
+        study.enqueue_trial(answers[0], user_attrs={"role": "baseline"})
+    objective = Objective(target, runner, env, study)
+    limit = min(budget, len(keys)) if budget is not None else len(keys)
+    max_calls = 4 * limit + 10  # TPE can keep proposing measured configs once the good region is exhausted
+    calls = 0
+
+    def on_trial(st: optuna.Study, t: FrozenTrial) -> None:
+        nonlocal calls
+        calls += 1
+        done = measured_count(st)
+        if done >= limit or calls >= max_calls:
+            st.stop()
+        if progress:
+            best = best_ok_trial(st)
+            base = objective.baseline_ms()
+            progress(Progress(target.name, "trial", min(done, limit), limit, best.value if best else None,
+                              base / best.value if best and base else None, t.user_attrs.get("message", "")))
+
+    if progress:
+        progress(Progress(target.name, "trial", min(measured_count(study), limit), limit))
+    if measured_count(study) < limit:
+        study.optimize(objective, n_trials=None, timeout=r.timeout_s, catch=(MeasurementFailed,),
+                       callbacks=[on_trial], gc_after_trial=False)
+    return study
+
+
+def space_of(study: optuna.Study) -> dict[str, Any]:
+    return study.user_attrs.get(ATTRS_KEY, {})
+
+
+def check_space_available(space: SearchSpace, runner: Runner) -> tuple[SearchSpace, dict[str, str]]:
+    """Drop prefill backends the runner cannot run here (trials spent on them would only fail)."""
+    if "prefill_backend" not in space:
+        return space, {}
+    excluded: dict[str, str] = {}
+    allowed = []
+    for value in space["prefill_backend"].values():
+        if value == "auto":
+            allowed.append(value)
+            continue
+        st = runner.backend_status(str(value), "prefill")
+        if st.available:
+            allowed.append(value)
+        else:
+            excluded[str(value)] = st.reason
+    return space.restrict("prefill_backend", allowed), excluded

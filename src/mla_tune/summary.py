@@ -1,0 +1,53 @@
+"""Plain-data summaries of stored studies: what tables, ``show`` and the dashboard-minded user read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from .confirm import CONFIRM_KEY
+from .study import ATTRS_KEY, best_ok_trial, trial_status
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    name: str
+    attrs: dict[str, Any]  # the study's mla_tune attrs (backend, model, shapes, environment, ...)
+    measured: int  # trials that ran a measurement (duplicates excluded)
+    failed: int
+    duplicates: int
+    baseline: dict[str, Any] | None  # user attrs of the baseline trial
+    best_value: float | None
+    best_attrs: dict[str, Any] | None
+    best_number: int | None
+    confirmation: dict[str, Any] | None
+
+    @property
+    def label(self) -> str:
+        return self.name.rsplit("/", 1)[1]
+
+
+def summarize(study: optuna.Study) -> StudySummary:
+    trials = [t for t in study.get_trials(deepcopy=False) if trial_status(t)]
+    dup = [t for t in trials if "duplicate_of" in t.user_attrs]
+    fresh = [t for t in trials if "duplicate_of" not in t.user_attrs]
+    base = next((t for t in fresh if t.user_attrs.get("role") == "baseline"), None)
+    best = best_ok_trial(study)
+    return StudySummary(
+        name=study.study_name, attrs=study.user_attrs.get(ATTRS_KEY, {}), measured=len(fresh),
+        failed=sum(1 for t in fresh if t.state == TrialState.FAIL), duplicates=len(dup),
+        baseline=dict(base.user_attrs) | {"value": base.value} if base else None,
+        best_value=best.value if best else None, best_attrs=dict(best.user_attrs) if best else None,
+        best_number=best.number if best else None, confirmation=study.user_attrs.get(CONFIRM_KEY))
+
+
+def load_summaries(storage: optuna.storages.BaseStorage, prefix: str = "") -> list[StudySummary]:
+    """Summaries of the mla-tune studies in ``storage`` whose names start with ``prefix``, sorted by name."""
+    out = []
+    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        if s.study_name.startswith(prefix) and ATTRS_KEY in s.user_attrs:
+            out.append(summarize(optuna.load_study(study_name=s.study_name, storage=storage)))
+    return sorted(out, key=lambda s: s.name)

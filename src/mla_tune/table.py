@@ -1,0 +1,131 @@
+"""Tuning tables: the best confirmed settings per shape, as plain data (pure functions over summaries)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import batch_spec
+from .errors import UsageError
+from .space import format_config
+from .stats import round_sig
+from .summary import StudySummary
+
+TABLE_KIND = "mla-tune/tuning-table"
+TABLE_SCHEMA_VERSION = 1
+
+
+def _provenance(summaries: list[StudySummary]) -> dict[str, Any]:
+    envs = {repr(s.attrs.get("environment")) for s in summaries}
+    if len(envs) != 1:
+        raise UsageError("the studies come from different GPUs or versions; export them separately",
+                         hint="pass --gpu to pick one")
+    env = dict(summaries[0].attrs["environment"])
+    dates = sorted(s.confirmation["date"] for s in summaries if s.confirmation)
+    env["date"] = dates[-1] if dates else None
+    return env
+
+
+def _block_size(summaries: list[StudySummary]) -> int | None:
+    for s in summaries:
+        details = (s.baseline or {}).get("details") or {}
+        if "block_size" in details:
+            return int(details["block_size"])
+    return None
+
+
+def _entry(s: StudySummary) -> dict[str, Any]:
+    shapes = s.attrs["shapes"]
+    entry: dict[str, Any] = {"trials": {"measured": s.measured, "failed": s.failed, "reused": s.duplicates}}
+    if len(shapes) == 1:
+        entry["shape"] = shapes[0]["spec"]
+        entry["kind"] = batch_spec.classify(batch_spec.parse(shapes[0]["spec"]))
+    else:
+        entry["workload"] = s.attrs["workload"]
+        entry["shapes"] = [{"spec": x["spec"], "weight": x["weight"]} for x in shapes]
+    conf = s.confirmation or {}
+    defaults = conf.get("default", {}).get("configs")
+    if defaults is None:
+        entry.update(tuned=False, note="not confirmed yet: run the study to its end")
+        return entry
+    entry["default_params"] = _one_or_list(defaults)
+    winner = conf.get("winner")
+    cands = conf.get("candidates") or []
+    ok = [c for c in cands if c["status"] == "ok"]
+    if winner is not None:
+        c = cands[winner]
+        entry.update(tuned=True, params=_one_or_list(c["configs"]),
+                     note=f"confirmed x{c['speedup']:.3f} over vLLM's default in {conf['rounds']} paired rounds",
+                     latency_ms={"default": c["default_ms"], "best": c["best_ms"]},
+                     speedup=c["speedup"], ci95=c["ci95"], samples=dict(c["samples"]))
+        return entry
+    entry.update(tuned=False, params=_one_or_list(defaults), note=_why_default(cands))
+    if ok:
+        c = max(ok, key=lambda x: x["speedup"])
+        entry.update(latency_ms={"default": c["default_ms"], "best": c["default_ms"]}, speedup=1.0,
+                     samples={"default": c["samples"]["default"]},
+                     best_candidate={"params": _one_or_list(c["configs"]), "latency_ms": c["best_ms"],
+                                     "speedup": c["speedup"], "ci95": c["ci95"]})
+    elif s.baseline and s.baseline.get("median_ms") is not None:
+        entry.update(latency_ms={"default": s.baseline["median_ms"], "best": s.baseline["median_ms"]},
+                     speedup=1.0, samples={"default": s.baseline.get("n_samples", 0)})
+    return entry
+
+
+def _why_default(cands: list[dict[str, Any]]) -> str:
+    ok = [c for c in cands if c["status"] == "ok"]
+    if not cands:
+        return "keeping vLLM's defaults: no other config completed"
+    if not ok:
+        return "keeping vLLM's defaults: every candidate failed confirmation"
+    c = max(ok, key=lambda x: x["speedup"])
+    lo, hi = c["ci95"]
+    return (f"keeping vLLM's defaults: best candidate ({format_config(c['configs'][0]) if len(c['configs']) == 1 else 'trial ' + str(c['trial'])})"
+            f" x{c['speedup']:.3f} [{lo:.3f}, {hi:.3f}] is not distinguishable from noise")
+
+
+def _one_or_list(configs: list[dict]) -> Any:
+    return configs[0] if len(configs) == 1 else configs
+
+
+def build_table(summaries: list[StudySummary]) -> dict[str, Any]:
+    """One table for one (GPU, model dims, kv dtype, backend): an entry per study, in workload order."""
+    if not summaries:
+        raise UsageError("no studies to export")
+    first = summaries[0].attrs
+    for s in summaries:
+        for key in ("backend", "model", "kv_cache_dtype"):
+            if s.attrs.get(key) != first.get(key):
+                raise UsageError(f"studies differ in {key}: {summaries[0].name} vs {s.name}")
+    return {
+        "kind": TABLE_KIND,
+        "schema_version": TABLE_SCHEMA_VERSION,
+        "provenance": _provenance(summaries),
+        "backend": first["backend"],
+        "model": first["model"],
+        "kv_cache_dtype": first["kv_cache_dtype"],
+        "block_size": _block_size(summaries),
+        "objective": first["objective"],
+        "workloads": sorted({s.attrs["workload"] for s in summaries}),
+        "entries": [_entry(s) for s in summaries],
+    }
+
+
+def table_rows(table: dict[str, Any]) -> list[list[str]]:
+    """Rows for a terminal rendering of a table: shape, kind, tuned, params, default/best ms, speedup, CI."""
+    rows = []
+    for e in table["entries"]:
+        lat = e.get("latency_ms") or {}
+        ci = e.get("ci95")
+        params = e.get("params")
+        rows.append([
+            e.get("shape") or f"mix:{e.get('workload')}", e.get("kind", "mix"), "yes" if e.get("tuned") else "no",
+            format_config(params) if isinstance(params, dict) else ("per shape" if params else "-"),
+            _ms(lat.get("default")), _ms(lat.get("best")),
+            f"x{e['speedup']:.3f}" if "speedup" in e else "-",
+            f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-",
+        ])
+    return rows
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{round_sig(x, 4):g}"

@@ -1,0 +1,137 @@
+"""Studies end to end on CPU with the fake runner: find the planted optimum, confirm it, resume, survive Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from mla_tune import api
+from mla_tune.export import load_table
+
+from .fakes import FakeRunner
+
+OPT = {"cuda_graphs": True, "max_num_splits": 8, "prefill_backend": "fa2"}
+
+
+def run(tmp_path, runner, **kw):
+    args = dict(backend="FLASH_ATTN_MLA", workload="spec:64q1s4k", storage=str(tmp_path / "s.journal"),
+                runner=runner, confirm_rounds=4)
+    args.update(kw)
+    return api.run_study(**args)
+
+
+def trials(tmp_path, name):
+    storage = api.parse_storage(str(tmp_path / "s.journal"))
+    from mla_tune.storage import open_storage
+
+    return optuna.load_study(study_name=name, storage=open_storage(storage, create=False)).trials
+
+
+def test_exhaustive_study_finds_confirms_and_exports_the_optimum(tmp_path):
+    runner = FakeRunner(optimum=OPT)
+    out = run(tmp_path, runner)
+    [s] = out.summaries
+    assert s.name == "Fake100/deepseek-v3-tp1/FLASH_ATTN_MLA/64q1s4k"
+    assert s.measured == 24  # 3 prefill choices available x (1 eager + 7 graph split caps)
+    assert s.best_attrs["config"] | OPT == s.best_attrs["config"]
+    conf = s.confirmation
+    assert conf["winner"] is not None
+    win = conf["candidates"][conf["winner"]]
+    assert win["speedup"] == pytest.approx(1.25, rel=0.03) and win["ci95"][0] > 1
+    assert set(out.excluded) == {"fa4", "flashinfer", "cudnn", "trtllm"}
+    path, table = api.export_table(tmp_path / "t.yaml", storage=str(tmp_path / "s.journal"),
+                                   backend="FLASH_ATTN_MLA")
+    [entry] = load_table(path)["entries"]
+    assert entry["tuned"] is True and entry["params"] | OPT == entry["params"]
+    assert entry["default_params"]["max_num_splits"] == 32 and entry["speedup"] > 1.2
+
+
+def test_baseline_is_the_first_trial_and_each_config_is_measured_once(tmp_path):
+    runner = FakeRunner(optimum=OPT)
+    run(tmp_path, runner, n_trials=40)
+    ts = trials(tmp_path, "Fake100/deepseek-v3-tp1/FLASH_ATTN_MLA/64q1s4k")
+    assert ts[0].user_attrs["role"] == "baseline"
+    assert ts[0].user_attrs["config"] == {"cuda_graphs": True, "max_num_splits": 32, "prefill_backend": "auto",
+                                          "reorder_batch_threshold": 512}
+    keys = [t.user_attrs["key"] for t in ts if "duplicate_of" not in t.user_attrs]
+    assert len(keys) == len(set(keys)) == 24
+    study_cases = runner.calls[:24]
+    assert len({c.params for c in study_cases}) == 24
+
+
+def test_rerun_resumes_without_repeating_trials(tmp_path):
+    first = FakeRunner(optimum=OPT)
+    run(tmp_path, first, n_trials=6)
+    second = FakeRunner(optimum=OPT)
+    out = run(tmp_path, second, n_trials=10)
+    assert out.summaries[0].measured == 10
+    measured_before = {c.params for c in first.calls[:6]}
+    new = second.calls[:4]
+    assert len(new) == 4 and not measured_before & {c.params for c in new}
+
+
+def test_ctrl_c_keeps_finished_trials_and_resume_completes(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, FakeRunner(optimum=OPT, interrupt_after=4))
+    ts = trials(tmp_path, "Fake100/deepseek-v3-tp1/FLASH_ATTN_MLA/64q1s4k")
+    assert sum(t.state == TrialState.COMPLETE for t in ts) == 3
+    assert not [t for t in ts if t.state == TrialState.RUNNING]
+    runner = FakeRunner(optimum=OPT)
+    out = run(tmp_path, runner)
+    assert out.summaries[0].measured == 24
+    assert out.summaries[0].confirmation["winner"] is not None
+
+
+def test_failures_are_kept_as_data(tmp_path):
+    runner = FakeRunner(optimum=OPT, fail={"prefill_backend": "fa3", "cuda_graphs": False})
+    out = run(tmp_path, runner)
+    ts = trials(tmp_path, out.summaries[0].name)
+    failed = [t for t in ts if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs["status"] == "error"
+    assert "planted failure" in failed[0].user_attrs["message"]
+    assert out.summaries[0].failed == 1
+
+
+def test_tpe_when_the_space_exceeds_the_budget(tmp_path):
+    runner = FakeRunner(optimum={"num_kv_splits": 16})
+    out = run(tmp_path, runner, backend="TRITON_MLA", workload="spec:q2ks8k_32q1s4k", n_trials=10)
+    [s] = out.summaries
+    assert s.measured == 10  # 24 configs, a budget of 10 distinct measurements: TPE, not exhaustive
+
+
+def test_mix_objective_is_one_study_over_weighted_shapes(tmp_path):
+    runner = FakeRunner(optimum={"prefill_backend": "fa2"})
+    out = run(tmp_path, runner, backend="FLASHMLA", workload="mixed", objective="mix", n_trials=8)
+    [s] = out.summaries
+    assert s.name.endswith("/mix:mixed")
+    best = s.best_attrs
+    assert set(best["shapes"]) == {"q2ks8k_32q1s4k", "q1ks4k_64q1s4k", "2q512s2k_16q1s2k"}
+    # the value is the weighted sum of the shapes' medians (q1ks4k_64q1s4k weighs 2)
+    total = sum(w * best["shapes"][spec]["median_ms"]
+                for spec, w in (("q2ks8k_32q1s4k", 1), ("q1ks4k_64q1s4k", 2), ("2q512s2k_16q1s2k", 1)))
+    assert s.best_value == pytest.approx(total, rel=1e-5)
+
+
+def test_noise_only_gain_keeps_the_default(tmp_path):
+    runner = FakeRunner(noise=0.01)
+    runner.factor = lambda case: 1.0  # every config the same: any "gain" is noise
+    out = run(tmp_path, runner)
+    conf = out.summaries[0].confirmation
+    assert conf["winner"] is None
+    _, table = api.export_table(tmp_path / "t.yaml", storage=str(tmp_path / "s.journal"), backend="FLASH_ATTN_MLA")
+    [entry] = table["entries"]
+    assert entry["tuned"] is False and "not distinguishable from noise" in entry["note"]
+    assert entry["params"] == entry["default_params"]
+
+
+def test_trial_attrs_carry_provenance_and_stats(tmp_path):
+    run(tmp_path, FakeRunner(optimum=OPT), n_trials=3)
+    t = trials(tmp_path, "Fake100/deepseek-v3-tp1/FLASH_ATTN_MLA/64q1s4k")[1]
+    for key in ("median_ms", "spread", "n_samples", "samples_ms", "provenance", "config", "status"):
+        assert key in t.user_attrs
+    assert t.user_attrs["provenance"]["gpu"]["name"] == "NVIDIA Fake100 80GB"
+    assert "speedup_vs_default" in t.user_attrs
+    json.dumps(t.user_attrs)
