@@ -81,12 +81,11 @@ def open_storage(spec: StorageSpec, *, create: bool) -> optuna.storages.BaseStor
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     try:
-        with warnings.catch_warnings():  # the retry callback is marked experimental since Optuna 2.8
+        with warnings.catch_warnings():  # heartbeats and their retry callback are flagged experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             retry = RetryHeartbeatStaleTrialCallback(max_retry=1)
-        return RDBStorage(spec.target, heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=GRACE_PERIOD_S,
-                          heartbeat_stale_trial_callback=retry,
-                          engine_kwargs=_engine_kwargs(spec.target))
+            return RDBStorage(spec.target, heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=GRACE_PERIOD_S,
+                              heartbeat_stale_trial_callback=retry, engine_kwargs=_engine_kwargs(spec.target))
     except Exception as e:  # sqlalchemy raises many kinds; the user needs one line
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StorageError(f"cannot open storage {spec.display}: {reason}") from e

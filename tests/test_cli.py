@@ -1,0 +1,118 @@
+"""The CLI in-process (CliRunner) and once as a real subprocess; bad input exits non-zero, writes nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from mla_tune.cli import app
+from mla_tune.runners import register_runner
+
+from .fakes import FakeRunner
+
+cli = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLA_TUNE_STORAGE", raising=False)
+    monkeypatch.setenv("COLUMNS", "200")  # rich wraps tables to the terminal width
+    register_runner("fake", lambda arg: FakeRunner(optimum={"num_kv_splits": 16}))
+    return tmp_path
+
+
+def error_line(result) -> str:
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_help_lists_the_commands():
+    r = cli.invoke(app, ["--help"])
+    assert r.exit_code == 0
+    for cmd in ("study", "export", "show", "workloads", "spaces", "backends", "sweep"):
+        assert cmd in r.output
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--backend", "FLASH_MLA", "--workload", "decode_4k"], ["unknown backend 'FLASH_MLA'", "FLASH_ATTN_MLA"]),
+    (["--backend", "FLASHMLA", "--workload", "decode_5k"], ["unknown workload", "decode_4k"]),
+    (["--backend", "FLASHMLA", "--workload", "decode_4k", "--model", "llama"], ["unknown model", "kimi-k2"]),
+    (["--backend", "FLASHMLA", "--workload", "decode_4k", "--sampler", "cmaes"], ["unknown sampler", "tpe"]),
+    (["--backend", "FLASHMLA", "--workload", "spec:64q1x4k"], ["segment '64q1x4k'"]),
+    (["--backend", "FLASHMLA", "--workload", "decode_4k", "--runner", "sim"], ["unknown runner", "replay"]),
+    (["--backend", "FLASHMLA", "--workload", "decode_4k", "--tp", "3"], ["does not divide"]),
+    (["--backend", "FLASHMLA", "--workload", "decode_4k", "--kv-cache-dtype", "int4"], ["unknown kv-cache dtype"]),
+])
+def test_bad_names_exit_2_with_the_valid_choices_and_write_nothing(in_tmp, args, words):
+    r = cli.invoke(app, ["study", *args, "--runner", "fake"] if "--runner" not in args else ["study", *args])
+    assert r.exit_code == 2
+    line = error_line(r)
+    for w in words:
+        assert w in line
+    assert not list(in_tmp.iterdir())
+
+
+def test_study_export_show_round_trip(in_tmp):
+    r = cli.invoke(app, ["study", "--backend", "TRITON_MLA", "--workload", "spec:64q1s4k", "--runner", "fake",
+                         "--export", "table.yaml"])
+    assert r.exit_code == 0, r.output
+    assert "Fake100/deepseek-v3-tp1/TRITON_MLA/64q1s4k" in r.output and "wrote table.yaml" in r.output
+    assert (in_tmp / "results" / "studies.journal").exists()
+    r = cli.invoke(app, ["show", "table.yaml"])
+    assert r.exit_code == 0 and "64q1s4k" in r.output and "num_kv_splits=16" in r.output
+    r = cli.invoke(app, ["show"])
+    assert r.exit_code == 0 and "TRITON_MLA/64q1s4k" in r.output
+    r = cli.invoke(app, ["export", "-o", "again.yaml", "--backend", "TRITON_MLA"])
+    assert r.exit_code == 0 and (in_tmp / "again.yaml").read_text() == (in_tmp / "table.yaml").read_text()
+
+
+def test_unavailable_backend_stops_before_writing(in_tmp):
+    r = cli.invoke(app, ["study", "--backend", "CUTLASS_MLA", "--workload", "decode_4k", "--runner", "fake"])
+    assert r.exit_code == 1
+    assert "CUTLASS_MLA cannot run here: needs compute capability 10.x" in error_line(r)
+    assert not list(in_tmp.iterdir())
+
+
+def test_no_gpu_means_one_line_and_nothing_written(in_tmp):
+    r = cli.invoke(app, ["study", "--backend", "FLASH_ATTN_MLA", "--workload", "decode_4k"])
+    assert r.exit_code != 0
+    assert "replay" in error_line(r)
+    assert not list(in_tmp.iterdir())
+
+
+def test_unreachable_storage_is_one_line(in_tmp):
+    r = cli.invoke(app, ["study", "--backend", "TRITON_MLA", "--workload", "spec:8q1s1k", "--runner", "fake",
+                         "--storage", "postgresql://mla:secret@127.0.0.1:1/nowhere"])
+    assert r.exit_code == 1
+    line = error_line(r)
+    assert "cannot open storage postgresql://mla:***@127.0.0.1:1/nowhere" in line and "secret" not in line
+
+
+def test_export_and_show_errors(in_tmp):
+    r = cli.invoke(app, ["export", "-o", "t.yaml", "--backend", "FLASHMLA"])
+    assert r.exit_code == 1 and "no study storage at results/studies.journal" in error_line(r)
+    (in_tmp / "bad.yaml").write_text("schema_version: 1\nkind: nope\n")
+    r = cli.invoke(app, ["show", "bad.yaml"])
+    assert r.exit_code == 2 and "bad.yaml: kind" in error_line(r)
+    assert not (in_tmp / "t.yaml").exists() and not (in_tmp / "results").exists()
+
+
+def test_listings():
+    for cmd in (["workloads"], ["spaces"], ["spaces", "--models"], ["backends", "--runner", "fake"]):
+        r = cli.invoke(app, cmd)
+        assert r.exit_code == 0, r.output
+    assert "spec_decode" in cli.invoke(app, ["workloads"]).output
+    assert "needs compute capability 10.x" in cli.invoke(app, ["backends", "--runner", "fake"]).output
+
+
+def test_entry_point_runs_as_a_program():
+    env = dict(os.environ, COLUMNS="120")
+    out = subprocess.run([sys.executable, "-m", "mla_tune.cli", "--help"], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert out.returncode == 0 and "study" in out.stdout

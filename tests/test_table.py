@@ -1,0 +1,85 @@
+"""Tuning tables: a golden file pins the exported format; entries within noise keep the defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mla_tune.errors import DataFileError, UsageError
+from mla_tune.export import HEADER, dump_yaml, load_table, write_table
+from mla_tune.summary import StudySummary
+from mla_tune.table import build_table, table_rows
+
+GOLDEN = Path(__file__).parent / "golden" / "table.yaml"
+ENV = {"runner": "vllm", "gpu": {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "sm_count": 132},
+       "driver": "580.159.04", "cuda": "13.0", "torch": "2.11.0+cu130", "vllm": "0.20.0", "mla_tune": "0.1.0"}
+MODEL = {"model": "deepseek-v3", "tp": 8, "num_q_heads": 16, "kv_lora_rank": 512, "qk_rope_head_dim": 64,
+         "qk_nope_head_dim": 128, "v_head_dim": 128, "q_lora_rank": 1536}
+DEFAULT = {"cuda_graphs": True, "max_num_splits": 32, "prefill_backend": "auto", "reorder_batch_threshold": 512}
+
+
+def summary(spec, candidates, winner, date="2026-11-24T23:00:00Z"):
+    attrs = {"backend": "FLASH_ATTN_MLA", "model": MODEL, "kv_cache_dtype": "auto", "workload": "decode_4k",
+             "objective": "per-shape", "shapes": [{"spec": spec, "weight": 1.0}], "environment": ENV}
+    conf = {"trials": 24, "rounds": 6, "date": date, "runner": "vllm", "default": {"configs": [DEFAULT]},
+            "candidates": candidates, "winner": winner}
+    base = {"median_ms": 0.05, "n_samples": 30, "details": {"block_size": "64"}, "value": 0.05}
+    return StudySummary(f"H100/deepseek-v3-tp8/FLASH_ATTN_MLA/{spec}", attrs, 24, 1, 3, base, 0.04, {}, 7, conf)
+
+
+def cand(splits, speedup, lo, hi, significant):
+    return {"trial": 7, "configs": [DEFAULT | {"max_num_splits": splits}], "status": "ok", "default_ms": 0.0512,
+            "best_ms": round(0.0512 / speedup, 6), "speedup": speedup, "ci95": [lo, hi], "significant": significant,
+            "samples": {"default": 180, "best": 180}}
+
+
+def summaries():
+    return [
+        summary("64q1s4k", [cand(8, 1.062, 1.041, 1.083, True), cand(16, 1.031, 1.01, 1.05, True)], 0),
+        summary("8q1s4k", [cand(4, 1.004, 0.991, 1.017, False)], None, date="2026-11-24T22:00:00Z"),
+        summary("q1s4k", [{"trial": 3, "configs": [DEFAULT], "status": "failed", "message": "timeout"}], None),
+    ]
+
+
+def test_table_matches_the_golden_file():
+    text = HEADER + dump_yaml(build_table(summaries()))
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text()
+
+
+def test_entries():
+    t = build_table(summaries())
+    tuned, noise, failed = t["entries"]
+    assert tuned["tuned"] and tuned["params"]["max_num_splits"] == 8 and tuned["speedup"] == 1.062
+    assert not noise["tuned"] and noise["params"] == DEFAULT and "noise" in noise["note"]
+    assert noise["best_candidate"]["speedup"] == 1.004
+    assert "every candidate failed" in failed["note"] and failed["params"] == DEFAULT
+    assert t["provenance"]["date"] == "2026-11-24T23:00:00Z" and t["block_size"] == 64
+    rows = table_rows(t)
+    assert rows[0][:3] == ["64q1s4k", "decode", "yes"] and rows[1][2] == "no"
+
+
+def test_write_is_atomic_and_deterministic(tmp_path):
+    p = write_table(build_table(summaries()), tmp_path / "out" / "t.yaml")
+    first = p.read_bytes()
+    write_table(build_table(summaries()), p)
+    assert p.read_bytes() == first and load_table(p)["backend"] == "FLASH_ATTN_MLA"
+    assert [f.name for f in p.parent.iterdir()] == ["t.yaml"]
+
+
+def test_studies_from_different_gpus_do_not_mix():
+    a, b = summaries()[:2]
+    other = StudySummary(b.name, b.attrs | {"environment": ENV | {"gpu": ENV["gpu"] | {"name": "NVIDIA H200"}}},
+                         *list(b.__dict__.values())[2:])
+    with pytest.raises(UsageError, match="different GPUs"):
+        build_table([a, other])
+
+
+def test_load_table_rejects_other_files(tmp_path):
+    p = tmp_path / "x.yaml"
+    p.write_text("schema_version: 1\nkind: something\n")
+    with pytest.raises(DataFileError, match="kind"):
+        load_table(p)
