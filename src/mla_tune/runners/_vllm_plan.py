@@ -1,0 +1,354 @@
+"""Pure planning for the vLLM runner: what a case asks of vLLM, decided without torch or vLLM.
+
+Everything here is plain Python so that the CPU test suite can check the parameter plumbing of every backend
+(including the Blackwell-only ones this GPU cannot run) and the parent process can refuse cases without asking
+the worker. The facts about vLLM 0.20 that these tables encode are cited next to each table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ..space import BACKENDS, KNOWN_PARAMETERS, PREFILL_BACKENDS, load_space
+from ..types import Case, MLADims, ParamValue, Request, Status
+
+# Compute-capability majors each decode backend runs on (vLLM 0.20 `supports_compute_capability`, plus
+# `is_flashmla_dense_supported`, which allows dense FlashMLA on Hopper only). None = any CUDA GPU.
+CAPABILITY_MAJORS: dict[str, tuple[int, ...] | None] = {
+    "CUTLASS_MLA": (10,),
+    "FLASHINFER_MLA": (10,),
+    "FLASHMLA": (9,),
+    "FLASH_ATTN_MLA": (9,),
+    "TRITON_MLA": None,
+}
+
+# Attention-config overrides per prefill backend (vllm/config/attention.py fields). "auto" leaves vLLM's
+# defaults; the FA versions also switch the non-FA paths off so that vLLM cannot prefer them.
+_FA_ONLY = {"disable_flashinfer_prefill": True, "use_cudnn_prefill": False,
+            "use_trtllm_ragged_deepseek_prefill": False}
+PREFILL_OVERRIDES: dict[str, dict[str, object]] = {
+    "auto": {},
+    "fa2": {"flash_attn_version": 2, **_FA_ONLY},
+    "fa3": {"flash_attn_version": 3, **_FA_ONLY},
+    "fa4": {"flash_attn_version": 4, **_FA_ONLY},
+    "flashinfer": {"disable_flashinfer_prefill": False, "use_cudnn_prefill": False,
+                   "use_trtllm_ragged_deepseek_prefill": False},
+    "cudnn": {"disable_flashinfer_prefill": True, "use_cudnn_prefill": True,
+              "use_trtllm_ragged_deepseek_prefill": False},
+    "trtllm": {"disable_flashinfer_prefill": True, "use_cudnn_prefill": False,
+               "use_trtllm_ragged_deepseek_prefill": True},
+}
+# `use_flashinfer_prefill`, `use_cudnn_prefill`, `use_trtllm_ragged_deepseek_prefill` in
+# vllm/model_executor/layers/attention/mla_attention.py all require `is_device_capability_family(100)`.
+PREFILL_NEEDS_SM100 = ("flashinfer", "cudnn", "trtllm")
+# Metadata-builder flags that say which non-FA prefill path vLLM took (MLACommonMetadataBuilder.__init__).
+PREFILL_BUILDER_FLAGS = {"flashinfer": "_use_fi_prefill", "cudnn": "_use_cudnn_prefill",
+                         "trtllm": "_use_trtllm_ragged_prefill"}
+
+KV_CACHE_DTYPES = {"auto": "auto", "bfloat16": "auto", "bf16": "auto", "fp8": "fp8", "fp8_e4m3": "fp8"}
+CUTLASS_AUTO_SPLITS = -1  # CutlassMLAImpl._num_kv_splits = -1: the kernel picks
+TRITON_MIN_WORK_PER_SPLIT = 512  # triton_mla.py forward_mqa heuristic constants
+TRITON_OCCUPANCY = 2
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """Everything the worker needs to know about how to measure; picklable, so it crosses the process pipe."""
+
+    warmup: int = 5
+    samples: int = 30
+    layers: int = 8
+    timeout_s: float = 30.0
+    first_timeout_s: float = 180.0
+    warmup_budget_s: float = 90.0
+    tol_bf16: float = 2e-2
+    tol_fp8: float = 1e-1
+    l2_factor: float = 3.0
+    mem_fraction: float = 0.5
+    device: int = 0
+    seed: int = 0
+    rebuild_every_trial: bool = False  # bench/overhead.py: the seed's way, for comparison
+    log_path: str = ""
+
+    def tolerance(self, kv_cache_dtype: str) -> float:
+        return self.tol_fp8 if kv_cache_dtype == "fp8" else self.tol_bf16
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """What a VllmConfig + impl + metadata builder depend on; one engine is built per distinct key."""
+
+    backend: str
+    dims: MLADims
+    kv_cache_dtype: str  # "auto" or "fp8"
+    prefill_backend: str
+    cuda_graphs: bool  # the builder reads compilation_config.cudagraph_mode at construction
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A case turned into settings: which engine, which builder attributes, which per-call knobs."""
+
+    engine: EngineKey
+    threshold: int | None  # builder.reorder_batch_threshold; None = the builder's own (fixed) value
+    max_num_splits: int | None  # FLASH_ATTN_MLA builder.max_num_splits under full graphs; None = vLLM's
+    cutlass_splits: int | None  # CutlassMLAImpl._num_kv_splits
+    triton_splits: int | None  # forced TRITON_MLA split count; None = vLLM's heuristic
+    cuda_graphs: bool
+    params: tuple[tuple[str, ParamValue], ...] = field(default=())
+
+    @property
+    def metadata_key(self) -> tuple:
+        """Builder-side settings: changing one of these builds new metadata, nothing else."""
+        return (self.engine, self.threshold, self.max_num_splits)
+
+
+class PlanError(ValueError):
+    """A case the runner refuses before measuring; ``status`` says how to report it."""
+
+    def __init__(self, status: Status, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def capability_refusal(backend: str, compute_capability: str) -> str | None:
+    """Why ``backend`` cannot run on a GPU of ``compute_capability`` ("9.0"), or None if it can."""
+    majors = CAPABILITY_MAJORS.get(backend)
+    if majors is None:
+        return None
+    major = int(str(compute_capability).split(".")[0])
+    if major in majors:
+        return None
+    need = " or ".join(f"{m}.x" for m in majors)
+    return f"{backend} needs compute capability {need} (this GPU: {compute_capability})"
+
+
+def prefill_capability_refusal(prefill: str, compute_capability: str) -> str | None:
+    major = int(str(compute_capability).split(".")[0])
+    if prefill in PREFILL_NEEDS_SM100 and major != 10:
+        return (f"{prefill} prefill needs compute capability 10.x in vLLM 0.20 "
+                f"(this GPU: {compute_capability})")
+    return None
+
+
+def prefill_overrides(prefill: str) -> dict[str, object]:
+    """The attention-config fields to set for a prefill backend ("auto" = none)."""
+    if prefill not in PREFILL_OVERRIDES:
+        raise PlanError(Status.ERROR, f"unknown prefill_backend {prefill!r}; valid: {', '.join(PREFILL_BACKENDS)}")
+    return dict(PREFILL_OVERRIDES[prefill])
+
+
+def resolved_prefill(use_fi: bool, use_cudnn: bool, use_trtllm: bool, fa_version: int | None) -> str:
+    """The prefill path MLACommonImpl.__init__ takes, in its own order of preference."""
+    if use_trtllm:
+        return "trtllm"
+    if use_fi:
+        return "flashinfer"
+    if use_cudnn:
+        return "cudnn"
+    return f"fa{fa_version}" if fa_version else "fa?"
+
+
+def prefill_mismatch(requested: str, resolved: str) -> str | None:
+    """A reason when vLLM silently runs another prefill path than the one asked for."""
+    if requested == "auto" or requested == resolved:
+        return None
+    return f"prefill_backend={requested} requested but vLLM fell back to {resolved}"
+
+
+def normalize_kv_dtype(kv_cache_dtype: str) -> str:
+    if kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise PlanError(Status.ERROR, f"unknown kv_cache_dtype {kv_cache_dtype!r}; valid: "
+                        f"{', '.join(sorted(KV_CACHE_DTYPES))}")
+    return KV_CACHE_DTYPES[kv_cache_dtype]
+
+
+def check_params(backend: str, params: Mapping[str, ParamValue]) -> list[str]:
+    """Problems with the parameter names and values of a case, as messages (empty when fine)."""
+    problems = []
+    unknown = sorted(set(params) - set(KNOWN_PARAMETERS))
+    if unknown:
+        problems.append(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(KNOWN_PARAMETERS)}")
+    for name in sorted(set(params) & set(KNOWN_PARAMETERS)):
+        if backend not in KNOWN_PARAMETERS[name]:
+            problems.append(f"{name} does not apply to {backend}")
+    value = params.get("prefill_backend", "auto")
+    if value not in PREFILL_BACKENDS:
+        problems.append(f"prefill_backend={value!r}; valid: {', '.join(PREFILL_BACKENDS)}")
+    for name in ("num_kv_splits", "max_num_splits", "reorder_batch_threshold"):
+        value = params.get(name, "auto")
+        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            problems.append(f"{name}={value!r} must be a positive integer" + (" or 'auto'" if name ==
+                                                                                "num_kv_splits" else ""))
+    if "cuda_graphs" in params and not isinstance(params["cuda_graphs"], bool):
+        problems.append(f"cuda_graphs={params['cuda_graphs']!r} must be true or false")
+    return problems
+
+
+def full_params(case: Case) -> dict[str, ParamValue]:
+    """The case's parameters, with the ones it leaves out set as vLLM runs them for its shape."""
+    params = dict(case.params)
+    if case.backend in BACKENDS:
+        for name, value in load_space(case.backend).default_config(case.shape).items():
+            params.setdefault(name, value)
+    return params
+
+
+def make_plan(case: Case) -> Plan:
+    """Validate a case and decide its settings; raises PlanError (ERROR/UNSUPPORTED) when it cannot run."""
+    if case.backend not in BACKENDS:
+        raise PlanError(Status.ERROR, f"unknown backend {case.backend!r}; valid: {', '.join(BACKENDS)}")
+    problems = check_params(case.backend, dict(case.params))
+    if problems:
+        raise PlanError(Status.ERROR, "; ".join(problems))
+    params = full_params(case)
+    space = load_space(case.backend)
+    cuda_graphs = bool(params.get("cuda_graphs", False))
+    threshold = int(params["reorder_batch_threshold"]) if "reorder_batch_threshold" in params else None
+    if cuda_graphs and not space.graphable(case.shape, space.threshold(params)):
+        raise PlanError(Status.UNSUPPORTED, "cuda_graphs=true for a batch vLLM never replays as a full "
+                        "CUDA graph (not a uniform decode batch of at most 512 tokens)")
+    splits = params.get("num_kv_splits", "auto")
+    engine = EngineKey(case.backend, case.dims, normalize_kv_dtype(case.kv_cache_dtype),
+                       str(params.get("prefill_backend", "auto")), cuda_graphs)
+    return Plan(
+        engine=engine, threshold=threshold,
+        max_num_splits=int(params["max_num_splits"]) if "max_num_splits" in params else None,
+        cutlass_splits=(CUTLASS_AUTO_SPLITS if splits == "auto" else int(splits))
+        if case.backend == "CUTLASS_MLA" else None,
+        triton_splits=None if splits == "auto" or case.backend != "TRITON_MLA" else int(splits),
+        cuda_graphs=cuda_graphs, params=tuple(sorted(params.items())))
+
+
+def default_case(case: Case) -> Case:
+    """The same backend, shape and dims at vLLM's defaults: the numerics reference."""
+    return case.with_params(load_space(case.backend).default_config(case.shape))
+
+
+def impl_attributes(plan: Plan) -> dict[str, object]:
+    """Attributes to set on the impl before a call (per-call knobs: no rebuild)."""
+    return {"_num_kv_splits": plan.cutlass_splits} if plan.cutlass_splits is not None else {}
+
+
+def builder_attributes(plan: Plan, fa_aot_schedule: bool, full_cuda_graph: bool) -> dict[str, object]:
+    """Attributes to set on the metadata builder before building metadata.
+
+    ``max_num_splits`` mirrors FlashAttnMLAMetadataBuilder.__init__: vLLM only copies the config cap into the
+    builder under full CUDA graphs with FA3's ahead-of-time scheduler; otherwise it stays 0 (no cap).
+    """
+    attrs: dict[str, object] = {}
+    if plan.threshold is not None:
+        attrs["reorder_batch_threshold"] = plan.threshold
+    if plan.max_num_splits is not None:
+        attrs["max_num_splits"] = plan.max_num_splits if (fa_aot_schedule and full_cuda_graph) else 0
+    return attrs
+
+
+def order_requests(requests: Sequence[Request], threshold: int) -> tuple[int, ...]:
+    """Indices of ``requests`` in the order vLLM's batch reorder puts them (stable within a region).
+
+    reorder_batch_to_split_decodes_and_prefills: decodes (context, q_len <= threshold) first, then long
+    extends (context, q_len > threshold), then fresh prefills (no context).
+    """
+    def region(r: Request) -> int:
+        if r.context_len == 0:
+            return 2
+        return 0 if r.q_len <= threshold else 1
+
+    return tuple(sorted(range(len(requests)), key=lambda i: region(requests[i])))
+
+
+def choose_layers(cache_bytes: int, l2_bytes: int, free_bytes: int, max_layers: int,
+                  l2_factor: float = 3.0, mem_fraction: float = 0.5) -> int:
+    """How many distinct KV caches (layers) one timed sample cycles through.
+
+    Enough that they exceed ``l2_factor`` x L2 (so no call finds its cache in L2, as in a real model),
+    at most ``max_layers``, at least 1, and no more than ``mem_fraction`` of the free memory holds.
+    """
+    if cache_bytes <= 0:
+        return 1
+    want = math.ceil(l2_factor * l2_bytes / cache_bytes)
+    fits = int(mem_fraction * free_bytes // cache_bytes)
+    return max(1, min(want, max_layers, fits))
+
+
+def triton_auto_splits(max_seq_len: int, sm_count: int) -> int:
+    """The split count TritonMLAImpl.forward_mqa picks in vLLM 0.20 (for reporting)."""
+    ideal = max(1, max_seq_len // TRITON_MIN_WORK_PER_SPLIT)
+    ideal = 1 << (ideal - 1).bit_length()  # triton.next_power_of_2
+    return min(ideal, sm_count * TRITON_OCCUPANCY)
+
+
+def block_size_for(sizes: Sequence[object], preferred: int = 64) -> int:
+    """The KV block size to use from a backend's get_supported_kernel_block_sizes().
+
+    Ints are exact sizes, objects with ``.base`` are MultipleOf(base). ``preferred`` (64, vLLM's usual
+    MLA size) wins where allowed; FlashMLA allows only 64, CUTLASS only 128.
+    """
+    exact = [s for s in sizes if isinstance(s, int)]
+    multiples = [int(getattr(s, "base")) for s in sizes if hasattr(s, "base")]
+    if preferred in exact or any(preferred % m == 0 for m in multiples):
+        return preferred
+    if exact:
+        return exact[0]
+    return multiples[0] if multiples else preferred
+
+
+def warmup_done(times_s: Sequence[float], minimum: int) -> bool:
+    """Warm-up is over after ``minimum`` calls once the last call is no slower than 2x the median of the
+    last ``minimum`` ones: a JIT compile or a background build makes a call seconds slower than the rest."""
+    if len(times_s) < max(1, minimum):
+        return False
+    recent = sorted(times_s[-max(minimum, 1):])
+    return times_s[-1] <= 2.0 * recent[len(recent) // 2]
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """A message fit for Measurement.message: one line, at most ``limit`` characters."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+_POISON_MARKERS = ("illegal memory access", "device-side assert", "unspecified launch failure",
+                   "illegal instruction", "misaligned address", "cuda error: an illegal",
+                   "cudaerrorillegaladdress", "uncorrectable ecc", "context is destroyed")
+_UNSUPPORTED_MARKERS = ("not supported", "unsupported", "not yet supported", "only supported on",
+                        "is not available")
+
+
+def classify_failure(type_names: Sequence[str], message: str) -> tuple[Status, bool]:
+    """(status, poisoned) for an exception, given the names of its class and bases and its message.
+
+    ``poisoned`` means the CUDA context is unusable: the worker must exit so that a fresh one starts.
+    """
+    low = message.lower()
+    if any(m in low for m in _POISON_MARKERS):
+        return Status.ERROR, True
+    if "OutOfMemoryError" in type_names or "out of memory" in low:
+        return Status.OOM, False
+    if "NotImplementedError" in type_names or "UnsupportedCase" in type_names:
+        return Status.UNSUPPORTED, False
+    if any(m in low for m in _UNSUPPORTED_MARKERS):
+        return Status.UNSUPPORTED, False
+    return Status.ERROR, False
+
+
+def parse_runner_arg(arg: str | None) -> dict[str, object]:
+    """``--runner vllm:warmup=3,samples=10`` -> constructor options; raises ValueError naming a bad key."""
+    if not arg:
+        return {}
+    allowed = {f: type(getattr(RunnerOptions(), f)) for f in RunnerOptions.__dataclass_fields__
+               if f not in ("log_path", "rebuild_every_trial")}
+    out: dict[str, object] = {}
+    for item in arg.split(","):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in allowed:
+            raise ValueError(f"bad vllm runner option {item!r}; use key=value with keys {', '.join(allowed)}")
+        try:
+            out[key] = allowed[key](value)
+        except ValueError:
+            raise ValueError(f"vllm runner option {key}={value!r} is not a {allowed[key].__name__}") from None
+    return out

@@ -1,0 +1,327 @@
+"""The GPU runner: vLLM 0.20's MLA kernels, measured in a worker process under a watchdog.
+
+Importing this module needs neither torch nor vLLM. ``VllmRunner.create`` checks quickly that they are
+installed, that vLLM is 0.20.x and that a CUDA GPU is visible. Each ``measure`` sends the case to a worker
+process (``spawn``), waits up to a timeout (longer the first time a backend configuration is used: Triton JIT,
+vLLM's model inspection) and, on a timeout or a dead worker, kills it and reports the case as data; the next
+``measure`` starts a fresh worker. Everything that touches torch or vLLM runs in that worker
+(``_vllm_worker`` -> ``_vllm_engine``/``_vllm_timing``).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import logging
+import multiprocessing
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import RunnerUnavailableError, UsageError
+from ..types import BackendStatus, Case, Environment, Measurement, Status
+from . import Runner
+from ._vllm_plan import (EngineKey, PlanError, RunnerOptions, capability_refusal, default_case, make_plan,
+                         one_line, parse_runner_arg, prefill_capability_refusal)
+
+log = logging.getLogger(__name__)
+
+HINT = "run on a GPU host with `pip install 'mla-tune[vllm]'`, or use --runner replay:results/sweeps/h100"
+SUPPORTED_VLLM = "0.20"
+WorkerTarget = Callable[[Any, RunnerOptions], None]
+
+
+def _installed_vllm_version() -> str | None:
+    """vLLM's version without importing it: package metadata, else vllm/_version.py next to the package."""
+    try:
+        return importlib.metadata.version("vllm")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    spec = importlib.util.find_spec("vllm")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(location) / "_version.py"
+        if path.is_file():
+            m = re.search(r"__version__\s*=\s*(?:version\s*=\s*)?['\"]([^'\"]+)['\"]", path.read_text())
+            if m:
+                return m.group(1)
+    return None
+
+
+def _cuda_probe(timeout_s: float = 120.0) -> str | None:
+    """Why no CUDA GPU is usable (None if one is), asked of torch in a subprocess so this one stays light."""
+    code = ("import torch,sys\nok=torch.cuda.is_available()\n"
+            "print('ok' if ok else 'no', torch.__version__, torch.version.cuda)")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return f"checking for a CUDA GPU timed out after {timeout_s:.0f} s"
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        return one_line(f"importing torch failed: {last}", 200)
+    words = out.stdout.split()
+    if not words or words[0] != "ok":
+        cuda = words[2] if len(words) > 2 else "?"
+        return f"no CUDA GPU visible (torch.cuda.is_available() is False; torch built for CUDA {cuda})"
+    return None
+
+
+def check_available(probe: Callable[[], str | None] = _cuda_probe) -> None:
+    """Raise RunnerUnavailableError (one line + hint) if the vLLM runner cannot work here."""
+    if importlib.util.find_spec("torch") is None:
+        raise RunnerUnavailableError("torch is not installed", hint=HINT)
+    if importlib.util.find_spec("vllm") is None:
+        raise RunnerUnavailableError("vLLM is not installed", hint=HINT)
+    version = _installed_vllm_version()
+    if version is None or not re.fullmatch(rf"{re.escape(SUPPORTED_VLLM)}(\.\d+)*([.+-].*)?", version):
+        raise RunnerUnavailableError(
+            f"vLLM {version or '(unknown version)'} is installed; the vllm runner drives vLLM "
+            f"{SUPPORTED_VLLM}.x internals only", hint="pip install 'vllm>=0.20,<0.21'")
+    reason = probe()
+    if reason:
+        raise RunnerUnavailableError(reason, hint=HINT)
+
+
+class _WorkerDied(Exception):
+    pass
+
+
+class _WorkerTimeout(Exception):
+    pass
+
+
+class _WorkerHandle:
+    """One worker process and its pipe; ``request`` waits for the answer up to a timeout."""
+
+    def __init__(self, target: WorkerTarget, options: RunnerOptions) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        # Not daemonic: vLLM and Triton may start their own subprocesses from the worker.
+        self.proc = ctx.Process(target=target, args=(child, options), name="mla-tune-vllm-worker")
+        self.proc.start()
+        child.close()
+        self.seen: set[EngineKey] = set()
+
+    def request(self, op: str, payload: Any, timeout_s: float) -> tuple[str, Any, bool]:
+        try:
+            self.conn.send((op, payload))
+            if not self.conn.poll(timeout_s):
+                if not self.proc.is_alive():
+                    raise _WorkerDied()
+                raise _WorkerTimeout()
+            return self.conn.recv()
+        except (EOFError, BrokenPipeError, ConnectionResetError, OSError) as exc:
+            raise _WorkerDied() from exc
+
+    def exit_description(self) -> str:
+        self.proc.join(timeout=5)
+        code = self.proc.exitcode
+        if code is None:
+            return "worker unresponsive"
+        return f"worker exited with signal {-code}" if code < 0 else f"worker exited with code {code}"
+
+    def stop(self, graceful: bool = True) -> None:
+        if graceful and self.proc.is_alive():
+            try:
+                self.conn.send(("close", None))
+                self.proc.join(timeout=10)
+            except (OSError, EOFError, BrokenPipeError):
+                pass
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(timeout=10)
+        self.conn.close()
+
+
+def _stop_worker(holder: dict) -> None:
+    worker = holder.pop("worker", None)
+    if worker is not None:
+        worker.stop(graceful=False)
+
+
+class VllmRunner(Runner):
+    """Measures cases with vLLM 0.20's MLA impls in a watchdog-guarded worker process.
+
+    Options: ``warmup`` (minimum warm-up calls; more while JIT compiles are still running), ``samples`` (timed
+    samples), ``layers`` (max distinct KV caches per sample, to keep caches out of L2), ``timeout_s`` (per case),
+    ``first_timeout_s`` (first case of a new backend configuration, worker start-up), ``tol_bf16``/``tol_fp8``
+    (numerics gate vs the default config), ``device``, ``seed``, ``rebuild_every_trial`` (no engine caching,
+    for bench/overhead.py), ``worker_target`` (tests inject a fake worker function).
+    """
+
+    name = "vllm"
+
+    def __init__(self, *, worker_target: WorkerTarget | None = None, **options: Any) -> None:
+        unknown = sorted(set(options) - set(RunnerOptions.__dataclass_fields__) - {"log_path"})
+        if unknown:
+            raise UsageError(f"unknown VllmRunner option(s) {', '.join(unknown)}; valid: "
+                             f"{', '.join(f for f in RunnerOptions.__dataclass_fields__ if f != 'log_path')}")
+        fd, log_path = tempfile.mkstemp(prefix="mla-tune-vllm-worker-", suffix=".log")
+        os.close(fd)
+        self.options = replace(RunnerOptions(**options), log_path=log_path)
+        self._target = worker_target
+        self._holder: dict[str, _WorkerHandle] = {}
+        self._finalizer = weakref.finalize(self, _stop_worker, self._holder)
+        self._env: Environment | None = None
+        self._backends: tuple[BackendStatus, ...] | None = None
+        self.worker_starts = 0
+        self.last_phases: dict[str, float] = {}
+
+    @classmethod
+    def create(cls, arg: str | None = None) -> VllmRunner:
+        """``--runner vllm[:key=value,...]``: check the host, then build a runner (no worker yet)."""
+        try:
+            options = parse_runner_arg(arg)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        check_available()
+        return cls(**options)
+
+    @property
+    def log_path(self) -> str:
+        """The worker's log (tracebacks, faulthandler output); quoted in failure messages."""
+        return self.options.log_path
+
+    # -- the worker -------------------------------------------------------------------------------
+    def _worker(self) -> _WorkerHandle:
+        worker = self._holder.get("worker")
+        if worker is not None and not worker.proc.is_alive():
+            log.warning("vllm worker is gone (%s); starting a fresh one", worker.exit_description())
+            worker.stop(graceful=False)
+            worker = None
+        if worker is None:
+            if self._target is None:
+                from ._vllm_worker import serve
+
+                self._target = serve
+            worker = _WorkerHandle(self._target, self.options)
+            self._holder["worker"] = worker
+            self.worker_starts += 1
+        return worker
+
+    def _kill_worker(self) -> None:
+        _stop_worker(self._holder)
+
+    def _log_tail(self, lines: int = 3) -> str:
+        try:
+            text = Path(self.log_path).read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(line.strip() for line in text[-lines:])
+
+    def _ask(self, op: str, payload: Any = None, timeout_s: float | None = None) -> Any:
+        """A non-measure request; failures raise RunnerUnavailableError with the worker's reason."""
+        worker = self._worker()
+        try:
+            status, value, exiting = worker.request(op, payload, timeout_s or self.options.first_timeout_s)
+        except _WorkerTimeout:
+            self._kill_worker()
+            raise RunnerUnavailableError(f"vllm worker did not answer {op!r} within "
+                                         f"{timeout_s or self.options.first_timeout_s:.0f} s",
+                                         hint=f"see {self.log_path}") from None
+        except _WorkerDied:
+            why = worker.exit_description()
+            self._kill_worker()
+            raise RunnerUnavailableError(one_line(f"vllm worker died during {op!r} ({why}): "
+                                                  f"{self._log_tail()}"), hint=f"see {self.log_path}") from None
+        if exiting:
+            self._kill_worker()
+        if status != "ok":
+            raise RunnerUnavailableError(one_line(str(value)), hint=f"see {self.log_path}")
+        return value
+
+    # -- Runner API -------------------------------------------------------------------------------
+    def environment(self) -> Environment:
+        if self._env is None:
+            self._env = self._ask("environment")
+        return self._env
+
+    def backends(self) -> tuple[BackendStatus, ...]:
+        if self._backends is None:
+            self._backends = tuple(self._ask("backends"))
+        return self._backends
+
+    def stats(self) -> dict[str, Any]:
+        """Worker counters (engine/metadata builds, cache sizes) plus worker starts: for tests and benches."""
+        stats = dict(self._ask("stats", timeout_s=self.options.timeout_s))
+        stats["worker_starts"] = self.worker_starts
+        return stats
+
+    def measure(self, case: Case) -> Measurement:
+        started = time.perf_counter()
+        try:
+            refusal = self._refuse(case)
+            if refusal is not None:
+                return refusal
+            return self._measure_in_worker(case)
+        except Exception as exc:  # noqa: BLE001 - measure never raises
+            log.exception("vllm runner failed on %s", case.backend)
+            return Measurement.failed(Status.ERROR, one_line(f"runner: {type(exc).__name__}: {exc}"))
+        finally:
+            self.last_phases.setdefault("parent_total_s", time.perf_counter() - started)
+
+    def _refuse(self, case: Case) -> Measurement | None:
+        """Cases refused without a measurement: invalid parameters, kernels this GPU lacks."""
+        self.last_phases = {}
+        try:
+            plan = make_plan(case)
+        except PlanError as exc:
+            return Measurement.failed(exc.status, one_line(str(exc)))
+        try:
+            cc = self.environment().compute_capability
+        except RunnerUnavailableError as exc:
+            return Measurement.failed(Status.ERROR, one_line(str(exc)))
+        reason = capability_refusal(case.backend, cc) or prefill_capability_refusal(
+            plan.engine.prefill_backend, cc)
+        return Measurement.failed(Status.UNSUPPORTED, reason) if reason else None
+
+    def _timeout_for(self, worker: _WorkerHandle, keys: set[EngineKey]) -> float:
+        return self.options.timeout_s if keys <= worker.seen else self.options.first_timeout_s
+
+    def _measure_in_worker(self, case: Case) -> Measurement:
+        keys = {make_plan(case).engine}
+        try:
+            keys.add(make_plan(default_case(case)).engine)
+        except PlanError:
+            pass
+        worker = self._worker()
+        timeout_s = self._timeout_for(worker, keys)
+        try:
+            status, value, exiting = worker.request("measure", case, timeout_s)
+        except _WorkerTimeout:
+            self._kill_worker()
+            return Measurement.failed(Status.TIMEOUT, f"no result within {timeout_s:.0f} s; worker killed "
+                                      "(the next case starts a fresh one)", worker_log=self.log_path)
+        except _WorkerDied:
+            why = worker.exit_description()
+            self._kill_worker()
+            return Measurement.failed(Status.ERROR, one_line(f"{why} while measuring: {self._log_tail()}"),
+                                      worker_log=self.log_path)
+        if exiting:
+            self._kill_worker()
+        else:
+            worker.seen |= keys
+        if status != "ok":
+            return Measurement.failed(Status.ERROR, one_line(str(value)))
+        measurement, phases = value
+        self.last_phases = dict(phases)
+        return measurement
+
+    def close(self) -> None:
+        worker = self._holder.pop("worker", None)
+        if worker is not None:
+            worker.stop(graceful=True)
+
+    def describe(self) -> dict[str, Any]:
+        """The options this runner measures with (for provenance)."""
+        return {k: v for k, v in asdict(self.options).items() if k != "log_path"}
+
+
+__all__ = ["VllmRunner", "check_available"]
