@@ -2,7 +2,7 @@
 
 A sweep file is JSON Lines (``.jsonl``): the first line is a header, every other line one measurement.
 
-    {"kind": "mla-tune/sweep", "schema_version": 1, "environment": {...}}
+    {"kind": "mla-tune/sweep", "schema_version": 1, "date": "2026-11-24T23:00:00Z", "environment": {...}}
     {"backend": "FLASH_ATTN_MLA", "model": {...dims...}, "kv_cache_dtype": "auto", "shape": "64q1s4k",
      "config": {"cuda_graphs": true, ...}, "status": "ok", "samples_ms": [...], "rel_err": 0.0012,
      "details": {"block_size": "64", ...}, "message": ""}
@@ -13,6 +13,7 @@ appended as they are measured, so an interrupted sweep resumes where it stopped.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -62,8 +63,10 @@ def read_sweep(path: Path) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
     header = _parse(path, 1, lines[0])
     if header.get("kind") != SWEEP_KIND or header.get("schema_version") != 1:
         raise DataFileError(str(path), "line 1", f"not an mla-tune sweep (kind {SWEEP_KIND}, schema_version 1)")
-    if "environment" not in header:
-        raise DataFileError(str(path), "line 1.environment", "missing")
+    try:
+        Environment.from_dict(header["environment"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataFileError(str(path), "line 1.environment", f"incomplete or missing ({e!r})") from e
 
     def records() -> Iterator[dict[str, Any]]:
         for i, line in enumerate(lines[1:], start=2):
@@ -110,8 +113,9 @@ def run_sweep(runner: Runner, space: SearchSpace, workload: Workload, dims: MLAD
     written = 0
     with out.open("a") as f:
         if not have:
-            f.write(json.dumps({"kind": SWEEP_KIND, "schema_version": 1, "environment": env.as_dict()},
-                               sort_keys=True) + "\n")
+            header = {"kind": SWEEP_KIND, "schema_version": 1, "environment": env.as_dict(),
+                      "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+            f.write(json.dumps(header, sort_keys=True) + "\n")
         for i, (spec, shape, config) in enumerate(todo):
             case = Case(space.backend, shape, dims, freeze_params(config), kv_cache_dtype)
             m = runner.measure(case)

@@ -1,0 +1,125 @@
+"""The replay runner: answers cases from recorded sweeps (``mla-tune sweep``), never from invention.
+
+``--runner replay:PATH`` takes a sweep file or a directory of them (``*.jsonl``, searched recursively). A case
+is answered only from the record of that exact backend, model dims, kv-cache dtype, shape and config: its
+samples are drawn with replacement from the recorded raw samples, so the noise a study sees is the GPU's own.
+A case the sweeps do not hold is refused as data (``not recorded``), never interpolated. The environment is the
+recording's (GPU, versions, date) with ``runner: replay``, so every table made from it says so.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataFileError, RunnerUnavailableError
+from ..plan import dims_dict
+from ..space import BACKENDS, PREFILL_BACKENDS
+from ..sweep import read_sweep, record_key
+from ..types import BackendStatus, Case, Environment, Measurement, Status
+from . import Runner
+
+DELAY_ENV = "MLA_TUNE_REPLAY_DELAY_S"  # seconds to sleep per measurement: lets tests catch a trial mid-flight
+
+
+class ReplayRunner(Runner):
+    name = "replay"
+
+    def __init__(self, records: dict[str, dict[str, Any]], environment: Environment, source: str,
+                 seed: int | None = None) -> None:
+        self._records = records
+        self._env = environment
+        self._source = source
+        self._rng = random.Random(seed)
+        self.delay_s = float(os.environ.get(DELAY_ENV, "0") or 0)
+
+    @classmethod
+    def open(cls, arg: str | None, seed: int | None = None) -> ReplayRunner:
+        if not arg:
+            raise RunnerUnavailableError("the replay runner needs recorded sweeps",
+                                         hint="use --runner replay:results/sweeps/h100")
+        path = Path(arg)
+        files = sorted(path.rglob("*.jsonl")) if path.is_dir() else [path]
+        if not path.exists() or not files:
+            raise RunnerUnavailableError(f"no recorded sweeps at {path}", hint="record some with `mla-tune sweep`")
+        records: dict[str, dict[str, Any]] = {}
+        env: Environment | None = None
+        for f in files:
+            header, recs = read_sweep(f)
+            file_env = _replay_env(header)
+            if env is None:
+                env = file_env
+            elif file_env.gpu_name != env.gpu_name or file_env.vllm != env.vllm:
+                raise DataFileError(str(f), "line 1.environment", f"recorded on {file_env.gpu_name} with vLLM "
+                                    f"{file_env.vllm}; other files here on {env.gpu_name} with vLLM {env.vllm}: "
+                                    "replay one GPU and version at a time")
+            for rec in recs:
+                rec["_file"] = str(f)
+                records[record_key(rec["backend"], rec["model"], rec["kv_cache_dtype"], rec["shape"],
+                                   rec["config"])] = rec
+        assert env is not None
+        return cls(records, env, str(path), seed)
+
+    def environment(self) -> Environment:
+        return self._env
+
+    def backends(self) -> tuple[BackendStatus, ...]:
+        decode = {r["backend"] for r in self._records.values() if r["status"] == "ok"}
+        prefill_ok: set[str] = set()
+        prefill_why: dict[str, str] = {}
+        for r in self._records.values():
+            value = str(r["config"].get("prefill_backend", ""))
+            if r["status"] == "ok":
+                prefill_ok.add(value)
+            elif value and r["status"] == "unsupported":
+                prefill_why.setdefault(value, r["message"])
+        out = [BackendStatus(b, "decode", b in decode, "" if b in decode else f"not recorded in {self._source}")
+               for b in BACKENDS]
+        for p in PREFILL_BACKENDS:
+            if p != "auto":
+                ok = p in prefill_ok
+                why = "" if ok else prefill_why.get(p, f"not recorded in {self._source}")
+                out.append(BackendStatus(p, "prefill", ok, f"recorded: {why}" if why and p in prefill_why else why))
+        return tuple(out)
+
+    def lookup(self, case: Case) -> dict[str, Any] | None:
+        from .. import batch_spec
+
+        key = record_key(case.backend, dims_dict(case.dims), case.kv_cache_dtype, batch_spec.format(case.shape),
+                         case.param_dict)
+        return self._records.get(key)
+
+    def measure(self, case: Case) -> Measurement:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        rec = self.lookup(case)
+        if rec is None:
+            from .. import batch_spec
+            from ..space import format_config
+
+            return Measurement.failed(Status.ERROR, f"not recorded: {case.backend} {case.dims.label} "
+                                      f"kv {case.kv_cache_dtype} {batch_spec.format(case.shape)} "
+                                      f"{format_config(case.param_dict)} is not in {self._source}")
+        details = tuple(sorted({**rec.get("details", {}), "replayed_from": Path(rec["_file"]).name}.items()))
+        if rec["status"] != "ok":
+            return Measurement(Status(rec["status"]), (), rec.get("message") or "failed when recorded",
+                               None, details)
+        recorded = rec["samples_ms"]
+        samples = tuple(self._rng.choice(recorded) for _ in recorded)
+        return Measurement(Status.OK, samples, "", rec.get("rel_err"), details)
+
+    def truth(self) -> dict[str, dict[str, Any]]:
+        """Every record by key (for benchmarks that need the recorded medians)."""
+        return self._records
+
+
+def _replay_env(header: dict[str, Any]) -> Environment:
+    env = Environment.from_dict(header["environment"])
+    extra = dict(env.extra) | {"recorded_by": env.runner}
+    return Environment(runner="replay", gpu_name=env.gpu_name, compute_capability=env.compute_capability,
+                       sm_count=env.sm_count, driver=env.driver, cuda=env.cuda, torch=env.torch, vllm=env.vllm,
+                       mla_tune=env.mla_tune, recorded=header.get("date") or env.recorded,
+                       extra=tuple(sorted(extra.items())))

@@ -1,0 +1,118 @@
+"""The replay runner: answers only from recordings, with their noise and provenance; passes the runner contract."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mla_tune import api, batch_spec
+from mla_tune.errors import DataFileError, RunnerUnavailableError
+from mla_tune.models import get_model
+from mla_tune.runners import make_runner
+from mla_tune.runners.replay import ReplayRunner
+from mla_tune.types import Case, Status, freeze_params
+
+from .fakes import FakeRunner
+from .runner_contract import RunnerContract
+
+OK_CONFIG = {"cuda_graphs": True, "max_num_splits": 8, "prefill_backend": "auto", "reorder_batch_threshold": 512}
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sweeps")
+    for backend in ("FLASH_ATTN_MLA", "TRITON_MLA"):
+        api.run_sweep(backend=backend, workload="spec:8q1s1k", output=d / f"{backend}.jsonl", tp=8,
+                      runner=FakeRunner(optimum={"max_num_splits": 8}))
+    api.run_sweep(backend="CUTLASS_MLA", workload="spec:8q1s1k", output=d / "cutlass.jsonl", tp=8,
+                  runner=FakeRunner(unavailable=()))
+    return d
+
+
+def case(backend="FLASH_ATTN_MLA", config=OK_CONFIG, spec="8q1s1k", tp=8):
+    return Case(backend, batch_spec.parse(spec), get_model("deepseek-v3", tp), freeze_params(config))
+
+
+class TestReplayContract(RunnerContract):
+    @pytest.fixture
+    def runner(self, sweep_dir):
+        return ReplayRunner.open(str(sweep_dir))
+
+    @pytest.fixture
+    def ok_case(self):
+        return case()
+
+    @pytest.fixture
+    def refused_case(self):
+        return case(spec="16q1s1k")
+
+
+def test_samples_are_drawn_from_the_recording(sweep_dir):
+    r = ReplayRunner.open(str(sweep_dir), seed=1)
+    rec = r.lookup(case())
+    m = r.measure(case())
+    assert m.status is Status.OK and set(m.samples_ms) <= set(rec["samples_ms"])
+    assert len(m.samples_ms) == len(rec["samples_ms"])
+    assert dict(m.details)["replayed_from"] == "FLASH_ATTN_MLA.jsonl"
+
+
+def test_missing_case_is_not_recorded_never_invented(sweep_dir):
+    r = make_runner(f"replay:{sweep_dir}")
+    m = r.measure(case(tp=1))
+    assert m.status is Status.ERROR and m.message.startswith("not recorded: FLASH_ATTN_MLA deepseek-v3-tp1")
+    m = r.measure(case(config=OK_CONFIG | {"max_num_splits": 3}))
+    assert m.status is Status.ERROR and "not recorded" in m.message
+
+
+def test_recorded_failures_replay_as_failures(sweep_dir):
+    r = ReplayRunner.open(str(sweep_dir))
+    cfg = {"cuda_graphs": True, "num_kv_splits": "auto", "prefill_backend": "auto"}
+    assert r.measure(case("CUTLASS_MLA", cfg)).status is Status.OK
+    # FakeRunner recorded no CUTLASS failure here; recorded unsupported prefill backends are excluded in sweeps
+    statuses = {s.name: s for s in r.backends()}
+    assert statuses["FLASH_ATTN_MLA"].available and not statuses["FLASHMLA"].available
+    assert "not recorded" in statuses["FLASHMLA"].reason
+
+
+def test_environment_is_the_recordings_with_runner_replay(sweep_dir):
+    env = ReplayRunner.open(str(sweep_dir)).environment()
+    assert env.runner == "replay" and env.gpu_name == "NVIDIA Fake100 80GB" and env.recorded
+    assert env.fingerprint == "Fake100-replay" and dict(env.extra)["recorded_by"] == "fake"
+
+
+def test_study_through_replay_says_replay_everywhere(sweep_dir, tmp_path):
+    out = api.run_study(backend="FLASH_ATTN_MLA", workload="spec:8q1s1k", tp=8, runner=f"replay:{sweep_dir}",
+                        storage=str(tmp_path / "s.journal"), confirm_rounds=4)
+    [s] = out.summaries
+    assert s.name == "Fake100-replay/deepseek-v3-tp8/FLASH_ATTN_MLA/8q1s1k"
+    assert s.best_attrs["config"]["max_num_splits"] == 8 and s.best_attrs["provenance"]["runner"] == "replay"
+    _, table = api.export_table(tmp_path / "t.yaml", storage=str(tmp_path / "s.journal"), backend="FLASH_ATTN_MLA",
+                                tp=8)
+    assert table["provenance"]["runner"] == "replay" and table["entries"][0]["tuned"]
+
+
+def test_bad_paths_and_files(tmp_path, sweep_dir):
+    with pytest.raises(RunnerUnavailableError, match="no recorded sweeps"):
+        ReplayRunner.open(str(tmp_path / "nowhere"))
+    with pytest.raises(RunnerUnavailableError, match="needs recorded sweeps"):
+        make_runner("replay")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"kind": "mla-tune/sweep", "schema_version": 1, "environment": {}}) + "\n")
+    with pytest.raises(DataFileError, match="line 1.environment"):
+        ReplayRunner.open(str(bad))
+    header = (sweep_dir / "TRITON_MLA.jsonl").read_text().splitlines()[0]
+    bad.write_text(header + "\n{oops\n")
+    with pytest.raises(DataFileError, match="line 2: not JSON"):
+        ReplayRunner.open(str(bad))
+
+
+def test_sweep_resumes_without_remeasuring(tmp_path):
+    out = tmp_path / "s.jsonl"
+    first = FakeRunner()
+    n1 = api.run_sweep(backend="FLASHMLA", workload="spec:8q4s1k", output=out, runner=first)
+    again = FakeRunner()
+    n2 = api.run_sweep(backend="FLASHMLA", workload="spec:8q4s1k", output=out, runner=again)
+    assert n1 == len(first.calls) > 0 and n2 == 0 and not again.calls
+    lines = out.read_text().splitlines()
+    assert len(lines) == n1 + 1 and json.loads(lines[0])["kind"] == "mla-tune/sweep"
