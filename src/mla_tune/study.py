@@ -201,7 +201,7 @@ def run_trials(target: StudyTarget, storage: optuna.storages.BaseStorage, runner
     answers, keys = target.enumerate()
     budget = r.n_trials if r.n_trials is not None else (None if r.timeout_s else DEFAULT_TRIALS)
     sampler, _chosen = make_sampler(r.sampler, space_size=len(keys), budget=budget, targets=answers, keys=keys,
-                                    seed=r.seed)
+                                    seed=r.seed, values={p.name: p.values() for p in target.space.parameters})
     study = open_study(target, storage, env, sampler)
     if not study.get_trials(deepcopy=False):
         study.enqueue_trial(answers[0], user_attrs={"role": "baseline"})
