@@ -313,7 +313,8 @@ def one_line(text: str, limit: int = 300) -> str:
 
 _POISON_MARKERS = ("illegal memory access", "device-side assert", "unspecified launch failure",
                    "illegal instruction", "misaligned address", "cuda error: an illegal",
-                   "cudaerrorillegaladdress", "uncorrectable ecc", "context is destroyed")
+                   "cudaerrorillegaladdress", "uncorrectable ecc", "context is destroyed",
+                   "graph capture failed", "operation not permitted when stream is capturing")
 _UNSUPPORTED_MARKERS = ("not supported", "unsupported", "not yet supported", "only supported on",
                         "is not available")
 
@@ -328,7 +329,7 @@ def classify_failure(type_names: Sequence[str], message: str) -> tuple[Status, b
         return Status.ERROR, True
     if "OutOfMemoryError" in type_names or "out of memory" in low:
         return Status.OOM, False
-    if "NotImplementedError" in type_names or "UnsupportedCase" in type_names:
+    if any(n in type_names for n in ("NotImplementedError", "UnsupportedCase", "ImportError")):
         return Status.UNSUPPORTED, False
     if any(m in low for m in _UNSUPPORTED_MARKERS):
         return Status.UNSUPPORTED, False

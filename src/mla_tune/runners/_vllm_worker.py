@@ -1,7 +1,7 @@
 """The worker process of the vLLM runner: receives requests over a pipe, answers with picklable values.
 
 The parent (``runners/vllm.py``) owns the watchdog. This side imports torch and vLLM (through
-``_vllm_engine``) on its first request, turns every exception into a ``Measurement`` and exits after a CUDA
+``_vllm_session``/``_vllm_engine``) on its first request, turns every exception into a ``Measurement`` and exits after a CUDA
 error that poisons the context, so that the parent starts a fresh process for the next case.
 
 Protocol: the parent sends ``(op, payload)``; the worker answers ``("ok", value, exiting)`` or
@@ -62,7 +62,7 @@ class _Worker:
     @property
     def session(self) -> Any:
         if self._session is None:
-            from ._vllm_engine import Session  # the heavy import: torch, vLLM
+            from ._vllm_session import Session  # the heavy import: torch, vLLM
 
             self._session = Session(self.options)
         return self._session

@@ -280,6 +280,9 @@ class VllmRunner(Runner):
             return Measurement.failed(Status.ERROR, one_line(str(exc)))
         reason = capability_refusal(case.backend, cc) or prefill_capability_refusal(
             plan.engine.prefill_backend, cc)
+        if not reason and plan.engine.prefill_backend != "auto":
+            status = self.backend_status(plan.engine.prefill_backend, "prefill")
+            reason = None if status.available else status.reason
         return Measurement.failed(Status.UNSUPPORTED, reason) if reason else None
 
     def _timeout_for(self, worker: _WorkerHandle, keys: set[EngineKey]) -> float:

@@ -1,0 +1,243 @@
+"""The worker's measuring session: caches engines, inputs, metadata and references; measures one case.
+
+A measurement: engine (cached per EngineKey) -> inputs (cached per shape/dims/kv dtype/block size) -> metadata
+(cached per threshold and split cap) -> one eager call on fixed inputs for the numerics gate -> warm-up until
+JIT compiles are over -> ``samples`` timed samples of ``layers`` calls over distinct KV caches, replayed from a
+CUDA graph when the case says ``cuda_graphs``. ``step`` names the phase in progress for failure messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import subprocess
+import sys
+import time
+from collections import Counter, OrderedDict
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..types import Case, Environment, Measurement, MLADims, Status
+from . import _vllm_engine as eng
+from . import _vllm_timing as tm
+from ._vllm_plan import (Plan, RunnerOptions, capability_refusal, classify_failure, default_case, make_plan,
+                         one_line)
+
+log = logging.getLogger("mla_tune.runners.vllm.session")
+MAX_ENGINES = 16
+MAX_REFERENCES = 32
+
+
+def _driver_version() -> str:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        version = pynvml.nvmlSystemGetDriverVersion()
+        return version.decode() if isinstance(version, bytes) else str(version)
+    except Exception:  # noqa: BLE001 - fall back to nvidia-smi
+        pass
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _version(module: str) -> str:
+    try:
+        return str(__import__(module).__version__)
+    except Exception:  # noqa: BLE001
+        return "missing"
+
+
+class Session:
+    def __init__(self, options: RunnerOptions) -> None:
+        self.options = options
+        self.device = torch.device("cuda", options.device)
+        torch.cuda.set_device(self.device)
+        self.step = ""
+        self.counters: Counter[str] = Counter()
+        self._engines: OrderedDict[Any, eng.Engine] = OrderedDict()
+        self._inputs: tuple[Any, tm.Inputs] | None = None
+        self._references: OrderedDict[Any, Any] = OrderedDict()
+        self._kv_b_proj: dict[MLADims, tm.KVBProj] = {}
+        self._model_dirs: dict[MLADims, str] = {}
+        self._env: Environment | None = None
+
+    # -- provenance ---------------------------------------------------------------------------------
+    def environment(self) -> Environment:
+        if self._env is None:
+            p = torch.cuda.get_device_properties(self.device)
+            extra = {"l2_mib": f"{getattr(p, 'L2_cache_size', 0) / 2**20:.0f}",
+                     "memory_gib": f"{p.total_memory / 2**30:.0f}", "triton": _version("triton"),
+                     "flashinfer": _version("flashinfer"), "python": sys.version.split()[0]}
+            self._env = Environment(runner="vllm", gpu_name=p.name, compute_capability=f"{p.major}.{p.minor}",
+                                    sm_count=p.multi_processor_count, driver=_driver_version(),
+                                    cuda=str(torch.version.cuda or "unknown"), torch=torch.__version__,
+                                    vllm=eng.vllm_version(), mla_tune=__version__,
+                                    extra=tuple(sorted(extra.items())))
+        return self._env
+
+    def backends(self) -> tuple:
+        return eng.backend_statuses(self.environment().compute_capability)
+
+    def stats(self) -> dict[str, Any]:
+        inputs = self._inputs[1] if self._inputs else None
+        return {**self.counters, "engines_cached": len(self._engines),
+                "batches_cached": len(inputs.batches) if inputs else 0,
+                "references_cached": len(self._references),
+                "inputs_layers": inputs.layers if inputs else 0,
+                "gpu_allocated_gib": round(torch.cuda.memory_allocated(self.device) / 2**30, 3)}
+
+    def recover_from_oom(self) -> None:
+        """Free what a failed case left behind, so that the next (smaller) case can run."""
+        self._inputs = None
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+
+    # -- caches -------------------------------------------------------------------------------------
+    def engine(self, key: Any) -> eng.Engine:
+        if key in self._engines:
+            self._engines.move_to_end(key)
+            return self._engines[key]
+        dims = key.dims
+        if dims not in self._model_dirs:
+            self._model_dirs[dims] = eng.write_model_dir(dims)
+        if dims not in self._kv_b_proj:
+            self._kv_b_proj[dims] = tm.make_kv_b_proj(dims, self.device, self.options.seed)
+        engine = eng.build_engine(key, self._model_dirs[dims], self._kv_b_proj[dims], self.device, self)
+        self.counters["engine_builds"] += 1
+        self._engines[key] = engine
+        while len(self._engines) > MAX_ENGINES:
+            old, _ = self._engines.popitem(last=False)
+            if self._inputs:
+                for k in [k for k in self._inputs[1].batches if k[0] == old]:
+                    del self._inputs[1].batches[k]
+        return engine
+
+    def inputs(self, case: Case, engine: eng.Engine) -> tm.Inputs:
+        key = (case.shape, case.dims, engine.key.kv_cache_dtype, engine.block_size)
+        if self._inputs is None or self._inputs[0] != key:
+            self._inputs = None  # free the old caches before allocating new ones
+            torch.cuda.empty_cache()
+            dtype = torch.bfloat16 if engine.key.kv_cache_dtype == "auto" else eng.fp8_dtype()
+            o = self.options
+            made = tm.make_inputs(case.shape.requests, case.dims, engine.block_size, dtype, self.device, o.seed,
+                                  o.layers, o.l2_factor, o.mem_fraction)
+            self.counters["input_builds"] += 1
+            self._inputs = (key, made)
+        return self._inputs[1]
+
+    def batch(self, engine: eng.Engine, inputs: tm.Inputs, plan: Plan) -> tm.Batch:
+        key = plan.metadata_key
+        if key not in inputs.batches:
+            inputs.batches[key] = eng.build_batch(engine, inputs, plan, self.device)
+            self.counters["metadata_builds"] += 1
+        return inputs.batches[key]
+
+    # -- measuring ----------------------------------------------------------------------------------
+    def _prepare(self, case: Case, plan: Plan) -> tuple[eng.Engine, tm.Inputs, tm.Batch]:
+        self.step = "build engine"
+        engine = self.engine(plan.engine)
+        self.step = "inputs"
+        inputs = self.inputs(case, engine)
+        self.step = "build metadata"
+        return engine, inputs, self.batch(engine, inputs, plan)
+
+    def _output(self, engine: eng.Engine, inputs: tm.Inputs, batch: tm.Batch, plan: Plan) -> torch.Tensor:
+        eng.apply_call_settings(engine, plan)
+        with engine.context():
+            o = eng.forward(engine, batch, inputs.caches[0])
+        return tm.compose_output(batch, o, inputs, engine.impl.kv_b_proj.weight)
+
+    def _reference(self, case: Case, plan: Plan) -> tuple[Any, str]:
+        """The default config's output on the same inputs (cached), or None and why not."""
+        key = (case.backend, case.shape, case.dims, plan.engine.kv_cache_dtype)
+        if key not in self._references:
+            try:
+                ref_plan = make_plan(default_case(case))
+                engine, inputs, batch = self._prepare(case, ref_plan)
+                self.step = "reference (default config)"
+                self._references[key] = (tm.store_reference(self._output(engine, inputs, batch, ref_plan)), "")
+                self.counters["reference_builds"] += 1
+            except Exception as exc:  # noqa: BLE001 - a missing reference is a detail, not a failure
+                status, poisoned = classify_failure([c.__name__ for c in type(exc).__mro__], str(exc))
+                if poisoned or status is Status.OOM:
+                    raise
+                log.warning("no numerics reference for %s: %s", case.backend, exc)
+                self._references[key] = (None, one_line(f"no reference: {type(exc).__name__}: {exc}", 120))
+            while len(self._references) > MAX_REFERENCES:
+                self._references.popitem(last=False)
+        return self._references[key]
+
+    def measure(self, case: Case, plan: Plan) -> tuple[Measurement, dict[str, float]]:
+        t0 = time.perf_counter()
+        self.step = "capability"
+        refusal = capability_refusal(case.backend, self.environment().compute_capability)
+        if refusal:
+            return Measurement.failed(Status.UNSUPPORTED, refusal), {}
+        if self.options.rebuild_every_trial:
+            self._engines.clear()
+            if self._inputs:
+                self._inputs[1].batches.clear()
+        phases: dict[str, float] = {}
+        self._prepare(case, plan)  # fail fast (e.g. an unsupported prefill path) before the reference
+        ref, ref_note = self._reference(case, plan)
+        engine, inputs, batch = self._prepare(case, plan)
+        phases["setup_s"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        self.step = "numerics"
+        out = self._output(engine, inputs, batch, plan)
+        rel_err = tm.relative_error(out, ref) if ref is not None else None
+        del out
+        phases["numerics_s"] = time.perf_counter() - t1
+        details = self._details(engine, inputs, batch, plan)
+        if ref_note:
+            details["numerics"] = ref_note
+        tol = self.options.tolerance(plan.engine.kv_cache_dtype)
+        if rel_err is not None and not (rel_err <= tol):  # NaN fails too
+            what = "output has NaN/Inf" if math.isnan(rel_err) else f"rel err {rel_err:.3g}"
+            msg = f"numerics: {what} vs the default config exceeds tol {tol:g}"
+            return Measurement(Status.ERROR, (), msg, rel_err, tuple(sorted(details.items()))), phases
+        samples, timing = self._time(engine, inputs, batch, plan, phases)
+        details.update(timing)
+        phases["total_s"] = time.perf_counter() - t0
+        return Measurement(Status.OK, tuple(samples), "", rel_err, tuple(sorted(details.items()))), phases
+
+    def _time(self, engine: eng.Engine, inputs: tm.Inputs, batch: tm.Batch, plan: Plan,
+              phases: dict[str, float]) -> tuple[list[float], dict[str, str]]:
+        eng.apply_call_settings(engine, plan)
+
+        def run() -> None:
+            for cache in inputs.caches:
+                eng.forward(engine, batch, cache)
+
+        with engine.context():
+            self.step = "warm-up"
+            t = time.perf_counter()
+            calls = tm.warm_up(run, self.options.warmup, self.options.warmup_budget_s)
+            phases["warmup_s"] = time.perf_counter() - t
+            self.step = "timing (CUDA graph capture and replay)" if plan.cuda_graphs else "timing (eager)"
+            t = time.perf_counter()
+            samples = tm.sample(run, inputs.layers, self.options.samples, plan.cuda_graphs)
+            phases["timed_s"] = time.perf_counter() - t
+        timing = {"timing": "graph" if plan.cuda_graphs else "eager", "warmup_calls": str(calls)}
+        if eng.TRITON.used is not None:
+            timing["num_kv_splits"] = str(eng.TRITON.used)
+        return samples, timing
+
+    def _details(self, engine: eng.Engine, inputs: tm.Inputs, batch: tm.Batch, plan: Plan) -> dict[str, str]:
+        d = {"prefill": engine.prefill, "block_size": str(engine.block_size), "layers": str(inputs.layers),
+             "decode_tokens": str(batch.num_decode_tokens), "prefill_tokens": str(batch.num_prefill_tokens),
+             "reorder_batch_threshold": str(engine.builder.reorder_batch_threshold),
+             "kv_cache_dtype": "fp8" if plan.engine.kv_cache_dtype == "fp8" else "bf16"}
+        decode = getattr(batch.meta, "decode", None)
+        if decode is not None and hasattr(decode, "max_num_splits"):
+            d["fa_num_splits"] = str(decode.max_num_splits)  # 0 = FA's own heuristic
+        if plan.cutlass_splits is not None:
+            d["num_kv_splits"] = str(plan.cutlass_splits)
+        return d
