@@ -15,11 +15,10 @@ from pathlib import Path
 import optuna
 
 from .errors import StorageError
+from .heartbeat import HeartbeatJournalStorage, grace_period_s, heartbeat_interval_s, retry_callback
 
 DEFAULT_STORAGE = "results/studies.journal"
 _RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
-HEARTBEAT_INTERVAL_S = 10
-GRACE_PERIOD_S = 30
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ def parse_storage(text: str | None) -> StorageSpec:
 def open_storage(spec: StorageSpec, *, create: bool) -> optuna.storages.BaseStorage:
     """Open ``spec``; with ``create=False`` a missing journal file or SQLite database is an error, not a new file.
 
-    RDB storages get Optuna's heartbeats: a trial whose worker stops beating is failed and retried once.
+    Both kinds get Optuna's heartbeats: a trial whose worker stops beating is failed and retried once.
     """
     if spec.kind == "journal":
         path = Path(spec.target)
@@ -71,21 +70,23 @@ def open_storage(spec: StorageSpec, *, create: bool) -> optuna.storages.BaseStor
         try:
             # The open lock (O_EXCL lock file) works on local disks and NFSv3+, unlike symlink locks on some FUSE mounts.
             backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
-            return optuna.storages.JournalStorage(backend)
+            # Journal files get the same crash recovery as RDB storages (heartbeat.py says why it is needed).
+            return HeartbeatJournalStorage(backend, interval_s=heartbeat_interval_s(), grace_s=grace_period_s(),
+                                           callback=retry_callback())
         except OSError as e:
             raise StorageError(f"cannot open journal {path}: {e.strerror}") from e
     if spec.target.startswith("sqlite:///") and not create:
         db = spec.target[len("sqlite:///"):]
         if not Path(db).is_file():
             raise StorageError(f"no SQLite database at {db}")
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RDBStorage
 
     try:
         with warnings.catch_warnings():  # heartbeats and their retry callback are flagged experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = RetryHeartbeatStaleTrialCallback(max_retry=1)
-            return RDBStorage(spec.target, heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=GRACE_PERIOD_S,
-                              heartbeat_stale_trial_callback=retry, engine_kwargs=_engine_kwargs(spec.target))
+            return RDBStorage(spec.target, heartbeat_interval=heartbeat_interval_s(), grace_period=grace_period_s(),
+                              heartbeat_stale_trial_callback=retry_callback(),
+                              engine_kwargs=_engine_kwargs(spec.target))
     except Exception as e:  # sqlalchemy raises many kinds; the user needs one line
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StorageError(f"cannot open storage {spec.display}: {reason}") from e
