@@ -56,8 +56,8 @@ class ExhaustiveSampler(BaseSampler):
         return [i for i, k in enumerate(self._keys) if k not in visited]
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if "fixed_params" in trial.system_attrs:  # an enqueued trial (the baseline) brings its own params
-            return
+        if "fixed_params" in trial.system_attrs or trial.params:  # enqueued (the baseline) or a retried trial
+            return  # brings its own params (and a retry its original's target attr)
         unvisited = self._unvisited(study)
         if not unvisited:
             pick = self._rng.randrange(len(self._targets))

@@ -16,6 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from .claim import claim
 from .errors import UsageError
 from .plan import StudyTarget, config_set_key, study_attrs
 from .runners import Runner
@@ -65,7 +66,8 @@ class Objective:
     """Measures the configs a trial asks for; identical configs are measured once per study."""
 
     def __init__(self, target: StudyTarget, runner: Runner, env: Environment, study: optuna.Study) -> None:
-        self.target, self.runner, self.env = target, runner, env
+        self.target, self.runner, self.env, self.study = target, runner, env, study
+        self.limit: int | None = None  # distinct measurements allowed; claims keep concurrent workers within it
         self.baseline_key = config_set_key(target.default_configs())
         self._seen: dict[str, FrozenTrial] = {}
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
@@ -82,8 +84,11 @@ class Objective:
         trial.set_user_attr(KEY_ATTR, key)
         if key == self.baseline_key:
             trial.set_user_attr("role", "baseline")
-        if key in self._seen:  # same kernels as an earlier trial: reuse, don't spend GPU time
-            return self._reuse(trial, self._seen[key])
+        earlier = self._seen.get(key)
+        if earlier is None:  # other workers may have measured it, or be measuring it: see claim.py
+            earlier = claim(self.study, trial, key, self.limit)
+        if earlier is not None:  # same kernels as an earlier trial: reuse, don't spend GPU time
+            return self._reuse(trial, earlier)
         attrs, value = self._measure(configs)
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
@@ -207,6 +212,7 @@ def run_trials(target: StudyTarget, storage: optuna.storages.BaseStorage, runner
         study.enqueue_trial(answers[0], user_attrs={"role": "baseline"})
     objective = Objective(target, runner, env, study)
     limit = min(budget, len(keys)) if budget is not None else len(keys)
+    objective.limit = limit
     max_calls = 4 * limit + 10  # TPE can keep proposing measured configs once the good region is exhausted
     calls = 0
 
@@ -214,7 +220,7 @@ def run_trials(target: StudyTarget, storage: optuna.storages.BaseStorage, runner
         nonlocal calls
         calls += 1
         done = measured_count(st)
-        if done >= limit or calls >= max_calls:
+        if done >= limit or calls >= max_calls or t.state == TrialState.PRUNED:  # pruned: budget in flight
             st.stop()
         if progress:
             best = best_ok_trial(st)
