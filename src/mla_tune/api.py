@@ -193,3 +193,48 @@ def run_sweep(*, backend: str, workload: str, output: Path, model: str = "deepse
         require_backend(r, backend)
         space, _ = check_space_available(space, r)
         return _run(r, space, request.workload, request.dims, kv_cache_dtype, Path(output), progress)
+
+
+@dataclass(frozen=True)
+class ParallelOutcome:
+    """What ``run_study_parallel`` returns: the studies' outcome (None if no worker finished) and every worker."""
+
+    outcome: StudyOutcome | None
+    workers: list[Any]  # scale.WorkerReport, one per GPU
+
+    @property
+    def failed(self) -> list[Any]:
+        return [w for w in self.workers if w.error is not None]
+
+
+def run_study_parallel(*, gpus: str | list[str], backend: str, workload: str, model: str = "deepseek-v3",
+                       tp: int = 1, kv_cache_dtype: str = "auto", objective: str = "per-shape",
+                       sampler: str = "auto", n_trials: int | None = None, timeout_s: float | None = None,
+                       storage: str | None = None, runner: str = "vllm", seed: int | None = 0, confirm_top: int = 3,
+                       confirm_rounds: int = 6, progress: Callable[[Any], None] | None = None) -> ParallelOutcome:
+    """``run_study`` with one worker process per GPU (``"0,1,2,3"``), all on one storage; see ``scale``.
+
+    Refuses a busy GPU and, with several workers, a storage unsafe for concurrent writers (SQLite). A failed
+    worker is reported in ``workers``, not raised: the others' work is kept and summarized
+    (``scale.raise_for_failures`` turns failures into an error). Ctrl-C stops every worker, then propagates.
+    """
+    from .gpu_lock import parse_gpus
+    from .scale import launch
+    from .storage import open_storage
+    from .summary import summarize
+
+    ids = parse_gpus(gpus) if isinstance(gpus, str) else list(gpus)
+    study = dict(backend=backend, workload=workload, model=model, tp=tp, kv_cache_dtype=kv_cache_dtype,
+                 objective=objective, sampler=sampler, n_trials=n_trials, timeout_s=timeout_s, seed=seed,
+                 confirm_top=confirm_top, confirm_rounds=confirm_rounds)
+    launched = launch(study, gpus=ids, storage=storage, runner=runner, progress=progress)
+    if launched.environment is None:
+        return ParallelOutcome(None, launched.workers)
+    import optuna
+
+    spec = parse_storage(storage)
+    store = open_storage(spec, create=False)
+    names = {s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)}
+    summaries = [summarize(optuna.load_study(study_name=n, storage=store)) for n in launched.studies if n in names]
+    return ParallelOutcome(StudyOutcome(spec.display, launched.environment, summaries, launched.excluded),
+                           launched.workers)

@@ -64,12 +64,17 @@ def study(
     objective: str = typer.Option("per-shape", help="per-shape (a study per shape) or mix (weighted sum)"),
     seed: int = typer.Option(0, help="sampler seed"),
     export: Optional[Path] = typer.Option(None, help="also write the tuning table to this YAML file"),
+    gpus: Optional[str] = typer.Option(None, help="one worker process per GPU, e.g. 0,1,2,3, sharing --storage"),
 ) -> None:
     """Tune one backend on one workload; re-running the same command resumes."""
     from . import api
     from .render import ProgressView, print_outcome
 
     _quiet_optuna()
+    if gpus is not None:
+        return _study_parallel(gpus, export, backend=backend, workload=workload, model=model, tp=tp,
+                               kv_cache_dtype=kv_cache_dtype, objective=objective, sampler=sampler,
+                               n_trials=trials, timeout_s=timeout, storage=storage, runner=runner, seed=seed)
     with ProgressView(_console(stderr=True)) as view:
         outcome = api.run_study(backend=backend, workload=workload, model=model, tp=tp,
                                 kv_cache_dtype=kv_cache_dtype, objective=objective, sampler=sampler,
@@ -81,6 +86,24 @@ def study(
                                        kv_cache_dtype=kv_cache_dtype, workload=workload,
                                        gpu=outcome.environment.fingerprint)
         typer.echo(f"wrote {path}")
+
+
+def _study_parallel(gpus: str, export: Optional[Path], **kw: Any) -> None:
+    """``study --gpus``: a worker per GPU; prints what finished, then fails if any worker did."""
+    from . import api
+    from .render import ProgressView, print_outcome
+    from .scale import raise_for_failures
+
+    with ProgressView(_console(stderr=True)) as view:
+        par = api.run_study_parallel(gpus=gpus, progress=view.update, **kw)
+    if par.outcome is not None:
+        print_outcome(_console(), par.outcome)
+        if export is not None and not par.failed:
+            path, _ = api.export_table(export, storage=kw["storage"], backend=kw["backend"], model=kw["model"],
+                                       tp=kw["tp"], kv_cache_dtype=kw["kv_cache_dtype"], workload=kw["workload"],
+                                       gpu=par.outcome.environment.fingerprint)
+            typer.echo(f"wrote {path}")
+    raise_for_failures(par)
 
 
 @app.command("export")

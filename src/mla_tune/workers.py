@@ -1,0 +1,152 @@
+"""One worker of a multi-GPU study: runs every study of the workload on its GPU, cooperating through the storage.
+
+Workers share studies, not a schedule: each runs all the studies of the workload, worker ``i`` starting at study
+``i`` (so they spread out), and Optuna's storage does the sharing (samplers see each other's trials; ``claim``
+keeps a config from being measured twice). Then a second pass waits for the other workers' running trials of each
+study, Optuna's heartbeat failing and re-enqueueing those of dead workers, and runs what is left (the retries).
+Last, worker ``i`` confirms the studies ``j`` with ``j % n == i``.
+
+Started by ``scale.launch`` as ``python -m mla_tune.workers JOB.json``; reports progress as JSON lines on stdout
+and its result in the job's result file. When the launcher dies (stdin closes), the worker stops as on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from .api import build_request, open_runner, require_backend
+from .confirm import confirm
+from .errors import MlaTuneError
+from .heartbeat import has_heartbeat, heartbeat_interval_s
+from .plan import StudyTarget, plan
+from .runners import Runner
+from .storage import open_storage, parse_storage
+from .study import ProgressFn, check_space_available, measured_count, run_trials
+from .types import Environment
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """What one worker does: the study request (``api.run_study``'s keywords), its place among the workers."""
+
+    index: int
+    n_workers: int
+    gpu: str
+    storage: str
+    runner: str
+    study: dict[str, Any] = field(default_factory=dict)  # backend, workload, model, tp, ... as in run_study
+    result: str = ""  # where the worker writes its result (JSON)
+
+
+@dataclass(frozen=True)
+class WorkerResult:
+    environment: dict[str, Any]
+    studies: list[str]
+    excluded: dict[str, str]
+
+
+def rotated(targets: list[StudyTarget], index: int) -> list[StudyTarget]:
+    k = index % len(targets) if targets else 0
+    return targets[k:] + targets[:k]
+
+
+def work(job: WorkerJob, progress: ProgressFn | None = None) -> WorkerResult:
+    """Run this worker's share of the studies (see the module docstring); finished trials are in the storage."""
+    kw = dict(job.study)
+    if kw.get("seed") is not None:  # the same seed in every worker would propose the same configs in lockstep
+        kw["seed"] = kw["seed"] + job.index
+    request, space = build_request(**kw)
+    spec = parse_storage(job.storage)
+    with open_runner(job.runner) as runner:
+        require_backend(runner, request.backend)
+        env = runner.environment()
+        space, excluded = check_space_available(space, runner)
+        store = open_storage(spec, create=True)
+        targets = plan(request, env, space)
+        mine = rotated(targets, job.index)
+        for target in mine:
+            run_trials(target, store, runner, env, progress)
+        for target in mine:
+            settle(target, store, runner, env, progress)
+        for j, target in enumerate(targets):
+            if j % job.n_workers == job.index:
+                study = optuna.load_study(study_name=target.name, storage=store)
+                confirm(study, target, runner, env, progress)
+    return WorkerResult(env.as_dict(), [t.name for t in targets], excluded)
+
+
+def settle(target: StudyTarget, store: optuna.storages.BaseStorage, runner: Runner, env: Environment,
+           progress: ProgressFn | None = None) -> optuna.Study:
+    """Wait until no other worker runs a trial of this study, then run what is left; repeat until nothing is.
+
+    A dead worker's trial keeps RUNNING until its heartbeat is stale; Optuna's ``fail_stale_trials`` then fails
+    it and its retry callback enqueues a copy, which ``run_trials`` here picks up.
+    """
+    poll_s = min(1.0, heartbeat_interval_s() / 2)
+    while True:
+        study = optuna.load_study(study_name=target.name, storage=store)
+        while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if has_heartbeat(store):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
+            time.sleep(poll_s)
+        before = measured_count(study)
+        study = run_trials(target, store, runner, env, progress)
+        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) and measured_count(study) == before:
+            return study  # nothing ran and nothing runs: the budget is met, or nothing new can be proposed
+
+
+def _watch_parent() -> None:
+    """Stop like Ctrl-C when the launcher is gone: its end of our stdin pipe closes."""
+    try:
+        while os.read(0, 1024):  # the raw fd: a buffered reader's lock would block interpreter shutdown
+            pass
+    except OSError:
+        pass
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def _emit(gpu: str) -> Callable[[Any], None]:
+    lock = threading.Lock()
+
+    def emit(p: Any) -> None:
+        with lock:
+            sys.stdout.write(json.dumps({"gpu": gpu, "progress": dataclasses.asdict(p)}) + "\n")
+            sys.stdout.flush()
+
+    return emit
+
+
+def main(argv: list[str]) -> int:
+    job = WorkerJob(**json.loads(Path(argv[0]).read_text()))
+    threading.Thread(target=_watch_parent, daemon=True).start()
+    optuna.logging.disable_default_handler()  # the launcher shows progress; failures are kept as data
+    result: dict[str, Any]
+    code = 0
+    try:
+        result = {"ok": True, **dataclasses.asdict(work(job, _emit(job.gpu)))}
+    except MlaTuneError as e:
+        result, code = {"ok": False, "error": str(e), "exit_code": e.exit_code}, e.exit_code
+    except KeyboardInterrupt:
+        result, code = {"ok": False, "error": "interrupted", "exit_code": 130}, 130
+    Path(job.result).write_text(json.dumps(result))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
