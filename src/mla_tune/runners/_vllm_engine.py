@@ -80,6 +80,9 @@ def make_vllm_config(model_dir: str, key: EngineKey, block_size: int) -> Any:
                              VllmConfig)
     from vllm.config.compilation import CUDAGraphMode
 
+    # VllmConfig warns on every build that enforce_eager disables torch.compile and CUDA graphs: intended
+    # (the timing code captures its own graphs). Set here, after vLLM's logging setup, which resets levels.
+    logging.getLogger("vllm.config.vllm").setLevel(logging.ERROR)
     model_config = ModelConfig(model=model_dir, tokenizer=model_dir, skip_tokenizer_init=True,
                                dtype=torch.bfloat16, max_model_len=MAX_MODEL_LEN, enforce_eager=True, seed=0)
     cfg = VllmConfig(

@@ -7,11 +7,12 @@ the worker. The facts about vLLM 0.20 that these tables encode are cited next to
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..space import BACKENDS, KNOWN_PARAMETERS, PREFILL_BACKENDS, load_space
+from ..space import BACKENDS, KNOWN_PARAMETERS, PREFILL_BACKENDS, SearchSpace, load_space
 from ..types import Case, MLADims, ParamValue, Request, Status
 
 # Compute-capability majors each decode backend runs on (vLLM 0.20 `supports_compute_capability`, plus
@@ -187,11 +188,17 @@ def check_params(backend: str, params: Mapping[str, ParamValue]) -> list[str]:
     return problems
 
 
+@functools.lru_cache(maxsize=None)
+def space_of(backend: str) -> SearchSpace:
+    """The backend's search space, parsed once per process (a YAML parse costs ~1 ms, every trial)."""
+    return load_space(backend)
+
+
 def full_params(case: Case) -> dict[str, ParamValue]:
     """The case's parameters, with the ones it leaves out set as vLLM runs them for its shape."""
     params = dict(case.params)
     if case.backend in BACKENDS:
-        for name, value in load_space(case.backend).default_config(case.shape).items():
+        for name, value in space_of(case.backend).default_config(case.shape).items():
             params.setdefault(name, value)
     return params
 
@@ -204,7 +211,7 @@ def make_plan(case: Case) -> Plan:
     if problems:
         raise PlanError(Status.ERROR, "; ".join(problems))
     params = full_params(case)
-    space = load_space(case.backend)
+    space = space_of(case.backend)
     cuda_graphs = bool(params.get("cuda_graphs", False))
     threshold = int(params["reorder_batch_threshold"]) if "reorder_batch_threshold" in params else None
     if cuda_graphs and not space.graphable(case.shape, space.threshold(params)):
@@ -224,7 +231,7 @@ def make_plan(case: Case) -> Plan:
 
 def default_case(case: Case) -> Case:
     """The same backend, shape and dims at vLLM's defaults: the numerics reference."""
-    return case.with_params(load_space(case.backend).default_config(case.shape))
+    return case.with_params(space_of(case.backend).default_config(case.shape))
 
 
 def impl_attributes(plan: Plan) -> dict[str, object]:

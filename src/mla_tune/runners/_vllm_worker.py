@@ -91,8 +91,11 @@ class _Worker:
             return "ok", (measurement, phases), False
         except BaseException as exc:  # noqa: BLE001 - every failure becomes data
             step = getattr(session, "step", "") if session is not None else "import torch/vllm"
-            log.error("measure %s failed at %s:\n%s", case.backend, step, traceback.format_exc())
             measurement, poisoned = _failure(exc, step)
+            if measurement.status is Status.UNSUPPORTED:
+                log.info("measure %s unsupported at %s: %s", case.backend, step, measurement.message)
+            else:
+                log.error("measure %s failed at %s:\n%s", case.backend, step, traceback.format_exc())
             if session is not None and measurement.status is Status.OOM:
                 session.recover_from_oom()
             phases = {"total_s": time.perf_counter() - started}
