@@ -11,7 +11,9 @@ write-then-read counts the claims in flight against the budget. No lock, no sche
 
 from __future__ import annotations
 
+import os
 import random
+import socket
 import time
 import warnings
 
@@ -19,9 +21,11 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from .heartbeat import has_heartbeat
+from .interrupts import safe_point
 from .sampling import KEY_ATTR
 
 CLAIM_ATTR = "mla_tune:claim"  # trial system attr: the key this trial is measuring (None: not measuring)
+WORKER_ATTR = "mla_tune:worker"  # trial system attr: host:pid:gpu of the worker that measured it
 MAX_BACKOFF_S = 2.0
 
 
@@ -33,6 +37,8 @@ def claim(study: optuna.Study, trial: Trial, key: str, limit: int | None) -> Fro
     """Returns ``None`` when this trial may measure ``key`` now (the claim stays until the trial ends), or the
     finished trial that measured ``key`` (to reuse). Raises ``BudgetSpent`` when ``limit`` is reached."""
     storage = study._storage
+    if storage.get_trial(trial._trial_id).system_attrs.get(WORKER_ATTR):  # a retry inherits its dead original's system attrs
+        storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, None)
     backoff = 0.05
     while True:
         storage.set_trial_system_attr(trial._trial_id, CLAIM_ATTR, key)
@@ -42,14 +48,20 @@ def claim(study: optuna.Study, trial: Trial, key: str, limit: int | None) -> Fro
         if limit is not None and measured + in_flight >= limit:
             raise BudgetSpent(f"budget of {limit} filled by measured and in-flight trials")
         if not rivals:
+            storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker_id())
             return None
         storage.set_trial_system_attr(trial._trial_id, CLAIM_ATTR, None)
         if has_heartbeat(storage):  # a rival whose worker died must not block us past the grace period
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
-        time.sleep(random.uniform(backoff / 2, backoff))  # random: two rivals that both stepped back desync
+        with safe_point():  # random: two rivals that both stepped back desync
+            time.sleep(random.uniform(backoff / 2, backoff))
         backoff = min(2 * backoff, MAX_BACKOFF_S)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{os.environ.get('CUDA_VISIBLE_DEVICES', '')}"
 
 
 def _scan(study: optuna.Study, number: int, key: str) -> tuple[FrozenTrial | None, int, int, int]:
@@ -69,4 +81,4 @@ def _scan(study: optuna.Study, number: int, key: str) -> tuple[FrozenTrial | Non
     return done, rivals, in_flight, measured
 
 
-__all__ = ["claim", "BudgetSpent", "CLAIM_ATTR"]
+__all__ = ["claim", "BudgetSpent", "CLAIM_ATTR", "WORKER_ATTR"]

@@ -31,12 +31,14 @@ from optuna.trial import TrialState
 from .api import build_request, open_runner, require_backend
 from .confirm import confirm
 from .errors import MlaTuneError
+from . import interrupts
 from .heartbeat import has_heartbeat, heartbeat_interval_s
 from .plan import StudyTarget, plan
 from .runners import Runner
 from .storage import open_storage, parse_storage
 from .study import ProgressFn, check_space_available, measured_count, run_trials
-from .types import Environment
+from .interrupts import check, safe_point
+from .types import BackendStatus, Case, Environment, Measurement
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,8 @@ def work(job: WorkerJob, progress: ProgressFn | None = None) -> WorkerResult:
         kw["seed"] = kw["seed"] + job.index
     request, space = build_request(**kw)
     spec = parse_storage(job.storage)
-    with open_runner(job.runner) as runner:
+    with open_runner(job.runner) as inner:
+        runner = _Interruptible(inner)
         require_backend(runner, request.backend)
         env = runner.environment()
         space, excluded = check_space_available(space, runner)
@@ -79,14 +82,34 @@ def work(job: WorkerJob, progress: ProgressFn | None = None) -> WorkerResult:
         targets = plan(request, env, space)
         mine = rotated(targets, job.index)
         for target in mine:
+            check()
             run_trials(target, store, runner, env, progress)
         for target in mine:
+            check()
             settle(target, store, runner, env, progress)
         for j, target in enumerate(targets):
+            check()
             if j % job.n_workers == job.index:
                 study = optuna.load_study(study_name=target.name, storage=store)
                 confirm(study, target, runner, env, progress)
     return WorkerResult(env.as_dict(), [t.name for t in targets], excluded)
+
+
+class _Interruptible(Runner):
+    """The worker's runner: a Ctrl-C held by ``interrupts`` is raised when a measurement starts or runs."""
+
+    def __init__(self, inner: Runner) -> None:
+        self.inner, self.name = inner, inner.name
+
+    def environment(self) -> Environment:
+        return self.inner.environment()
+
+    def backends(self) -> tuple[BackendStatus, ...]:
+        return self.inner.backends()
+
+    def measure(self, case: Case) -> Measurement:
+        with safe_point():
+            return self.inner.measure(case)
 
 
 def settle(target: StudyTarget, store: optuna.storages.BaseStorage, runner: Runner, env: Environment,
@@ -104,7 +127,8 @@ def settle(target: StudyTarget, store: optuna.storages.BaseStorage, runner: Runn
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     optuna.storages.fail_stale_trials(study)
-            time.sleep(poll_s)
+            with safe_point():
+                time.sleep(poll_s)
         before = measured_count(study)
         study = run_trials(target, store, runner, env, progress)
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) and measured_count(study) == before:
@@ -134,6 +158,7 @@ def _emit(gpu: str) -> Callable[[Any], None]:
 
 def main(argv: list[str]) -> int:
     job = WorkerJob(**json.loads(Path(argv[0]).read_text()))
+    interrupts.install()
     threading.Thread(target=_watch_parent, daemon=True).start()
     optuna.logging.disable_default_handler()  # the launcher shows progress; failures are kept as data
     result: dict[str, Any]

@@ -1,0 +1,238 @@
+"""Several worker processes on one study: sharing, SIGKILL mid-trial, Ctrl-C, busy GPUs, unsafe storages.
+
+Real processes, real signals, real storages (a journal file; PostgreSQL at $MLA_TUNE_TEST_POSTGRES), and the
+replay runner on a sweep recorded here from the fake runner (``MLA_TUNE_REPLAY_DELAY_S`` keeps a trial in flight
+long enough to be killed). Heartbeats are made short (``MLA_TUNE_HEARTBEAT_S``) so a dead worker is noticed fast.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from mla_tune import api, gpu_lock
+from mla_tune.claim import CLAIM_ATTR, WORKER_ATTR
+from mla_tune.cli import app
+from mla_tune.errors import UsageError
+from mla_tune.heartbeat import BEAT_ATTR, HeartbeatJournalStorage, retry_callback
+from mla_tune.storage import open_storage, parse_storage
+
+from .fakes import FakeRunner
+
+BACKEND, SPEC = "FLASH_ATTN_MLA", "64q1s1k"  # 24 distinct configs
+STUDY = f"Fake100-replay/deepseek-v3-tp1/{BACKEND}/{SPEC}"
+PG = os.environ.get("MLA_TUNE_TEST_POSTGRES")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sweep")
+    for backend in (BACKEND, "TRITON_MLA"):
+        api.run_sweep(backend=backend, workload="decode_1k", output=d / f"{backend}.jsonl",
+                      runner=FakeRunner(optimum={"max_num_splits": 8, "num_kv_splits": 4}))
+    return f"replay:{d}"
+
+
+@pytest.fixture(autouse=True)
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLA_TUNE_LOCK_DIR", str(tmp_path / "locks"))
+    monkeypatch.setenv("MLA_TUNE_HEARTBEAT_S", "0.5")  # a dead worker's trial is stale after 1.5 s
+    monkeypatch.delenv("MLA_TUNE_REPLAY_DELAY_S", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
+@pytest.fixture(params=["journal", pytest.param("postgres", marks=pytest.mark.postgres)])
+def storage(request, tmp_path):
+    if request.param == "journal":
+        return str(tmp_path / "studies.journal")
+    store = open_storage(parse_storage(PG), create=True)
+    for s in optuna.get_all_study_summaries(store, include_best_trial=False):  # a fresh test database
+        optuna.delete_study(study_name=s.study_name, storage=store)
+    return PG
+
+
+def load(storage, name=STUDY):
+    return optuna.load_study(study_name=name, storage=open_storage(parse_storage(storage), create=False)).trials
+
+
+def assert_accounted(trials, n_keys):
+    """Every config measured exactly once; nothing left running or queued."""
+    fresh = [t for t in trials if "status" in t.user_attrs and "duplicate_of" not in t.user_attrs]
+    keys = [t.user_attrs["key"] for t in fresh]
+    assert len(keys) == len(set(keys)) == n_keys
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    return fresh
+
+
+@pytest.mark.slow
+def test_workers_share_every_study_and_measure_each_config_once(sweep, storage, monkeypatch):
+    monkeypatch.setenv("MLA_TUNE_REPLAY_DELAY_S", "0.01")
+    par = api.run_study_parallel(gpus="0,1,2", backend="TRITON_MLA", workload="decode_1k", runner=sweep,
+                                 storage=storage, confirm_top=1, confirm_rounds=2)
+    assert not par.failed and len(par.outcome.summaries) == 6
+    workers = set()
+    for s in par.outcome.summaries:
+        assert s.measured == 8 and s.confirmation is not None
+        fresh = assert_accounted(load(storage, s.name), 8)
+        workers |= {t.system_attrs[WORKER_ATTR] for t in fresh}
+    assert len({w.split(":")[1] for w in workers}) == 3  # every worker measured
+    assert {w.rsplit(":", 1)[1] for w in workers} == {"0", "1", "2"}  # each on its own CUDA_VISIBLE_DEVICES
+
+
+def _worker_pids(tmp_path):
+    """The PIDs in the GPU lock files: the workers measuring there."""
+    return [int(p.read_text()) for p in (tmp_path / "locks").glob("mla-tune-gpu-*.lock")]
+
+
+def _measuring(storage, gpu=None, deadline_s=20):
+    """Wait for a trial being measured now (by the worker on ``gpu``); returns (trial number, worker pid)."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            trials = load(storage)
+        except Exception:  # not created yet
+            trials = []
+        for t in trials:
+            host_pid_gpu = t.system_attrs.get(WORKER_ATTR, "").split(":")
+            if t.state == TrialState.RUNNING and len(host_pid_gpu) == 3 and gpu in (None, host_pid_gpu[2]):
+                return t.number, int(host_pid_gpu[1])
+        time.sleep(0.01)
+    raise AssertionError("no trial started measuring")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_trial_is_failed_retried_once_and_nothing_is_lost(sweep, storage, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLA_TUNE_REPLAY_DELAY_S", "0.15")
+    done = {}
+    launcher = threading.Thread(target=lambda: done.setdefault("par", api.run_study_parallel(
+        gpus="0,1", backend=BACKEND, workload=f"spec:{SPEC}", runner=sweep, storage=storage, confirm_top=1,
+        confirm_rounds=2)))
+    launcher.start()
+    try:
+        killed, victim = _measuring(storage, gpu="1")
+        os.kill(victim, signal.SIGKILL)  # mid-trial: each measurement takes 0.15 s
+    finally:
+        launcher.join(60)
+    par = done["par"]
+    [w0, w1] = par.workers
+    assert w0.error is None and w1.error == "killed by SIGKILL" and w1.exit_code == -signal.SIGKILL
+    trials = load(storage)
+    dead = trials[killed]
+    assert dead.state == TrialState.FAIL and "status" not in dead.user_attrs  # failed by heartbeat
+    [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
+    assert retry.state.is_finished() and "status" in retry.user_attrs  # retried once
+    fresh = assert_accounted(trials, 24)
+    [measured] = [t for t in fresh if t.user_attrs["key"] == dead.user_attrs["key"]]
+    assert measured.system_attrs[WORKER_ATTR].split(":")[1] == str(w0.pid)  # by the survivor (maybe as the retry)
+    assert par.outcome.summaries[0].measured == 24 and par.outcome.summaries[0].confirmation is not None
+
+
+def _cli(*args, env=None):
+    return subprocess.Popen([sys.executable, "-m", "mla_tune.cli", "study", "--backend", BACKEND, "--workload",
+                             f"spec:{SPEC}", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_launcher_stops_every_worker_and_the_same_command_resumes(sweep, tmp_path, monkeypatch):
+    storage = str(tmp_path / "s.journal")
+    args = ("--runner", sweep, "--storage", storage, "--gpus", "0,1")
+    proc = _cli(*args, env=dict(os.environ, MLA_TUNE_REPLAY_DELAY_S="0.3"))
+    _measuring(storage)
+    workers = _worker_pids(tmp_path)
+    assert len(workers) == 2
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "interrupted; finished trials are kept" in err
+    for pid in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    trials = load(storage)
+    assert trials and not [t for t in trials if t.state == TrialState.RUNNING]  # current trials recorded as failed
+    before = {t.user_attrs["key"] for t in trials if "status" in t.user_attrs}
+    proc = _cli(*args)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    trials = load(storage)
+    assert_accounted(trials, 24)
+    assert before <= {t.user_attrs["key"] for t in trials if "status" in t.user_attrs}
+
+
+def test_a_busy_gpu_is_refused_naming_the_holder(sweep, tmp_path):
+    held = gpu_lock.acquire("1")
+    try:
+        res = CliRunner().invoke(app, ["study", "--backend", BACKEND, "--workload", f"spec:{SPEC}", "--runner",
+                                       sweep, "--storage", str(tmp_path / "s.journal"), "--gpus", "0,1"])
+    finally:
+        held.release()
+    assert res.exit_code == 1
+    assert f"GPU 1 is busy: mla-tune process {os.getpid()} is measuring on it" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "s.journal").exists()  # nothing started, nothing written
+    gpu_lock.acquire("0").release()  # the lock taken before the refusal was given back
+
+
+def test_several_workers_refuse_sqlite_and_bad_gpu_lists(sweep, tmp_path):
+    with pytest.raises(UsageError, match="SQLite fails under concurrent writers.*journal file.*postgresql://"):
+        api.run_study_parallel(gpus="0,1", backend=BACKEND, workload=f"spec:{SPEC}", runner=sweep,
+                               storage=f"sqlite:///{tmp_path}/s.db")
+    assert not (tmp_path / "s.db").exists()
+    for bad, why in (("0,0", "twice"), ("", "comma-separated"), ("0,x", "not a GPU index")):
+        res = CliRunner().invoke(app, ["study", "--backend", BACKEND, "--workload", f"spec:{SPEC}",
+                                       "--runner", sweep, "--gpus", bad])
+        assert res.exit_code == 2 and why in res.output
+
+
+def test_visible_devices_map_gpu_indices(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    assert gpu_lock.device_of("1") == "6"
+    with pytest.raises(UsageError, match="only 2 GPUs are visible"):
+        gpu_lock.device_of("2")
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_journal_heartbeat_fails_a_silent_trial_and_retries_it_once(tmp_path):
+    from optuna.storages.journal import JournalFileBackend
+
+    store = HeartbeatJournalStorage(JournalFileBackend(str(tmp_path / "j.journal")), interval_s=0.1, grace_s=0.3,
+                                    callback=retry_callback())
+    study = optuna.create_study(storage=store)
+    trial = study.ask()
+    trial.suggest_int("x", 0, 9)
+    store.record_heartbeat(trial._trial_id)
+    assert BEAT_ATTR in store.get_trial(trial._trial_id).system_attrs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+        assert study.trials[0].state == TrialState.RUNNING  # beating recently: alive
+        time.sleep(0.4)
+        optuna.storages.fail_stale_trials(study)
+        [dead, retry] = study.trials
+        assert dead.state == TrialState.FAIL and retry.state == TrialState.WAITING
+        assert retry.params == dead.params and retry.system_attrs["failed_trial"] == 0
+        popped = study.ask()  # the retry inherits its original's old beat: its start keeps it alive
+        assert popped.number == 1
+        optuna.storages.fail_stale_trials(study)
+        assert study.trials[1].state == TrialState.RUNNING
+        time.sleep(0.4)
+        optuna.storages.fail_stale_trials(study)  # dies again: failed, not retried a second time
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
+
+
+def test_claims_are_released_with_the_trial(sweep, tmp_path):
+    """A single-process study leaves only finished trials; claims only mark the one that measured."""
+    out = api.run_study(backend=BACKEND, workload=f"spec:{SPEC}", runner=sweep, storage=str(tmp_path / "s.journal"),
+                        n_trials=5, confirm_rounds=2)
+    trials = load(str(tmp_path / "s.journal"), out.summaries[0].name)
+    assert all(t.state.is_finished() for t in trials)
+    assert sum(CLAIM_ATTR in t.system_attrs for t in trials) == 5
