@@ -320,11 +320,18 @@ def test_refusals_never_reach_the_worker(fake_runner) -> None:
 
 
 @pytest.mark.slow
-def test_close_stops_the_worker(fake_runner) -> None:
+def test_close_stops_the_worker_and_keeps_the_log_only_after_failures(fake_runner) -> None:
     fake_runner.measure(_case(1))
     proc = fake_runner._holder["worker"].proc
     fake_runner.close()
-    assert not proc.is_alive()
+    assert not proc.is_alive() and not os.path.exists(fake_runner.log_path)
+    failing = VllmRunner(worker_target=fake_worker, timeout_s=1.0, first_timeout_s=20.0)
+    try:
+        assert failing.measure(_case(3)).status is Status.ERROR
+    finally:
+        failing.close()
+    assert os.path.exists(failing.log_path)
+    os.unlink(failing.log_path)
 
 
 # -- on the GPU ------------------------------------------------------------------------------------

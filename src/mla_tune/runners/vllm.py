@@ -173,6 +173,7 @@ class VllmRunner(Runner):
         self._backends: tuple[BackendStatus, ...] | None = None
         self.worker_starts = 0
         self.last_phases: dict[str, float] = {}
+        self._keep_log = False  # set when something failed: close() then leaves the log for reading
 
     @classmethod
     def create(cls, arg: str | None = None) -> VllmRunner:
@@ -210,6 +211,7 @@ class VllmRunner(Runner):
         _stop_worker(self._holder)
 
     def _log_tail(self, lines: int = 3) -> str:
+        self._keep_log = True
         try:
             text = Path(self.log_path).read_text(errors="replace").strip().splitlines()
         except OSError:
@@ -300,6 +302,7 @@ class VllmRunner(Runner):
             status, value, exiting = worker.request("measure", case, timeout_s)
         except _WorkerTimeout:
             self._kill_worker()
+            self._keep_log = True
             return Measurement.failed(Status.TIMEOUT, f"no result within {timeout_s:.0f} s; worker killed "
                                       "(the next case starts a fresh one)", worker_log=self.log_path)
         except _WorkerDied:
@@ -315,12 +318,17 @@ class VllmRunner(Runner):
             return Measurement.failed(Status.ERROR, one_line(str(value)))
         measurement, phases = value
         self.last_phases = dict(phases)
+        if measurement.status in (Status.ERROR, Status.TIMEOUT):
+            self._keep_log = True
         return measurement
 
     def close(self) -> None:
+        """Stop the worker; remove its log unless a case failed (then failure messages point at it)."""
         worker = self._holder.pop("worker", None)
         if worker is not None:
             worker.stop(graceful=True)
+        if not self._keep_log:
+            Path(self.log_path).unlink(missing_ok=True)
 
     def describe(self) -> dict[str, Any]:
         """The options this runner measures with (for provenance)."""
