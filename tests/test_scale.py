@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from mla_tune import api, gpu_lock
-from mla_tune.claim import CLAIM_ATTR, WORKER_ATTR
+from mla_tune.claim import CLAIM_ATTR, measured_by
 from mla_tune.cli import app
 from mla_tune.errors import UsageError
 from mla_tune.heartbeat import BEAT_ATTR, HeartbeatJournalStorage, retry_callback
@@ -84,7 +84,7 @@ def test_workers_share_every_study_and_measure_each_config_once(sweep, storage, 
     for s in par.outcome.summaries:
         assert s.measured == 8 and s.confirmation is not None
         fresh = assert_accounted(load(storage, s.name), 8)
-        workers |= {t.system_attrs[WORKER_ATTR] for t in fresh}
+        workers |= {measured_by(t) for t in fresh}
     assert len({w.split(":")[1] for w in workers}) == 3  # every worker measured
     assert {w.rsplit(":", 1)[1] for w in workers} == {"0", "1", "2"}  # each on its own CUDA_VISIBLE_DEVICES
 
@@ -103,7 +103,7 @@ def _measuring(storage, gpu=None, deadline_s=20):
         except Exception:  # not created yet
             trials = []
         for t in trials:
-            host_pid_gpu = t.system_attrs.get(WORKER_ATTR, "").split(":")
+            host_pid_gpu = (t.system_attrs.get(CLAIM_ATTR) or {}).get("worker", "").split(":")
             if t.state == TrialState.RUNNING and len(host_pid_gpu) == 3 and gpu in (None, host_pid_gpu[2]):
                 return t.number, int(host_pid_gpu[1])
         time.sleep(0.01)
@@ -133,7 +133,7 @@ def test_sigkill_mid_trial_is_failed_retried_once_and_nothing_is_lost(sweep, sto
     assert retry.state.is_finished() and "status" in retry.user_attrs  # retried once
     fresh = assert_accounted(trials, 24)
     [measured] = [t for t in fresh if t.user_attrs["key"] == dead.user_attrs["key"]]
-    assert measured.system_attrs[WORKER_ATTR].split(":")[1] == str(w0.pid)  # by the survivor (maybe as the retry)
+    assert measured_by(measured).split(":")[1] == str(w0.pid)  # by the survivor (maybe as the retry)
     assert par.outcome.summaries[0].measured == 24 and par.outcome.summaries[0].confirmation is not None
 
 

@@ -24,8 +24,9 @@ from .heartbeat import has_heartbeat
 from .interrupts import safe_point
 from .sampling import KEY_ATTR
 
-CLAIM_ATTR = "mla_tune:claim"  # trial system attr: the key this trial is measuring (None: not measuring)
-WORKER_ATTR = "mla_tune:worker"  # trial system attr: host:pid:gpu of the worker that measured it
+# Trial system attr: {"key": the config key this trial measures, "worker": "host:pid:gpu"}; None while it steps
+# back. It stays after the trial ends: on a measured trial it says which worker (host, GPU) measured it.
+CLAIM_ATTR = "mla_tune:claim"
 MAX_BACKOFF_S = 2.0
 
 
@@ -37,18 +38,16 @@ def claim(study: optuna.Study, trial: Trial, key: str, limit: int | None) -> Fro
     """Returns ``None`` when this trial may measure ``key`` now (the claim stays until the trial ends), or the
     finished trial that measured ``key`` (to reuse). Raises ``BudgetSpent`` when ``limit`` is reached."""
     storage = study._storage
-    if storage.get_trial(trial._trial_id).system_attrs.get(WORKER_ATTR):  # a retry inherits its dead original's system attrs
-        storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, None)
     backoff = 0.05
+    mine = {"key": key, "worker": worker_id()}  # also replaces the claim a retry inherits from its dead original
     while True:
-        storage.set_trial_system_attr(trial._trial_id, CLAIM_ATTR, key)
+        storage.set_trial_system_attr(trial._trial_id, CLAIM_ATTR, mine)
         done, rivals, in_flight, measured = _scan(study, trial.number, key)
         if done is not None:
             return done
         if limit is not None and measured + in_flight >= limit:
             raise BudgetSpent(f"budget of {limit} filled by measured and in-flight trials")
         if not rivals:
-            storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker_id())
             return None
         storage.set_trial_system_attr(trial._trial_id, CLAIM_ATTR, None)
         if has_heartbeat(storage):  # a rival whose worker died must not block us past the grace period
@@ -75,10 +74,16 @@ def _scan(study: optuna.Study, number: int, key: str) -> tuple[FrozenTrial | Non
             measured += fresh
             if fresh and t.user_attrs.get(KEY_ATTR) == key and (done is None or t.number < done.number):
                 done = t
-        elif t.state == TrialState.RUNNING and t.system_attrs.get(CLAIM_ATTR) is not None:
+        elif t.state == TrialState.RUNNING and t.system_attrs.get(CLAIM_ATTR):
             in_flight += 1
-            rivals += t.system_attrs[CLAIM_ATTR] == key
+            rivals += t.system_attrs[CLAIM_ATTR]["key"] == key
     return done, rivals, in_flight, measured
 
 
-__all__ = ["claim", "BudgetSpent", "CLAIM_ATTR", "WORKER_ATTR"]
+def measured_by(t: FrozenTrial) -> str | None:
+    """``host:pid:gpu`` of the worker that measured ``t`` (None for reused duplicates and unclaimed trials)."""
+    c = t.system_attrs.get(CLAIM_ATTR)
+    return c["worker"] if c and "duplicate_of" not in t.user_attrs else None
+
+
+__all__ = ["claim", "measured_by", "BudgetSpent", "CLAIM_ATTR"]
