@@ -126,3 +126,9 @@ def test_directory_override(tmp_path, monkeypatch):
     (tmp_path / "ss" / "FLASHMLA.yaml").write_text("schema_version: 1\nbackend: TRITON_MLA\nparameters: {}\n")
     with pytest.raises(DataFileError, match="file name says FLASHMLA"):
         load_space("FLASHMLA")
+
+
+def test_split_cap_is_not_searched_under_fa2():
+    space = load_space("FLASH_ATTN_MLA")
+    fa2 = [c for c in space.expand(shape("64q1s4k")) if c["prefill_backend"] == "fa2"]
+    assert {c["max_num_splits"] for c in fa2} == {32} and len(fa2) == 2

@@ -13,7 +13,7 @@ from mla_tune.export import load_table
 
 from .fakes import FakeRunner
 
-OPT = {"cuda_graphs": True, "max_num_splits": 8, "prefill_backend": "fa2"}
+OPT = {"cuda_graphs": True, "max_num_splits": 8, "prefill_backend": "fa3"}
 
 
 def run(tmp_path, runner, **kw):
@@ -35,7 +35,7 @@ def test_exhaustive_study_finds_confirms_and_exports_the_optimum(tmp_path):
     out = run(tmp_path, runner)
     [s] = out.summaries
     assert s.name == "Fake100/deepseek-v3-tp1/FLASH_ATTN_MLA/64q1s4k"
-    assert s.measured == 24  # 3 prefill choices available x (1 eager + 7 graph split caps)
+    assert s.measured == 18  # auto, fa3: 1 eager + 7 split caps; fa2: eager or graph (no cap)
     assert s.best_attrs["config"] | OPT == s.best_attrs["config"]
     conf = s.confirmation
     assert conf["winner"] is not None
@@ -57,9 +57,9 @@ def test_baseline_is_the_first_trial_and_each_config_is_measured_once(tmp_path):
     assert ts[0].user_attrs["config"] == {"cuda_graphs": True, "max_num_splits": 32, "prefill_backend": "auto",
                                           "reorder_batch_threshold": 512}
     keys = [t.user_attrs["key"] for t in ts if "duplicate_of" not in t.user_attrs]
-    assert len(keys) == len(set(keys)) == 24
-    study_cases = runner.calls[:24]
-    assert len({c.params for c in study_cases}) == 24
+    assert len(keys) == len(set(keys)) == 18
+    study_cases = runner.calls[:18]
+    assert len({c.params for c in study_cases}) == 18
 
 
 def test_rerun_resumes_without_repeating_trials(tmp_path):
@@ -81,7 +81,7 @@ def test_ctrl_c_keeps_finished_trials_and_resume_completes(tmp_path):
     assert not [t for t in ts if t.state == TrialState.RUNNING]
     runner = FakeRunner(optimum=OPT)
     out = run(tmp_path, runner)
-    assert out.summaries[0].measured == 24
+    assert out.summaries[0].measured == 18
     assert out.summaries[0].confirmation["winner"] is not None
 
 

@@ -141,8 +141,11 @@ class SearchSpace:
             graphed = bool(choose(p)) if self.graphable(shape, threshold) else False
             config[p.name] = graphed
         if "max_num_splits" in self:
+            # The cap only reaches FA3's ahead-of-time scheduler under full graphs; with FA2 selected vLLM
+            # turns that scheduler off and the cap is never read (fa_num_splits=0 in the runner's details).
             p = self["max_num_splits"]
-            config[p.name] = choose(p) if graphed else p.default
+            fa3_aot = config.get("prefill_backend") != "fa2"
+            config[p.name] = choose(p) if graphed and fa3_aot else p.default
         return config
 
     def _threshold_class(self, shape: Shape, value: int) -> int:
