@@ -29,7 +29,7 @@ from mla_tune.storage import open_storage, parse_storage
 
 from .fakes import FakeRunner
 
-BACKEND, SPEC = "FLASH_ATTN_MLA", "64q1s1k"  # 24 distinct configs
+BACKEND, SPEC = "FLASH_ATTN_MLA", "64q1s1k"
 STUDY = f"Fake100-replay/deepseek-v3-tp1/{BACKEND}/{SPEC}"
 PG = os.environ.get("MLA_TUNE_TEST_POSTGRES")
 
@@ -61,6 +61,18 @@ def storage(request, tmp_path):
     return PG
 
 
+def n_configs(sweep, backend=BACKEND, workload=f"spec:{SPEC}"):
+    """Distinct configs per study of ``workload`` (what an exhaustive study measures)."""
+    from mla_tune.plan import plan
+    from mla_tune.runners import make_runner
+    from mla_tune.study import check_space_available
+
+    runner = make_runner(sweep)
+    request, space = api.build_request(backend=backend, workload=workload)
+    space, _ = check_space_available(space, runner)
+    return {len(t.enumerate()[1]) for t in plan(request, runner.environment(), space)}.pop()
+
+
 def load(storage, name=STUDY):
     return optuna.load_study(study_name=name, storage=open_storage(parse_storage(storage), create=False)).trials
 
@@ -80,10 +92,11 @@ def test_workers_share_every_study_and_measure_each_config_once(sweep, storage, 
     par = api.run_study_parallel(gpus="0,1,2", backend="TRITON_MLA", workload="decode_1k", runner=sweep,
                                  storage=storage, confirm_top=1, confirm_rounds=2)
     assert not par.failed and len(par.outcome.summaries) == 6
+    n = n_configs(sweep, "TRITON_MLA", "decode_1k")
     workers = set()
     for s in par.outcome.summaries:
-        assert s.measured == 8 and s.confirmation is not None
-        fresh = assert_accounted(load(storage, s.name), 8)
+        assert s.measured == n and s.confirmation is not None
+        fresh = assert_accounted(load(storage, s.name), n)
         workers |= {measured_by(t) for t in fresh}
     assert len({w.split(":")[1] for w in workers}) == 3  # every worker measured
     assert {w.rsplit(":", 1)[1] for w in workers} == {"0", "1", "2"}  # each on its own CUDA_VISIBLE_DEVICES
@@ -131,10 +144,10 @@ def test_sigkill_mid_trial_is_failed_retried_once_and_nothing_is_lost(sweep, sto
     assert dead.state == TrialState.FAIL and "status" not in dead.user_attrs  # failed by heartbeat
     [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
     assert retry.state.is_finished() and "status" in retry.user_attrs  # retried once
-    fresh = assert_accounted(trials, 24)
+    fresh = assert_accounted(trials, n_configs(sweep))
     [measured] = [t for t in fresh if t.user_attrs["key"] == dead.user_attrs["key"]]
     assert measured_by(measured).split(":")[1] == str(w0.pid)  # by the survivor (maybe as the retry)
-    assert par.outcome.summaries[0].measured == 24 and par.outcome.summaries[0].confirmation is not None
+    assert par.outcome.summaries[0].measured == n_configs(sweep) and par.outcome.summaries[0].confirmation is not None
 
 
 def _cli(*args, env=None):
@@ -164,7 +177,7 @@ def test_ctrl_c_on_the_launcher_stops_every_worker_and_the_same_command_resumes(
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     trials = load(storage)
-    assert_accounted(trials, 24)
+    assert_accounted(trials, n_configs(sweep))
     assert before <= {t.user_attrs["key"] for t in trials if "status" in t.user_attrs}
 
 
