@@ -84,12 +84,22 @@ def open_storage(spec: StorageSpec, *, create: bool) -> optuna.storages.BaseStor
     try:
         with warnings.catch_warnings():  # heartbeats and their retry callback are flagged experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(spec.target, heartbeat_interval=heartbeat_interval_s(), grace_period=grace_period_s(),
+            return RDBStorage(_driver(spec.target), heartbeat_interval=heartbeat_interval_s(), grace_period=grace_period_s(),
                               heartbeat_stale_trial_callback=retry_callback(),
                               engine_kwargs=_engine_kwargs(spec.target))
     except Exception as e:  # sqlalchemy raises many kinds; the user needs one line
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StorageError(f"cannot open storage {spec.display}: {reason}") from e
+
+
+def _driver(url: str) -> str:
+    """``postgresql://`` means psycopg2 to SQLAlchemy; the ``postgres`` extra installs psycopg 3: use it."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg2") is None \
+            and importlib.util.find_spec("psycopg") is not None:
+        return "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
 
 
 def _engine_kwargs(url: str) -> dict:
