@@ -223,7 +223,7 @@ def run_study_parallel(*, gpus: str | list[str], backend: str, workload: str, mo
     from .storage import open_storage
     from .summary import summarize
 
-    ids = parse_gpus(gpus) if isinstance(gpus, str) else list(gpus)
+    ids = parse_gpus(gpus if isinstance(gpus, str) else ",".join(gpus))
     study = dict(backend=backend, workload=workload, model=model, tp=tp, kv_cache_dtype=kv_cache_dtype,
                  objective=objective, sampler=sampler, n_trials=n_trials, timeout_s=timeout_s, seed=seed,
                  confirm_top=confirm_top, confirm_rounds=confirm_rounds)

@@ -198,7 +198,7 @@ def _collect(procs: list[_Proc]) -> Launched:
     return Launched(env, studies, excluded, reports)
 
 
-def raise_for_failures(launched: Launched) -> None:
+def raise_for_failures(launched: Any) -> None:  # a Launched or an api.ParallelOutcome
     """One line naming each failed worker; the exit code of the first (SIGKILL & co: 1)."""
     failed = launched.failed
     if not failed:
