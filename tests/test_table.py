@@ -83,3 +83,17 @@ def test_load_table_rejects_other_files(tmp_path):
     p.write_text("schema_version: 1\nkind: something\n")
     with pytest.raises(DataFileError, match="kind"):
         load_table(p)
+
+
+def test_prefill_choice_equal_to_what_auto_picks_is_written_as_auto():
+    fa3 = cand(8, 1.062, 1.041, 1.083, True)
+    fa3["configs"] = [DEFAULT | {"max_num_splits": 8, "prefill_backend": "fa3"}]
+    only_fa3 = cand(32, 1.01, 1.005, 1.015, True)
+    only_fa3["configs"] = [DEFAULT | {"prefill_backend": "fa3"}]
+    a, b = summary("64q1s4k", [fa3], 0), summary("32q1s4k", [only_fa3], 0)
+    for s in (a, b):
+        s.baseline["details"]["prefill"] = "fa3"  # what auto resolved to when the baseline ran
+    t = build_table([a, b])
+    assert t["entries"][0]["tuned"] and t["entries"][0]["params"]["prefill_backend"] == "auto"
+    assert t["entries"][0]["params"]["max_num_splits"] == 8 and "what auto selects" in t["entries"][0]["note"]
+    assert not t["entries"][1]["tuned"] and "same kernels" in t["entries"][1]["note"]

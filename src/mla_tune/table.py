@@ -53,8 +53,18 @@ def _entry(s: StudySummary) -> dict[str, Any]:
     ok = [c for c in cands if c["status"] == "ok"]
     if winner is not None:
         c = cands[winner]
-        entry.update(tuned=True, params=_one_or_list(c["configs"]),
-                     note=f"confirmed x{c['speedup']:.3f} over vLLM's default in {conf['rounds']} paired rounds",
+        params, same = _as_default_where_equivalent(c["configs"], defaults, s.baseline)
+        if params == defaults:  # the "winner" runs the default's kernels: its gain can only be noise
+            entry.update(tuned=False, params=_one_or_list(defaults), speedup=1.0,
+                         latency_ms={"default": c["default_ms"], "best": c["default_ms"]},
+                         samples={"default": c["samples"]["default"]},
+                         note=f"keeping vLLM's defaults: the confirmed config (prefill_backend {same}) runs the "
+                              f"same kernels as auto here, so its x{c['speedup']:.3f} is noise")
+            return entry
+        note = f"confirmed x{c['speedup']:.3f} over vLLM's default in {conf['rounds']} paired rounds"
+        if same:
+            note += f"; prefill_backend {same} is what auto selects here, so the default is kept for it"
+        entry.update(tuned=True, params=_one_or_list(params), note=note,
                      latency_ms={"default": c["default_ms"], "best": c["best_ms"]},
                      speedup=c["speedup"], ci95=c["ci95"], samples=dict(c["samples"]))
         return entry
@@ -69,6 +79,24 @@ def _entry(s: StudySummary) -> dict[str, Any]:
         entry.update(latency_ms={"default": s.baseline["median_ms"], "best": s.baseline["median_ms"]},
                      speedup=1.0, samples={"default": s.baseline.get("n_samples", 0)})
     return entry
+
+
+def _as_default_where_equivalent(configs: list[dict], defaults: list[dict], baseline: dict[str, Any] | None
+                                  ) -> tuple[list[dict], str | None]:
+    """Write ``auto`` back where the winner's prefill backend is the one ``auto`` resolved to in the baseline.
+
+    On an H100 vLLM's ``auto`` picks FA3, so ``fa3`` and ``auto`` run the same kernels; a table saying
+    ``fa3`` would pin a choice serving makes anyway and that may differ on another GPU.
+    """
+    resolved = ((baseline or {}).get("details") or {}).get("prefill")
+    out, same = [], None
+    for config, default in zip(configs, defaults):
+        config = dict(config)
+        value = config.get("prefill_backend")
+        if resolved and value == resolved and default.get("prefill_backend") == "auto" and value != "auto":
+            config["prefill_backend"], same = "auto", value
+        out.append(config)
+    return out, same
 
 
 def _why_default(cands: list[dict[str, Any]]) -> str:
