@@ -42,6 +42,7 @@ class ExhaustiveSampler(BaseSampler):
         self._targets, self._keys = list(targets), list(keys)
         self._index = {k: i for i, k in enumerate(keys)}
         self._order, self._values = order, dict(values or {})
+        self._auto_at: dict[str, Any] | None = None  # where "auto" landed, learned from the baseline
         self._rng = random.Random(seed)
         self._fallback = optuna.samplers.RandomSampler(seed=seed)
 
@@ -62,6 +63,7 @@ class ExhaustiveSampler(BaseSampler):
         if not unvisited:
             pick = self._rng.randrange(len(self._targets))
         elif self._order == "local":
+            self._learn_auto(study)
             pick = self._nearest(unvisited, self._incumbent(study))
         else:
             pick = self._rng.choice(unvisited)
@@ -73,6 +75,31 @@ class ExhaustiveSampler(BaseSampler):
         best = min(done, key=lambda t: t.value) if done else None
         return self._index[best.user_attrs[KEY_ATTR]] if best else 0
 
+    def _learn_auto(self, study: optuna.Study) -> None:
+        """Place ``auto`` where the baseline says vLLM's heuristic landed (e.g. 8 splits, fa3).
+
+        The runner reports what ``auto`` resolved to in the baseline's details; walking from there makes the
+        first steps the neighbours of what vLLM really ran rather than of the list's first entry.
+        """
+        if self._auto_at is not None:
+            return
+        base = next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                     if t.user_attrs.get("role") == "baseline"), None)
+        if base is None:
+            return
+        details = base.user_attrs.get("details") or {}
+        self._auto_at = {}
+        for name, vals in self._values.items():
+            used = details.get("prefill" if name == "prefill_backend" else name)
+            match = [v for v in vals if str(v) == str(used) and v != "auto"]
+            if "auto" in vals and match:
+                self._auto_at[name] = match[0]
+
+    def _position(self, name: str, value: Any) -> int | None:
+        vals = list(self._values.get(name, ()))
+        value = (self._auto_at or {}).get(name, value) if value == "auto" else value
+        return vals.index(value) if value in vals else None
+
     def _distance(self, a: dict[str, Any], b: dict[str, Any]) -> tuple[int, int]:
         """(parameters that differ, steps along ordered value lists): one knob at a time, small steps first."""
         differ, steps = 0, 0
@@ -80,9 +107,9 @@ class ExhaustiveSampler(BaseSampler):
             if a.get(name) == b.get(name):
                 continue
             differ += 1
-            vals = list(self._values.get(name, ()))
-            if a.get(name) in vals and b.get(name) in vals:
-                steps += abs(vals.index(a[name]) - vals.index(b[name]))
+            pa, pb = self._position(name, a.get(name)), self._position(name, b.get(name))
+            if pa is not None and pb is not None:
+                steps += abs(pa - pb)
         return differ, steps
 
     def _nearest(self, unvisited: list[int], incumbent: int) -> int:
