@@ -1,0 +1,60 @@
+"""The committed H100 evidence stays readable, and the README's main job works on it without a GPU."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mla_tune.cli import app
+from mla_tune.export import load_table
+from mla_tune.runners.replay import ReplayRunner
+
+ROOT = Path(__file__).resolve().parent.parent
+cli = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def wide(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+
+
+def readme_main_job() -> list[list[str]]:
+    """The mla-tune invocations of the README's first set-up command."""
+    text = (ROOT / "README.md").read_text()
+    line = next(ln for ln in text.splitlines() if ln.startswith("python -m pip install") and "mla-tune study" in ln)
+    return [shlex.split(part)[1:] for part in line.split("&&") if part.strip().startswith("mla-tune")]
+
+
+def test_readme_main_job_runs_on_the_recorded_sweeps(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for args in readme_main_job():
+        args = [a.replace("replay:results/sweeps/h100", f"replay:{ROOT / 'results/sweeps/h100'}") for a in args]
+        r = cli.invoke(app, args)
+        assert r.exit_code == 0, r.output
+    table = load_table(tmp_path / "results/demo/FLASH_ATTN_MLA-spec_decode.yaml")
+    assert table["provenance"]["runner"] == "replay" and table["provenance"]["gpu"]["name"].startswith("NVIDIA H100")
+    assert len(table["entries"]) == 5 and any(e["tuned"] for e in table["entries"])
+
+
+def test_recorded_sweeps_replay():
+    runner = ReplayRunner.open(str(ROOT / "results/sweeps/h100"))
+    env = runner.environment()
+    assert env.runner == "replay" and env.vllm == "0.20.0" and env.compute_capability == "9.0"
+    assert len(runner.truth()) == 868
+    assert {s.name for s in runner.backends() if s.available and s.kind == "decode"} == {
+        "FLASHMLA", "FLASH_ATTN_MLA", "TRITON_MLA"}
+
+
+def test_recorded_studies_and_tables_are_readable():
+    r = cli.invoke(app, ["show", "--storage", str(ROOT / "results/h100/studies.journal")])
+    assert r.exit_code == 0 and len(re.findall(r"H100/deepseek-v3-tp[18]/", r.output)) == 102
+    for path in sorted((ROOT / "results/h100/tables").glob("*.yaml")):
+        t = load_table(path)
+        assert t["provenance"]["runner"] == "vllm" and t["provenance"]["vllm"] == "0.20.0"
+        assert len(t["entries"]) == 17
+        r = cli.invoke(app, ["show", str(path)])
+        assert r.exit_code == 0, r.output
