@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -15,6 +16,7 @@ from mla_tune.runners import register_runner
 from .fakes import FakeRunner
 
 cli = CliRunner()
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -116,3 +118,9 @@ def test_entry_point_runs_as_a_program():
     out = subprocess.run([sys.executable, "-m", "mla_tune.cli", "--help"], capture_output=True, text=True, env=env,
                          timeout=60)
     assert out.returncode == 0 and "study" in out.stdout
+
+
+def test_sweep_refuses_the_replay_runner(in_tmp):
+    r = cli.invoke(app, ["sweep", "--backend", "FLASHMLA", "--workload", "spec:8q4s1k", "-o", "s.jsonl",
+                         "--runner", f"replay:{ROOT / 'results/sweeps/h100'}"])
+    assert r.exit_code == 2 and "only copy a recording" in error_line(r) and not (in_tmp / "s.jsonl").exists()

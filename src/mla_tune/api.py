@@ -190,6 +190,9 @@ def run_sweep(*, backend: str, workload: str, output: Path, model: str = "deepse
     request, space = build_request(backend=backend, workload=workload, model=model, tp=tp,
                                    kv_cache_dtype=kv_cache_dtype)
     with open_runner(runner) as r:
+        if r.name == "replay":
+            raise UsageError("a sweep records measurements; the replay runner would only copy a recording",
+                             hint="sweep with --runner vllm on a GPU")
         require_backend(r, backend)
         space, _ = check_space_available(space, r)
         return _run(r, space, request.workload, request.dims, kv_cache_dtype, Path(output), progress)

@@ -18,26 +18,32 @@ def _ms(x: float | None) -> str:
     return "-" if x is None else f"{round_sig(x, 4):g}"
 
 
-class ProgressView:
-    """One bar per study: trials done of the budget, best latency so far, speedup over vLLM's default."""
+class _Bars:
+    """A rich progress display with one bar per task name, each with a free-text ``info`` column."""
 
-    def __init__(self, console: Console) -> None:
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
-                                  transient=False)
+    def __init__(self, console: Console, title: str = "{task.description}") -> None:
+        self._progress = Progress(TextColumn(title), BarColumn(), MofNCompleteColumn(),
+                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
         self._tasks: dict[str, Any] = {}
 
-    def __enter__(self) -> ProgressView:
+    def __enter__(self) -> _Bars:
         self._progress.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._progress.__exit__(*exc)
 
+    def _task(self, name: str, total: int | None) -> Any:
+        if name not in self._tasks:
+            self._tasks[name] = self._progress.add_task(name, total=total, info="")
+        return self._tasks[name]
+
+
+class ProgressView(_Bars):
+    """One bar per study: trials done of the budget, best latency so far, speedup over vLLM's default."""
+
     def update(self, p: Any) -> None:
-        if p.study not in self._tasks:
-            self._tasks[p.study] = self._progress.add_task(p.study, total=p.total, info="")
-        task = self._tasks[p.study]
+        task = self._task(p.study, p.total)
         if p.phase == "trial":
             info = f"best {_ms(p.best_ms)} ms" + (f"  x{p.speedup:.3f} vs default" if p.speedup else "")
             self._progress.update(task, completed=p.done, total=p.total, info=info)
@@ -48,24 +54,16 @@ class ProgressView:
                                   + "  confirmed")
 
 
-class SweepView:
+class SweepView(_Bars):
+    """One bar for a sweep: configs measured of the total, the last shape, status and median."""
+
     def __init__(self, console: Console, title: str) -> None:
-        self._progress = Progress(TextColumn(title), BarColumn(), MofNCompleteColumn(),
-                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
-        self._task = None
-
-    def __enter__(self) -> SweepView:
-        self._progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._progress.__exit__(*exc)
+        super().__init__(console, title)
 
     def update(self, p: Any) -> None:
-        if self._task is None:
-            self._task = self._progress.add_task("sweep", total=p.total, info="")
+        task = self._task("sweep", p.total)
         info = f"{p.shape} {p.status}" + (f" {_ms(p.median_ms)} ms" if p.median_ms is not None else "")
-        self._progress.update(self._task, completed=p.done, total=p.total, info=info)
+        self._progress.update(task, completed=p.done, total=p.total, info=info)
 
 
 def _env_line(env: dict[str, Any]) -> str:
