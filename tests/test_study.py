@@ -40,7 +40,7 @@ def test_exhaustive_study_finds_confirms_and_exports_the_optimum(tmp_path):
     conf = s.confirmation
     assert conf["winner"] is not None
     win = conf["candidates"][conf["winner"]]
-    assert win["speedup"] == pytest.approx(1.25, rel=0.03) and win["ci95"][0] > 1
+    assert win["speedup"] == pytest.approx(1.25, rel=0.03) and win["ci"][0] > 1
     assert set(out.excluded) == {"fa4", "flashinfer", "cudnn", "trtllm"}
     path, table = api.export_table(tmp_path / "t.yaml", storage=str(tmp_path / "s.journal"),
                                    backend="FLASH_ATTN_MLA")

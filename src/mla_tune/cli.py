@@ -45,7 +45,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _quiet_optuna() -> None:
     import optuna
 
-    optuna.logging.disable_default_handler()  # our own progress replaces Optuna's per-trial log lines
+    # Our own progress replaces Optuna's per-trial lines; failed trials are data, not tracebacks for the terminal.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 @app.command()

@@ -3,7 +3,8 @@
 Trials are measured minutes apart; clocks, temperature and neighbours drift in between, and a 2% "gain"
 between two trials can be drift. Here each candidate and the default are measured back to back for several
 rounds (A B, then B A, so that neither always goes first) and the speedup is the geometric mean of the
-per-round ratios with a 95% interval. Only an interval entirely above 1 counts as a gain.
+per-round ratios with an interval at the Bonferroni level over the candidates (``verdict.judge``). Only an
+interval entirely above 1 counts as a gain.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from optuna.trial import TrialState
 
 from .plan import StudyTarget, config_set_key
 from .runners import Runner
-from .stats import median, paired_speedup, round_sig
+from .stats import median, round_sig
+from .verdict import judge
 from .study import ATTRS_KEY, Progress, ProgressFn, finished_count
 from .types import Case, Environment, freeze_params
 
@@ -70,7 +72,7 @@ def confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Envir
         if progress:
             progress(Progress(target.name, "confirm", i, len(picks), message=f"trial {t.number}"))
         results.append(_confirm_one(runner, target, default_configs, t, r.confirm_rounds))
-    winner = _winner(results)
+    results, winner = judge(results)
     result = {
         "trials": n_done,
         "rounds": r.confirm_rounds,
@@ -101,20 +103,12 @@ def _confirm_one(runner: Runner, target: StudyTarget, default_configs: list[dict
                 a_samples += sum(len(s) for s in samples)
             else:
                 b_samples += sum(len(s) for s in samples)
-    ps = paired_speedup(a_ms, b_ms)
     return {
         "trial": t.number, "configs": cand_configs, "status": "ok",
         "default_ms": round_sig(median(a_ms)), "best_ms": round_sig(median(b_ms)),
-        "speedup": round_sig(ps.speedup, 4), "ci95": [round_sig(ps.ci_low, 4), round_sig(ps.ci_high, 4)],
-        "significant": ps.significant, "samples": {"default": a_samples, "best": b_samples},
+        "samples": {"default": a_samples, "best": b_samples},
         "round_ms": {"default": [round_sig(x) for x in a_ms], "best": [round_sig(x) for x in b_ms]},
     }
-
-
-def _winner(results: list[dict[str, Any]]) -> int | None:
-    """Index of the candidate with the best confirmed speedup, among those whose gain beats noise."""
-    ok = [(r["speedup"], i) for i, r in enumerate(results) if r["status"] == "ok" and r["significant"]]
-    return max(ok)[1] if ok else None
 
 
 __all__ = ["confirm", "candidates", "CONFIRM_KEY", "ATTRS_KEY"]

@@ -12,6 +12,7 @@ from .space import format_config
 from .stats import round_sig
 from .summary import StudySummary
 from .table import table_rows
+from .verdict import judge
 
 
 def _ms(x: float | None) -> str:
@@ -85,11 +86,10 @@ def study_rows(summaries: list[StudySummary]) -> list[list[str]]:
     rows = []
     for s in summaries:
         conf = s.confirmation or {}
-        win = conf.get("winner")
-        cands = conf.get("candidates") or []
+        cands, win = judge(conf.get("candidates") or [])
         if win is not None:
             c = cands[win]
-            verdict = f"x{c['speedup']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]"
+            verdict = f"x{c['speedup']:.3f} [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}]"
             params = format_config(c["configs"][0]) if len(c["configs"]) == 1 else f"trial {c['trial']}"
         elif conf:
             verdict, params = "default kept", "-"

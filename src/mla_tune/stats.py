@@ -19,6 +19,38 @@ def t95(dof: int) -> float:
     return _T95[dof - 1] if dof <= len(_T95) else 1.96
 
 
+def _t_cdf(x: float, dof: int) -> float:
+    """Student's t CDF by Simpson integration of the density from 0 (smooth, so 2000 steps are plenty)."""
+    c = math.exp(math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2)) / math.sqrt(dof * math.pi)
+    n, h = 2000, x / 2000
+
+    def pdf(t: float) -> float:
+        return c * (1 + t * t / dof) ** (-(dof + 1) / 2)
+
+    s = pdf(0) + pdf(x) + sum((4 if i % 2 else 2) * pdf(i * h) for i in range(1, n))
+    return 0.5 + s * h / 3
+
+
+def t_quantile(p: float, dof: int) -> float:
+    """The ``p`` quantile (p > 0.5) of Student's t with ``dof`` degrees of freedom, by bisection."""
+    if not 0.5 < p < 1:
+        raise ValueError("p must lie in (0.5, 1)")
+    if abs(p - 0.975) < 1e-12:
+        return t95(dof)
+    lo, hi = 0.0, 1.0
+    while _t_cdf(hi, dof) < p:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_cdf(mid, dof) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def familywise_level(k: int, level: float = 0.95) -> float:
+    """Bonferroni: the per-interval level that keeps ``k`` intervals jointly at ``level``."""
+    return 1 - (1 - level) / max(1, k)
+
+
 def median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs))
 
@@ -46,11 +78,12 @@ class PairedSpeedup:
         return self.ci_low > 1.0
 
 
-def paired_speedup(baseline_ms: Sequence[float], candidate_ms: Sequence[float]) -> PairedSpeedup:
+def paired_speedup(baseline_ms: Sequence[float], candidate_ms: Sequence[float],
+                   level: float = 0.95) -> PairedSpeedup:
     """Speedup of candidate over baseline from per-round latencies measured back to back (A B A B ...).
 
     Pairing cancels drift between rounds (clocks, temperature, neighbours): each round's ratio sees the same
-    conditions. The interval is Student's t on the log ratios.
+    conditions. The interval is Student's t on the log ratios, two-sided at ``level``.
     """
     if len(baseline_ms) != len(candidate_ms) or not baseline_ms:
         raise ValueError("need the same, non-zero number of baseline and candidate rounds")
@@ -58,7 +91,7 @@ def paired_speedup(baseline_ms: Sequence[float], candidate_ms: Sequence[float]) 
     mean = statistics.fmean(logs)
     if len(logs) < 2:
         return PairedSpeedup(math.exp(mean), 0.0, math.inf, 1)
-    half = t95(len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    half = t_quantile(1 - (1 - level) / 2, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
     return PairedSpeedup(math.exp(mean), math.exp(mean - half), math.exp(mean + half), len(logs))
 
 

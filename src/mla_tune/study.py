@@ -173,10 +173,31 @@ def open_study(target: StudyTarget, storage: optuna.storages.BaseStorage, env: E
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([METRIC])
-    elif existing.get("space") != json.loads(json.dumps(attrs["space"])):
-        raise UsageError(f"study {target.name} was made with a different search space",
-                         hint="restore the YAML, or use another --storage for the new space")
+    else:
+        _check_same_source(target.name, existing, json.loads(json.dumps(attrs)))
     return study
+
+
+_SAME_ENV = ("runner", "gpu", "driver", "cuda", "torch", "vllm")
+
+
+def _check_same_source(name: str, existing: dict, new: dict) -> None:
+    """A resumed study must measure the same thing the same way: same space, shapes and software."""
+    if existing.get("space") != new["space"]:
+        raise UsageError(f"study {name} was made with a different search space",
+                         hint="restore the YAML, or use another --storage for the new space")
+    if existing.get("shapes") != new["shapes"]:
+        raise UsageError(f"study {name} was made with different workload shapes or weights",
+                         hint="restore workloads.yaml, or use another --storage")
+    old_env, env = existing.get("environment", {}), new["environment"]
+    for key in _SAME_ENV:
+        if old_env.get(key) != env.get(key):
+            raise UsageError(f"study {name} was measured with {key} {_show(old_env.get(key))}; "
+                             f"this run has {_show(env.get(key))}", hint="use another --storage for the new setup")
+
+
+def _show(value: Any) -> str:
+    return value.get("name", str(value)) if isinstance(value, dict) else str(value)
 
 
 def _measured(study: optuna.Study) -> list[FrozenTrial]:
@@ -208,7 +229,7 @@ def run_trials(target: StudyTarget, storage: optuna.storages.BaseStorage, runner
     sampler, _chosen = make_sampler(r.sampler, space_size=len(keys), budget=budget, targets=answers, keys=keys,
                                     seed=r.seed, values={p.name: p.values() for p in target.space.parameters})
     study = open_study(target, storage, env, sampler)
-    if not study.get_trials(deepcopy=False):
+    if not _baseline_pending_or_done(study, keys[0]):
         study.enqueue_trial(answers[0], user_attrs={"role": "baseline"})
     objective = Objective(target, runner, env, study)
     limit = min(budget, len(keys)) if budget is not None else len(keys)
@@ -234,6 +255,16 @@ def run_trials(target: StudyTarget, storage: optuna.storages.BaseStorage, runner
         study.optimize(objective, n_trials=None, timeout=r.timeout_s, catch=(MeasurementFailed,),
                        callbacks=[on_trial], gc_after_trial=False)
     return study
+
+
+def _baseline_pending_or_done(study: optuna.Study, baseline_key: str) -> bool:
+    """Is vLLM's default measured, queued or being measured? (An interrupted baseline must be queued again.)"""
+    for t in study.get_trials(deepcopy=False):
+        if t.state in (TrialState.WAITING, TrialState.RUNNING) and t.user_attrs.get("role") == "baseline":
+            return True
+        if t.state.is_finished() and trial_status(t) and t.user_attrs.get(KEY_ATTR) == baseline_key:
+            return True
+    return False
 
 
 def space_of(study: optuna.Study) -> dict[str, Any]:

@@ -111,8 +111,9 @@ def run_sweep(runner: Runner, space: SearchSpace, workload: Workload, dims: MLAD
             if record_key(space.backend, dims_dict(dims), kv_cache_dtype, ws.spec, c) not in have]
     out.parent.mkdir(parents=True, exist_ok=True)
     written = 0
+    fresh = not out.exists() or out.stat().st_size == 0
     with out.open("a") as f:
-        if not have:
+        if fresh:
             header = {"kind": SWEEP_KIND, "schema_version": 1, "environment": env.as_dict(),
                       "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
             f.write(json.dumps(header, sort_keys=True) + "\n")

@@ -9,6 +9,7 @@ from .errors import UsageError
 from .space import format_config
 from .stats import round_sig
 from .summary import StudySummary
+from .verdict import judge
 
 TABLE_KIND = "mla-tune/tuning-table"
 TABLE_SCHEMA_VERSION = 1
@@ -48,8 +49,9 @@ def _entry(s: StudySummary) -> dict[str, Any]:
         entry.update(tuned=False, note="not confirmed yet: run the study to its end")
         return entry
     entry["default_params"] = _one_or_list(defaults)
-    winner = conf.get("winner")
-    cands = conf.get("candidates") or []
+    # Judged again from the stored rounds, so every table applies the current statistics to the raw data.
+    cands, winner = judge(conf.get("candidates") or [])
+    replayed = s.attrs.get("environment", {}).get("runner") == "replay"
     ok = [c for c in cands if c["status"] == "ok"]
     if winner is not None:
         c = cands[winner]
@@ -61,12 +63,14 @@ def _entry(s: StudySummary) -> dict[str, Any]:
                          note=f"keeping vLLM's defaults: the confirmed config (prefill_backend {same}) runs the "
                               f"same kernels as auto here, so its x{c['speedup']:.3f} is noise")
             return entry
-        note = f"confirmed x{c['speedup']:.3f} over vLLM's default in {conf['rounds']} paired rounds"
+        note = (f"confirmed x{c['speedup']:.3f} over vLLM's default in {conf['rounds']} "
+                + ("replayed rounds (resampled from one recording per config, not paired in time)" if replayed
+                   else "paired rounds"))
         if same:
             note += f"; prefill_backend {same} is what auto selects here, so the default is kept for it"
         entry.update(tuned=True, params=_one_or_list(params), note=note,
                      latency_ms={"default": c["default_ms"], "best": c["best_ms"]},
-                     speedup=c["speedup"], ci95=c["ci95"], samples=dict(c["samples"]))
+                     speedup=c["speedup"], ci=c["ci"], ci_level=c["ci_level"], samples=dict(c["samples"]))
         return entry
     entry.update(tuned=False, params=_one_or_list(defaults), note=_why_default(cands))
     if ok:
@@ -74,7 +78,7 @@ def _entry(s: StudySummary) -> dict[str, Any]:
         entry.update(latency_ms={"default": c["default_ms"], "best": c["default_ms"]}, speedup=1.0,
                      samples={"default": c["samples"]["default"]},
                      best_candidate={"params": _one_or_list(c["configs"]), "latency_ms": c["best_ms"],
-                                     "speedup": c["speedup"], "ci95": c["ci95"]})
+                                     "speedup": c["speedup"], "ci": c["ci"], "ci_level": c["ci_level"]})
     elif s.baseline and s.baseline.get("median_ms") is not None:
         entry.update(latency_ms={"default": s.baseline["median_ms"], "best": s.baseline["median_ms"]},
                      speedup=1.0, samples={"default": s.baseline.get("n_samples", 0)})
@@ -106,7 +110,10 @@ def _why_default(cands: list[dict[str, Any]]) -> str:
     if not ok:
         return "keeping vLLM's defaults: every candidate failed confirmation"
     c = max(ok, key=lambda x: x["speedup"])
-    lo, hi = c["ci95"]
+    lo, hi = c["ci"]
+    if hi < 1:
+        return (f"keeping vLLM's defaults: every candidate is slower (best x{c['speedup']:.3f} "
+                f"[{lo:.3f}, {hi:.3f}])")
     return (f"keeping vLLM's defaults: best candidate ({format_config(c['configs'][0]) if len(c['configs']) == 1 else 'trial ' + str(c['trial'])})"
             f" x{c['speedup']:.3f} [{lo:.3f}, {hi:.3f}] is not distinguishable from noise")
 
@@ -143,7 +150,7 @@ def table_rows(table: dict[str, Any]) -> list[list[str]]:
     rows = []
     for e in table["entries"]:
         lat = e.get("latency_ms") or {}
-        ci = e.get("ci95")
+        ci = e.get("ci")
         params = e.get("params")
         rows.append([
             e.get("shape") or f"mix:{e.get('workload')}", e.get("kind", "mix"), "yes" if e.get("tuned") else "no",

@@ -160,7 +160,7 @@ def main(argv: list[str]) -> int:
     job = WorkerJob(**json.loads(Path(argv[0]).read_text()))
     interrupts.install()
     threading.Thread(target=_watch_parent, daemon=True).start()
-    optuna.logging.disable_default_handler()  # the launcher shows progress; failures are kept as data
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the launcher shows progress; failures are kept as data
     result: dict[str, Any]
     code = 0
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import replace
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ class ReplayRunner(Runner):
     name = "replay"
 
     def __init__(self, records: dict[str, dict[str, Any]], environment: Environment, source: str,
-                 seed: int | None = None) -> None:
+                 seed: int | None = 0) -> None:
         self._records = records
         self._env = environment
         self._source = source
@@ -37,7 +38,7 @@ class ReplayRunner(Runner):
         self.delay_s = float(os.environ.get(DELAY_ENV, "0") or 0)
 
     @classmethod
-    def open(cls, arg: str | None, seed: int | None = None) -> ReplayRunner:
+    def open(cls, arg: str | None, seed: int | None = 0) -> ReplayRunner:
         if not arg:
             raise RunnerUnavailableError("the replay runner needs recorded sweeps",
                                          hint="use --runner replay:results/sweeps/h100")
@@ -47,21 +48,28 @@ class ReplayRunner(Runner):
             raise RunnerUnavailableError(f"no recorded sweeps at {path}", hint="record some with `mla-tune sweep`")
         records: dict[str, dict[str, Any]] = {}
         env: Environment | None = None
+        dates: list[str] = []
         for f in files:
             header, recs = read_sweep(f)
             file_env = _replay_env(header)
             if env is None:
                 env = file_env
-            elif file_env.gpu_name != env.gpu_name or file_env.vllm != env.vllm:
+            elif replace(file_env, recorded=None) != replace(env, recorded=None):
                 raise DataFileError(str(f), "line 1.environment", f"recorded on {file_env.gpu_name} with vLLM "
-                                    f"{file_env.vllm}; other files here on {env.gpu_name} with vLLM {env.vllm}: "
-                                    "replay one GPU and version at a time")
+                                    f"{file_env.vllm}, torch {file_env.torch}, driver {file_env.driver}; other "
+                                    "files here differ: replay one GPU and software stack at a time")
+            dates.append(file_env.recorded or "")
             for rec in recs:
-                rec["_file"] = str(f)
-                records[record_key(rec["backend"], rec["model"], rec["kv_cache_dtype"], rec["shape"],
-                                   rec["config"])] = rec
+                rec["_file"], rec["_recorded"] = str(f), file_env.recorded
+                key = record_key(rec["backend"], rec["model"], rec["kv_cache_dtype"], rec["shape"], rec["config"])
+                if key in records:
+                    raise DataFileError(str(f), f"{rec['backend']} {rec['shape']}", "also recorded in "
+                                        f"{records[key]['_file']}: one recording per config")
+                records[key] = rec
         assert env is not None
-        return cls(records, env, str(path), seed)
+        dates = sorted(d for d in dates if d)
+        span = dates[0] if dates and dates[0] == dates[-1] else (f"{dates[0]}..{dates[-1]}" if dates else None)
+        return cls(records, replace(env, recorded=span), str(path), seed)
 
     def environment(self) -> Environment:
         return self._env
@@ -103,7 +111,8 @@ class ReplayRunner(Runner):
             return Measurement.failed(Status.ERROR, f"not recorded: {case.backend} {case.dims.label} "
                                       f"kv {case.kv_cache_dtype} {batch_spec.format(case.shape)} "
                                       f"{format_config(case.param_dict)} is not in {self._source}")
-        details = tuple(sorted({**rec.get("details", {}), "replayed_from": Path(rec["_file"]).name}.items()))
+        details = tuple(sorted({**rec.get("details", {}), "replayed_from": Path(rec["_file"]).name,
+                                "recorded": rec.get("_recorded") or ""}.items()))
         if rec["status"] != "ok":
             return Measurement(Status(rec["status"]), (), rec.get("message") or "failed when recorded",
                                None, details)
