@@ -124,3 +124,41 @@ def test_sweep_refuses_the_replay_runner(in_tmp):
     r = cli.invoke(app, ["sweep", "--backend", "FLASHMLA", "--workload", "spec:8q4s1k", "-o", "s.jsonl",
                          "--runner", f"replay:{ROOT / 'results/sweeps/h100'}"])
     assert r.exit_code == 2 and "only copy a recording" in error_line(r) and not (in_tmp / "s.jsonl").exists()
+
+
+@pytest.mark.parametrize("extra", [[], ["--gpus", "0"]])
+def test_replay_of_unrecorded_shapes_is_refused_before_writing(in_tmp, extra):
+    r = cli.invoke(app, ["study", "--runner", f"replay:{ROOT / 'results/sweeps/h100'}", "--backend", "FLASHMLA",
+                         "--workload", "decode_1k", *extra])
+    assert r.exit_code == 1
+    line = error_line(r)
+    assert "FLASHMLA deepseek-v3-tp1 kv auto q1s1k is not recorded" in line
+    assert not list(in_tmp.iterdir())
+
+
+def test_gpus_with_an_unusable_runner_writes_nothing(in_tmp):
+    r = cli.invoke(app, ["study", "--backend", "FLASHMLA", "--workload", "decode_4k", "--gpus", "0",
+                         "--runner", "replay:/nonexistent"])
+    assert r.exit_code == 1 and "no recorded sweeps" in error_line(r)
+    assert not list(in_tmp.iterdir())
+
+
+def test_failed_trials_print_no_traceback(in_tmp):
+    register_runner("failing", lambda arg: FakeRunner(fail={"num_kv_splits": 4}))
+    r = cli.invoke(app, ["study", "--backend", "TRITON_MLA", "--workload", "spec:8q1s1k", "--runner", "failing"])
+    assert r.exit_code == 0 and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("text, key", [
+    ("schema_version: 1\nkind: mla-tune/tuning-table\n", "backend"),
+    ("schema_version: 1\nkind: mla-tune/tuning-table\nprovenance: {runner: vllm, gpu: {name: x, compute_capability: '9.0', "
+     "sm_count: 1}}\nbackend: B\nmodel: {}\nkv_cache_dtype: auto\nblock_size: 64\nobjective: per-shape\nworkloads: []\n"
+     "entries: []\n", "model.model"),
+    ("schema_version: 1\nkind: mla-tune/tuning-table\nprovenance: {runner: vllm, gpu: {name: x, compute_capability: '9.0', "
+     "sm_count: 1}}\nbackend: B\nmodel: {model: m, tp: 1, num_q_heads: 8}\nkv_cache_dtype: auto\nblock_size: 64\n"
+     "objective: per-shape\nworkloads: []\nentries: [1]\n", "entries[0]"),
+])
+def test_show_of_a_malformed_table_names_file_and_key(in_tmp, text, key):
+    (in_tmp / "t.yaml").write_text(text)
+    r = cli.invoke(app, ["show", "t.yaml"])
+    assert r.exit_code == 2 and f"t.yaml: {key}" in error_line(r)

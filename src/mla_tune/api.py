@@ -76,6 +76,22 @@ def require_backend(runner: Runner, backend: str) -> None:
                                      hint="`mla-tune backends` lists what can")
 
 
+def preflight(runner: Runner, request: StudyRequest, space: SearchSpace) -> None:
+    """Refuse before anything is written: a backend that cannot run here, or shapes the runner cannot answer
+    (e.g. a replay of shapes, TP or model dims that were never recorded)."""
+    from .errors import RunnerUnavailableError
+    from .types import Case, freeze_params
+
+    require_backend(runner, request.backend)
+    for ws in request.workload.shapes:
+        case = Case(request.backend, ws.shape, request.dims, freeze_params(space.default_config(ws.shape)),
+                    request.kv_cache_dtype)
+        why = runner.unanswerable(case)
+        if why:
+            raise RunnerUnavailableError(why, hint="record it with `mla-tune sweep` on a GPU, or pick a recorded "
+                                                   "workload, --tp and --model")
+
+
 def run_study(*, backend: str, workload: str, model: str = "deepseek-v3", tp: int = 1,
               kv_cache_dtype: str = "auto", objective: str = "per-shape", sampler: str = "auto",
               n_trials: int | None = None, timeout_s: float | None = None, storage: str | None = None,
@@ -97,7 +113,7 @@ def run_study(*, backend: str, workload: str, model: str = "deepseek-v3", tp: in
                                    confirm_rounds=confirm_rounds)
     spec = parse_storage(storage)
     with open_runner(runner) as r:
-        require_backend(r, backend)
+        preflight(r, request, space)
         env = r.environment()
         space, excluded = check_space_available(space, r)
         store = open_storage(spec, create=True)

@@ -58,9 +58,23 @@ def load_table(path: Path) -> dict[str, Any]:
     data = _yaml.load(Path(path))
     if data.get("kind") != TABLE_KIND:
         raise DataFileError(str(path), "kind", f"is {data.get('kind')!r}, expected {TABLE_KIND!r}")
-    for key in ("provenance", "backend", "model", "entries"):
-        if key not in data:
-            raise DataFileError(str(path), key, "missing")
-    if not isinstance(data["entries"], list):
-        raise DataFileError(str(path), "entries", "expected a list")
+    _yaml.check_keys(path, "", data, _TABLE_KEYS)
+    _yaml.check_keys(path, "model", data["model"], ("model", "tp", "num_q_heads"), _MODEL_OPTIONAL)
+    prov = _yaml.check_keys(path, "provenance", data["provenance"], ("runner", "gpu"), _PROVENANCE_OPTIONAL)
+    _yaml.check_keys(path, "provenance.gpu", prov["gpu"], ("name", "compute_capability", "sm_count"))
+    _yaml.expect(path, "entries", data["entries"], list, "a list of entries")
+    for i, entry in enumerate(data["entries"]):
+        where = f"entries[{i}]"
+        entry = _yaml.check_keys(path, where, entry, ("tuned", "trials"), _ENTRY_OPTIONAL)
+        if "shape" not in entry and "workload" not in entry:
+            raise DataFileError(str(path), where, "needs a shape or a workload")
+        _yaml.expect(path, f"{where}.tuned", entry["tuned"], bool, "true or false")
     return data
+
+
+_TABLE_KEYS = ("kind", "schema_version", "provenance", "backend", "model", "kv_cache_dtype", "block_size",
+               "objective", "workloads", "entries")
+_MODEL_OPTIONAL = ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "q_lora_rank")
+_PROVENANCE_OPTIONAL = ("driver", "cuda", "torch", "vllm", "mla_tune", "recorded", "extra", "date")
+_ENTRY_OPTIONAL = ("shape", "kind", "workload", "shapes", "params", "default_params", "note", "latency_ms",
+                   "speedup", "ci", "ci_level", "samples", "best_candidate")

@@ -28,13 +28,15 @@ class _Bars:
         self._tasks: dict[str, Any] = {}
 
     def __enter__(self) -> _Bars:
-        self._progress.__enter__()
-        return self
+        return self  # the live display starts with the first bar: an early error prints only its own line
 
     def __exit__(self, *exc: Any) -> None:
-        self._progress.__exit__(*exc)
+        if self._tasks:
+            self._progress.__exit__(*exc)
 
     def _task(self, name: str, total: int | None) -> Any:
+        if not self._tasks:
+            self._progress.__enter__()
         if name not in self._tasks:
             self._tasks[name] = self._progress.add_task(name, total=total, info="")
         return self._tasks[name]

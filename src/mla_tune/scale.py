@@ -65,6 +65,16 @@ def check_storage(spec: StorageSpec, n_workers: int) -> None:
                               "postgresql://USER:PASS@HOST/DB")
 
 
+def _check_runner(runner: str, request: Any, space: Any) -> None:
+    """Refuse a runner that cannot work before storage is written. A replay is checked in full (cheap); the
+    GPU runner only for what needs no GPU (torch, vLLM, CUDA visible): its workers check the backend."""
+    from .api import open_runner, preflight
+
+    with open_runner(runner) as r:
+        if r.name != "vllm":
+            preflight(r, request, space)
+
+
 def launch(study: dict[str, Any], *, gpus: list[str], storage: str | None, runner: str,
            progress: Callable[[Any], None] | None = None) -> Launched:
     """Start a worker per GPU on ``study`` (``api.run_study`` keywords), wait for all, report each.
@@ -74,7 +84,8 @@ def launch(study: dict[str, Any], *, gpus: list[str], storage: str | None, runne
     """
     from .api import build_request
 
-    build_request(**study)  # bad names and numbers: refused before anything is locked, written or started
+    request, space = build_request(**study)  # bad names and numbers: refused before anything is locked or written
+    _check_runner(runner, request, space)
     spec = parse_storage(storage)
     check_storage(spec, len(gpus))
     locks = acquire_all(gpus)

@@ -28,7 +28,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from .api import build_request, open_runner, require_backend
+from .api import build_request, open_runner, preflight
 from .confirm import confirm
 from .errors import MlaTuneError
 from . import interrupts
@@ -75,7 +75,7 @@ def work(job: WorkerJob, progress: ProgressFn | None = None) -> WorkerResult:
     spec = parse_storage(job.storage)
     with open_runner(job.runner) as inner:
         runner = _Interruptible(inner)
-        require_backend(runner, request.backend)
+        preflight(runner, request, space)
         env = runner.environment()
         space, excluded = check_space_available(space, runner)
         store = open_storage(spec, create=True)

@@ -32,6 +32,10 @@ class Runner(abc.ABC):
     def measure(self, case: Case) -> Measurement:
         """Measure one case: raw per-call latencies, or a failure status with its reason."""
 
+    def unanswerable(self, case: Case) -> str | None:
+        """Why this runner can tell up front that it cannot measure ``case`` (None: it will try)."""
+        return None
+
     def close(self) -> None:
         """Release GPU memory, worker processes, files."""
 

@@ -93,6 +93,14 @@ class ReplayRunner(Runner):
                 out.append(BackendStatus(p, "prefill", ok, f"recorded: {why}" if why and p in prefill_why else why))
         return tuple(out)
 
+    def unanswerable(self, case: Case) -> str | None:
+        if self.lookup(case) is None:
+            from .. import batch_spec
+
+            return (f"{case.backend} {case.dims.label} kv {case.kv_cache_dtype} {batch_spec.format(case.shape)} "
+                    f"is not recorded in {self._source}")
+        return None
+
     def lookup(self, case: Case) -> dict[str, Any] | None:
         from .. import batch_spec
 
