@@ -132,6 +132,8 @@ def find_studies(*, storage: str | None = None, backend: str | None = None, mode
     from .storage import open_storage
     from .summary import load_summaries
 
+    if backend and backend not in BACKENDS:
+        raise UnknownNameError("backend", backend, BACKENDS)
     store = open_storage(parse_storage(storage), create=False)
     wl: Workload | None = get_workload(workload) if workload else None
     out = []

@@ -32,8 +32,9 @@ STOP_TIMEOUT_S = 60.0  # after Ctrl-C: time for workers to record their current 
 class WorkersFailedError(MlaTuneError):
     """Some workers stopped with an error or were killed; what the others finished is kept."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message, hint="finished trials are kept; run the same command to finish the rest")
+    def __init__(self, message: str, exit_code: int, some_finished: bool = True) -> None:
+        hint = "finished trials are kept; run the same command to finish the rest" if some_finished else None
+        super().__init__(message, hint=hint)
         self.exit_code = exit_code
 
 
@@ -216,7 +217,8 @@ def raise_for_failures(launched: Any) -> None:  # a Launched or an api.ParallelO
         return
     what = "; ".join(f"GPU {w.gpu} (pid {w.pid}): {w.error}" for w in failed)
     head = f"{len(failed)} of {len(launched.workers)} workers failed" if len(launched.workers) > 1 else "worker failed"
-    raise WorkersFailedError(f"{head}: {what}", failed[0].exit_code if failed[0].exit_code > 0 else 1)
+    raise WorkersFailedError(f"{head}: {what}", failed[0].exit_code if failed[0].exit_code > 0 else 1,
+                             some_finished=len(failed) < len(launched.workers))
 
 
 __all__ = ["launch", "Launched", "WorkerReport", "WorkersFailedError", "check_storage", "raise_for_failures"]

@@ -58,6 +58,9 @@ def open_storage(spec: StorageSpec, *, create: bool) -> optuna.storages.BaseStor
     """
     if spec.kind == "journal":
         path = Path(spec.target)
+        if path.is_dir():
+            raise StorageError(f"{path} is a directory, not a journal file",
+                               hint=f"e.g. --storage {path / 'studies.journal'}")
         if not create and not path.is_file():
             raise StorageError(f"no study storage at {path}", hint="run `mla-tune study` first or pass --storage")
         if create:
