@@ -45,6 +45,8 @@ def build_request(*, backend: str, workload: str, model: str = "deepseek-v3", tp
         raise UsageError(f"--trials must be at least 1, got {n_trials}")
     if timeout_s is not None and timeout_s <= 0:
         raise UsageError(f"--timeout must be positive, got {timeout_s}")
+    if confirm_top < 1:
+        raise UsageError(f"confirmation needs at least 1 candidate, got {confirm_top}")
     if confirm_rounds < 2:
         raise UsageError(f"confirmation needs at least 2 rounds, got {confirm_rounds}")
     space = load_space(backend)
