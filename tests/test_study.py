@@ -135,3 +135,24 @@ def test_trial_attrs_carry_provenance_and_stats(tmp_path):
     assert t.user_attrs["provenance"]["gpu"]["name"] == "NVIDIA Fake100 80GB"
     assert "speedup_vs_default" in t.user_attrs
     json.dumps(t.user_attrs)
+
+
+def test_a_gpu_measured_on_by_another_process_is_refused(tmp_path, monkeypatch):
+    from mla_tune.gpu_lock import GpuBusyError, acquire
+
+    monkeypatch.setenv("MLA_TUNE_LOCK_DIR", str(tmp_path / "locks"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    held = acquire("0")  # as a --gpus worker on the same GPU would
+    try:
+        runner = FakeRunner(optimum=OPT)
+        runner.gpu = "0"
+        with pytest.raises(GpuBusyError, match="GPU 0 is busy"):
+            run(tmp_path, runner)
+        assert not runner.calls and not (tmp_path / "s.journal").exists()
+    finally:
+        held.release()
+    runner = FakeRunner(optimum=OPT)
+    runner.gpu = "0"
+    out = run(tmp_path, runner, n_trials=2)  # free again: measured, and the lock is released afterwards
+    assert out.summaries[0].measured == 2
+    acquire("0").release()

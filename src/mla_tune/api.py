@@ -57,6 +57,21 @@ def build_request(*, backend: str, workload: str, model: str = "deepseek-v3", tp
 
 
 @contextlib.contextmanager
+def gpu_locked(runner: Runner) -> Iterator[None]:
+    """Hold the runner's GPU for this process: a second measuring process on it would corrupt both timings."""
+    if runner.gpu is None:
+        yield
+        return
+    from .gpu_lock import acquire
+
+    lock = acquire(runner.gpu)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
 def open_runner(runner: str | Runner) -> Iterator[Runner]:
     """A runner from its name (``vllm``, ``replay:PATH``), closed afterwards; a given instance is left open."""
     if isinstance(runner, str):
@@ -114,7 +129,7 @@ def run_study(*, backend: str, workload: str, model: str = "deepseek-v3", tp: in
                                    n_trials=n_trials, timeout_s=timeout_s, seed=seed, confirm_top=confirm_top,
                                    confirm_rounds=confirm_rounds)
     spec = parse_storage(storage)
-    with open_runner(runner) as r:
+    with open_runner(runner) as r, gpu_locked(r):
         preflight(r, request, space)
         env = r.environment()
         space, excluded = check_space_available(space, r)
@@ -209,7 +224,7 @@ def run_sweep(*, backend: str, workload: str, output: Path, model: str = "deepse
 
     request, space = build_request(backend=backend, workload=workload, model=model, tp=tp,
                                    kv_cache_dtype=kv_cache_dtype)
-    with open_runner(runner) as r:
+    with open_runner(runner) as r, gpu_locked(r):
         if r.name == "replay":
             raise UsageError("a sweep records measurements; the replay runner would only copy a recording",
                              hint="sweep with --runner vllm on a GPU")

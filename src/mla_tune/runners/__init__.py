@@ -19,6 +19,9 @@ class Runner(abc.ABC):
     """Measures cases. ``measure`` never raises for a failed kernel: failures come back as data."""
 
     name: str = "runner"
+    # The GPU (index among the visible ones) this runner times kernels on, or None when it uses no GPU.
+    # Studies lock it so that no two mla-tune processes measure on one GPU at once.
+    gpu: str | None = None
 
     @abc.abstractmethod
     def environment(self) -> Environment:

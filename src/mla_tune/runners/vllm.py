@@ -166,6 +166,7 @@ class VllmRunner(Runner):
         fd, log_path = tempfile.mkstemp(prefix="mla-tune-vllm-worker-", suffix=".log")
         os.close(fd)
         self.options = replace(RunnerOptions(**options), log_path=log_path)
+        self.gpu = str(self.options.device)
         self._target = worker_target
         self._holder: dict[str, _WorkerHandle] = {}
         self._finalizer = weakref.finalize(self, _stop_worker, self._holder)
