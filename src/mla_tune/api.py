@@ -153,23 +153,17 @@ def find_studies(*, storage: str | None = None, backend: str | None = None, mode
         raise UnknownNameError("backend", backend, BACKENDS)
     store = open_storage(parse_storage(storage), create=False)
     wl: Workload | None = get_workload(workload) if workload else None
-    out = []
-    for s in load_summaries(store):
-        a = s.attrs
-        if backend and a.get("backend") != backend:
-            continue
-        if model and a.get("model", {}).get("model") != model:
-            continue
-        if tp is not None and a.get("model", {}).get("tp") != tp:
-            continue
-        if kv_cache_dtype and a.get("kv_cache_dtype") != kv_cache_dtype:
-            continue
-        if gpu and s.name.split("/", 1)[0] != gpu:
-            continue
-        if wl and s.label not in wl.specs and s.label != f"mix:{wl.name}":
-            continue
-        out.append(s)
-    return out
+
+    def keep(name: str, a: dict[str, Any]) -> bool:
+        label = name.rsplit("/", 1)[1]
+        return not ((backend and a.get("backend") != backend)
+                    or (model and a.get("model", {}).get("model") != model)
+                    or (tp is not None and a.get("model", {}).get("tp") != tp)
+                    or (kv_cache_dtype and a.get("kv_cache_dtype") != kv_cache_dtype)
+                    or (gpu and name.split("/", 1)[0] != gpu)
+                    or (wl and label not in wl.specs and label != f"mix:{wl.name}"))
+
+    return load_summaries(store, keep)
 
 
 def export_table(output: Path, *, storage: str | None = None, backend: str, model: str = "deepseek-v3",

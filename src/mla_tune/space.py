@@ -11,7 +11,6 @@ configs that run the same kernels compare equal.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -302,8 +301,3 @@ def load_space(backend: str, directory: Path | None = None) -> SearchSpace:
     if space.backend != backend:
         raise DataFileError(str(path), "backend", f"says {space.backend}, the file name says {backend}")
     return space
-
-
-def space_size_log10(space: SearchSpace) -> float:
-    """Rough size of the unconditioned product, for listings."""
-    return sum(math.log10(len(p.values())) for p in space.parameters)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,10 +45,15 @@ def summarize(study: optuna.Study) -> StudySummary:
         best_number=best.number if best else None, confirmation=study.user_attrs.get(CONFIRM_KEY))
 
 
-def load_summaries(storage: optuna.storages.BaseStorage, prefix: str = "") -> list[StudySummary]:
-    """Summaries of the mla-tune studies in ``storage`` whose names start with ``prefix``, sorted by name."""
+def load_summaries(storage: optuna.storages.BaseStorage,
+                   keep: Callable[[str, dict[str, Any]], bool] = lambda name, attrs: True) -> list[StudySummary]:
+    """Summaries of the mla-tune studies in ``storage`` that ``keep(name, attrs)`` accepts, sorted by name.
+
+    The filter sees only names and study attrs, so studies it rejects never have their trials loaded.
+    """
     out = []
     for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        if s.study_name.startswith(prefix) and ATTRS_KEY in s.user_attrs:
+        attrs = s.user_attrs.get(ATTRS_KEY)
+        if attrs is not None and keep(s.study_name, attrs):
             out.append(summarize(optuna.load_study(study_name=s.study_name, storage=storage)))
     return sorted(out, key=lambda s: s.name)
