@@ -7,6 +7,7 @@ long enough to be killed). Heartbeats are made short (``MLA_TUNE_HEARTBEAT_S``) 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from mla_tune.claim import CLAIM_ATTR, measured_by
 from mla_tune.cli import app
 from mla_tune.errors import UsageError
 from mla_tune.heartbeat import BEAT_ATTR, HeartbeatJournalStorage, retry_callback
+from mla_tune.sampling import recorded_status
 from mla_tune.storage import open_storage, parse_storage
 
 from .fakes import FakeRunner
@@ -79,7 +81,7 @@ def load(storage, name=STUDY):
 
 def assert_accounted(trials, n_keys):
     """Every config measured exactly once; nothing left running or queued."""
-    fresh = [t for t in trials if "status" in t.user_attrs and "duplicate_of" not in t.user_attrs]
+    fresh = [t for t in trials if recorded_status(t) and "duplicate_of" not in t.user_attrs]
     keys = [t.user_attrs["key"] for t in fresh]
     assert len(keys) == len(set(keys)) == n_keys
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
@@ -88,7 +90,7 @@ def assert_accounted(trials, n_keys):
 
 @pytest.mark.slow
 def test_workers_share_every_study_and_measure_each_config_once(sweep, storage, monkeypatch):
-    monkeypatch.setenv("MLA_TUNE_REPLAY_DELAY_S", "0.01")
+    monkeypatch.setenv("MLA_TUNE_REPLAY_DELAY_S", "0.08")  # 48 measurements: ~4 s of work to share
     par = api.run_study_parallel(gpus="0,1,2", backend="TRITON_MLA", workload="decode_1k", runner=sweep,
                                  storage=storage, confirm_top=1, confirm_rounds=2)
     assert not par.failed and len(par.outcome.summaries) == 6
@@ -98,8 +100,12 @@ def test_workers_share_every_study_and_measure_each_config_once(sweep, storage, 
         assert s.measured == n and s.confirmation is not None
         fresh = assert_accounted(load(storage, s.name), n)
         workers |= {measured_by(t) for t in fresh}
-    assert len({w.split(":")[1] for w in workers}) == 3  # every worker measured
-    assert {w.rsplit(":", 1)[1] for w in workers} == {"0", "1", "2"}  # each on its own CUDA_VISIBLE_DEVICES
+    # The work was shared (on a loaded 2-core CI box a late-starting worker may find little left, so not "all 3"),
+    # and each worker measured on its own CUDA_VISIBLE_DEVICES only.
+    pids = {w.split(":")[1] for w in workers}
+    assert len(pids) >= 2 and pids <= {str(w.pid) for w in par.workers} and len(workers) == len(pids)
+    gpu_of = {w.split(":")[1]: w.rsplit(":", 1)[1] for w in workers}
+    assert len(gpu_of) == len(set(gpu_of.values())) == len(pids) and set(gpu_of.values()) <= {"0", "1", "2"}
 
 
 def _worker_pids(tmp_path):
@@ -108,7 +114,10 @@ def _worker_pids(tmp_path):
 
 
 def _measuring(storage, gpu=None, deadline_s=20):
-    """Wait for a trial being measured now (by the worker on ``gpu``); returns (trial number, worker pid)."""
+    """Wait for a trial being measured now (by the worker on ``gpu``); returns (trial number, worker pid).
+
+    Only a trial that has not yet recorded its measurement counts, so a kill right after lands mid-measurement
+    (or, on a slow machine, in the short window before the value is stored: a case the product handles too)."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         try:
@@ -117,7 +126,8 @@ def _measuring(storage, gpu=None, deadline_s=20):
             trials = []
         for t in trials:
             host_pid_gpu = (t.system_attrs.get(CLAIM_ATTR) or {}).get("worker", "").split(":")
-            if t.state == TrialState.RUNNING and len(host_pid_gpu) == 3 and gpu in (None, host_pid_gpu[2]):
+            if (t.state == TrialState.RUNNING and "status" not in t.user_attrs and len(host_pid_gpu) == 3
+                    and gpu in (None, host_pid_gpu[2])):
                 return t.number, int(host_pid_gpu[1])
         time.sleep(0.01)
     raise AssertionError("no trial started measuring")
@@ -141,7 +151,7 @@ def test_sigkill_mid_trial_is_failed_retried_once_and_nothing_is_lost(sweep, sto
     assert w0.error is None and w1.error == "killed by SIGKILL" and w1.exit_code == -signal.SIGKILL
     trials = load(storage)
     dead = trials[killed]
-    assert dead.state == TrialState.FAIL and "status" not in dead.user_attrs  # failed by heartbeat
+    assert dead.state == TrialState.FAIL and recorded_status(dead) is None  # failed by heartbeat, holds no result
     [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
     assert retry.state.is_finished() and "status" in retry.user_attrs  # retried once
     fresh = assert_accounted(trials, n_configs(sweep))
@@ -249,3 +259,26 @@ def test_claims_are_released_with_the_trial(sweep, tmp_path):
     trials = load(str(tmp_path / "s.journal"), out.summaries[0].name)
     assert all(t.state.is_finished() for t in trials)
     assert sum(CLAIM_ATTR in t.system_attrs for t in trials) == 5
+
+
+def test_a_crashing_worker_reports_its_error_in_one_line(tmp_path, monkeypatch, capsys):
+    """A bug in a worker is named in its result (the launcher's one line), with the traceback on stderr."""
+    import json
+
+    from mla_tune import workers
+
+    def boom(job, progress=None):
+        raise RuntimeError("something broke\nsecond line")
+
+    monkeypatch.setattr(workers, "work", boom)
+    monkeypatch.setattr(workers, "_watch_parent", lambda: None)
+    monkeypatch.setattr(optuna.logging, "set_verbosity", lambda level: None)
+    job = workers.WorkerJob(0, 1, "0", str(tmp_path / "s.journal"), "fake", {}, str(tmp_path / "r.json"))
+    (tmp_path / "job.json").write_text(json.dumps(dataclasses.asdict(job)))
+    try:
+        assert workers.main([str(tmp_path / "job.json")]) == 1
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    assert json.loads((tmp_path / "r.json").read_text()) == {
+        "ok": False, "error": "crashed: RuntimeError: something broke", "exit_code": 1}
+    assert "Traceback" in capsys.readouterr().err

@@ -156,3 +156,73 @@ def test_a_gpu_measured_on_by_another_process_is_refused(tmp_path, monkeypatch):
     out = run(tmp_path, runner, n_trials=2)  # free again: measured, and the lock is released afterwards
     assert out.summaries[0].measured == 2
     acquire("0").release()
+
+
+def test_a_trial_killed_after_recording_its_measurement_is_measured_again_not_reused_as_failed(tmp_path,
+                                                                                                 monkeypatch):
+    """The worker dies in the window after writing an ok measurement and before Optuna stores its value: the trial
+    ends FAIL with ``status: ok``. Resuming must measure that config again, not reuse it as "failed before"."""
+    real = optuna.Trial.set_user_attr
+
+    def die_before_tell(self, key, value):
+        real(self, key, value)
+        if key == "speedup_vs_default" and self.number == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(optuna.Trial, "set_user_attr", die_before_tell)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, FakeRunner(optimum=OPT))
+    monkeypatch.setattr(optuna.Trial, "set_user_attr", real)
+    name = "Fake100/deepseek-v3-tp1/FLASH_ATTN_MLA/64q1s4k"
+    [dead] = [t for t in trials(tmp_path, name) if t.number == 2]
+    assert dead.state == TrialState.FAIL and dead.user_attrs["status"] == "ok"
+    runner = FakeRunner(optimum=OPT)
+    out = run(tmp_path, runner)
+    assert out.summaries[0].measured == 18 and out.summaries[0].failed == 0
+    again = [t for t in trials(tmp_path, name) if t.user_attrs.get("key") == dead.user_attrs["key"] and t.number != 2]
+    assert [t.state for t in again] == [TrialState.COMPLETE] and "duplicate_of" not in again[0].user_attrs
+    assert json.loads(dead.user_attrs["key"])[0] in [dict(c.params) for c in runner.calls]
+
+
+def test_a_trial_failed_as_stale_while_it_ran_here_is_measured_again_and_the_study_goes_on(tmp_path, monkeypatch,
+                                                                                           caplog):
+    """Late heartbeats (an overloaded host) let another worker fail this worker's running trial; Optuna then
+    refuses to store its value. The study must go on, and the config be measured again."""
+    real = optuna.Trial.set_user_attr
+
+    def failed_by_another_worker(self, key, value):
+        real(self, key, value)
+        if key == "status" and self.number == 2:  # the rest of its attrs can no longer be written
+            self.study._storage.set_trial_state_values(self._trial_id, TrialState.FAIL)
+
+    monkeypatch.setattr(optuna.Trial, "set_user_attr", failed_by_another_worker)
+    seen = []
+    out = run(tmp_path, FakeRunner(optimum=OPT), progress=seen.append)
+    [s] = out.summaries
+    assert s.measured == 18 and s.failed == 0 and s.confirmation["winner"] is not None
+    ts = trials(tmp_path, s.name)
+    lost = ts[2]
+    assert lost.state == TrialState.FAIL and lost.user_attrs["status"] == "ok"
+    again = [t for t in ts if t.user_attrs.get("key") == lost.user_attrs["key"] and t.number != 2]
+    assert [t.state for t in again] == [TrialState.COMPLETE] and "duplicate_of" not in again[0].user_attrs
+    assert any("trial 2 was failed as stale by another worker" in p.message for p in seen)
+    assert "trial 2 was failed as stale" in caplog.text
+
+
+def test_a_retry_queued_after_the_budget_is_met_still_runs_and_costs_nothing(tmp_path):
+    """A dead worker's retry can be enqueued (by a stale heartbeat) once the others met the budget: the next run
+    must not leave it WAITING in the storage; its config was measured meanwhile, so it is reused."""
+    run(tmp_path, FakeRunner(optimum=OPT), n_trials=5)
+    name = "Fake100/deepseek-v3-tp1/FLASH_ATTN_MLA/64q1s4k"
+    from mla_tune.storage import open_storage
+
+    study = optuna.load_study(study_name=name, storage=open_storage(api.parse_storage(str(tmp_path / "s.journal")),
+                                                                     create=False))
+    measured = study.trials[4]
+    study.enqueue_trial(measured.params, skip_if_exists=False)
+    runner = FakeRunner(optimum=OPT)
+    out = run(tmp_path, runner, n_trials=5)
+    ts = trials(tmp_path, name)
+    assert not [t for t in ts if t.state == TrialState.WAITING]
+    assert ts[-1].state == TrialState.COMPLETE and ts[-1].user_attrs["duplicate_of"] == 4
+    assert out.summaries[0].measured == 5 and len(ts) == 7

@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from .heartbeat import has_heartbeat
 from .interrupts import safe_point
-from .sampling import KEY_ATTR
+from .sampling import KEY_ATTR, recorded_status
 
 # Trial system attr: {"key": the config key this trial measures, "worker": "host:pid:gpu"}; None while it steps
 # back. It stays after the trial ends: on a measured trial it says which worker (host, GPU) measured it.
@@ -69,7 +69,7 @@ def _scan(study: optuna.Study, number: int, key: str) -> tuple[FrozenTrial | Non
     for t in study.get_trials(deepcopy=False):
         if t.number == number:
             continue
-        if t.state.is_finished() and "status" in t.user_attrs:
+        if t.state.is_finished() and recorded_status(t):
             fresh = "duplicate_of" not in t.user_attrs
             measured += fresh
             if fresh and t.user_attrs.get(KEY_ATTR) == key and (done is None or t.number < done.number):

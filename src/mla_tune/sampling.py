@@ -18,6 +18,18 @@ TARGET_ATTR = "mla_tune:target"
 KEY_ATTR = "key"  # user attr: the configs a trial runs, as canonical JSON (set before measuring)
 
 
+def recorded_status(t: FrozenTrial) -> str | None:
+    """The status a trial recorded (``ok``, ``failed``, ...), or None where it holds no result to count or reuse.
+
+    A trial holds no result if it stopped before measuring (no status), or if its worker died in the short window
+    after writing an ``ok`` measurement and before Optuna stored the value: the trial then ends FAIL (by heartbeat
+    or on interrupt) with ``status: ok`` but no value. Such a trial is measured again rather than reused as
+    "failed", which would drop a config that works.
+    """
+    status = t.user_attrs.get("status")
+    return None if status == "ok" and t.state == TrialState.FAIL else status
+
+
 class ExhaustiveSampler(BaseSampler):
     """Visits every distinct config of a conditional space once, in random or local-search order.
 
@@ -51,7 +63,7 @@ class ExhaustiveSampler(BaseSampler):
         for t in study.get_trials(deepcopy=False):
             if t.state == TrialState.RUNNING and TARGET_ATTR in t.system_attrs:
                 visited.add(self._keys[t.system_attrs[TARGET_ATTR]])
-            elif t.state == TrialState.RUNNING or (t.state.is_finished() and "status" in t.user_attrs):
+            elif t.state == TrialState.RUNNING or (t.state.is_finished() and recorded_status(t)):
                 # An interrupted trial (finished without a status) was never measured: visit it again.
                 visited.add(t.user_attrs.get(KEY_ATTR))
         return [i for i, k in enumerate(self._keys) if k not in visited]

@@ -8,6 +8,8 @@ runner's provenance as user attrs. A failed measurement fails the trial with its
 from __future__ import annotations
 
 import json
+import logging
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from .claim import claim
 from .errors import UsageError
 from .plan import StudyTarget, config_set_key, study_attrs
 from .runners import Runner
-from .sampling import KEY_ATTR, make_sampler
+from .sampling import KEY_ATTR, make_sampler, recorded_status
 from .space import Parameter, SearchSpace
 from .stats import round_sig
 from .types import Case, Environment, Measurement, freeze_params
@@ -44,6 +46,7 @@ class Progress:
 
 
 ProgressFn = Callable[[Progress], None]
+_log = logging.getLogger(__name__)
 
 
 class MeasurementFailed(Exception):
@@ -58,8 +61,7 @@ def suggest(trial: Trial, p: Parameter) -> Any:
     return trial.suggest_int(p.name, p.low, p.high, step=p.step, log=p.log)
 
 
-def trial_status(t: FrozenTrial) -> str | None:
-    return t.user_attrs.get("status")
+trial_status = recorded_status
 
 
 class Objective:
@@ -69,6 +71,8 @@ class Objective:
         self.target, self.runner, self.env, self.study = target, runner, env, study
         self.limit: int | None = None  # distinct measurements allowed; claims keep concurrent workers within it
         self.baseline_key = config_set_key(target.default_configs())
+        self._current: int | None = None  # storage id of the trial being run here, until Optuna stores it
+        self._bug = False  # the objective raised an unexpected error (Optuna failed the trial for it)
         self._seen: dict[str, FrozenTrial] = {}
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
             if trial_status(t) and KEY_ATTR in t.user_attrs:  # interrupted trials have no status: redo them
@@ -79,6 +83,16 @@ class Objective:
         return t.value if t is not None and t.state == TrialState.COMPLETE else None
 
     def __call__(self, trial: Trial) -> float:
+        self._current, self._bug = trial._trial_id, False
+        try:
+            return self._evaluate(trial)
+        except (MeasurementFailed, optuna.TrialPruned, optuna.exceptions.UpdateFinishedTrialError):
+            raise  # kept as data, out of budget, or failed under us by another worker (see lost_trial)
+        except Exception:
+            self._bug = True
+            raise
+
+    def _evaluate(self, trial: Trial) -> float:
         configs = self.target.resolve(lambda p: suggest(trial, p))
         key = config_set_key(configs)
         trial.set_user_attr(KEY_ATTR, key)
@@ -100,6 +114,28 @@ class Objective:
         if base is not None:
             trial.set_user_attr("speedup_vs_default", round_sig(base / value, 4))
         return value
+
+    def told(self) -> None:
+        """Optuna stored the answer: from here on an error is not about that trial."""
+        self._current = None
+
+    def lost_trial(self) -> FrozenTrial | None:
+        """This worker's current trial if another worker failed it as stale while it ran here, else None (also
+        when the objective itself raised: that is a bug to surface, not a lost trial).
+
+        That happens when this host's heartbeats came late (an overloaded host, a stalled shared file system, a
+        skewed clock): Optuna then refuses to store the value. The trial holds no result (see
+        ``recorded_status``) and its retry measures the config again, so it is forgotten here too.
+        """
+        if self._current is None or self._bug:
+            return None
+        t = self.study._storage.get_trial(self._current)
+        if t.state != TrialState.FAIL:
+            return None
+        key = t.user_attrs.get(KEY_ATTR)
+        if getattr(self._seen.get(key), "number", None) == t.number:
+            del self._seen[key]
+        return t
 
     def _reuse(self, trial: Trial, earlier: Any) -> float:
         trial.set_user_attr("duplicate_of", getattr(earlier, "number", None))
@@ -240,9 +276,10 @@ def run_trials(target: StudyTarget, storage: optuna.storages.BaseStorage, runner
     def on_trial(st: optuna.Study, t: FrozenTrial) -> None:
         nonlocal calls
         calls += 1
+        objective.told()
         done = measured_count(st)
-        if done >= limit or calls >= max_calls or t.state == TrialState.PRUNED:  # pruned: budget in flight
-            st.stop()
+        if (done >= limit and not _queued(st)) or calls >= max_calls or t.state == TrialState.PRUNED:
+            st.stop()  # pruned: the budget is filled by trials in flight
         if progress:
             best = best_ok_trial(st)
             base = objective.baseline_ms()
@@ -251,10 +288,33 @@ def run_trials(target: StudyTarget, storage: optuna.storages.BaseStorage, runner
 
     if progress:
         progress(Progress(target.name, "trial", min(measured_count(study), limit), limit))
-    if measured_count(study) < limit:
-        study.optimize(objective, n_trials=None, timeout=r.timeout_s, catch=(MeasurementFailed,),
-                       callbacks=[on_trial], gc_after_trial=False)
+    deadline = time.monotonic() + r.timeout_s if r.timeout_s else None
+    # Queued trials run even once the budget is met: a dead worker's retry, enqueued when its heartbeat went stale,
+    # must not be left WAITING in the storage. It costs nothing when its config was measured meanwhile (reused).
+    while (measured_count(study) < limit or _queued(study)) and calls < max_calls:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            break
+        try:
+            study.optimize(objective, n_trials=None, timeout=left, catch=(MeasurementFailed,),
+                           callbacks=[on_trial], gc_after_trial=False)
+            if not _queued(study):
+                break
+        except Exception:  # Optuna refuses to tell a trial failed under us (ValueError, or its own assert)
+            lost = objective.lost_trial()
+            if lost is None:
+                raise
+            calls += 1
+            why = (f"trial {lost.number} was failed as stale by another worker while it ran here (late heartbeats:"
+                   " an overloaded host or a skewed clock?); its retry measures it again")
+            _log.warning("%s: %s", target.name, why)
+            if progress:
+                progress(Progress(target.name, "trial", min(measured_count(study), limit), limit, message=why))
     return study
+
+
+def _queued(study: optuna.Study) -> bool:
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 def _baseline_pending_or_done(study: optuna.Study, baseline_key: str) -> bool:

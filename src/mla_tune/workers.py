@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -169,6 +170,10 @@ def main(argv: list[str]) -> int:
         result, code = {"ok": False, "error": str(e), "exit_code": e.exit_code}, e.exit_code
     except KeyboardInterrupt:
         result, code = {"ok": False, "error": "interrupted", "exit_code": 130}, 130
+    except Exception as e:  # a bug: the traceback goes to stderr, the launcher's one line names it
+        traceback.print_exc()
+        first = (str(e).splitlines() or [""])[0]
+        result, code = {"ok": False, "error": f"crashed: {type(e).__name__}: {first}", "exit_code": 1}, 1
     Path(job.result).write_text(json.dumps(result))
     return code
 
