@@ -129,10 +129,10 @@ def test_sweep_refuses_the_replay_runner(in_tmp):
 @pytest.mark.parametrize("extra", [[], ["--gpus", "0"]])
 def test_replay_of_unrecorded_shapes_is_refused_before_writing(in_tmp, extra):
     r = cli.invoke(app, ["study", "--runner", f"replay:{ROOT / 'results/sweeps/h100'}", "--backend", "FLASHMLA",
-                         "--workload", "decode_1k", *extra])
+                         "--workload", "decode_64k", "--tp", "8", *extra])
     assert r.exit_code == 1
     line = error_line(r)
-    assert "FLASHMLA deepseek-v3-tp1 kv auto q1s1k is not recorded" in line
+    assert "FLASHMLA deepseek-v3-tp8 kv auto q1s64k is not recorded" in line
     assert not list(in_tmp.iterdir())
 
 

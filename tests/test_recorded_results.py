@@ -44,7 +44,7 @@ def test_recorded_sweeps_replay():
     runner = ReplayRunner.open(str(ROOT / "results/sweeps/h100"))
     env = runner.environment()
     assert env.runner == "replay" and env.vllm == "0.20.0" and env.compute_capability == "9.0"
-    assert len(runner.truth()) == 868
+    assert len(runner.truth()) == 1747  # 868 (decode_4k, spec_decode, mixed, prefill_4k) + 879 long-context
     assert {s.name for s in runner.backends() if s.available and s.kind == "decode"} == {
         "FLASHMLA", "FLASH_ATTN_MLA", "TRITON_MLA"}
 

@@ -45,7 +45,7 @@ def summaries():
         summary("64q1s4k", [cand(8, 1.062, 0.01), cand(16, 1.031, 0.01)], 0),
         summary("8q1s4k", [cand(4, 1.004, 0.02)], None, date="2026-11-24T22:00:00Z"),
         summary("q1s4k", [{"trial": 3, "configs": [DEFAULT], "status": "failed", "message": "timeout"}], None),
-    ]
+    ]  # not in reading order: the table sorts them by batch size
 
 
 def test_table_matches_the_golden_file():
@@ -57,7 +57,7 @@ def test_table_matches_the_golden_file():
 
 def test_entries():
     t = build_table(summaries())
-    tuned, noise, failed = t["entries"]
+    failed, noise, tuned = t["entries"]  # q1s4k, 8q1s4k, 64q1s4k: by batch size, not by name
     assert tuned["tuned"] and tuned["params"]["max_num_splits"] == 8
     assert tuned["speedup"] == pytest.approx(1.062, rel=1e-3) and tuned["ci"][0] > 1 and tuned["ci_level"] == 0.975
     assert not noise["tuned"] and noise["params"] == DEFAULT and "noise" in noise["note"]
@@ -66,7 +66,7 @@ def test_entries():
     assert "every candidate failed" in failed["note"] and failed["params"] == DEFAULT
     assert t["provenance"]["date"] == "2026-11-24T23:00:00Z" and t["block_size"] == 64
     rows = table_rows(t)
-    assert rows[0][:3] == ["64q1s4k", "decode", "yes"] and rows[1][2] == "no"
+    assert rows[2][:3] == ["64q1s4k", "decode", "yes"] and rows[1][2] == "no"
 
 
 def test_write_is_atomic_and_deterministic(tmp_path):
@@ -101,6 +101,25 @@ def test_prefill_choice_equal_to_what_auto_picks_is_written_as_auto():
     for s in (a, b):
         s.baseline["details"]["prefill"] = "fa3"  # what auto resolved to when the baseline ran
     t = build_table([a, b])
-    assert t["entries"][0]["tuned"] and t["entries"][0]["params"]["prefill_backend"] == "auto"
-    assert t["entries"][0]["params"]["max_num_splits"] == 8 and "what auto selects" in t["entries"][0]["note"]
-    assert not t["entries"][1]["tuned"] and "same kernels" in t["entries"][1]["note"]
+    e32, e64 = t["entries"]
+    assert e64["tuned"] and e64["params"]["prefill_backend"] == "auto"
+    assert e64["params"]["max_num_splits"] == 8 and "what auto selects" in e64["note"]
+    assert not e32["tuned"] and "same kernels" in e32["note"]
+
+
+def test_a_shape_where_every_config_fails_says_so_and_keeps_no_latency():
+    """Serving must learn that the backend cannot run this shape, not read "defaults kept" as "defaults fine"."""
+    s = summary("256q1s16k", [], None)
+    msg = "256q1s16k: reference (default config): RuntimeError: Triton Error [CUDA]: an illegal memory access"
+    s = StudySummary(s.name, s.attrs, 8, 8, 0, {"status": "error", "message": msg + "\nmore", "value": None},
+                     None, None, None, s.confirmation)
+    [e] = build_table([s])["entries"]
+    assert not e["tuned"] and e["error"] == msg and "fails here: all 8 configs failed" in e["note"]
+    assert "latency_ms" not in e and "speedup" not in e
+    assert table_rows({"entries": [e]})[0][2] == "FAILS"
+
+
+def test_entries_read_by_batch_size_then_context():
+    specs = ["256q1s16k", "q1s16k", "32q1s16k", "128q1s16k", "8q1s16k", "q1s1k"]
+    t = build_table([summary(spec, [cand(8, 1.062, 0.01)], 0) for spec in specs])
+    assert [e["shape"] for e in t["entries"]] == ["q1s1k", "q1s16k", "8q1s16k", "32q1s16k", "128q1s16k", "256q1s16k"]

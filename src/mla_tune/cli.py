@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -22,7 +23,10 @@ STORAGE_HELP = "journal file path, sqlite:///FILE or postgresql://... [default: 
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 200  # a log file or a pipe: whole study names and params, not 80-column ellipses
+    return console
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

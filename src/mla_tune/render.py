@@ -89,7 +89,9 @@ def study_rows(summaries: list[StudySummary]) -> list[list[str]]:
     for s in summaries:
         conf = s.confirmation or {}
         cands, win = judge(conf.get("candidates") or [])
-        if win is not None:
+        if s.best_value is None and s.failed:
+            verdict, params = "every config failed", "-"
+        elif win is not None:
             c = cands[win]
             verdict = f"x{c['speedup']:.3f} [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}]"
             params = format_config(c["configs"][0]) if len(c["configs"]) == 1 else f"trial {c['trial']}"

@@ -49,6 +49,12 @@ def _entry(s: StudySummary) -> dict[str, Any]:
         entry.update(tuned=False, note="not confirmed yet: run the study to its end")
         return entry
     entry["default_params"] = _one_or_list(defaults)
+    if s.best_value is None and s.failed:  # nothing ran, vLLM's default included: serving must not pick it here
+        why = ((s.baseline or {}).get("message") or "every config failed").splitlines()[0]
+        entry.update(tuned=False, params=_one_or_list(defaults), error=why[:300],
+                     note=f"fails here: all {s.failed} configs failed, vLLM's default included; do not serve this "
+                          "shape with this backend")
+        return entry
     # Judged again from the stored rounds, so every table applies the current statistics to the raw data.
     cands, winner = judge(conf.get("candidates") or [])
     replayed = s.attrs.get("environment", {}).get("runner") == "replay"
@@ -141,8 +147,17 @@ def build_table(summaries: list[StudySummary]) -> dict[str, Any]:
         "block_size": _block_size(summaries),
         "objective": first["objective"],
         "workloads": sorted({s.attrs["workload"] for s in summaries}),
-        "entries": [_entry(s) for s in summaries],
+        "entries": [_entry(s) for s in sorted(summaries, key=_reading_order)],
     }
+
+
+def _reading_order(s: StudySummary) -> tuple:
+    """Workload, then batch size, tokens and context: q1s16k, 8q1s16k, ..., 256q1s16k (names sort 128 < 32)."""
+    shapes = s.attrs["shapes"]
+    if len(shapes) != 1:
+        return (s.attrs["workload"], 1, 0, 0, 0, s.name)
+    shape = batch_spec.parse(shapes[0]["spec"])
+    return (s.attrs["workload"], 0, len(shape.requests), shape.num_tokens, shape.max_kv_len, s.name)
 
 
 def table_rows(table: dict[str, Any]) -> list[list[str]]:
@@ -153,7 +168,8 @@ def table_rows(table: dict[str, Any]) -> list[list[str]]:
         ci = e.get("ci")
         params = e.get("params")
         rows.append([
-            e.get("shape") or f"mix:{e.get('workload')}", e.get("kind", "mix"), "yes" if e.get("tuned") else "no",
+            e.get("shape") or f"mix:{e.get('workload')}", e.get("kind", "mix"),
+            "FAILS" if "error" in e else ("yes" if e.get("tuned") else "no"),
             format_config(params) if isinstance(params, dict) else ("per shape" if params else "-"),
             _ms(lat.get("default")), _ms(lat.get("best")),
             f"x{e['speedup']:.3f}" if "speedup" in e else "-",
