@@ -43,6 +43,8 @@ def test_help_lists_the_commands():
 
 @pytest.mark.parametrize("args, words", [
     (["--backend", "FLASH_MLA", "--workload", "decode_4k"], ["unknown backend 'FLASH_MLA'", "FLASH_ATTN_MLA"]),
+    (["--backend", "FLASHMLA_SPARSE", "--workload", "decode_4k"], ["FLASHMLA_SPARSE is not tuned", "top-k",
+                                                                   "tunable backends: CUTLASS_MLA"]),
     (["--backend", "FLASHMLA", "--workload", "decode_5k"], ["unknown workload", "decode_4k"]),
     (["--backend", "FLASHMLA", "--workload", "decode_4k", "--model", "llama"], ["unknown model", "kimi-k2"]),
     (["--backend", "FLASHMLA", "--workload", "decode_4k", "--sampler", "cmaes"], ["unknown sampler", "tpe"]),

@@ -28,11 +28,21 @@ class StudyOutcome:
     excluded: dict[str, str] = field(default_factory=dict)  # prefill backends left out here, with reasons
 
 
+# vLLM MLA backends that are known but deliberately not searched, and why (an "unknown backend" would mislead).
+NOT_TUNED = {
+    "FLASHMLA_SPARSE": "DeepSeek-V3.2's sparse attention reads the indexer's top-k token indices, which no "
+                       "workload here models (every workload is dense MLA)",
+}
+
+
 def build_request(*, backend: str, workload: str, model: str = "deepseek-v3", tp: int = 1,
                   kv_cache_dtype: str = "auto", objective: str = "per-shape", sampler: str = "auto",
                   n_trials: int | None = None, timeout_s: float | None = None, seed: int | None = 0,
                   confirm_top: int = 3, confirm_rounds: int = 6) -> tuple[StudyRequest, SearchSpace]:
     """Validate every name and number of a study request; nothing is opened or written."""
+    if backend in NOT_TUNED:
+        raise UsageError(f"backend {backend} is not tuned by mla-tune: {NOT_TUNED[backend]}",
+                         hint=f"tunable backends: {', '.join(sorted(BACKENDS))}")
     if backend not in BACKENDS:
         raise UnknownNameError("backend", backend, BACKENDS)
     if sampler not in SAMPLERS:
@@ -173,6 +183,9 @@ def export_table(output: Path, *, storage: str | None = None, backend: str, mode
     from .export import write_table
     from .table import build_table
 
+    if backend in NOT_TUNED:
+        raise UsageError(f"backend {backend} is not tuned by mla-tune: {NOT_TUNED[backend]}",
+                         hint=f"tunable backends: {', '.join(sorted(BACKENDS))}")
     if backend not in BACKENDS:
         raise UnknownNameError("backend", backend, BACKENDS)
     get_model(model, tp)
