@@ -5,7 +5,8 @@ For every landscape in the recorded sweeps (one backend x model dims x kv dtype 
 measured) and every sampler, over several seeds, runs a study through the replay runner (in-memory storage, no
 confirmation) and reports:
   - trials to 1%: distinct measurements until a config whose *recorded* median is within 1% of the recorded
-    optimum has been measured (the recorded medians are the truth; the study itself sees resampled noise);
+    optimum has been measured (the recorded medians are the truth, pooled over configs that run the same kernels;
+    the study itself sees resampled noise);
   - regret@25%: after a quarter of the exhaustive count, how much slower than the optimum the config is that
     the study would pick (lowest observed latency), in percent.
 Target: the default sampler (auto) reaches the optimum in at most a quarter of the exhaustive trial count,
@@ -37,14 +38,31 @@ from mla_tune.workloads import Workload, WorkloadShape
 SAMPLERS = ("auto", "tpe", "random", "grid")
 
 
+# A config's ``auto`` values resolve to what the recording's details say vLLM ran; configs that resolve alike run
+# the same kernels (``auto`` and ``fa3`` prefill on an H100, ``auto`` and 2 TRITON splits where the heuristic
+# picks 2), so their recordings are pooled into one truth. Otherwise a second recording of the default's own
+# kernels that happened to read 1% faster would count as "finding the optimum".
+RESOLVED_IN_DETAILS = {"prefill_backend": "prefill", "num_kv_splits": "num_kv_splits"}
+
+
+def kernels_of(rec: dict) -> str:
+    details = rec.get("details") or {}
+    resolved = {k: (details.get(RESOLVED_IN_DETAILS[k], v) if v == "auto" and k in RESOLVED_IN_DETAILS else v)
+                for k, v in rec["config"].items()}
+    return json.dumps({k: str(v) for k, v in resolved.items()}, sort_keys=True)
+
+
 def landscapes(runner: ReplayRunner) -> dict[tuple, dict[str, float]]:
-    """(backend, dims json, kv, shape) -> {config key: recorded median ms} for ok records."""
-    out: dict[tuple, dict[str, float]] = defaultdict(dict)
+    """(backend, dims json, kv, shape) -> {config key: median ms of the pooled recordings of its kernels}."""
+    pooled: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    kernels: dict[tuple, dict[str, str]] = defaultdict(dict)
     for rec in runner.truth().values():
         if rec["status"] == "ok":
             land = (rec["backend"], json.dumps(rec["model"], sort_keys=True), rec["kv_cache_dtype"], rec["shape"])
-            out[land][config_set_key([rec["config"]])] = statistics.median(rec["samples_ms"])
-    return out
+            pooled[land][kernels_of(rec)] += rec["samples_ms"]
+            kernels[land][config_set_key([rec["config"]])] = kernels_of(rec)
+    return {land: {key: statistics.median(pooled[land][k]) for key, k in keys.items()}
+            for land, keys in kernels.items()}
 
 
 def run_one(runner: ReplayRunner, land: tuple, sampler: str, seed: int, budget: int) -> list[str]:

@@ -50,3 +50,27 @@ def test_auto_is_local_when_the_space_fits_and_tpe_otherwise():
     assert make_sampler("grid", space_size=12, budget=6, targets=TARGETS, keys=KEYS, seed=0)[1] == "grid"
     with pytest.raises(UnknownNameError, match="random"):
         make_sampler("bohb", space_size=1, budget=1, targets=TARGETS, keys=KEYS, seed=0)
+
+
+def test_the_spelled_out_twin_of_auto_comes_last_in_the_local_walk():
+    """The baseline's ``auto`` ran 8 splits (its details say so): the explicit 8-split config runs the same
+    kernels, so the walk measures the real neighbours first and the twin only at the end."""
+    values = {"s": ["auto", 1, 2, 4, 8, 16, 32]}
+    targets = [{"s": "auto"}] + [{"s": v} for v in values["s"][1:]]
+    keys = [str(t["s"]) for t in targets]
+    study = optuna.create_study(sampler=ExhaustiveSampler(targets, keys, seed=0, order="local", values=values))
+
+    def objective(trial):
+        s = trial.suggest_categorical("s", values["s"])
+        trial.set_user_attr("key", str(s))
+        trial.set_user_attr("status", "ok")
+        if trial.number == 0:
+            trial.set_user_attr("role", "baseline")
+            trial.set_user_attr("details", {"s": "8"})  # what vLLM's heuristic picked
+        return {"auto": 1.0, 8: 1.0}.get(s, 2.0)
+
+    study.enqueue_trial({"s": "auto"})
+    study.optimize(objective, n_trials=20)
+    order = [t.user_attrs["key"] for t in study.trials]
+    assert sorted(order) == sorted(keys) and order[0] == "auto"
+    assert order[-1] == "8" and set(order[1:3]) == {"4", "16"}  # neighbours of where auto landed come first

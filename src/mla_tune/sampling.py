@@ -124,12 +124,22 @@ class ExhaustiveSampler(BaseSampler):
                 steps += abs(pa - pb)
         return differ, steps
 
+    def _twin_of_default(self, target: dict[str, Any]) -> bool:
+        """Does ``target`` spell out what the baseline's ``auto`` values resolved to (e.g. 8 splits, fa3)? It runs
+        the baseline's kernels, so measuring it early only spends a trial; it still comes, last."""
+        base, landed = self._targets[0], self._auto_at or {}
+        spelled = [n for n in target if target[n] != base.get(n)]
+        return bool(spelled) and all(base.get(n) == "auto" and landed.get(n) == target[n] for n in spelled)
+
     def _nearest(self, unvisited: list[int], incumbent: int) -> int:
         center, base = self._targets[incumbent], self._targets[0]
-        ranked = sorted(unvisited, key=lambda i: (self._distance(self._targets[i], center),
-                                                  self._distance(self._targets[i], base), i))
-        best = self._distance(self._targets[ranked[0]], center)
-        ties = [i for i in ranked if self._distance(self._targets[i], center) == best]
+
+        def rank(i: int) -> tuple:
+            return (self._twin_of_default(self._targets[i]), self._distance(self._targets[i], center))
+
+        ranked = sorted(unvisited, key=lambda i: (rank(i), self._distance(self._targets[i], base), i))
+        best = rank(ranked[0])
+        ties = [i for i in ranked if rank(i) == best]
         return ties[self._rng.randrange(len(ties))] if len(ties) > 1 else ranked[0]
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
