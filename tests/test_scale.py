@@ -282,3 +282,64 @@ def test_a_crashing_worker_reports_its_error_in_one_line(tmp_path, monkeypatch, 
     assert json.loads((tmp_path / "r.json").read_text()) == {
         "ok": False, "error": "crashed: RuntimeError: something broke", "exit_code": 1}
     assert "Traceback" in capsys.readouterr().err
+
+
+def _finished_study(tmp_path):
+    """A finished single-shape study on a journal, with what ``confirm`` needs to run it again."""
+    from mla_tune.plan import plan
+    from mla_tune.study import check_space_available
+
+    runner = FakeRunner(optimum={"max_num_splits": 8})
+    storage = str(tmp_path / "s.journal")
+    api.run_study(backend=BACKEND, workload=f"spec:{SPEC}", runner=runner, storage=storage, confirm_rounds=2)
+    request, space = api.build_request(backend=BACKEND, workload=f"spec:{SPEC}", confirm_rounds=2)
+    space, _ = check_space_available(space, runner)
+    [target] = plan(request, runner.environment(), space)
+    study = optuna.load_study(study_name=target.name, storage=open_storage(parse_storage(storage), create=False))
+    return study, target, FakeRunner(optimum={"max_num_splits": 8})
+
+
+def test_a_confirmation_claimed_by_a_live_worker_is_not_run_twice_and_a_dead_ones_is_taken_over(tmp_path):
+    from mla_tune.confirm import CONFIRMING_ATTR, confirm
+
+    study, target, runner = _finished_study(tmp_path)
+    storage = study._storage
+    other = {"worker": "otherhost:123:0", "trials": len(study.trials), "beat": time.time()}
+    storage.set_study_system_attr(study._study_id, CONFIRMING_ATTR, other)
+    assert confirm(study, target, runner, runner.environment(), force=True, shared=True) is None
+    assert runner.calls == []  # no GPU time spent on a confirmation another host is running
+
+    storage.set_study_system_attr(study._study_id, CONFIRMING_ATTR, other | {"beat": time.time() - 2.0})  # > 1.5 s
+    result = confirm(study, target, runner, runner.environment(), force=True, shared=True)
+    assert result is not None and result["winner"] is not None and runner.calls  # the dead host's claim taken over
+    assert storage.get_study_system_attrs(study._study_id)[CONFIRMING_ATTR] is None  # released when done
+
+    stale_count = other | {"trials": 1}  # a claim on an older state of the study does not block a new confirmation
+    storage.set_study_system_attr(study._study_id, CONFIRMING_ATTR, stale_count)
+    assert confirm(study, target, runner, runner.environment(), force=True, shared=True) is not None
+
+
+@pytest.mark.slow
+def test_two_hosts_on_one_storage_share_studies_and_confirmations(sweep, tmp_path, monkeypatch):
+    """Two launches (as on two hosts) on one journal: every study measured once per config and confirmed."""
+    monkeypatch.setenv("MLA_TUNE_REPLAY_DELAY_S", "0.03")
+    storage = str(tmp_path / "s.journal")
+    args = ("--runner", sweep, "--storage", storage)
+    hosts = [subprocess.Popen([sys.executable, "-m", "mla_tune.cli", "study", "--backend", "TRITON_MLA", "--workload",
+                               "decode_1k", *args, "--gpus", gpus, "--confirm-rounds", "2"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for gpus in ("0", "1")]
+    for h in hosts:
+        _, err = h.communicate(timeout=120)
+        assert h.returncode == 0, err
+    from mla_tune.confirm import CONFIRMING_ATTR
+
+    store = open_storage(parse_storage(storage), create=False)
+    summaries = optuna.get_all_study_summaries(store, include_best_trial=False)
+    assert len(summaries) == 6
+    n = n_configs(sweep, "TRITON_MLA", "decode_1k")
+    for s in summaries:
+        study = optuna.load_study(study_name=s.study_name, storage=store)
+        assert_accounted(study.trials, n)
+        assert study.user_attrs["confirmation"]["trials"] == len([t for t in study.trials if recorded_status(t)])
+        assert not store.get_study_system_attrs(study._study_id).get(CONFIRMING_ATTR)  # no claim left behind

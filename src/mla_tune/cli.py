@@ -70,6 +70,8 @@ def study(
     seed: int = typer.Option(0, help="sampler seed"),
     export: Optional[Path] = typer.Option(None, help="also write the tuning table to this YAML file"),
     gpus: Optional[str] = typer.Option(None, help="one worker process per GPU, e.g. 0,1,2,3, sharing --storage"),
+    confirm_top: int = typer.Option(3, help="best configs re-measured against vLLM's default"),
+    confirm_rounds: int = typer.Option(6, help="paired rounds (A B / B A) per confirmed config"),
 ) -> None:
     """Tune one backend on one workload; re-running the same command resumes."""
     from . import api
@@ -79,12 +81,13 @@ def study(
     if gpus is not None:
         return _study_parallel(gpus, export, backend=backend, workload=workload, model=model, tp=tp,
                                kv_cache_dtype=kv_cache_dtype, objective=objective, sampler=sampler,
-                               n_trials=trials, timeout_s=timeout, storage=storage, runner=runner, seed=seed)
+                               n_trials=trials, timeout_s=timeout, storage=storage, runner=runner, seed=seed,
+                               confirm_top=confirm_top, confirm_rounds=confirm_rounds)
     with ProgressView(_console(stderr=True)) as view:
         outcome = api.run_study(backend=backend, workload=workload, model=model, tp=tp,
                                 kv_cache_dtype=kv_cache_dtype, objective=objective, sampler=sampler,
                                 n_trials=trials, timeout_s=timeout, storage=storage, runner=runner, seed=seed,
-                                progress=view.update)
+                                confirm_top=confirm_top, confirm_rounds=confirm_rounds, progress=view.update)
     print_outcome(_console(), outcome)
     if export is not None:
         path, table = api.export_table(export, storage=storage, backend=backend, model=model, tp=tp,

@@ -10,11 +10,15 @@ interval entirely above 1 counts as a gain.
 from __future__ import annotations
 
 import datetime as _dt
+import time
+from collections.abc import Callable
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
+from .claim import worker_id
+from .heartbeat import grace_period_s
 from .plan import StudyTarget, config_set_key
 from .runners import Runner
 from .stats import median, round_sig
@@ -23,6 +27,7 @@ from .study import ATTRS_KEY, Progress, ProgressFn, finished_count
 from .types import Case, Environment, freeze_params
 
 CONFIRM_KEY = "confirmation"
+CONFIRMING_ATTR = "mla_tune:confirming"  # study system attr: the worker confirming the study now (ConfirmClaim)
 
 
 def candidates(study: optuna.Study, baseline_key: str, top: int) -> list[optuna.trial.FrozenTrial]:
@@ -55,23 +60,41 @@ def _measure_set(runner: Runner, target: StudyTarget, configs: list[dict]) -> tu
 
 
 def confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Environment,
-            progress: ProgressFn | None = None, *, force: bool = False) -> dict[str, Any]:
+            progress: ProgressFn | None = None, *, force: bool = False, shared: bool = False
+            ) -> dict[str, Any] | None:
     """Confirm the best configs of a finished study; stores and returns the result (study attr ``confirmation``).
 
     Skipped (the stored result returned) when no trial finished since the last confirmation, unless ``force``.
+    ``shared``: other workers (other hosts too) may confirm the same study; the first to claim it does the work and
+    the others get None (see ``ConfirmClaim``), so no GPU time goes into the same confirmation twice.
     """
     r = target.request
     n_done = finished_count(study)
     stored = study.user_attrs.get(CONFIRM_KEY)
     if stored and stored.get("trials") == n_done and not force:
         return stored
+    held = ConfirmClaim(study, n_done) if shared else None
+    if held is not None and not held.take():
+        return None
+    try:
+        result = _confirm(study, target, runner, env, n_done, progress, held)
+    finally:
+        if held is not None:
+            held.release()
+    return result
+
+
+def _confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Environment, n_done: int,
+             progress: ProgressFn | None, held: ConfirmClaim | None) -> dict[str, Any]:
+    r = target.request
     default_configs = target.default_configs()
     picks = candidates(study, config_set_key(default_configs), r.confirm_top)
     results = []
     for i, t in enumerate(picks):
         if progress:
             progress(Progress(target.name, "confirm", i, len(picks), message=f"trial {t.number}"))
-        results.append(_confirm_one(runner, target, default_configs, t, r.confirm_rounds))
+        results.append(_confirm_one(runner, target, default_configs, t, r.confirm_rounds,
+                                    held.beat if held is not None else None))
     results, winner = judge(results)
     result = {
         "trials": n_done,
@@ -89,10 +112,12 @@ def confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Envir
 
 
 def _confirm_one(runner: Runner, target: StudyTarget, default_configs: list[dict],
-                 t: optuna.trial.FrozenTrial, rounds: int) -> dict[str, Any]:
+                 t: optuna.trial.FrozenTrial, rounds: int, beat: Callable[[], None] | None = None) -> dict[str, Any]:
     cand_configs = _configs(t, target)
     a_ms, b_ms, a_samples, b_samples = [], [], 0, 0
     for i in range(rounds):
+        if beat is not None:
+            beat()
         order = ((default_configs, a_ms), (cand_configs, b_ms))
         for configs, sink in (order if i % 2 == 0 else order[::-1]):
             value, why, samples = _measure_set(runner, target, configs)
@@ -111,4 +136,44 @@ def _confirm_one(runner: Runner, target: StudyTarget, default_configs: list[dict
     }
 
 
-__all__ = ["confirm", "candidates", "CONFIRM_KEY", "ATTRS_KEY"]
+class ConfirmClaim:
+    """Who confirms a study now, for workers sharing it (on one host or many): a study system attr
+    ``{"worker": host:pid:gpu, "trials": n, "beat": wall clock}``, refreshed every round.
+
+    A worker confirms only if no other worker holds a fresh claim for the same trial count; a claim not refreshed
+    within the heartbeat grace period (its worker died) is taken over. Two workers that claim within the same few
+    milliseconds can both go ahead (write, then read back, narrows the window but a study attr cannot be
+    compare-and-set): that costs a duplicate confirmation, never a wrong one, as both store a valid result.
+    """
+
+    def __init__(self, study: optuna.Study, trials: int) -> None:
+        self.study, self.trials, self.me = study, trials, worker_id()
+
+    def _read(self) -> dict[str, Any] | None:
+        return self.study._storage.get_study_system_attrs(self.study._study_id).get(CONFIRMING_ATTR)
+
+    def _write(self, value: dict[str, Any] | None) -> None:
+        self.study._storage.set_study_system_attr(self.study._study_id, CONFIRMING_ATTR, value)
+
+    def held_elsewhere(self) -> bool:
+        c = self._read()
+        return bool(c) and c["worker"] != self.me and c["trials"] == self.trials and \
+            time.time() - c["beat"] <= grace_period_s()
+
+    def take(self) -> bool:
+        if self.held_elsewhere():
+            return False
+        self.beat()
+        c = self._read()
+        return bool(c) and c["worker"] == self.me
+
+    def beat(self) -> None:
+        self._write({"worker": self.me, "trials": self.trials, "beat": time.time()})
+
+    def release(self) -> None:
+        c = self._read()
+        if c and c["worker"] == self.me:
+            self._write(None)
+
+
+__all__ = ["confirm", "candidates", "ConfirmClaim", "CONFIRM_KEY", "CONFIRMING_ATTR", "ATTRS_KEY"]

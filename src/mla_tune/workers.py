@@ -4,7 +4,8 @@ Workers share studies, not a schedule: each runs all the studies of the workload
 ``i`` (so they spread out), and Optuna's storage does the sharing (samplers see each other's trials; ``claim``
 keeps a config from being measured twice). Then a second pass waits for the other workers' running trials of each
 study, Optuna's heartbeat failing and re-enqueueing those of dead workers, and runs what is left (the retries).
-Last, worker ``i`` confirms the studies ``j`` with ``j % n == i``.
+Last, the confirmations, shared the same way: a worker confirms each study no live worker has claimed
+(``confirm.ConfirmClaim``), so workers of several hosts on one storage do not confirm the same study twice.
 
 Started by ``scale.launch`` as ``python -m mla_tune.workers JOB.json``; reports progress as JSON lines on stdout
 and its result in the job's result file. When the launcher dies (stdin closes), the worker stops as on Ctrl-C.
@@ -30,14 +31,14 @@ import optuna
 from optuna.trial import TrialState
 
 from .api import build_request, open_runner, preflight
-from .confirm import confirm
+from .confirm import CONFIRM_KEY, confirm
 from .errors import MlaTuneError
 from . import interrupts
 from .heartbeat import has_heartbeat, heartbeat_interval_s
 from .plan import StudyTarget, plan
 from .runners import Runner
 from .storage import open_storage, parse_storage
-from .study import ProgressFn, check_space_available, measured_count, run_trials
+from .study import ProgressFn, check_space_available, finished_count, measured_count, run_trials
 from .interrupts import check, safe_point
 from .types import BackendStatus, Case, Environment, Measurement
 
@@ -88,12 +89,34 @@ def work(job: WorkerJob, progress: ProgressFn | None = None) -> WorkerResult:
         for target in mine:
             check()
             settle(target, store, runner, env, progress)
-        for j, target in enumerate(targets):
+        # Confirmation is shared the same way: each worker walks every study from its own start and confirms those
+        # no live worker (of this host or another) has claimed; then it waits for the claimed ones, taking over a
+        # claim whose worker died.
+        claimed = []
+        for target in mine:
             check()
-            if j % job.n_workers == job.index:
-                study = optuna.load_study(study_name=target.name, storage=store)
-                confirm(study, target, runner, env, progress)
+            study = optuna.load_study(study_name=target.name, storage=store)
+            if confirm(study, target, runner, env, progress, shared=True) is None:
+                claimed.append(target)
+        for target in claimed:
+            check()
+            await_confirmation(target, store, runner, env, progress)
     return WorkerResult(env.as_dict(), [t.name for t in targets], excluded)
+
+
+def await_confirmation(target: StudyTarget, store: optuna.storages.BaseStorage, runner: Runner, env: Environment,
+                       progress: ProgressFn | None = None) -> None:
+    """Wait until another worker's confirmation of this study is stored; confirm it here if that worker died."""
+    poll_s = min(1.0, heartbeat_interval_s() / 2)
+    while True:
+        study = optuna.load_study(study_name=target.name, storage=store)
+        stored = study.user_attrs.get(CONFIRM_KEY)
+        if stored and stored.get("trials") == finished_count(study):
+            return
+        if confirm(study, target, runner, env, progress, shared=True) is not None:
+            return
+        with safe_point():
+            time.sleep(poll_s)
 
 
 class _Interruptible(Runner):
