@@ -123,3 +123,11 @@ def test_entries_read_by_batch_size_then_context():
     specs = ["256q1s16k", "q1s16k", "32q1s16k", "128q1s16k", "8q1s16k", "q1s1k"]
     t = build_table([summary(spec, [cand(8, 1.062, 0.01)], 0) for spec in specs])
     assert [e["shape"] for e in t["entries"]] == ["q1s1k", "q1s16k", "8q1s16k", "32q1s16k", "128q1s16k", "256q1s16k"]
+
+
+def test_a_table_of_per_shape_and_mix_studies_says_both_objectives():
+    a = summary("64q1s4k", [cand(8, 1.062, 0.01)], 0)
+    b = summary("8q1s4k", [cand(4, 1.004, 0.02)], None)
+    b = StudySummary(b.name, b.attrs | {"objective": "mix"}, *list(b.__dict__.values())[2:])
+    assert build_table([a, b])["objective"] == "mix+per-shape"
+    assert build_table([a])["objective"] == "per-shape"

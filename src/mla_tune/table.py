@@ -145,7 +145,7 @@ def build_table(summaries: list[StudySummary]) -> dict[str, Any]:
         "model": first["model"],
         "kv_cache_dtype": first["kv_cache_dtype"],
         "block_size": _block_size(summaries),
-        "objective": first["objective"],
+        "objective": "+".join(sorted({s.attrs["objective"] for s in summaries})),  # per-shape, mix or both
         "workloads": sorted({s.attrs["workload"] for s in summaries}),
         "entries": [_entry(s) for s in sorted(summaries, key=_reading_order)],
     }
