@@ -226,3 +226,4 @@ def test_a_retry_queued_after_the_budget_is_met_still_runs_and_costs_nothing(tmp
     assert not [t for t in ts if t.state == TrialState.WAITING]
     assert ts[-1].state == TrialState.COMPLETE and ts[-1].user_attrs["duplicate_of"] == 4
     assert out.summaries[0].measured == 5 and len(ts) == 7
+    assert runner.calls == []  # reused, and no new config to confirm: the stored confirmation stands

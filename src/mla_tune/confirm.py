@@ -23,7 +23,7 @@ from .plan import StudyTarget, config_set_key
 from .runners import Runner
 from .stats import median, round_sig
 from .verdict import judge
-from .study import ATTRS_KEY, Progress, ProgressFn, finished_count
+from .study import ATTRS_KEY, Progress, ProgressFn, measured_count
 from .types import Case, Environment, freeze_params
 
 CONFIRM_KEY = "confirmation"
@@ -69,7 +69,7 @@ def confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Envir
     the others get None (see ``ConfirmClaim``), so no GPU time goes into the same confirmation twice.
     """
     r = target.request
-    n_done = finished_count(study)
+    n_done = measured_count(study)  # distinct measurements: a late reused duplicate changes no candidate
     stored = study.user_attrs.get(CONFIRM_KEY)
     if stored and stored.get("trials") == n_done and not force:
         return stored

@@ -241,11 +241,6 @@ def _measured(study: optuna.Study) -> list[FrozenTrial]:
             if trial_status(t)]
 
 
-def finished_count(study: optuna.Study) -> int:
-    """Trials that ended with a result (reused duplicates included; interrupted ones not)."""
-    return len(_measured(study))
-
-
 def measured_count(study: optuna.Study) -> int:
     """Distinct configs measured: what the trial budget counts, since a repeated config costs no GPU time."""
     return sum(1 for t in _measured(study) if "duplicate_of" not in t.user_attrs)

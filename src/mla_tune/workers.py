@@ -38,7 +38,7 @@ from .heartbeat import has_heartbeat, heartbeat_interval_s
 from .plan import StudyTarget, plan
 from .runners import Runner
 from .storage import open_storage, parse_storage
-from .study import ProgressFn, check_space_available, finished_count, measured_count, run_trials
+from .study import ProgressFn, check_space_available, measured_count, run_trials
 from .interrupts import check, safe_point
 from .types import BackendStatus, Case, Environment, Measurement
 
@@ -111,7 +111,7 @@ def await_confirmation(target: StudyTarget, store: optuna.storages.BaseStorage, 
     while True:
         study = optuna.load_study(study_name=target.name, storage=store)
         stored = study.user_attrs.get(CONFIRM_KEY)
-        if stored and stored.get("trials") == finished_count(study):
+        if stored and stored.get("trials") == measured_count(study):
             return
         if confirm(study, target, runner, env, progress, shared=True) is not None:
             return
