@@ -67,6 +67,9 @@ def test_study_export_show_round_trip(in_tmp):
                          "--export", "table.yaml"])
     assert r.exit_code == 0, r.output
     assert "Fake100/deepseek-v3-tp1/TRITON_MLA/64q1s4k" in r.output and "wrote table.yaml" in r.output
+    # not a terminal (as in a log file): progress is a line per step, not a bar drawn only at the end
+    assert "Fake100/deepseek-v3-tp1/TRITON_MLA/64q1s4k: trial 1/" in r.output
+    assert "Fake100/deepseek-v3-tp1/TRITON_MLA/64q1s4k: confirmed" in r.output
     assert (in_tmp / "results" / "studies.journal").exists()
     r = cli.invoke(app, ["show", "table.yaml"])
     assert r.exit_code == 0 and "64q1s4k" in r.output and "num_kv_splits=16" in r.output

@@ -26,6 +26,15 @@ class _Bars:
         self._progress = Progress(TextColumn(title), BarColumn(), MofNCompleteColumn(),
                                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
         self._tasks: dict[str, Any] = {}
+        # Not a terminal (a log file, nohup, a CI job): a live bar would show only at the end, so print a line per
+        # step instead.
+        self._console, self._lines = console, not console.is_terminal
+        self._last: dict[str, str] = {}
+
+    def _line(self, name: str, text: str) -> None:
+        if self._last.get(name) != text:
+            self._last[name] = text
+            self._console.print(f"{name}: {text}", highlight=False)
 
     def __enter__(self) -> _Bars:
         return self  # the live display starts with the first bar: an early error prints only its own line
@@ -35,6 +44,8 @@ class _Bars:
             self._progress.__exit__(*exc)
 
     def _task(self, name: str, total: int | None) -> Any:
+        if self._lines:
+            return name
         if not self._tasks:
             self._progress.__enter__()
         if name not in self._tasks:
@@ -46,6 +57,8 @@ class ProgressView(_Bars):
     """One bar per study: trials done of the budget, best latency so far, speedup over vLLM's default."""
 
     def update(self, p: Any) -> None:
+        if self._lines:
+            return self._update_line(p)
         task = self._task(p.study, p.total)
         if p.phase == "trial":
             info = f"best {_ms(p.best_ms)} ms" + (f"  x{p.speedup:.3f} vs default" if p.speedup else "")
@@ -57,6 +70,17 @@ class ProgressView(_Bars):
                                   + "  confirmed")
 
 
+    def _update_line(self, p: Any) -> None:
+        if p.phase == "trial":
+            text = f"trial {p.done}/{p.total if p.total is not None else '?'}  best {_ms(p.best_ms)} ms" + (
+                f"  x{p.speedup:.3f} vs default" if p.speedup else "") + (f"  ({p.message})" if p.message else "")
+        elif p.phase == "confirm":
+            text = f"confirming {p.done + 1}/{p.total} ({p.message})"
+        else:
+            text = "confirmed"
+        self._line(p.study, text)
+
+
 class SweepView(_Bars):
     """One bar for a sweep: configs measured of the total, the last shape, status and median."""
 
@@ -64,6 +88,9 @@ class SweepView(_Bars):
         super().__init__(console, title)
 
     def update(self, p: Any) -> None:
+        if self._lines:
+            med = f" {_ms(p.median_ms)} ms" if p.median_ms is not None else ""
+            return self._line("sweep", f"{p.done}/{p.total} {p.shape} {p.status}{med}")
         task = self._task("sweep", p.total)
         info = f"{p.shape} {p.status}" + (f" {_ms(p.median_ms)} ms" if p.median_ms is not None else "")
         self._progress.update(task, completed=p.done, total=p.total, info=info)
