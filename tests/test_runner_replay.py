@@ -116,3 +116,12 @@ def test_sweep_resumes_without_remeasuring(tmp_path):
     assert n1 == len(first.calls) > 0 and n2 == 0 and not again.calls
     lines = out.read_text().splitlines()
     assert len(lines) == n1 + 1 and json.loads(lines[0])["kind"] == "mla-tune/sweep"
+
+
+def test_backends_say_why_they_were_not_recorded(sweep_dir):
+    """A backend that could not run where the sweep was made gets that reason, not just "not recorded"."""
+    st = {(s.kind, s.name): s for s in ReplayRunner.open(str(sweep_dir)).backends()}
+    assert st[("decode", "FLASH_ATTN_MLA")].available
+    assert st[("decode", "FLASHINFER_MLA")].reason == "unavailable when recorded: needs compute capability 10.x"
+    assert st[("prefill", "flashinfer")].reason == "unavailable when recorded: needs SM100"
+    assert not st[("decode", "FLASHMLA")].available and "not recorded in" in st[("decode", "FLASHMLA")].reason

@@ -2,7 +2,8 @@
 
 A sweep file is JSON Lines (``.jsonl``): the first line is a header, every other line one measurement.
 
-    {"kind": "mla-tune/sweep", "schema_version": 1, "date": "2026-11-24T23:00:00Z", "environment": {...}}
+    {"kind": "mla-tune/sweep", "schema_version": 1, "date": "2026-11-24T23:00:00Z", "environment": {...},
+     "backends": [{"name": "fa4", "kind": "prefill", "available": false, "reason": "..."}, ...]}
     {"backend": "FLASH_ATTN_MLA", "model": {...dims...}, "kv_cache_dtype": "auto", "shape": "64q1s4k",
      "config": {"cuda_graphs": true, ...}, "status": "ok", "samples_ms": [...], "rel_err": 0.0012,
      "details": {"block_size": "64", ...}, "message": ""}
@@ -115,7 +116,11 @@ def run_sweep(runner: Runner, space: SearchSpace, workload: Workload, dims: MLAD
     with out.open("a") as f:
         if fresh:
             header = {"kind": SWEEP_KIND, "schema_version": 1, "environment": env.as_dict(),
-                      "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+                      "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                      # why a backend could not run where this was recorded, for replay to say instead of
+                      # "not recorded" (e.g. "needs compute capability 10.x")
+                      "backends": [{"name": b.name, "kind": b.kind, "available": b.available, "reason": b.reason}
+                                   for b in runner.backends()]}
             f.write(json.dumps(header, sort_keys=True) + "\n")
         for i, (spec, shape, config) in enumerate(todo):
             case = Case(space.backend, shape, dims, freeze_params(config), kv_cache_dtype)

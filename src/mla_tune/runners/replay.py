@@ -30,8 +30,9 @@ class ReplayRunner(Runner):
     name = "replay"
 
     def __init__(self, records: dict[str, dict[str, Any]], environment: Environment, source: str,
-                 seed: int | None = 0) -> None:
+                 seed: int | None = 0, unavailable: dict[tuple[str, str], str] | None = None) -> None:
         self._records = records
+        self._unavailable = dict(unavailable or {})  # (kind, name) -> why it could not run when recorded
         self._env = environment
         self._source = source
         self._rng = random.Random(seed)
@@ -47,6 +48,7 @@ class ReplayRunner(Runner):
         if not path.exists() or not files:
             raise RunnerUnavailableError(f"no recorded sweeps at {path}", hint="record some with `mla-tune sweep`")
         records: dict[str, dict[str, Any]] = {}
+        unavailable: dict[tuple[str, str], str] = {}  # (kind, name) -> why it could not run when recorded
         env: Environment | None = None
         dates: list[str] = []
         for f in files:
@@ -59,6 +61,9 @@ class ReplayRunner(Runner):
                                     f"{file_env.vllm}, torch {file_env.torch}, driver {file_env.driver}; other "
                                     "files here differ: replay one GPU and software stack at a time")
             dates.append(file_env.recorded or "")
+            for b in header.get("backends") or []:  # older sweeps do not say
+                if not b.get("available") and b.get("reason"):
+                    unavailable.setdefault((b["kind"], b["name"]), b["reason"])
             for rec in recs:
                 rec["_file"], rec["_recorded"] = str(f), file_env.recorded
                 key = record_key(rec["backend"], rec["model"], rec["kv_cache_dtype"], rec["shape"], rec["config"])
@@ -69,7 +74,7 @@ class ReplayRunner(Runner):
         assert env is not None
         dates = sorted(d for d in dates if d)
         span = dates[0] if dates and dates[0] == dates[-1] else (f"{dates[0]}..{dates[-1]}" if dates else None)
-        return cls(records, replace(env, recorded=span), str(path), seed)
+        return cls(records, replace(env, recorded=span), str(path), seed, unavailable)
 
     def environment(self) -> Environment:
         return self._env
@@ -84,12 +89,16 @@ class ReplayRunner(Runner):
                 prefill_ok.add(value)
             elif value and r["status"] == "unsupported":
                 prefill_why.setdefault(value, r["message"])
-        out = [BackendStatus(b, "decode", b in decode, "" if b in decode else f"not recorded in {self._source}")
+        def not_recorded(kind: str, name: str) -> str:
+            why = self._unavailable.get((kind, name))
+            return f"unavailable when recorded: {why}" if why else f"not recorded in {self._source}"
+
+        out = [BackendStatus(b, "decode", b in decode, "" if b in decode else not_recorded("decode", b))
                for b in BACKENDS]
         for p in PREFILL_BACKENDS:
             if p != "auto":
                 ok = p in prefill_ok
-                why = "" if ok else prefill_why.get(p, f"not recorded in {self._source}")
+                why = "" if ok else prefill_why.get(p, not_recorded("prefill", p))
                 out.append(BackendStatus(p, "prefill", ok, f"recorded: {why}" if why and p in prefill_why else why))
         return tuple(out)
 
