@@ -232,6 +232,8 @@ def test_journal_heartbeat_fails_a_silent_trial_and_retries_it_once(tmp_path):
     study = optuna.create_study(storage=store)
     trial = study.ask()
     trial.suggest_int("x", 0, 9)
+    for k, v in {"role": "baseline", "status": "ok", "median_ms": 1.0, "duplicate_of": 7}.items():
+        trial.set_user_attr(k, v)  # written before its worker died: the retry must not look measured
     store.record_heartbeat(trial._trial_id)
     assert BEAT_ATTR in store.get_trial(trial._trial_id).system_attrs
     with warnings.catch_warnings():
@@ -243,6 +245,7 @@ def test_journal_heartbeat_fails_a_silent_trial_and_retries_it_once(tmp_path):
         [dead, retry] = study.trials
         assert dead.state == TrialState.FAIL and retry.state == TrialState.WAITING
         assert retry.params == dead.params and retry.system_attrs["failed_trial"] == 0
+        assert retry.user_attrs == {"role": "baseline"}  # the dead run's result attrs are not inherited
         popped = study.ask()  # the retry inherits its original's old beat: its start keeps it alive
         assert popped.number == 1
         optuna.storages.fail_stale_trials(study)
@@ -343,3 +346,30 @@ def test_two_hosts_on_one_storage_share_studies_and_confirmations(sweep, tmp_pat
         assert_accounted(study.trials, n)
         assert study.user_attrs["confirmation"]["trials"] == n  # confirmed after every config was measured
         assert not store.get_study_system_attrs(study._study_id).get(CONFIRMING_ATTR)  # no claim left behind
+
+
+def test_a_confirmation_taken_over_stops_and_never_replaces_a_newer_one(tmp_path):
+    from mla_tune.confirm import CONFIRM_KEY, CONFIRMING_ATTR, confirm
+
+    study, target, runner = _finished_study(tmp_path)
+    storage, real = study._storage, runner.measure
+    other = {"worker": "otherhost:123:0", "trials": 10**6, "beat": time.time()}
+
+    def taken_over_meanwhile(case):  # another host decided this worker was dead and took the claim
+        if not runner.calls:
+            storage.set_study_system_attr(study._study_id, CONFIRMING_ATTR, other)
+            time.sleep(1.0)  # two beats of this worker's claim thread (MLA_TUNE_HEARTBEAT_S=0.5)
+        return real(case)
+
+    runner.measure = taken_over_meanwhile
+    before = study.user_attrs[CONFIRM_KEY]
+    assert confirm(study, target, runner, runner.environment(), force=True, shared=True) is None
+    assert storage.get_study_user_attrs(study._study_id)[CONFIRM_KEY] == before  # nothing stored by the loser
+    assert storage.get_study_system_attrs(study._study_id)[CONFIRMING_ATTR] == other  # the winner's claim stays
+
+    storage.set_study_system_attr(study._study_id, CONFIRMING_ATTR, None)
+    newer = before | {"trials": 10**6}
+    study.set_user_attr(CONFIRM_KEY, newer)
+    runner.measure = real
+    assert confirm(study, target, runner, runner.environment(), force=True, shared=True) == newer
+    assert storage.get_study_user_attrs(study._study_id)[CONFIRM_KEY] == newer

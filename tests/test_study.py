@@ -227,3 +227,37 @@ def test_a_retry_queued_after_the_budget_is_met_still_runs_and_costs_nothing(tmp
     assert ts[-1].state == TrialState.COMPLETE and ts[-1].user_attrs["duplicate_of"] == 4
     assert out.summaries[0].measured == 5 and len(ts) == 7
     assert runner.calls == []  # reused, and no new config to confirm: the stored confirmation stands
+
+
+def test_after_a_lost_trial_a_later_error_and_ctrl_c_still_surface(tmp_path, monkeypatch):
+    """Recovering from a trial failed under us must not swallow what comes after it: a bug elsewhere (here in
+    the sampler) propagates, and so does Ctrl-C arriving in a trial that was failed under us."""
+    from mla_tune.sampling import ExhaustiveSampler
+
+    real_attr, real_before = optuna.Trial.set_user_attr, ExhaustiveSampler.before_trial
+
+    def failed_by_another_worker(self, key, value):
+        real_attr(self, key, value)
+        if key == "status" and self.number == 2:
+            self.study._storage.set_trial_state_values(self._trial_id, TrialState.FAIL)
+
+    def broken_sampler(self, study, trial):
+        if trial.number == 4:
+            raise RuntimeError("sampler bug")
+        return real_before(self, study, trial)
+
+    monkeypatch.setattr(optuna.Trial, "set_user_attr", failed_by_another_worker)
+    monkeypatch.setattr(ExhaustiveSampler, "before_trial", broken_sampler)
+    with pytest.raises(RuntimeError, match="sampler bug"):
+        run(tmp_path, FakeRunner(optimum=OPT))
+
+    def interrupted_after_failed_under_us(self, key, value):
+        real_attr(self, key, value)
+        if key == "status" and self.number == 1:
+            self.study._storage.set_trial_state_values(self._trial_id, TrialState.FAIL)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ExhaustiveSampler, "before_trial", real_before)
+    monkeypatch.setattr(optuna.Trial, "set_user_attr", interrupted_after_failed_under_us)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "second", FakeRunner(optimum=OPT))

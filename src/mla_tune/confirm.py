@@ -10,6 +10,7 @@ interval entirely above 1 counts as a gain.
 from __future__ import annotations
 
 import datetime as _dt
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .claim import worker_id
-from .heartbeat import grace_period_s
+from .heartbeat import grace_period_s, heartbeat_interval_s
 from .plan import StudyTarget, config_set_key
 from .runners import Runner
 from .stats import median, round_sig
@@ -77,11 +78,12 @@ def confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Envir
     if held is not None and not held.take():
         return None
     try:
-        result = _confirm(study, target, runner, env, n_done, progress, held)
+        return _confirm(study, target, runner, env, n_done, progress, held)
+    except ClaimLost:
+        return None
     finally:
         if held is not None:
             held.release()
-    return result
 
 
 def _confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Environment, n_done: int,
@@ -94,7 +96,7 @@ def _confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Envi
         if progress:
             progress(Progress(target.name, "confirm", i, len(picks), message=f"trial {t.number}"))
         results.append(_confirm_one(runner, target, default_configs, t, r.confirm_rounds,
-                                    held.beat if held is not None else None))
+                                    held.check if held is not None else None))
     results, winner = judge(results)
     result = {
         "trials": n_done,
@@ -105,6 +107,10 @@ def _confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Envi
         "candidates": results,
         "winner": winner,
     }
+    if held is not None:  # shared: never replace a confirmation of a newer state of the study
+        newer = study._storage.get_study_user_attrs(study._study_id).get(CONFIRM_KEY)
+        if newer and newer.get("trials", -1) > n_done:
+            return newer
     study.set_user_attr(CONFIRM_KEY, result)
     if progress:
         progress(Progress(target.name, "done", len(picks), len(picks)))
@@ -112,12 +118,13 @@ def _confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Envi
 
 
 def _confirm_one(runner: Runner, target: StudyTarget, default_configs: list[dict],
-                 t: optuna.trial.FrozenTrial, rounds: int, beat: Callable[[], None] | None = None) -> dict[str, Any]:
+                 t: optuna.trial.FrozenTrial, rounds: int, check: Callable[[], None] | None = None
+                 ) -> dict[str, Any]:
     cand_configs = _configs(t, target)
     a_ms, b_ms, a_samples, b_samples = [], [], 0, 0
     for i in range(rounds):
-        if beat is not None:
-            beat()
+        if check is not None:
+            check()
         order = ((default_configs, a_ms), (cand_configs, b_ms))
         for configs, sink in (order if i % 2 == 0 else order[::-1]):
             value, why, samples = _measure_set(runner, target, configs)
@@ -136,18 +143,26 @@ def _confirm_one(runner: Runner, target: StudyTarget, default_configs: list[dict
     }
 
 
+class ClaimLost(Exception):
+    """Another worker took this confirmation over (it thought this one dead): stop, its result will be stored."""
+
+
 class ConfirmClaim:
     """Who confirms a study now, for workers sharing it (on one host or many): a study system attr
-    ``{"worker": host:pid:gpu, "trials": n, "beat": wall clock}``, refreshed every round.
+    ``{"worker": host:pid:gpu, "trials": n, "beat": wall clock}``, refreshed by a thread every heartbeat interval.
 
-    A worker confirms only if no other worker holds a fresh claim for the same trial count; a claim not refreshed
-    within the heartbeat grace period (its worker died) is taken over. Two workers that claim within the same few
-    milliseconds can both go ahead (write, then read back, narrows the window but a study attr cannot be
-    compare-and-set): that costs a duplicate confirmation, never a wrong one, as both store a valid result.
+    A worker confirms only if no other worker holds a fresh claim on the same or a newer state of the study
+    (``trials``: distinct configs measured); a claim not refreshed within the heartbeat grace period (its worker
+    died) is taken over, and the worker that lost it stops at its next round. Two workers that claim within the
+    same few milliseconds can both go ahead (write, then read back, narrows the window, but a study attr cannot be
+    compare-and-set): that costs a duplicate confirmation, never a wrong one.
     """
 
     def __init__(self, study: optuna.Study, trials: int) -> None:
         self.study, self.trials, self.me = study, trials, worker_id()
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def _read(self) -> dict[str, Any] | None:
         return self.study._storage.get_study_system_attrs(self.study._study_id).get(CONFIRMING_ATTR)
@@ -157,20 +172,41 @@ class ConfirmClaim:
 
     def held_elsewhere(self) -> bool:
         c = self._read()
-        return bool(c) and c["worker"] != self.me and c["trials"] == self.trials and \
-            time.time() - c["beat"] <= grace_period_s()
+        # abs(): a beat from a host whose clock runs ahead must not look fresh for longer than the grace period
+        return bool(c) and c["worker"] != self.me and c["trials"] >= self.trials and \
+            abs(time.time() - c["beat"]) <= grace_period_s()
 
     def take(self) -> bool:
         if self.held_elsewhere():
             return False
-        self.beat()
-        c = self._read()
-        return bool(c) and c["worker"] == self.me
-
-    def beat(self) -> None:
         self._write({"worker": self.me, "trials": self.trials, "beat": time.time()})
+        c = self._read()
+        if not c or c["worker"] != self.me:
+            return False
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="mla-tune-confirm-claim")
+        self._thread.start()
+        return True
+
+    def _beat(self) -> None:
+        while not self._stop.wait(heartbeat_interval_s()):
+            try:
+                c = self._read()
+                if c and c["worker"] != self.me:
+                    self.lost = True
+                    return
+                self._write({"worker": self.me, "trials": self.trials, "beat": time.time()})
+            except Exception:  # a storage hiccup: the next beat tries again, the grace period covers a few
+                continue
+
+    def check(self) -> None:
+        """Called between rounds: stop if another worker took the confirmation over."""
+        if self.lost:
+            raise ClaimLost(f"confirmation of {self.study.study_name} taken over by another worker")
 
     def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
         c = self._read()
         if c and c["worker"] == self.me:
             self._write(None)

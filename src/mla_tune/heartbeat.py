@@ -40,13 +40,27 @@ def grace_period_s() -> float:
     return GRACE_FACTOR * heartbeat_interval_s()
 
 
+# User attrs a retry keeps. Optuna's callback copies them all, but a dead trial's result attrs ("status",
+# "duplicate_of", medians, ...) belong to a run that never finished: a retry carrying them would look measured
+# (or reused) before it ran. The role keeps a retried baseline recognisable as the baseline.
+RETRY_KEEPS = ("role",)
+
+
 def retry_callback() -> Callable[[optuna.Study, FrozenTrial], None]:
     """A dead worker's trial is re-enqueued once (Optuna's own callback): a config that kills twice is dropped."""
+    import copy
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+        inner = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+
+    def retry(study: optuna.Study, trial: FrozenTrial) -> None:
+        clean = copy.deepcopy(trial)
+        clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in RETRY_KEEPS}
+        inner(study, clean)
+
+    return retry
 
 
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):

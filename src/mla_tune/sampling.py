@@ -19,7 +19,8 @@ KEY_ATTR = "key"  # user attr: the configs a trial runs, as canonical JSON (set 
 
 
 def recorded_status(t: FrozenTrial) -> str | None:
-    """The status a trial recorded (``ok``, ``failed``, ...), or None where it holds no result to count or reuse.
+    """The status a finished trial recorded (``ok``, ``failed``, ...), or None where it holds no result to count
+    or reuse.
 
     A trial holds no result if it stopped before measuring (no status), or if its worker died in the short window
     after writing an ``ok`` measurement and before Optuna stored the value: the trial then ends FAIL (by heartbeat
@@ -27,7 +28,9 @@ def recorded_status(t: FrozenTrial) -> str | None:
     "failed", which would drop a config that works.
     """
     status = t.user_attrs.get("status")
-    return None if status == "ok" and t.state == TrialState.FAIL else status
+    if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and status != "ok"):
+        return status
+    return None  # running, queued, pruned (no value), or FAIL after an "ok" write
 
 
 class ExhaustiveSampler(BaseSampler):

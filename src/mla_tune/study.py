@@ -73,6 +73,7 @@ class Objective:
         self.baseline_key = config_set_key(target.default_configs())
         self._current: int | None = None  # storage id of the trial being run here, until Optuna stores it
         self._bug = False  # the objective raised an unexpected error (Optuna failed the trial for it)
+        self.interrupted = False  # Ctrl-C reached the objective
         self._seen: dict[str, FrozenTrial] = {}
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
             if trial_status(t) and KEY_ATTR in t.user_attrs:  # interrupted trials have no status: redo them
@@ -88,6 +89,9 @@ class Objective:
             return self._evaluate(trial)
         except (MeasurementFailed, optuna.TrialPruned, optuna.exceptions.UpdateFinishedTrialError):
             raise  # kept as data, out of budget, or failed under us by another worker (see lost_trial)
+        except KeyboardInterrupt:
+            self.interrupted = True  # Optuna's tell may fail after this and replace it: run_trials re-raises it
+            raise
         except Exception:
             self._bug = True
             raise
@@ -130,6 +134,7 @@ class Objective:
         if self._current is None or self._bug:
             return None
         t = self.study._storage.get_trial(self._current)
+        self._current = None  # answered once: a later error elsewhere must not be taken for this trial again
         if t.state != TrialState.FAIL:
             return None
         key = t.user_attrs.get(KEY_ATTR)
@@ -295,8 +300,10 @@ def run_trials(target: StudyTarget, storage: optuna.storages.BaseStorage, runner
                            callbacks=[on_trial], gc_after_trial=False)
             if not _queued(study):
                 break
-        except Exception:  # Optuna refuses to tell a trial failed under us (ValueError, or its own assert)
-            lost = objective.lost_trial()
+        except Exception as e:  # Optuna refuses to tell a trial failed under us (ValueError, or its own assert)
+            if objective.interrupted:
+                raise KeyboardInterrupt from e  # Ctrl-C first: the refused tell came after it
+            lost = objective.lost_trial() if isinstance(e, (ValueError, AssertionError)) else None
             if lost is None:
                 raise
             calls += 1

@@ -49,7 +49,8 @@ def _entry(s: StudySummary) -> dict[str, Any]:
         entry.update(tuned=False, note="not confirmed yet: run the study to its end")
         return entry
     entry["default_params"] = _one_or_list(defaults)
-    if s.best_value is None and s.failed:  # nothing ran, vLLM's default included: serving must not pick it here
+    base_failed = (s.baseline or {}).get("status") not in (None, "ok")
+    if s.best_value is None and s.failed and base_failed:  # nothing ran, vLLM's default included
         why = ((s.baseline or {}).get("message") or "every config failed").splitlines()[0]
         entry.update(tuned=False, params=_one_or_list(defaults), error=why[:300],
                      note=f"fails here: all {s.failed} configs failed, vLLM's default included; do not serve this "
