@@ -146,7 +146,7 @@ def print_table(console: Console, table: dict[str, Any], source: str) -> None:
     console.print(f"{source}: {table['backend']} on {m['model']} tp{m['tp']} ({m['num_q_heads']} heads), "
                   f"kv {table['kv_cache_dtype']}, block {table.get('block_size')}")
     console.print(f"source: {_env_line(table['provenance'])}, date {table['provenance'].get('date')}")
-    t = Table("shape", "kind", "tuned", "params", "default ms", "best ms", "speedup", "95% CI")
+    t = Table("shape", "kind", "tuned", "params", "default ms", "best ms", "speedup", "CI (95% family-wise)")
     for row in table_rows(table):
         t.add_row(*row)
     console.print(t)
