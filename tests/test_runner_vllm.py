@@ -259,6 +259,10 @@ def fake_worker(conn, options) -> None:
                 conn.send(("ok", (Measurement.failed(Status.ERROR, "CUDA error: illegal memory access"), {}),
                            True))
                 os._exit(3)
+            elif n == 7:  # the default config's own run crashes on this shape
+                conn.send(("ok", (Measurement.failed(
+                    Status.ERROR, "reference (default config): RuntimeError: illegal memory access"), {}), True))
+                os._exit(3)
             conn.send(("ok", (OK, {"total_s": 0.01}), False))
 
 
@@ -297,6 +301,15 @@ def test_poisoned_worker_is_replaced(fake_runner) -> None:
     pid = fake_runner.stats()["pid"]
     assert fake_runner.measure(_case(6)).status is Status.ERROR
     assert fake_runner.measure(_case(1)).ok and fake_runner.stats()["pid"] != pid
+
+
+@pytest.mark.slow
+def test_a_shape_whose_default_config_keeps_crashing_stops_costing_worker_restarts(fake_runner) -> None:
+    ms = [fake_runner.measure(make_case("TRITON_MLA", "7q1s1k", num_kv_splits=k)) for k in (1, 2, 4, 8)]
+    assert all(m.status is Status.ERROR and m.message.startswith("reference (default config)") for m in ms)
+    assert fake_runner.worker_starts == 2  # two tries, then answered without a worker
+    assert "failed 2 times on this shape: not run again" in ms[-1].message
+    assert fake_runner.measure(_case(1)).ok  # other shapes are measured as before
 
 
 @pytest.mark.slow

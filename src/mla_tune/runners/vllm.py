@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 
 HINT = "run on a GPU host with `pip install 'mla-tune[vllm]'`, or use --runner replay:results/sweeps/h100"
 SUPPORTED_VLLM = "0.20"
+# The worker names the step that failed; when vLLM's default config itself crashes on a shape (TRITON_MLA's
+# illegal memory access on KV caches over ~3.7 M tokens in vLLM 0.20), every config of that shape fails there
+# too, each costing a worker restart. After this many such failures the shape is answered without a worker.
+REFERENCE_STEP = "reference (default config)"
+MAX_REFERENCE_FAILURES = 2
 WorkerTarget = Callable[[Any, RunnerOptions], None]
 
 
@@ -175,6 +180,7 @@ class VllmRunner(Runner):
         self.worker_starts = 0
         self.last_phases: dict[str, float] = {}
         self._keep_log = False  # set when something failed: close() then leaves the log for reading
+        self._reference_failures: dict[tuple, list[str]] = {}  # (backend, shape, dims, kv) -> messages
 
     @classmethod
     def create(cls, arg: str | None = None) -> VllmRunner:
@@ -263,7 +269,15 @@ class VllmRunner(Runner):
             refusal = self._refuse(case)
             if refusal is not None:
                 return refusal
-            return self._measure_in_worker(case)
+            shape_key = (case.backend, case.shape, case.dims, case.kv_cache_dtype)
+            failures = self._reference_failures.get(shape_key, [])
+            if len(failures) >= MAX_REFERENCE_FAILURES:
+                return Measurement.failed(Status.ERROR, one_line(
+                    f"{failures[-1]} (the default config failed {len(failures)} times on this shape: not run again)"))
+            m = self._measure_in_worker(case)
+            if m.status is Status.ERROR and m.message.startswith(REFERENCE_STEP):
+                self._reference_failures.setdefault(shape_key, []).append(m.message)
+            return m
         except Exception as exc:  # noqa: BLE001 - measure never raises
             log.exception("vllm runner failed on %s", case.backend)
             return Measurement.failed(Status.ERROR, one_line(f"runner: {type(exc).__name__}: {exc}"))
