@@ -1,4 +1,5 @@
-"""Claims: with several workers on one study, a config is measured once and the trial budget is not overrun.
+"""Claims: with several workers on one study, a config is measured once, the trial budget is not overrun, and a
+confirmation is run by one worker (``ConfirmClaim``).
 
 Optuna's samplers do not coordinate across processes: two workers can propose the same config at the same moment
 (TPE and random can; the exhaustive sampler in a narrow race), a config finished by another worker is unknown to
@@ -14,16 +15,19 @@ from __future__ import annotations
 import os
 import random
 import socket
+import threading
 import time
 import warnings
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from .heartbeat import has_heartbeat
+from .heartbeat import grace_period_s, has_heartbeat, heartbeat_interval_s
 from .interrupts import safe_point
 from .sampling import KEY_ATTR, recorded_status
 
+CONFIRMING_ATTR = "mla_tune:confirming"  # study system attr: the worker confirming the study now (ConfirmClaim)
 # Trial system attr: {"key": the config key this trial measures, "worker": "host:pid:gpu"}; None while it steps
 # back. It stays after the trial ends: on a measured trial it says which worker (host, GPU) measured it.
 CLAIM_ATTR = "mla_tune:claim"
@@ -86,4 +90,73 @@ def measured_by(t: FrozenTrial) -> str | None:
     return c["worker"] if c and "duplicate_of" not in t.user_attrs else None
 
 
-__all__ = ["claim", "measured_by", "BudgetSpent", "CLAIM_ATTR"]
+class ClaimLost(Exception):
+    """Another worker took this confirmation over (it thought this one dead): stop, its result will be stored."""
+
+
+class ConfirmClaim:
+    """Who confirms a study now, for workers sharing it (on one host or many): a study system attr
+    ``{"worker": host:pid:gpu, "trials": n, "beat": wall clock}``, refreshed by a thread every heartbeat interval.
+
+    A worker confirms only if no other worker holds a fresh claim on the same or a newer state of the study
+    (``trials``: distinct configs measured); a claim not refreshed within the heartbeat grace period (its worker
+    died) is taken over, and the worker that lost it stops at its next round. Two workers that claim within the
+    same few milliseconds can both go ahead (write, then read back, narrows the window, but a study attr cannot be
+    compare-and-set): that costs a duplicate confirmation, never a wrong one.
+    """
+
+    def __init__(self, study: optuna.Study, trials: int) -> None:
+        self.study, self.trials, self.me = study, trials, worker_id()
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _read(self) -> dict[str, Any] | None:
+        return self.study._storage.get_study_system_attrs(self.study._study_id).get(CONFIRMING_ATTR)
+
+    def _write(self, value: dict[str, Any] | None) -> None:
+        self.study._storage.set_study_system_attr(self.study._study_id, CONFIRMING_ATTR, value)
+
+    def held_elsewhere(self) -> bool:
+        c = self._read()
+        # abs(): a beat from a host whose clock runs ahead must not look fresh for longer than the grace period
+        return bool(c) and c["worker"] != self.me and c["trials"] >= self.trials and \
+            abs(time.time() - c["beat"]) <= grace_period_s()
+
+    def take(self) -> bool:
+        if self.held_elsewhere():
+            return False
+        self._write({"worker": self.me, "trials": self.trials, "beat": time.time()})
+        c = self._read()
+        if not c or c["worker"] != self.me:
+            return False
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="mla-tune-confirm-claim")
+        self._thread.start()
+        return True
+
+    def _beat(self) -> None:
+        while not self._stop.wait(heartbeat_interval_s()):
+            try:
+                c = self._read()
+                if c and c["worker"] != self.me:
+                    self.lost = True
+                    return
+                self._write({"worker": self.me, "trials": self.trials, "beat": time.time()})
+            except Exception:  # a storage hiccup: the next beat tries again, the grace period covers a few
+                continue
+
+    def check(self) -> None:
+        """Called between rounds: stop if another worker took the confirmation over."""
+        if self.lost:
+            raise ClaimLost(f"confirmation of {self.study.study_name} taken over by another worker")
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        c = self._read()
+        if c and c["worker"] == self.me:
+            self._write(None)
+
+
+__all__ = ["claim", "measured_by", "BudgetSpent", "CLAIM_ATTR", "ConfirmClaim", "ClaimLost", "CONFIRMING_ATTR"]

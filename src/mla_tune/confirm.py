@@ -10,16 +10,13 @@ interval entirely above 1 counts as a gain.
 from __future__ import annotations
 
 import datetime as _dt
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from .claim import worker_id
-from .heartbeat import grace_period_s, heartbeat_interval_s
+from .claim import CONFIRMING_ATTR, ClaimLost, ConfirmClaim
 from .plan import StudyTarget, config_set_key
 from .runners import Runner
 from .stats import median, round_sig
@@ -28,7 +25,6 @@ from .study import ATTRS_KEY, Progress, ProgressFn, measured_count
 from .types import Case, Environment, freeze_params
 
 CONFIRM_KEY = "confirmation"
-CONFIRMING_ATTR = "mla_tune:confirming"  # study system attr: the worker confirming the study now (ConfirmClaim)
 
 
 def candidates(study: optuna.Study, baseline_key: str, top: int) -> list[optuna.trial.FrozenTrial]:
@@ -143,73 +139,4 @@ def _confirm_one(runner: Runner, target: StudyTarget, default_configs: list[dict
     }
 
 
-class ClaimLost(Exception):
-    """Another worker took this confirmation over (it thought this one dead): stop, its result will be stored."""
-
-
-class ConfirmClaim:
-    """Who confirms a study now, for workers sharing it (on one host or many): a study system attr
-    ``{"worker": host:pid:gpu, "trials": n, "beat": wall clock}``, refreshed by a thread every heartbeat interval.
-
-    A worker confirms only if no other worker holds a fresh claim on the same or a newer state of the study
-    (``trials``: distinct configs measured); a claim not refreshed within the heartbeat grace period (its worker
-    died) is taken over, and the worker that lost it stops at its next round. Two workers that claim within the
-    same few milliseconds can both go ahead (write, then read back, narrows the window, but a study attr cannot be
-    compare-and-set): that costs a duplicate confirmation, never a wrong one.
-    """
-
-    def __init__(self, study: optuna.Study, trials: int) -> None:
-        self.study, self.trials, self.me = study, trials, worker_id()
-        self.lost = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _read(self) -> dict[str, Any] | None:
-        return self.study._storage.get_study_system_attrs(self.study._study_id).get(CONFIRMING_ATTR)
-
-    def _write(self, value: dict[str, Any] | None) -> None:
-        self.study._storage.set_study_system_attr(self.study._study_id, CONFIRMING_ATTR, value)
-
-    def held_elsewhere(self) -> bool:
-        c = self._read()
-        # abs(): a beat from a host whose clock runs ahead must not look fresh for longer than the grace period
-        return bool(c) and c["worker"] != self.me and c["trials"] >= self.trials and \
-            abs(time.time() - c["beat"]) <= grace_period_s()
-
-    def take(self) -> bool:
-        if self.held_elsewhere():
-            return False
-        self._write({"worker": self.me, "trials": self.trials, "beat": time.time()})
-        c = self._read()
-        if not c or c["worker"] != self.me:
-            return False
-        self._thread = threading.Thread(target=self._beat, daemon=True, name="mla-tune-confirm-claim")
-        self._thread.start()
-        return True
-
-    def _beat(self) -> None:
-        while not self._stop.wait(heartbeat_interval_s()):
-            try:
-                c = self._read()
-                if c and c["worker"] != self.me:
-                    self.lost = True
-                    return
-                self._write({"worker": self.me, "trials": self.trials, "beat": time.time()})
-            except Exception:  # a storage hiccup: the next beat tries again, the grace period covers a few
-                continue
-
-    def check(self) -> None:
-        """Called between rounds: stop if another worker took the confirmation over."""
-        if self.lost:
-            raise ClaimLost(f"confirmation of {self.study.study_name} taken over by another worker")
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        c = self._read()
-        if c and c["worker"] == self.me:
-            self._write(None)
-
-
-__all__ = ["confirm", "candidates", "ConfirmClaim", "CONFIRM_KEY", "CONFIRMING_ATTR", "ATTRS_KEY"]
+__all__ = ["confirm", "candidates", "CONFIRM_KEY", "CONFIRMING_ATTR", "ATTRS_KEY"]
