@@ -156,6 +156,26 @@ def show(
 
 @app.command()
 @handle_errors
+def flags(
+    table: Path = typer.Argument(..., help="a tuning table YAML (mla-tune export)"),
+    shape: Optional[str] = typer.Option(None, help="only this entry's shape, e.g. 64q1s4k"),
+) -> None:
+    """The vLLM 0.20 serving settings of each table entry (vllm serve arguments)."""
+    from .errors import UnknownNameError
+    from .export import load_table
+    from .render import flag_lines
+
+    data = load_table(table)
+    lines = flag_lines(data, shape)
+    if not lines:
+        raise UnknownNameError("shape", shape or "", [e.get("shape") or f"mix:{e.get('workload')}"
+                                                      for e in data["entries"]])
+    for line in lines:
+        typer.echo(line)
+
+
+@app.command()
+@handle_errors
 def workloads() -> None:
     """List the named workloads and their shapes."""
     from . import api
