@@ -73,7 +73,7 @@ def _scan(study: optuna.Study, number: int, key: str) -> tuple[FrozenTrial | Non
     for t in study.get_trials(deepcopy=False):
         if t.number == number:
             continue
-        if t.state.is_finished() and recorded_status(t):
+        if recorded_status(t):  # finished with a result
             fresh = "duplicate_of" not in t.user_attrs
             measured += fresh
             if fresh and t.user_attrs.get(KEY_ATTR) == key and (done is None or t.number < done.number):

@@ -65,7 +65,6 @@ def confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Envir
     ``shared``: other workers (other hosts too) may confirm the same study; the first to claim it does the work and
     the others get None (see ``ConfirmClaim``), so no GPU time goes into the same confirmation twice.
     """
-    r = target.request
     n_done = measured_count(study)  # distinct measurements: a late reused duplicate changes no candidate
     stored = study.user_attrs.get(CONFIRM_KEY)
     if stored and stored.get("trials") == n_done and not force:

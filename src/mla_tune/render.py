@@ -44,8 +44,6 @@ class _Bars:
             self._progress.__exit__(*exc)
 
     def _task(self, name: str, total: int | None) -> Any:
-        if self._lines:
-            return name
         if not self._tasks:
             self._progress.__enter__()
         if name not in self._tasks:

@@ -66,7 +66,7 @@ class ExhaustiveSampler(BaseSampler):
         for t in study.get_trials(deepcopy=False):
             if t.state == TrialState.RUNNING and TARGET_ATTR in t.system_attrs:
                 visited.add(self._keys[t.system_attrs[TARGET_ATTR]])
-            elif t.state == TrialState.RUNNING or (t.state.is_finished() and recorded_status(t)):
+            elif t.state == TrialState.RUNNING or recorded_status(t):
                 # An interrupted trial (finished without a status) was never measured: visit it again.
                 visited.add(t.user_attrs.get(KEY_ATTR))
         return [i for i, k in enumerate(self._keys) if k not in visited]

@@ -61,9 +61,6 @@ def suggest(trial: Trial, p: Parameter) -> Any:
     return trial.suggest_int(p.name, p.low, p.high, step=p.step, log=p.log)
 
 
-trial_status = recorded_status
-
-
 class Objective:
     """Measures the configs a trial asks for; identical configs are measured once per study."""
 
@@ -76,7 +73,7 @@ class Objective:
         self.interrupted = False  # Ctrl-C reached the objective
         self._seen: dict[str, FrozenTrial] = {}
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
-            if trial_status(t) and KEY_ATTR in t.user_attrs:  # interrupted trials have no status: redo them
+            if recorded_status(t) and KEY_ATTR in t.user_attrs:  # interrupted trials have no status: redo them
                 self._seen.setdefault(t.user_attrs[KEY_ATTR], t)
 
     def baseline_ms(self) -> float | None:
@@ -243,7 +240,7 @@ def _show(value: Any) -> str:
 
 def _measured(study: optuna.Study) -> list[FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-            if trial_status(t)]
+            if recorded_status(t)]
 
 
 def measured_count(study: optuna.Study) -> int:
@@ -324,7 +321,7 @@ def _baseline_pending_or_done(study: optuna.Study, baseline_key: str) -> bool:
     for t in study.get_trials(deepcopy=False):
         if t.state in (TrialState.WAITING, TrialState.RUNNING) and t.user_attrs.get("role") == "baseline":
             return True
-        if t.state.is_finished() and trial_status(t) and t.user_attrs.get(KEY_ATTR) == baseline_key:
+        if recorded_status(t) and t.user_attrs.get(KEY_ATTR) == baseline_key:
             return True
     return False
 

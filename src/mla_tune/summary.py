@@ -10,7 +10,8 @@ import optuna
 from optuna.trial import TrialState
 
 from .confirm import CONFIRM_KEY
-from .study import ATTRS_KEY, best_ok_trial, trial_status
+from .sampling import recorded_status
+from .study import ATTRS_KEY, best_ok_trial
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class StudySummary:
 
 
 def summarize(study: optuna.Study) -> StudySummary:
-    trials = [t for t in study.get_trials(deepcopy=False) if trial_status(t)]
+    trials = [t for t in study.get_trials(deepcopy=False) if recorded_status(t)]
     dup = [t for t in trials if "duplicate_of" in t.user_attrs]
     fresh = [t for t in trials if "duplicate_of" not in t.user_attrs]
     base = next((t for t in fresh if t.user_attrs.get("role") == "baseline"), None)

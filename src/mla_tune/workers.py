@@ -31,7 +31,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .api import build_request, open_runner, preflight
-from .confirm import CONFIRM_KEY, confirm
+from .confirm import confirm
 from .errors import MlaTuneError
 from . import interrupts
 from .heartbeat import has_heartbeat, heartbeat_interval_s
@@ -110,10 +110,7 @@ def await_confirmation(target: StudyTarget, store: optuna.storages.BaseStorage, 
     poll_s = min(1.0, heartbeat_interval_s() / 2)
     while True:
         study = optuna.load_study(study_name=target.name, storage=store)
-        stored = study.user_attrs.get(CONFIRM_KEY)
-        if stored and stored.get("trials") == measured_count(study):
-            return
-        if confirm(study, target, runner, env, progress, shared=True) is not None:
+        if confirm(study, target, runner, env, progress, shared=True) is not None:  # stored, or done here
             return
         with safe_point():
             time.sleep(poll_s)
