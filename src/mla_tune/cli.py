@@ -164,12 +164,13 @@ def flags(
     from .errors import UnknownNameError
     from .export import load_table
     from .render import flag_lines
+    from .serving import entry_settings
 
     data = load_table(table)
     lines = flag_lines(data, shape)
     if not lines:
-        raise UnknownNameError("shape", shape or "", [e.get("shape") or f"mix:{e.get('workload')}"
-                                                      for e in data["entries"]])
+        raise UnknownNameError("shape", shape or "", [spec for e in data["entries"]
+                                                      for spec, _ in entry_settings(data, e)])
     for line in lines:
         typer.echo(line)
 

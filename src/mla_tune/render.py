@@ -51,6 +51,10 @@ class _Bars:
         return self._tasks[name]
 
 
+def _best_info(p: Any) -> str:
+    return f"best {_ms(p.best_ms)} ms" + (f"  x{p.speedup:.3f} vs default" if p.speedup else "")
+
+
 class ProgressView(_Bars):
     """One bar per study: trials done of the budget, best latency so far, speedup over vLLM's default."""
 
@@ -59,19 +63,17 @@ class ProgressView(_Bars):
             return self._update_line(p)
         task = self._task(p.study, p.total)
         if p.phase == "trial":
-            info = f"best {_ms(p.best_ms)} ms" + (f"  x{p.speedup:.3f} vs default" if p.speedup else "")
-            self._progress.update(task, completed=p.done, total=p.total, info=info)
+            self._progress.update(task, completed=p.done, total=p.total, info=_best_info(p))
         elif p.phase == "confirm":
             self._progress.update(task, info=f"confirming {p.done + 1}/{p.total} ({p.message})")
         else:
             self._progress.update(task, info=self._progress.tasks[task].fields["info"].split("  confirming")[0]
                                   + "  confirmed")
 
-
     def _update_line(self, p: Any) -> None:
         if p.phase == "trial":
-            text = f"trial {p.done}/{p.total if p.total is not None else '?'}  best {_ms(p.best_ms)} ms" + (
-                f"  x{p.speedup:.3f} vs default" if p.speedup else "") + (f"  ({p.message})" if p.message else "")
+            text = f"trial {p.done}/{p.total if p.total is not None else '?'}  {_best_info(p)}" + (
+                f"  ({p.message})" if p.message else "")
         elif p.phase == "confirm":
             text = f"confirming {p.done + 1}/{p.total} ({p.message})"
         else:
@@ -86,11 +88,10 @@ class SweepView(_Bars):
         super().__init__(console, title)
 
     def update(self, p: Any) -> None:
-        if self._lines:
-            med = f" {_ms(p.median_ms)} ms" if p.median_ms is not None else ""
-            return self._line("sweep", f"{p.done}/{p.total} {p.shape} {p.status}{med}")
-        task = self._task("sweep", p.total)
         info = f"{p.shape} {p.status}" + (f" {_ms(p.median_ms)} ms" if p.median_ms is not None else "")
+        if self._lines:
+            return self._line("sweep", f"{p.done}/{p.total} {info}")
+        task = self._task("sweep", p.total)
         self._progress.update(task, completed=p.done, total=p.total, info=info)
 
 

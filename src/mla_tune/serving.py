@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .runners._vllm_plan import PREFILL_OVERRIDES
+from .table import entry_label
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,7 @@ def entry_settings(table: dict[str, Any], entry: dict[str, Any]) -> list[tuple[s
         shapes = [s["spec"] for s in entry.get("shapes", [])]
         defaults = defaults if isinstance(defaults, list) else [None] * len(params)
         return [(spec, serving_settings(table["backend"], p, d)) for spec, p, d in zip(shapes, params, defaults)]
-    return [(entry.get("shape") or f"mix:{entry.get('workload')}",
-             serving_settings(table["backend"], params or {}, defaults))]
+    return [(entry_label(entry), serving_settings(table["backend"], params or {}, defaults))]
 
 
 __all__ = ["ServingSettings", "serving_settings", "entry_settings"]

@@ -161,6 +161,11 @@ def _reading_order(s: StudySummary) -> tuple:
     return (s.attrs["workload"], 0, len(shape.requests), shape.num_tokens, shape.max_kv_len, s.name)
 
 
+def entry_label(entry: dict[str, Any]) -> str:
+    """How an entry is named: its shape, or ``mix:<workload>`` for a mix study."""
+    return entry.get("shape") or f"mix:{entry.get('workload')}"
+
+
 def table_rows(table: dict[str, Any]) -> list[list[str]]:
     """Rows for a terminal rendering of a table: shape, kind, tuned, params, default/best ms, speedup, CI."""
     rows = []
@@ -169,7 +174,7 @@ def table_rows(table: dict[str, Any]) -> list[list[str]]:
         ci = e.get("ci")
         params = e.get("params")
         rows.append([
-            e.get("shape") or f"mix:{e.get('workload')}", e.get("kind", "mix"),
+            entry_label(e), e.get("kind", "mix"),
             "FAILS" if "error" in e else ("yes" if e.get("tuned") else "no"),
             format_config(params) if isinstance(params, dict) else ("per shape" if params else "-"),
             _ms(lat.get("default")), _ms(lat.get("best")),
