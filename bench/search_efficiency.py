@@ -30,6 +30,7 @@ import optuna
 from mla_tune import batch_spec
 from mla_tune.plan import StudyRequest, StudyTarget, config_set_key
 from mla_tune.runners.replay import ReplayRunner
+from mla_tune.sampling import detail_key
 from mla_tune.space import load_space
 from mla_tune.study import check_space_available, run_trials
 from mla_tune.types import MLADims
@@ -42,13 +43,9 @@ SAMPLERS = ("auto", "tpe", "random", "grid")
 # the same kernels (``auto`` and ``fa3`` prefill on an H100, ``auto`` and 2 TRITON splits where the heuristic
 # picks 2), so their recordings are pooled into one truth. Otherwise a second recording of the default's own
 # kernels that happened to read 1% faster would count as "finding the optimum".
-RESOLVED_IN_DETAILS = {"prefill_backend": "prefill", "num_kv_splits": "num_kv_splits"}
-
-
 def kernels_of(rec: dict) -> str:
     details = rec.get("details") or {}
-    resolved = {k: (details.get(RESOLVED_IN_DETAILS[k], v) if v == "auto" and k in RESOLVED_IN_DETAILS else v)
-                for k, v in rec["config"].items()}
+    resolved = {k: details.get(detail_key(k), v) if v == "auto" else v for k, v in rec["config"].items()}
     return json.dumps({k: str(v) for k, v in resolved.items()}, sort_keys=True)
 
 

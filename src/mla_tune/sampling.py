@@ -18,6 +18,12 @@ TARGET_ATTR = "mla_tune:target"
 KEY_ATTR = "key"  # user attr: the configs a trial runs, as canonical JSON (set before measuring)
 
 
+def detail_key(param: str) -> str:
+    """Where a measurement's details say what a parameter's ``auto`` resolved to (``prefill`` for the prefill
+    backend, the parameter's own name otherwise, e.g. ``num_kv_splits``)."""
+    return "prefill" if param == "prefill_backend" else param
+
+
 def recorded_status(t: FrozenTrial) -> str | None:
     """The status a finished trial recorded (``ok``, ``failed``, ...), or None where it holds no result to count
     or reuse.
@@ -105,7 +111,7 @@ class ExhaustiveSampler(BaseSampler):
         details = base.user_attrs.get("details") or {}
         self._auto_at = {}
         for name, vals in self._values.items():
-            used = details.get("prefill" if name == "prefill_backend" else name)
+            used = details.get(detail_key(name))
             match = [v for v in vals if str(v) == str(used) and v != "auto"]
             if "auto" in vals and match:
                 self._auto_at[name] = match[0]
