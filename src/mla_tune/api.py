@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import StudyNotFoundError, UnknownNameError, UsageError
 from .models import get_model, load_models
-from .plan import KV_CACHE_DTYPES, OBJECTIVES, StudyRequest, plan
-from .runners import Runner, make_runner
-from .sampling import SAMPLERS
+from .runners import Runner
 from .space import BACKENDS, SearchSpace, load_space
 from .storage import parse_storage
+from .study_setup import (NOT_TUNED, build_request, check_tunable, gpu_locked, open_runner, preflight,
+                          require_backend)
 from .summary import StudySummary
 from .types import BackendStatus, Environment
 from .workloads import Workload, get_workload, load_workloads
@@ -28,97 +27,6 @@ class StudyOutcome:
     excluded: dict[str, str] = field(default_factory=dict)  # prefill backends left out here, with reasons
 
 
-# vLLM MLA backends that are known but deliberately not searched, and why (an "unknown backend" would mislead).
-NOT_TUNED = {
-    "FLASHMLA_SPARSE": "DeepSeek-V3.2's sparse attention reads the indexer's top-k token indices, which no "
-                       "workload here models (every workload is dense MLA)",
-}
-
-
-def build_request(*, backend: str, workload: str, model: str = "deepseek-v3", tp: int = 1,
-                  kv_cache_dtype: str = "auto", objective: str = "per-shape", sampler: str = "auto",
-                  n_trials: int | None = None, timeout_s: float | None = None, seed: int | None = 0,
-                  confirm_top: int = 3, confirm_rounds: int = 6) -> tuple[StudyRequest, SearchSpace]:
-    """Validate every name and number of a study request; nothing is opened or written."""
-    if backend in NOT_TUNED:
-        raise UsageError(f"backend {backend} is not tuned by mla-tune: {NOT_TUNED[backend]}",
-                         hint=f"tunable backends: {', '.join(sorted(BACKENDS))}")
-    if backend not in BACKENDS:
-        raise UnknownNameError("backend", backend, BACKENDS)
-    if sampler not in SAMPLERS:
-        raise UnknownNameError("sampler", sampler, SAMPLERS)
-    if objective not in OBJECTIVES:
-        raise UnknownNameError("objective", objective, OBJECTIVES)
-    if kv_cache_dtype not in KV_CACHE_DTYPES:
-        raise UnknownNameError("kv-cache dtype", kv_cache_dtype, KV_CACHE_DTYPES)
-    if n_trials is not None and n_trials < 1:
-        raise UsageError(f"--trials must be at least 1, got {n_trials}")
-    if timeout_s is not None and timeout_s <= 0:
-        raise UsageError(f"--timeout must be positive, got {timeout_s}")
-    if confirm_top < 1:
-        raise UsageError(f"confirmation needs at least 1 candidate, got {confirm_top}")
-    if confirm_rounds < 2:
-        raise UsageError(f"confirmation needs at least 2 rounds, got {confirm_rounds}")
-    space = load_space(backend)
-    wl = get_workload(workload)
-    dims = get_model(model, tp)
-    return StudyRequest(backend, wl, dims, kv_cache_dtype, objective, sampler, n_trials, timeout_s, seed,
-                        confirm_top, confirm_rounds), space
-
-
-@contextlib.contextmanager
-def gpu_locked(runner: Runner) -> Iterator[None]:
-    """Hold the runner's GPU for this process: a second measuring process on it would corrupt both timings."""
-    if runner.gpu is None:
-        yield
-        return
-    from .gpu_lock import acquire
-
-    lock = acquire(runner.gpu)
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-@contextlib.contextmanager
-def open_runner(runner: str | Runner) -> Iterator[Runner]:
-    """A runner from its name (``vllm``, ``replay:PATH``), closed afterwards; a given instance is left open."""
-    if isinstance(runner, str):
-        r = make_runner(runner)
-        try:
-            yield r
-        finally:
-            r.close()
-    else:
-        yield runner
-
-
-def require_backend(runner: Runner, backend: str) -> None:
-    from .errors import RunnerUnavailableError
-
-    st = runner.backend_status(backend, "decode")
-    if not st.available:
-        raise RunnerUnavailableError(f"{backend} cannot run here: {st.reason}",
-                                     hint="`mla-tune backends` lists what can")
-
-
-def preflight(runner: Runner, request: StudyRequest, space: SearchSpace) -> None:
-    """Refuse before anything is written: a backend that cannot run here, or shapes the runner cannot answer
-    (e.g. a replay of shapes, TP or model dims that were never recorded)."""
-    from .errors import RunnerUnavailableError
-    from .types import Case, freeze_params
-
-    require_backend(runner, request.backend)
-    for ws in request.workload.shapes:
-        case = Case(request.backend, ws.shape, request.dims, freeze_params(space.default_config(ws.shape)),
-                    request.kv_cache_dtype)
-        why = runner.unanswerable(case)
-        if why:
-            raise RunnerUnavailableError(why, hint="record it with `mla-tune sweep` on a GPU, or pick a recorded "
-                                                   "workload, --tp and --model")
-
-
 def run_study(*, backend: str, workload: str, model: str = "deepseek-v3", tp: int = 1,
               kv_cache_dtype: str = "auto", objective: str = "per-shape", sampler: str = "auto",
               n_trials: int | None = None, timeout_s: float | None = None, storage: str | None = None,
@@ -129,10 +37,8 @@ def run_study(*, backend: str, workload: str, model: str = "deepseek-v3", tp: in
     Order matters for "bad input writes nothing": names are validated, the runner is made and asked whether
     the backend runs here, and only then is the storage opened (created) and a study written.
     """
-    from .confirm import confirm
-    from .storage import open_storage
-    from .study import check_space_available, run_trials
-    from .summary import summarize
+    from .study_loop import Solo, run_studies
+    from .summary import summaries_of
 
     request, space = build_request(backend=backend, workload=workload, model=model, tp=tp,
                                    kv_cache_dtype=kv_cache_dtype, objective=objective, sampler=sampler,
@@ -140,16 +46,9 @@ def run_study(*, backend: str, workload: str, model: str = "deepseek-v3", tp: in
                                    confirm_rounds=confirm_rounds)
     spec = parse_storage(storage)
     with open_runner(runner) as r, gpu_locked(r):
-        preflight(r, request, space)
-        env = r.environment()
-        space, excluded = check_space_available(space, r)
-        store = open_storage(spec, create=True)
-        summaries = []
-        for target in plan(request, env, space):
-            study = run_trials(target, store, r, env, progress)
-            confirm(study, target, r, env, progress)
-            summaries.append(summarize(study))
-    return StudyOutcome(spec.display, env, summaries, excluded)
+        ran = run_studies(r, request, space, spec, Solo(), progress)
+        summaries = summaries_of(ran.storage, [t.name for t in ran.targets])
+    return StudyOutcome(spec.display, ran.environment, summaries, ran.excluded)
 
 
 def find_studies(*, storage: str | None = None, backend: str | None = None, model: str | None = None,
@@ -183,11 +82,7 @@ def export_table(output: Path, *, storage: str | None = None, backend: str, mode
     from .export import write_table
     from .table import build_table
 
-    if backend in NOT_TUNED:
-        raise UsageError(f"backend {backend} is not tuned by mla-tune: {NOT_TUNED[backend]}",
-                         hint=f"tunable backends: {', '.join(sorted(BACKENDS))}")
-    if backend not in BACKENDS:
-        raise UnknownNameError("backend", backend, BACKENDS)
+    check_tunable(backend)
     get_model(model, tp)
     found = find_studies(storage=storage, backend=backend, model=model, tp=tp, kv_cache_dtype=kv_cache_dtype,
                          workload=workload, gpu=gpu)
@@ -266,7 +161,7 @@ def run_study_parallel(*, gpus: str | list[str], backend: str, workload: str, mo
     from .gpu_lock import parse_gpus
     from .scale import launch
     from .storage import open_storage
-    from .summary import summarize
+    from .summary import summaries_of
 
     ids = parse_gpus(gpus if isinstance(gpus, str) else ",".join(gpus))
     study = dict(backend=backend, workload=workload, model=model, tp=tp, kv_cache_dtype=kv_cache_dtype,
@@ -275,11 +170,37 @@ def run_study_parallel(*, gpus: str | list[str], backend: str, workload: str, mo
     launched = launch(study, gpus=ids, storage=storage, runner=runner, progress=progress)
     if launched.environment is None:
         return ParallelOutcome(None, launched.workers)
-    import optuna
-
     spec = parse_storage(storage)
-    store = open_storage(spec, create=False)
-    names = {s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)}
-    summaries = [summarize(optuna.load_study(study_name=n, storage=store)) for n in launched.studies if n in names]
+    summaries = summaries_of(open_storage(spec, create=False), launched.studies)
     return ParallelOutcome(StudyOutcome(spec.display, launched.environment, summaries, launched.excluded),
                            launched.workers)
+
+
+# Re-exported: the request checks and runner helpers are the public API's too.
+__all__ = ["NOT_TUNED", "ParallelOutcome", "StudyOutcome", "build_request", "export_table", "find_studies",
+           "gpu_locked", "list_backends", "list_models", "list_spaces", "list_workloads", "open_runner", "preflight",
+           "require_backend", "run_study", "run_study_parallel", "run_sweep"]
+
+
+def deploy_profile(tables: list[Path], output: Path, *, traffic: Path | None = None, workload: str | None = None,
+                   vllm: str | None = None) -> Any:
+    """Tables (+ traffic) -> a serving profile written atomically to ``output``; returns the ``Deployment``."""
+    from .export import dump_yaml, load_table, write_atomic
+    from .serving import deploy
+    from .traffic import load_traffic, workload_traffic
+
+    if traffic is not None and workload is not None:
+        raise UsageError("give --traffic or --workload, not both")
+    if vllm is None:
+        from .vllm_adapters import installed_version
+
+        vllm = installed_version()
+    loaded = [load_table(t) for t in tables]
+    flow = load_traffic(traffic) if traffic else workload_traffic(workload) if workload else None
+    result = deploy(loaded, flow, vllm)
+    write_atomic(output, PROFILE_HEADER + dump_yaml(result.profile.to_dict()))
+    return result
+
+
+PROFILE_HEADER = ("# mla-tune serving profile: applied by mla-tune's vLLM plugin when MLA_TUNE_PROFILE points here.\n"
+                  "# Written by `mla-tune deploy`; the plugin refuses it on another GPU, model, backend or vLLM.\n")

@@ -24,7 +24,10 @@ from typing import Any
 from .errors import MlaTuneError, UsageError
 from .gpu_lock import GpuLock, acquire_all
 from .storage import StorageSpec, open_storage, parse_storage
+from .study import Progress
+from .study_setup import build_request, open_runner, preflight
 from .types import Environment
+from .workers import WorkerJob
 
 STOP_TIMEOUT_S = 60.0  # after Ctrl-C: time for workers to record their current trial before SIGKILL
 
@@ -69,8 +72,6 @@ def check_storage(spec: StorageSpec, n_workers: int) -> None:
 def _check_runner(runner: str, request: Any, space: Any) -> None:
     """Refuse a runner that cannot work before storage is written. A replay is checked in full (cheap); the
     GPU runner only for what needs no GPU (torch, vLLM, CUDA visible): its workers check the backend."""
-    from .api import open_runner, preflight
-
     with open_runner(runner) as r:
         if r.name != "vllm":
             preflight(r, request, space)
@@ -83,8 +84,6 @@ def launch(study: dict[str, Any], *, gpus: list[str], storage: str | None, runne
     ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM here) is forwarded to the workers as SIGINT, which record or fail
     their current trial and exit; it is re-raised once they are gone.
     """
-    from .api import build_request
-
     request, space = build_request(**study)  # bad names and numbers: refused before anything is locked or written
     _check_runner(runner, request, space)
     spec = parse_storage(storage)
@@ -113,8 +112,6 @@ class _Proc:
 
 def _start(index: int, n: int, lock: GpuLock, study: dict[str, Any], spec: StorageSpec, runner: str, tmp: Path,
            progress: Callable[[Any], None] | None) -> _Proc:
-    from .workers import WorkerJob
-
     result = tmp / f"worker{index}.result.json"
     job = WorkerJob(index, n, lock.gpu, spec.target if spec.kind == "rdb" else f"journal:{spec.target}", runner,
                     study, str(result))
@@ -134,8 +131,6 @@ _progress_lock = threading.Lock()
 
 
 def _read_progress(popen: subprocess.Popen, progress: Callable[[Any], None] | None) -> None:
-    from .study import Progress
-
     assert popen.stdout is not None
     for line in popen.stdout:
         if progress is None:

@@ -26,6 +26,8 @@ class StudySummary:
     best_attrs: dict[str, Any] | None
     best_number: int | None
     confirmation: dict[str, Any] | None
+    # Every distinct config measured with its trial median (ms), fastest first: one recording each, not paired.
+    landscape: tuple[tuple[dict[str, Any], float], ...] = ()
 
     @property
     def label(self) -> str:
@@ -43,7 +45,14 @@ def summarize(study: optuna.Study) -> StudySummary:
         failed=sum(1 for t in fresh if t.state == TrialState.FAIL), duplicates=len(dup),
         baseline=dict(base.user_attrs) | {"value": base.value} if base else None,
         best_value=best.value if best else None, best_attrs=dict(best.user_attrs) if best else None,
-        best_number=best.number if best else None, confirmation=study.user_attrs.get(CONFIRM_KEY))
+        best_number=best.number if best else None, confirmation=study.user_attrs.get(CONFIRM_KEY),
+        landscape=_landscape(fresh))
+
+
+def _landscape(trials: list) -> tuple[tuple[dict[str, Any], float], ...]:
+    points = [(dict(t.user_attrs["config"]), float(t.user_attrs["median_ms"])) for t in trials
+              if t.state == TrialState.COMPLETE and "config" in t.user_attrs and "median_ms" in t.user_attrs]
+    return tuple(sorted(points, key=lambda p: (p[1], sorted(p[0].items(), key=str))))
 
 
 def load_summaries(storage: optuna.storages.BaseStorage,
@@ -58,3 +67,9 @@ def load_summaries(storage: optuna.storages.BaseStorage,
         if attrs is not None and keep(s.study_name, attrs):
             out.append(summarize(optuna.load_study(study_name=s.study_name, storage=storage)))
     return sorted(out, key=lambda s: s.name)
+
+
+def summaries_of(storage: optuna.storages.BaseStorage, names: list[str]) -> list[StudySummary]:
+    """Summaries of the studies ``names`` in that order, leaving out those not in ``storage``."""
+    stored = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    return [summarize(optuna.load_study(study_name=n, storage=storage)) for n in names if n in stored]

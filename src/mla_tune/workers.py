@@ -30,16 +30,17 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from .api import build_request, open_runner, preflight
+from . import interrupts
 from .confirm import confirm
 from .errors import MlaTuneError
-from . import interrupts
 from .heartbeat import has_heartbeat, heartbeat_interval_s
-from .plan import StudyTarget, plan
-from .runners import Runner
-from .storage import open_storage, parse_storage
-from .study import ProgressFn, check_space_available, measured_count, run_trials
 from .interrupts import check, safe_point
+from .plan import StudyTarget
+from .runners import Runner
+from .storage import parse_storage
+from .study import ProgressFn, measured_count, run_trials
+from .study_loop import Coordination, run_studies
+from .study_setup import build_request, open_runner
 from .types import BackendStatus, Case, Environment, Measurement
 
 
@@ -75,14 +76,23 @@ def work(job: WorkerJob, progress: ProgressFn | None = None) -> WorkerResult:
         kw["seed"] = kw["seed"] + job.index
     request, space = build_request(**kw)
     spec = parse_storage(job.storage)
-    with open_runner(job.runner) as inner:
-        runner = _Interruptible(inner)
-        preflight(runner, request, space)
-        env = runner.environment()
-        space, excluded = check_space_available(space, runner)
-        store = open_storage(spec, create=True)
-        targets = plan(request, env, space)
-        mine = rotated(targets, job.index)
+    with open_runner(job.runner) as runner:
+        ran = run_studies(runner, request, space, spec, Shared(job.index), progress)
+    return WorkerResult(ran.environment.as_dict(), [t.name for t in ran.targets], ran.excluded)
+
+
+class Shared(Coordination):
+    """Worker ``index`` of several on one storage: trials, then settling, then confirmations, each study shared."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def wrap(self, runner: Runner) -> Runner:
+        return _Interruptible(runner)
+
+    def run(self, targets: list[StudyTarget], store: optuna.storages.BaseStorage, runner: Runner,
+            env: Environment, progress: ProgressFn | None) -> None:
+        mine = rotated(targets, self.index)
         for target in mine:
             check()
             run_trials(target, store, runner, env, progress)
@@ -101,7 +111,6 @@ def work(job: WorkerJob, progress: ProgressFn | None = None) -> WorkerResult:
         for target in claimed:
             check()
             await_confirmation(target, store, runner, env, progress)
-    return WorkerResult(env.as_dict(), [t.name for t in targets], excluded)
 
 
 def await_confirmation(target: StudyTarget, store: optuna.storages.BaseStorage, runner: Runner, env: Environment,

@@ -8,6 +8,7 @@ Tests register their own. ``torch``/``vllm`` are imported by the vllm runner onl
 from __future__ import annotations
 
 import abc
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -56,11 +57,18 @@ class Runner(abc.ABC):
 
 
 RunnerFactory = Callable[[str | None], Runner]
-_REGISTRY: dict[str, RunnerFactory] = {}
+# A runner's factory, or its import path "package.module:attr" (imported when the runner is first made).
+_REGISTRY: dict[str, RunnerFactory | str] = {}
+# The built-in runners by import path: the registry imports no runner (nor the vllm runner's torch) until one
+# is made, and the runners import this interface, never the other way round.
+_BUILTIN = {"vllm": "mla_tune.runners.vllm:VllmRunner.create", "replay": "mla_tune.runners.replay:ReplayRunner.open"}
 
 
-def register_runner(name: str, factory: RunnerFactory) -> None:
-    """Make ``--runner NAME[:ARG]`` build a runner with ``factory(ARG or None)``."""
+def register_runner(name: str, factory: RunnerFactory | str) -> None:
+    """Make ``--runner NAME[:ARG]`` build a runner with ``factory(ARG or None)``.
+
+    ``factory`` is a callable or its import path ``"package.module:function"``, imported on first use.
+    """
     _REGISTRY[name] = factory
 
 
@@ -75,25 +83,24 @@ def make_runner(spec: str) -> Runner:
     name, _, arg = spec.partition(":")
     if name not in _REGISTRY:
         raise UnknownNameError("runner", name, [f"{n}" for n in _REGISTRY])
-    return _REGISTRY[name](arg or None)
+    factory = _REGISTRY[name]
+    if isinstance(factory, str):
+        factory = _import_path(factory)
+    return factory(arg or None)
+
+
+def _import_path(path: str) -> Any:
+    """The object at ``"package.module:attr.attr"``."""
+    module, _, qualname = path.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def _register_builtin() -> None:
-    if "vllm" in _REGISTRY:
-        return
-
-    def vllm_factory(arg: str | None) -> Runner:
-        from .vllm import VllmRunner  # the only path to torch/vllm
-
-        return VllmRunner.create(arg)
-
-    def replay_factory(arg: str | None) -> Runner:
-        from .replay import ReplayRunner
-
-        return ReplayRunner.open(arg)
-
-    register_runner("vllm", vllm_factory)
-    register_runner("replay", replay_factory)
+    for name, path in _BUILTIN.items():
+        _REGISTRY.setdefault(name, path)
 
 
 __all__ = ["Runner", "register_runner", "runner_names", "make_runner"]

@@ -1,0 +1,112 @@
+"""Before a study runs: validate its request, open its runner, lock its GPU, and refuse what cannot run here.
+
+Shared by the single-process API, the multi-GPU launcher and its workers, which import it from below ``api``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from .errors import RunnerUnavailableError, UnknownNameError, UsageError
+from .models import get_model
+from .plan import KV_CACHE_DTYPES, OBJECTIVES, StudyRequest
+from .runners import Runner, make_runner
+from .sampling import SAMPLERS
+from .space import BACKENDS, SearchSpace, load_space
+from .types import Case, freeze_params
+from .workloads import get_workload
+
+# vLLM MLA backends that are known but deliberately not searched, and why (an "unknown backend" would mislead).
+NOT_TUNED = {
+    "FLASHMLA_SPARSE": "DeepSeek-V3.2's sparse attention reads the indexer's top-k token indices, which no "
+                       "workload here models (every workload is dense MLA)",
+}
+
+
+def check_tunable(backend: str) -> None:
+    """Refuse a backend that is deliberately not tuned (saying why) or unknown (listing the valid ones)."""
+    if backend in NOT_TUNED:
+        raise UsageError(f"backend {backend} is not tuned by mla-tune: {NOT_TUNED[backend]}",
+                         hint=f"tunable backends: {', '.join(sorted(BACKENDS))}")
+    if backend not in BACKENDS:
+        raise UnknownNameError("backend", backend, BACKENDS)
+
+
+def build_request(*, backend: str, workload: str, model: str = "deepseek-v3", tp: int = 1,
+                  kv_cache_dtype: str = "auto", objective: str = "per-shape", sampler: str = "auto",
+                  n_trials: int | None = None, timeout_s: float | None = None, seed: int | None = 0,
+                  confirm_top: int = 3, confirm_rounds: int = 6) -> tuple[StudyRequest, SearchSpace]:
+    """Validate every name and number of a study request; nothing is opened or written."""
+    check_tunable(backend)
+    if sampler not in SAMPLERS:
+        raise UnknownNameError("sampler", sampler, SAMPLERS)
+    if objective not in OBJECTIVES:
+        raise UnknownNameError("objective", objective, OBJECTIVES)
+    if kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise UnknownNameError("kv-cache dtype", kv_cache_dtype, KV_CACHE_DTYPES)
+    if n_trials is not None and n_trials < 1:
+        raise UsageError(f"--trials must be at least 1, got {n_trials}")
+    if timeout_s is not None and timeout_s <= 0:
+        raise UsageError(f"--timeout must be positive, got {timeout_s}")
+    if confirm_top < 1:
+        raise UsageError(f"confirmation needs at least 1 candidate, got {confirm_top}")
+    if confirm_rounds < 2:
+        raise UsageError(f"confirmation needs at least 2 rounds, got {confirm_rounds}")
+    space = load_space(backend)
+    wl = get_workload(workload)
+    dims = get_model(model, tp)
+    return StudyRequest(backend, wl, dims, kv_cache_dtype, objective, sampler, n_trials, timeout_s, seed,
+                        confirm_top, confirm_rounds), space
+
+
+@contextlib.contextmanager
+def gpu_locked(runner: Runner) -> Iterator[None]:
+    """Hold the runner's GPU for this process: a second measuring process on it would corrupt both timings."""
+    if runner.gpu is None:
+        yield
+        return
+    from .gpu_lock import acquire
+
+    lock = acquire(runner.gpu)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def open_runner(runner: str | Runner) -> Iterator[Runner]:
+    """A runner from its name (``vllm``, ``replay:PATH``), closed afterwards; a given instance is left open."""
+    if isinstance(runner, str):
+        r = make_runner(runner)
+        try:
+            yield r
+        finally:
+            r.close()
+    else:
+        yield runner
+
+
+def require_backend(runner: Runner, backend: str) -> None:
+    st = runner.backend_status(backend, "decode")
+    if not st.available:
+        raise RunnerUnavailableError(f"{backend} cannot run here: {st.reason}",
+                                     hint="`mla-tune backends` lists what can")
+
+
+def preflight(runner: Runner, request: StudyRequest, space: SearchSpace) -> None:
+    """Refuse before anything is written: a backend that cannot run here, or shapes the runner cannot answer
+    (e.g. a replay of shapes, TP or model dims that were never recorded)."""
+    require_backend(runner, request.backend)
+    for ws in request.workload.shapes:
+        case = Case(request.backend, ws.shape, request.dims, freeze_params(space.default_config(ws.shape)),
+                    request.kv_cache_dtype)
+        why = runner.unanswerable(case)
+        if why:
+            raise RunnerUnavailableError(why, hint="record it with `mla-tune sweep` on a GPU, or pick a recorded "
+                                                   "workload, --tp and --model")
+
+
+__all__ = ["NOT_TUNED", "build_request", "check_tunable", "gpu_locked", "open_runner", "preflight",
+           "require_backend"]

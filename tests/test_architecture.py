@@ -1,0 +1,125 @@
+"""The import graph of src/mla_tune: no cycles, and each heavy dependency imported in its one home only.
+
+Every ``import`` counts, at any depth (function-local ones too): a lazy import is still a dependency.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+PACKAGE = "mla_tune"
+
+# Modules that may import optuna: the study engine, coordination and storages (and the CLI's log-level switch).
+OPTUNA_HOMES = {
+    "mla_tune._optuna_compat",  # Optuna's private names, used from here only
+    "mla_tune.sampling",
+    "mla_tune.study",
+    "mla_tune.confirm",
+    "mla_tune.summary",
+    "mla_tune.claim",
+    "mla_tune.heartbeat",
+    "mla_tune.storage",
+    "mla_tune.workers",
+    "mla_tune.cli",  # sets Optuna's log level
+}
+
+
+def _is_gpu_home(module: str) -> bool:
+    """Where torch and vllm may be imported: the vLLM runner, its private modules, the vLLM adapters."""
+    parts = module.split(".")
+    return (module == "mla_tune.runners.vllm"
+            or (parts[:2] == ["mla_tune", "runners"] and len(parts) == 3 and parts[2].startswith("_vllm_"))
+            or parts[:2] == ["mla_tune", "vllm_adapters"])
+
+
+def _modules() -> dict[str, tuple[Path, list[str]]]:
+    """Module name -> (file, the package its relative imports start from)."""
+    out = {}
+    for path in sorted((SRC / PACKAGE).rglob("*.py")):
+        parts = list(path.relative_to(SRC).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+            package = parts
+        else:
+            package = parts[:-1]
+        out[".".join(parts)] = (path, package)
+    return out
+
+
+def _imports(path: Path, package: list[str], known: set[str]) -> set[str]:
+    """Every module ``path`` imports, relative imports resolved; ``from X import y`` counts X.y when it is a module."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[:len(package) - (node.level - 1)]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            found.add(name)
+            found.update(f"{name}.{alias.name}" for alias in node.names if f"{name}.{alias.name}" in known)
+    return found
+
+
+@pytest.fixture(scope="module")
+def imports() -> dict[str, set[str]]:
+    mods = _modules()
+    return {name: _imports(path, package, set(mods)) for name, (path, package) in mods.items()}
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as ``[a, b, ..., a]``, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_the_scan_sees_every_module_and_lazy_imports(imports):
+    assert {"mla_tune.api", "mla_tune.runners", "mla_tune.runners.replay"} <= set(imports)
+    assert "torch" in imports["mla_tune.runners._vllm_timing"]  # imported inside functions there
+
+
+def test_find_cycle_reports_the_cycle():
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycles(imports):
+    graph = {m: {d for d in deps if d in imports and d != m} for m, deps in imports.items()}
+    cycle = _find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+@pytest.mark.parametrize("dependency", ["torch", "vllm"])
+def test_torch_and_vllm_only_in_the_gpu_runner_and_the_vllm_adapters(imports, dependency):
+    bad = sorted(m for m, deps in imports.items()
+                 if not _is_gpu_home(m) and any(d == dependency or d.startswith(dependency + ".") for d in deps))
+    assert not bad, f"{dependency} imported outside runners/vllm.py, runners/_vllm_*.py and vllm_adapters/: {bad}"
+
+
+def test_optuna_only_in_the_study_engine_coordination_and_storage(imports):
+    bad = sorted(m for m, deps in imports.items()
+                 if m not in OPTUNA_HOMES and any(d == "optuna" or d.startswith("optuna.") for d in deps))
+    assert not bad, f"optuna imported outside {sorted(OPTUNA_HOMES)}: {bad}"
