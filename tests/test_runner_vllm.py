@@ -420,5 +420,8 @@ def test_timeout_is_data() -> None:
         runner.close()
 
 
-def test_every_backend_has_a_capability_entry() -> None:
-    assert set(plan.CAPABILITY_MAJORS) == set(BACKENDS)
+def test_every_backend_has_facts_in_every_vllm_family() -> None:
+    from mla_tune.vllm_adapters import FAMILIES
+
+    for family in FAMILIES:
+        assert set(family.backends) == set(BACKENDS), family.family

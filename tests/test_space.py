@@ -87,17 +87,21 @@ BAD = {
     "wrong backend": (lambda d: d["parameters"].update(num_kv_splits={"type": "categorical", "choices": [1],
                                                                       "default": 1}),
                       "parameters.num_kv_splits", "does not apply to FLASH_ATTN_MLA"),
-    "default outside": (lambda d: d["parameters"]["max_num_splits"].update(default=3),
+    "default changed": (lambda d: d["parameters"]["max_num_splits"].update(default=3),
+                        "parameters.max_num_splits.default", "vLLM's default for FLASH_ATTN_MLA is 32"),
+    "default outside": (lambda d: d["parameters"]["max_num_splits"].update(choices=[1, 2]),
                         "parameters.max_num_splits.default", "outside"),
+    "wrong type for knob": (lambda d: d["parameters"]["max_num_splits"].update(type="bool", choices=None),
+                            "parameters.max_num_splits.type", "declared 'int'"),
+    "value outside knob": (lambda d: d["parameters"]["max_num_splits"].update(choices=[0, 32]),
+                           "parameters.max_num_splits.choices", "not a value of max_num_splits"),
     "bad range": (lambda d: d["parameters"].update(max_num_splits={"type": "int", "low": 8, "high": 2,
-                                                                   "default": 4}),
+                                                                   "default": 32}),
                   "parameters.max_num_splits", "bad range"),
     "bad type": (lambda d: d["parameters"]["cuda_graphs"].update(type="float"), "parameters.cuda_graphs.type",
                  "allowed"),
     "unknown prefill": (lambda d: d["parameters"]["prefill_backend"]["choices"].append("xformers"),
                         "parameters.prefill_backend.choices", "xformers"),
-    "missing default": (lambda d: d["parameters"]["cuda_graphs"].pop("default"),
-                        "parameters.cuda_graphs.default", "missing"),
     "bool choices": (lambda d: d["parameters"]["cuda_graphs"].update(choices=[True]), "parameters.cuda_graphs",
                      "no choices"),
 }
@@ -111,6 +115,11 @@ def test_invalid_space_files_name_file_and_key(tmp_path, case):
         load_space_file(path)
     assert e.value.path == str(path) and e.value.key == key and reason in e.value.reason
     assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_default_comes_from_the_knob(tmp_path):
+    path = write_variant(tmp_path, lambda d: d["parameters"]["max_num_splits"].pop("default"))
+    assert load_space_file(path)["max_num_splits"].default == 32
 
 
 def test_broken_yaml_names_the_line(tmp_path):

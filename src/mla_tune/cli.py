@@ -154,24 +154,54 @@ def show(
     print_studies(_console(), api.find_studies(storage=storage, backend=backend, workload=workload))
 
 
+VLLM_HELP = "vLLM version to write settings for, e.g. 0.26.0 [default: the installed vLLM, else the table's]"
+
+
 @app.command()
 @handle_errors
 def flags(
     table: Path = typer.Argument(..., help="a tuning table YAML (mla-tune export)"),
     shape: Optional[str] = typer.Option(None, help="only this entry's shape, e.g. 64q1s4k"),
+    vllm: Optional[str] = typer.Option(None, "--vllm", help=VLLM_HELP),
 ) -> None:
-    """The vLLM 0.20 serving settings of each table entry (vllm serve arguments)."""
+    """Each table entry's params as vLLM serving arguments, with what each value costs the other shapes."""
     from .errors import UnknownNameError
     from .export import load_table
-    from .render import flag_lines
-    from .serving import entry_settings
+    from .render_serving import flag_lines
+    from .serving import table_flags
+    from .vllm_adapters import default_adapter
 
     data = load_table(table)
-    lines = flag_lines(data, shape)
+    adapter = default_adapter(vllm or _installed_or(str(data["provenance"].get("vllm", ""))))
+    entries = table_flags(data, adapter)
+    lines = flag_lines(data, entries, adapter, shape)
     if not lines:
-        raise UnknownNameError("shape", shape or "", [spec for e in data["entries"]
-                                                      for spec, _ in entry_settings(data, e)])
+        raise UnknownNameError("shape", shape or "", [f.label for f in entries])
     for line in lines:
+        typer.echo(line)
+
+
+def _installed_or(version: str) -> str:
+    from .vllm_adapters import installed_version
+
+    return installed_version() or version
+
+
+@app.command()
+@handle_errors
+def deploy(
+    tables: list[Path] = typer.Argument(..., help="tuning tables of one engine (backend, GPU, model dims)"),
+    output: Path = typer.Option(..., "--output", "-o", help="the serving profile to write (YAML)"),
+    traffic: Optional[Path] = typer.Option(None, help="traffic file: shapes with weights (YAML or CSV)"),
+    workload: Optional[str] = typer.Option(None, help="a named workload as the traffic (its weights)"),
+    vllm: Optional[str] = typer.Option(None, "--vllm", help=VLLM_HELP),
+) -> None:
+    """Turn tables into a serving profile for mla-tune's vLLM plugin (MLA_TUNE_PROFILE=FILE vllm serve ...)."""
+    from . import api
+    from .render_serving import deploy_lines
+
+    result = api.deploy_profile(tables, output, traffic=traffic, workload=workload, vllm=vllm)
+    for line in deploy_lines(result, str(output)):
         typer.echo(line)
 
 

@@ -77,4 +77,4 @@ _TABLE_KEYS = ("kind", "schema_version", "provenance", "backend", "model", "kv_c
 _MODEL_OPTIONAL = ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "q_lora_rank")
 _PROVENANCE_OPTIONAL = ("driver", "cuda", "torch", "vllm", "mla_tune", "recorded", "extra", "date")
 _ENTRY_OPTIONAL = ("shape", "kind", "workload", "shapes", "params", "default_params", "note", "error", "latency_ms",
-                   "speedup", "ci", "ci_level", "samples", "best_candidate")
+                   "speedup", "ci", "ci_level", "samples", "best_candidate", "landscape")

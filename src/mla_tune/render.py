@@ -151,32 +151,6 @@ def print_table(console: Console, table: dict[str, Any], source: str) -> None:
     console.print(t)
 
 
-def flag_lines(table: dict[str, Any], only_shape: str | None = None) -> list[str]:
-    """Per entry: shape, verdict, and the vLLM serving arguments that run its params (``mla-tune flags``)."""
-    from .serving import entry_settings
-
-    m = table["model"]
-    head = (f"# {table['backend']} on {m['model']} tp{m['tp']}, kv {table['kv_cache_dtype']}: "
-            f"{_env_line(table['provenance'])}")
-    lines, missing = [], set()
-    for e in table["entries"]:
-        for spec, settings in entry_settings(table, e):
-            if only_shape is not None and spec != only_shape:
-                continue
-            if "error" in e:
-                verdict = "FAILS here"
-            elif e.get("tuned"):
-                ci = e.get("ci")
-                verdict = f"x{e['speedup']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
-            else:
-                verdict = "default kept"
-            lines.append(f"{spec:<18} {verdict:<24} {settings.args()}")
-            missing.update(settings.not_exposed)
-    if lines and missing:
-        lines.append(f"# not settable in vLLM 0.20 (needs a patch): {', '.join(sorted(missing))}")
-    return [head, *lines] if lines else []
-
-
 def print_workloads(console: Console, workloads: dict[str, Any]) -> None:
     t = Table("workload", "shapes", "description")
     for name, w in workloads.items():

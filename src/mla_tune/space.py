@@ -19,23 +19,14 @@ from typing import Any
 from . import _yaml
 from .data import search_spaces_dir
 from .errors import DataFileError, UnknownNameError
+from .knobs import BACKENDS, KNOBS, PREFILL_BACKENDS, Situation, knob, knob_names, knobs_for
 from .types import ParamValue, Shape
 
-BACKENDS = ("CUTLASS_MLA", "FLASHMLA", "FLASH_ATTN_MLA", "TRITON_MLA", "FLASHINFER_MLA")
-PREFILL_BACKENDS = ("auto", "fa2", "fa3", "fa4", "flashinfer", "cudnn", "trtllm")
-CUDAGRAPH_MAX_TOKENS = 512  # vLLM's default max_cudagraph_capture_size
+# The token count up to which vLLM captures full CUDA graphs by default (max_cudagraph_capture_size): batches
+# are measured graphed only where a default deployment would replay them from a graph.
+CUDAGRAPH_MAX_TOKENS = 512
 # vLLM's AttentionCGSupport levels, weakest first.
 CUDA_GRAPH_SUPPORT = ("never", "uniform_single_token_decode", "uniform_batch", "always")
-
-# The parameters mla-tune knows how to apply, in the order `resolve` decides them, with the backends
-# whose vLLM code has the knob.
-KNOWN_PARAMETERS: dict[str, tuple[str, ...]] = {
-    "reorder_batch_threshold": ("FLASHMLA", "FLASH_ATTN_MLA", "FLASHINFER_MLA"),
-    "prefill_backend": BACKENDS,
-    "num_kv_splits": ("CUTLASS_MLA", "TRITON_MLA"),
-    "cuda_graphs": ("CUTLASS_MLA", "FLASHMLA", "FLASH_ATTN_MLA", "FLASHINFER_MLA"),
-    "max_num_splits": ("FLASH_ATTN_MLA",),
-}
 _TYPES = ("int", "categorical", "bool")
 
 
@@ -50,7 +41,6 @@ class Parameter:
     log: bool = False
     step: int = 1
     description: str = ""
-    affects_decode: bool = False  # prefill_backend on FLASH_ATTN_MLA: the flash-attn version drives decode too
 
     def values(self) -> tuple[ParamValue, ...]:
         """Every value, in order: the grid an exhaustive search walks."""
@@ -122,41 +112,11 @@ class SearchSpace:
         and the threshold is replaced by the representative of its class (see ``_threshold_class``).
         """
         config: dict[str, ParamValue] = {}
-        if "reorder_batch_threshold" in self:
-            p = self["reorder_batch_threshold"]
-            config[p.name] = (self._threshold_class(shape, int(choose(p)))
-                              if any(r.q_len > 1 for r in shape.requests) else p.default)
-        threshold = self.threshold(config)
-        if "prefill_backend" in self:
-            p = self["prefill_backend"]
-            matters = p.affects_decode or shape.prefill_requests(threshold)
-            config[p.name] = choose(p) if matters else p.default
-        if "num_kv_splits" in self:
-            p = self["num_kv_splits"]
-            config[p.name] = choose(p) if shape.decode_requests(threshold) else p.default
-        graphed = False
-        if "cuda_graphs" in self:
-            p = self["cuda_graphs"]
-            graphed = bool(choose(p)) if self.graphable(shape, threshold) else False
-            config[p.name] = graphed
-        if "max_num_splits" in self:
-            # The cap only reaches FA3's ahead-of-time scheduler under full graphs; with FA2 selected vLLM
-            # turns that scheduler off and the cap is never read (fa_num_splits=0 in the runner's details).
-            p = self["max_num_splits"]
-            fa3_aot = config.get("prefill_backend") != "fa2"
-            config[p.name] = choose(p) if graphed and fa3_aot else p.default
+        for k in knobs_for(self.backend):
+            if k.name in self:
+                p = self[k.name]
+                config[k.name] = k.value_for(Situation(shape, config, self), lambda p=p: choose(p))
         return config
-
-    def _threshold_class(self, shape: Shape, value: int) -> int:
-        """Thresholds that split the batch the same way run the same kernels: return one per class.
-
-        The representative is vLLM's default where it is in the class (so "no change" reads as no change),
-        else the largest value of the class, which is the least change from the default downwards.
-        """
-        p = self["reorder_batch_threshold"]
-        key = _split_key(shape, value)
-        same = [v for v in p.values() if _split_key(shape, int(v)) == key]
-        return int(p.default) if p.default in same else int(max(same))
 
     def default_config(self, shape: Shape) -> dict[str, ParamValue]:
         """The baseline as it runs for ``shape``."""
@@ -202,12 +162,6 @@ class SearchSpace:
                                low=None, high=None) if q.name == name else q for q in self.parameters)
         return replace(self, parameters=params)
 
-    def size(self, shape: Shape) -> int:
-        return len(self.expand(shape))
-
-
-def _split_key(shape: Shape, threshold: int) -> tuple[bool, ...]:
-    return tuple(r.q_len <= threshold for r in shape.requests)
 
 
 def config_key(config: dict[str, ParamValue]) -> tuple:
@@ -220,26 +174,36 @@ def format_config(config: dict[str, ParamValue]) -> str:
 
 def _parameter(path: Path, backend: str, name: str, raw: Any) -> Parameter:
     where = f"parameters.{name}"
-    if name not in KNOWN_PARAMETERS:
-        raise DataFileError(str(path), where, f"unknown parameter; known: {', '.join(KNOWN_PARAMETERS)}")
-    if backend not in KNOWN_PARAMETERS[name]:
-        raise DataFileError(str(path), where, f"does not apply to {backend}; it applies to "
-                            f"{', '.join(KNOWN_PARAMETERS[name])}")
-    raw = _yaml.check_keys(path, where, raw, ["type", "default"],
-                           ["choices", "low", "high", "log", "step", "description", "affects_decode"])
+    if name not in knob_names():
+        raise DataFileError(str(path), where, f"unknown parameter; known: {', '.join(knob_names())}")
+    k = knob(name)
+    if backend not in k.backends:
+        raise DataFileError(str(path), where, f"does not apply to {backend}; it applies to {', '.join(k.backends)}")
+    raw = _yaml.check_keys(path, where, raw, ["type"], ["default", "choices", "low", "high", "log", "step",
+                                                        "description"])
     ptype = raw["type"]
     if ptype not in _TYPES:
         raise DataFileError(str(path), f"{where}.type", f"is {ptype!r}; allowed: {', '.join(_TYPES)}")
+    if ptype != k.type and not (k.type == "categorical" and ptype == "int" and not k.auto):
+        raise DataFileError(str(path), f"{where}.type", f"is {ptype!r}; {name} is declared {k.type!r}")
+    # vLLM's default is the knob's (the baseline must be what vLLM runs); a file may restate it, not change it.
+    vllm_default = k.default(backend)
+    if "default" in raw and raw["default"] != vllm_default:
+        raise DataFileError(str(path), f"{where}.default", f"is {raw['default']!r}, but vLLM's default for "
+                            f"{backend} is {vllm_default!r} (knob {name}); the baseline cannot be changed here")
     choices = raw.get("choices")
     if choices is not None:
         _yaml.expect(path, f"{where}.choices", choices, list, "a list")
         if not choices or len(set(map(repr, choices))) != len(choices):
             raise DataFileError(str(path), f"{where}.choices", "must be a non-empty list without repeats")
         choices = tuple(choices)
-    param = Parameter(name, ptype, raw["default"], choices, raw.get("low"), raw.get("high"),
-                      bool(raw.get("log", False)), raw.get("step", 1), str(raw.get("description", "")),
-                      bool(raw.get("affects_decode", False)))
+    param = Parameter(name, ptype, vllm_default, choices, raw.get("low"), raw.get("high"),
+                      bool(raw.get("log", False)), raw.get("step", 1), str(raw.get("description", "")))
     _check_parameter(path, where, param)
+    bad = [v for v in param.values() if not k.accepts(v)]
+    if bad:
+        raise DataFileError(str(path), f"{where}.choices", f"{bad[0]!r} is not a value of {name}; "
+                            f"allowed: {k.allowed()}")
     return param
 
 
@@ -265,11 +229,6 @@ def _check_parameter(path: Path, where: str, p: Parameter) -> None:
                                     + (" (log needs low >= 1)" if p.log else ""))
             if p.log and p.step != 1:
                 raise DataFileError(str(path), f"{where}.step", "a log range takes no step")
-    if p.name == "prefill_backend":
-        bad = [c for c in p.values() if c not in PREFILL_BACKENDS]
-        if bad:
-            raise DataFileError(str(path), f"{where}.choices", f"unknown prefill backend {bad[0]!r}; "
-                                f"known: {', '.join(PREFILL_BACKENDS)}")
     if not p.contains(p.default):
         raise DataFileError(str(path), f"{where}.default", f"{p.default!r} is outside the parameter's values")
 
@@ -286,7 +245,7 @@ def load_space_file(path: Path) -> SearchSpace:
                             f"is {support!r}; allowed: {', '.join(CUDA_GRAPH_SUPPORT)}")
     raw_params = _yaml.expect(path, "parameters", data["parameters"] or {}, dict, "a mapping")
     params = {name: _parameter(path, backend, name, raw) for name, raw in raw_params.items()}
-    ordered = tuple(params[n] for n in KNOWN_PARAMETERS if n in params)
+    ordered = tuple(params[k.name] for k in KNOBS if k.name in params)
     if "cuda_graphs" in params and support == "never":
         raise DataFileError(str(path), "parameters.cuda_graphs", "backend has cuda_graph_support: never")
     return SearchSpace(backend, str(data.get("description", "")), support, ordered, str(path))

@@ -40,6 +40,8 @@ def _entry(s: StudySummary) -> dict[str, Any]:
     if len(shapes) == 1:
         entry["shape"] = shapes[0]["spec"]
         entry["kind"] = batch_spec.classify(batch_spec.parse(shapes[0]["spec"]))
+        if s.landscape:  # what `deploy` prices a global value with on this shape
+            entry["landscape"] = [{"params": c, "trial_ms": ms} for c, ms in s.landscape]
     else:
         entry["workload"] = s.attrs["workload"]
         entry["shapes"] = [{"spec": x["spec"], "weight": x["weight"]} for x in shapes]

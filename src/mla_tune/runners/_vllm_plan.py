@@ -12,46 +12,20 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..space import BACKENDS, KNOWN_PARAMETERS, PREFILL_BACKENDS, SearchSpace, load_space
+from ..knobs import BACKENDS, PREFILL_BACKENDS
+from ..knobs import check_params as check_knob_params
+from ..space import SearchSpace, load_space
 from ..types import Case, MLADims, ParamValue, Request, Status
-
-# Compute-capability majors each decode backend runs on (vLLM 0.20 `supports_compute_capability`, plus
-# `is_flashmla_dense_supported`, which allows dense FlashMLA on Hopper only). None = any CUDA GPU.
-CAPABILITY_MAJORS: dict[str, tuple[int, ...] | None] = {
-    "CUTLASS_MLA": (10,),
-    "FLASHINFER_MLA": (10,),
-    "FLASHMLA": (9,),
-    "FLASH_ATTN_MLA": (9,),
-    "TRITON_MLA": None,
-}
-
-# Attention-config overrides per prefill backend (vllm/config/attention.py fields). "auto" leaves vLLM's
-# defaults; the FA versions also switch the non-FA paths off so that vLLM cannot prefer them.
-_FA_ONLY = {"disable_flashinfer_prefill": True, "use_cudnn_prefill": False,
-            "use_trtllm_ragged_deepseek_prefill": False}
-PREFILL_OVERRIDES: dict[str, dict[str, object]] = {
-    "auto": {},
-    "fa2": {"flash_attn_version": 2, **_FA_ONLY},
-    "fa3": {"flash_attn_version": 3, **_FA_ONLY},
-    "fa4": {"flash_attn_version": 4, **_FA_ONLY},
-    "flashinfer": {"disable_flashinfer_prefill": False, "use_cudnn_prefill": False,
-                   "use_trtllm_ragged_deepseek_prefill": False},
-    "cudnn": {"disable_flashinfer_prefill": True, "use_cudnn_prefill": True,
-              "use_trtllm_ragged_deepseek_prefill": False},
-    "trtllm": {"disable_flashinfer_prefill": True, "use_cudnn_prefill": False,
-               "use_trtllm_ragged_deepseek_prefill": True},
-}
-# `use_flashinfer_prefill`, `use_cudnn_prefill`, `use_trtllm_ragged_deepseek_prefill` in
-# vllm/model_executor/layers/attention/mla_attention.py all require `is_device_capability_family(100)`.
-PREFILL_NEEDS_SM100 = ("flashinfer", "cudnn", "trtllm")
-# Metadata-builder flags that say which non-FA prefill path vLLM took (MLACommonMetadataBuilder.__init__).
-PREFILL_BUILDER_FLAGS = {"flashinfer": "_use_fi_prefill", "cudnn": "_use_cudnn_prefill",
-                         "trtllm": "_use_trtllm_ragged_prefill"}
+from ..vllm_adapters import Adapter, default_adapter
 
 KV_CACHE_DTYPES = {"auto": "auto", "bfloat16": "auto", "bf16": "auto", "fp8": "fp8", "fp8_e4m3": "fp8"}
-CUTLASS_AUTO_SPLITS = -1  # CutlassMLAImpl._num_kv_splits = -1: the kernel picks
-TRITON_MIN_WORK_PER_SPLIT = 512  # triton_mla.py forward_mqa heuristic constants
-TRITON_OCCUPANCY = 2
+
+
+@functools.lru_cache(maxsize=1)
+def adapter() -> Adapter:
+    """The facts of the vLLM this process drives: the installed one (read from package metadata, not imported),
+    or vLLM 0.20's where none is installed (the CPU tests plan against it)."""
+    return default_adapter()
 
 
 @dataclass(frozen=True)
@@ -116,29 +90,23 @@ class PlanError(ValueError):
 
 def capability_refusal(backend: str, compute_capability: str) -> str | None:
     """Why ``backend`` cannot run on a GPU of ``compute_capability`` ("9.0"), or None if it can."""
-    majors = CAPABILITY_MAJORS.get(backend)
-    if majors is None:
-        return None
-    major = int(str(compute_capability).split(".")[0])
-    if major in majors:
-        return None
-    need = " or ".join(f"{m}.x" for m in majors)
-    return f"{backend} needs compute capability {need} (this GPU: {compute_capability})"
+    return adapter().capability_refusal(backend, compute_capability)
 
 
 def prefill_capability_refusal(prefill: str, compute_capability: str) -> str | None:
-    major = int(str(compute_capability).split(".")[0])
-    if prefill in PREFILL_NEEDS_SM100 and major != 10:
-        return (f"{prefill} prefill needs compute capability 10.x in vLLM 0.20 "
-                f"(this GPU: {compute_capability})")
-    return None
+    return adapter().prefill_refusal(prefill, compute_capability)
 
 
 def prefill_overrides(prefill: str) -> dict[str, object]:
     """The attention-config fields to set for a prefill backend ("auto" = none)."""
-    if prefill not in PREFILL_OVERRIDES:
-        raise PlanError(Status.ERROR, f"unknown prefill_backend {prefill!r}; valid: {', '.join(PREFILL_BACKENDS)}")
-    return dict(PREFILL_OVERRIDES[prefill])
+    if prefill == "auto":
+        return {}
+    fields = adapter().prefill_settings.get(prefill)
+    if fields is None:
+        raise PlanError(Status.ERROR if prefill not in PREFILL_BACKENDS else Status.UNSUPPORTED,
+                        f"prefill_backend {prefill!r} does not exist in {adapter().label}; valid: "
+                        f"{', '.join(adapter().prefill_available())}")
+    return dict(fields)
 
 
 def resolved_prefill(use_fi: bool, use_cudnn: bool, use_trtllm: bool, fa_version: int | None) -> str:
@@ -168,24 +136,7 @@ def normalize_kv_dtype(kv_cache_dtype: str) -> str:
 
 def check_params(backend: str, params: Mapping[str, ParamValue]) -> list[str]:
     """Problems with the parameter names and values of a case, as messages (empty when fine)."""
-    problems = []
-    unknown = sorted(set(params) - set(KNOWN_PARAMETERS))
-    if unknown:
-        problems.append(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(KNOWN_PARAMETERS)}")
-    for name in sorted(set(params) & set(KNOWN_PARAMETERS)):
-        if backend not in KNOWN_PARAMETERS[name]:
-            problems.append(f"{name} does not apply to {backend}")
-    value = params.get("prefill_backend", "auto")
-    if value not in PREFILL_BACKENDS:
-        problems.append(f"prefill_backend={value!r}; valid: {', '.join(PREFILL_BACKENDS)}")
-    for name in ("num_kv_splits", "max_num_splits", "reorder_batch_threshold"):
-        value = params.get(name, "auto")
-        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            problems.append(f"{name}={value!r} must be a positive integer" + (" or 'auto'" if name ==
-                                                                                "num_kv_splits" else ""))
-    if "cuda_graphs" in params and not isinstance(params["cuda_graphs"], bool):
-        problems.append(f"cuda_graphs={params['cuda_graphs']!r} must be true or false")
-    return problems
+    return check_knob_params(backend, dict(params))
 
 
 @functools.lru_cache(maxsize=None)
@@ -223,7 +174,7 @@ def make_plan(case: Case) -> Plan:
     return Plan(
         engine=engine, threshold=threshold,
         max_num_splits=int(params["max_num_splits"]) if "max_num_splits" in params else None,
-        cutlass_splits=(CUTLASS_AUTO_SPLITS if splits == "auto" else int(splits))
+        cutlass_splits=(adapter().cutlass_auto_splits if splits == "auto" else int(splits))
         if case.backend == "CUTLASS_MLA" else None,
         triton_splits=None if splits == "auto" or case.backend != "TRITON_MLA" else int(splits),
         cuda_graphs=cuda_graphs, params=tuple(sorted(params.items())))
@@ -282,10 +233,8 @@ def choose_layers(cache_bytes: int, l2_bytes: int, free_bytes: int, max_layers: 
 
 
 def triton_auto_splits(max_seq_len: int, sm_count: int) -> int:
-    """The split count TritonMLAImpl.forward_mqa picks in vLLM 0.20 (for reporting)."""
-    ideal = max(1, max_seq_len // TRITON_MIN_WORK_PER_SPLIT)
-    ideal = 1 << (ideal - 1).bit_length()  # triton.next_power_of_2
-    return min(ideal, sm_count * TRITON_OCCUPANCY)
+    """The split count TRITON_MLA's heuristic picks (for reporting)."""
+    return adapter().triton_auto_splits(max_seq_len, sm_count)
 
 
 def block_size_for(sizes: Sequence[object], preferred: int = 64) -> int:

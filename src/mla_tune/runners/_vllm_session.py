@@ -20,7 +20,7 @@ import torch
 
 from .. import __version__
 from ..types import Case, Environment, Measurement, MLADims, Status
-from . import _vllm_engine as eng
+from ..vllm_adapters import _engine as eng
 from . import _vllm_timing as tm
 from ._vllm_plan import (Plan, RunnerOptions, capability_refusal, classify_failure, default_case, make_plan,
                          one_line)

@@ -143,28 +143,6 @@ def make_inputs(requests: Sequence[Request], dims: MLADims, block_size: int, cac
                   new[:, : dims.kv_lora_rank].contiguous(), new[:, dims.kv_lora_rank:].unsqueeze(1).contiguous())
 
 
-def common_metadata_fields(inputs: Inputs, order: Sequence[int], device: torch.device) -> dict[str, Any]:
-    """Keyword arguments for vLLM's CommonAttentionMetadata for the requests in ``order``."""
-    reqs = [inputs.requests[i] for i in order]
-    q_lens = torch.tensor([r.q_len for r in reqs], dtype=torch.int32)
-    seq_lens = torch.tensor([r.kv_len for r in reqs], dtype=torch.int32)
-    qsl = torch.zeros(len(reqs) + 1, dtype=torch.int32)
-    torch.cumsum(q_lens, 0, out=qsl[1:])
-    width = max(len(inputs.blocks[i]) for i in order)
-    table = torch.zeros(len(reqs), width, dtype=torch.int32)  # padding points at block 0, never read
-    for row, i in enumerate(order):
-        table[row, : len(inputs.blocks[i])] = inputs.blocks[i]
-    slots = []
-    for row, r in enumerate(reqs):
-        pos = torch.arange(r.context_len, r.kv_len)
-        slots.append(table[row, pos // inputs.block_size].long() * inputs.block_size + pos % inputs.block_size)
-    return dict(query_start_loc=qsl.to(device), query_start_loc_cpu=qsl, seq_lens=seq_lens.to(device),
-                num_reqs=len(reqs), num_actual_tokens=int(qsl[-1]), max_query_len=int(q_lens.max()),
-                max_seq_len=int(seq_lens.max()), block_table_tensor=table.to(device),
-                slot_mapping=torch.cat(slots).to(device), causal=True, seq_lens_cpu_upper_bound=seq_lens,
-                _seq_lens_cpu=seq_lens, _num_computed_tokens_cpu=seq_lens - q_lens)
-
-
 def fill_batch(batch: Batch, inputs: Inputs, weight: torch.Tensor, fp8_query: torch.dtype | None) -> Batch:
     """The decode and prefill tensors of ``batch``, in its token order (outside any timed region)."""
     dims, td = inputs.dims, batch.num_decode_tokens

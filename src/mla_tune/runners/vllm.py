@@ -5,7 +5,7 @@ installed, that vLLM is 0.20.x and that a CUDA GPU is visible. Each ``measure`` 
 process (``spawn``), waits up to a timeout (longer the first time a backend configuration is used: Triton JIT,
 vLLM's model inspection) and, on a timeout or a dead worker, kills it and reports the case as data; the next
 ``measure`` starts a fresh worker. Everything that touches torch or vLLM runs in that worker
-(``_vllm_worker`` -> ``_vllm_engine``/``_vllm_timing``).
+(``_vllm_worker`` -> ``vllm_adapters._engine``/``_vllm_timing``).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 
 from ..errors import RunnerUnavailableError, UsageError
 from ..types import BackendStatus, Case, Environment, Measurement, Status
+from ..vllm_adapters import UnsupportedVllmError, adapter_for, supported_versions
 from . import Runner
 from ._vllm_plan import (EngineKey, PlanError, RunnerOptions, capability_refusal, default_case, make_plan,
                          one_line, parse_runner_arg, prefill_capability_refusal)
@@ -35,7 +36,6 @@ from ._vllm_plan import (EngineKey, PlanError, RunnerOptions, capability_refusal
 log = logging.getLogger(__name__)
 
 HINT = "run on a GPU host with `pip install 'mla-tune[vllm]'`, or use --runner replay:results/sweeps/h100"
-SUPPORTED_VLLM = "0.20"
 # The worker names the step that failed; when vLLM's default config itself crashes on a shape (TRITON_MLA's
 # illegal memory access on KV caches over ~3.7 M tokens in vLLM 0.20), every config of that shape fails there
 # too, each costing a worker restart. After this many such failures the shape is answered without a worker.
@@ -85,10 +85,12 @@ def check_available(probe: Callable[[], str | None] = _cuda_probe) -> None:
     if importlib.util.find_spec("vllm") is None:
         raise RunnerUnavailableError("vLLM is not installed", hint=HINT)
     version = _installed_vllm_version()
-    if version is None or not re.fullmatch(rf"{re.escape(SUPPORTED_VLLM)}(\.\d+)*([.+-].*)?", version):
-        raise RunnerUnavailableError(
-            f"vLLM {version or '(unknown version)'} is installed; the vllm runner drives vLLM "
-            f"{SUPPORTED_VLLM}.x internals only", hint="pip install 'vllm>=0.20,<0.21'")
+    try:
+        adapter_for(version or "unknown")
+    except UnsupportedVllmError as e:
+        raise RunnerUnavailableError(f"vLLM {version or '(unknown version)'} is installed; the vllm runner drives "
+                                     f"the internals of vLLM {supported_versions()} only",
+                                     hint="pip install 'mla-tune[vllm]'") from e
     reason = probe()
     if reason:
         raise RunnerUnavailableError(reason, hint=HINT)

@@ -13,16 +13,18 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass, fields, is_dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from ..space import BACKENDS
+from ..knobs import BACKENDS
+from ..runners._vllm_plan import (EngineKey, Plan, adapter, block_size_for, builder_attributes, capability_refusal,
+                                  impl_attributes, order_requests, prefill_capability_refusal, prefill_mismatch,
+                                  prefill_overrides, resolved_prefill)
+from ..runners._vllm_timing import Batch, Inputs, KVBProj, fill_batch
 from ..types import BackendStatus, MLADims
-from ._vllm_plan import (PREFILL_BUILDER_FLAGS, PREFILL_NEEDS_SM100, EngineKey, Plan, block_size_for,
-                         builder_attributes, capability_refusal, impl_attributes, order_requests,
-                         prefill_capability_refusal, prefill_mismatch, prefill_overrides, resolved_prefill)
-from ._vllm_timing import Batch, Inputs, KVBProj, common_metadata_fields, fill_batch
+from ._patches import force_splits, load
 
 log = logging.getLogger("mla_tune.runners.vllm.engine")
 
@@ -30,7 +32,9 @@ LAYER_NAME = "model.layers.0.self_attn.attn"
 MAX_MODEL_LEN = 163840  # DeepSeek-V3's max_position_embeddings: the 64k chunked-prefill workspace of serving
 MAX_NUM_SEQS = 1024
 MAX_NUM_BATCHED_TOKENS = 16384
-CUDAGRAPH_MAX_TOKENS = 512  # vLLM's default max_cudagraph_capture_size
+# Metadata-builder flags that say which non-FA prefill path vLLM 0.20 took (MLACommonMetadataBuilder.__init__).
+PREFILL_BUILDER_FLAGS = {"flashinfer": "_use_fi_prefill", "cudnn": "_use_cudnn_prefill",
+                         "trtllm": "_use_trtllm_ragged_prefill"}
 # functools caches in mla_attention.py that read the current config's prefill settings (FINDINGS.md).
 _PREFILL_CACHES = ("use_flashinfer_prefill", "use_cudnn_prefill", "use_trtllm_ragged_deepseek_prefill",
                    "backend_supports_prefill_query_quantization")
@@ -48,7 +52,7 @@ def fp8_dtype() -> torch.dtype:
     return current_platform.fp8_dtype()
 
 
-def backend_class(name: str) -> Any:
+def backend_class(name: str) -> Any:  # noqa: D401 - vLLM's registry, by enum name
     from vllm.v1.attention.backends.registry import AttentionBackendEnum
 
     return AttentionBackendEnum[name].get_class()
@@ -97,7 +101,7 @@ def make_vllm_config(model_dir: str, key: EngineKey, block_size: int) -> Any:
         # enforce_eager keeps VllmConfig from compiling anything; the builders only read these two fields
         # (FlashAttnMLAMetadataBuilder / FlashMLAMetadataBuilder __init__), so set them as serving has them.
         cfg.compilation_config.cudagraph_mode = CUDAGraphMode.FULL_AND_PIECEWISE
-        cfg.compilation_config.max_cudagraph_capture_size = CUDAGRAPH_MAX_TOKENS
+        cfg.compilation_config.max_cudagraph_capture_size = adapter().cudagraph_max_tokens
     return cfg
 
 
@@ -268,6 +272,28 @@ def apply_builder_settings(engine: Engine, plan: Plan) -> int:
     return int(engine.builder.reorder_batch_threshold)
 
 
+def common_metadata_fields(inputs: Inputs, order: Sequence[int], device: torch.device) -> dict[str, Any]:
+    """Keyword arguments for vLLM's CommonAttentionMetadata for the requests in ``order``."""
+    reqs = [inputs.requests[i] for i in order]
+    q_lens = torch.tensor([r.q_len for r in reqs], dtype=torch.int32)
+    seq_lens = torch.tensor([r.kv_len for r in reqs], dtype=torch.int32)
+    qsl = torch.zeros(len(reqs) + 1, dtype=torch.int32)
+    torch.cumsum(q_lens, 0, out=qsl[1:])
+    width = max(len(inputs.blocks[i]) for i in order)
+    table = torch.zeros(len(reqs), width, dtype=torch.int32)  # padding points at block 0, never read
+    for row, i in enumerate(order):
+        table[row, : len(inputs.blocks[i])] = inputs.blocks[i]
+    slots = []
+    for row, r in enumerate(reqs):
+        pos = torch.arange(r.context_len, r.kv_len)
+        slots.append(table[row, pos // inputs.block_size].long() * inputs.block_size + pos % inputs.block_size)
+    return dict(query_start_loc=qsl.to(device), query_start_loc_cpu=qsl, seq_lens=seq_lens.to(device),
+                num_reqs=len(reqs), num_actual_tokens=int(qsl[-1]), max_query_len=int(q_lens.max()),
+                max_seq_len=int(seq_lens.max()), block_table_tensor=table.to(device),
+                slot_mapping=torch.cat(slots).to(device), causal=True, seq_lens_cpu_upper_bound=seq_lens,
+                _seq_lens_cpu=seq_lens, _num_computed_tokens_cpu=seq_lens - q_lens)
+
+
 def build_batch(engine: Engine, inputs: Inputs, plan: Plan, device: torch.device) -> Batch:
     """vLLM metadata for the case's threshold and split cap, plus its decode/prefill tensors."""
     try:
@@ -295,42 +321,31 @@ class _TritonOverride:
 
 
 TRITON = _TritonOverride()
-_ATTN_LOGITS, _NUM_KV_SPLITS = 7, 8  # positions in decode_attention_fwd(q, k, v, o, lse, table, lens, ...)
 
 
 def install_triton_override() -> None:
-    """Wrap the ``decode_attention_fwd`` that triton_mla.py imported, so a forced split count reaches it
-    with an ``attn_logits`` buffer of matching shape (B, H, splits, kv_lora_rank + 1)."""
-    from vllm.v1.attention.backends.mla import triton_mla
+    """Wrap the decode kernel that triton_mla.py imported, so that a forced split count reaches it with a scratch
+    buffer of matching shape (the same rewrite the serving plugin does: ``_patches.force_splits``)."""
+    import importlib
 
-    original = triton_mla.decode_attention_fwd
+    kc = adapter().triton_kernel
+    module = importlib.import_module(kc.module)
+    original = getattr(module, kc.function)
     if getattr(original, "_mla_tune_override", False):
         return
 
     def decode_attention_fwd(*args: Any, **kwargs: Any) -> Any:
         args = list(args)
-        in_args = len(args) > _NUM_KV_SPLITS
-        splits = args[_NUM_KV_SPLITS] if in_args else kwargs["num_kv_splits"]
         forced = TRITON.forced
-        if forced is not None and forced != splits:
-            logits = args[_ATTN_LOGITS] if len(args) > _ATTN_LOGITS else kwargs["attn_logits"]
-            b, h, _, width = logits.shape
-            logits = torch.empty((b, h, forced, width), dtype=logits.dtype, device=logits.device)
-            if len(args) > _ATTN_LOGITS:
-                args[_ATTN_LOGITS] = logits
-            else:
-                kwargs["attn_logits"] = logits
-            if in_args:
-                args[_NUM_KV_SPLITS] = forced
-            else:
-                kwargs["num_kv_splits"] = forced
-            splits = forced
-        TRITON.used = int(splits)
+        was = int(args[kc.splits_arg] if len(args) > kc.splits_arg else kwargs[kc.splits_kw])
+        if forced is not None:
+            force_splits(args, kwargs, kc, forced)
+        TRITON.used = forced if forced is not None else was
         return original(*args, **kwargs)
 
     decode_attention_fwd._mla_tune_override = True  # type: ignore[attr-defined]
     decode_attention_fwd.__wrapped__ = original  # type: ignore[attr-defined]
-    triton_mla.decode_attention_fwd = decode_attention_fwd
+    setattr(module, kc.function, decode_attention_fwd)
 
 
 def apply_call_settings(engine: Engine, plan: Plan) -> None:

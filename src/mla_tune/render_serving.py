@@ -1,0 +1,89 @@
+"""Terminal text for the serving commands: ``flags``, ``deploy`` and ``verify``. Pure: data in, lines out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .render import _env_line
+
+
+def _verdict(e: dict[str, Any]) -> str:
+    if "error" in e:
+        return "FAILS here"
+    if e.get("tuned"):
+        ci = e.get("ci")
+        return f"x{e['speedup']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+    return "default kept"
+
+
+def _cost_line(c: Any) -> str:
+    known = [(s, r) for s, r in c.ratios if r is not None]
+    unknown = [s for s, r in c.ratios if r is None]
+    worse = [f"{s} x{r:.3f}" for s, r in known if r < 0.995]
+    text = f"#   as a global flag {c.knob}={c.value} "
+    if worse:
+        text += "costs " + ", ".join(worse)
+    elif known:
+        text += f"costs nothing measured on {len(known)} other shape(s)"
+    else:
+        text += "has no measured cost on the other shapes"
+    if unknown:
+        text += f"; not measured on {', '.join(unknown[:6])}{' ...' if len(unknown) > 6 else ''}"
+    if c.per_batch:
+        text += "; per batch size: mla-tune deploy + the plugin"
+    return text
+
+
+def flag_lines(table: dict[str, Any], flags: list[Any], adapter: Any, only_shape: str | None = None) -> list[str]:
+    """Per entry: shape, verdict, the serving arguments of ``adapter``'s vLLM, and what each changed value costs
+    on the table's other shapes if set globally."""
+    m = table["model"]
+    head = (f"# {table['backend']} on {m['model']} tp{m['tp']}, kv {table['kv_cache_dtype']}: "
+            f"{_env_line(table['provenance'])}; flags for {adapter.label}")
+    lines, plugin, missing = [], set(), set()
+    for f in flags:
+        if only_shape is not None and f.label != only_shape:
+            continue
+        lines.append(f"{f.label:<18} {_verdict(f.entry):<24} {f.settings.args()}")
+        lines += [_cost_line(c) for c in f.costs]
+        plugin.update(f.settings.plugin_only)
+        missing.update(f.settings.missing)
+    if lines and plugin:
+        lines.append(f"# no {adapter.label} setting (the mla-tune plugin applies them: mla-tune deploy): "
+                     f"{', '.join(sorted(plugin))}")
+    if lines and missing:
+        lines.append(f"# not available in {adapter.label}: {', '.join(sorted(missing))}")
+    if lines:
+        lines.append("# vLLM's settings are global per deployment; `mla-tune deploy` picks values per batch size "
+                     "and one value per global knob for your traffic")
+    return [head, *lines] if lines else []
+
+
+def deploy_lines(d: Any, output: str) -> list[str]:
+    p = d.profile
+    m = p.match
+    lines = [f"profile for {m.backend} on {m.gpu} (SM {m.compute_capability}), {m.num_q_heads} heads per GPU, "
+             f"kv {m.kv_cache_dtype}, vLLM {m.vllm}; traffic: {p.provenance.get('traffic')}"]
+    for rule in p.per_batch:
+        pts = ", ".join(f"{pt.tokens}{'@' + str(pt.context) if pt.context else ''} -> {pt.value}" for pt in rule.points)
+        lines.append(f"  per batch  {rule.knob}: {pts}  (decode tokens; nearest measured)")
+    for name, value in p.at_build:
+        lines.append(f"  at build   {name}={value}  (plugin)")
+    for g in d.globals_:
+        mark = "" if g.value == g.default else f"  (vLLM's default: {g.default})"
+        lines.append(f"  global     {g.knob}={g.value}{mark}")
+        if g.value != g.default:
+            for spec, w, ms, own in g.costs:
+                if ms and own and w:
+                    lines.append(f"             on {spec} (weight {w:g}): {ms:.4g} ms vs its own best {own:.4g} ms")
+        for value, why in g.rejected:
+            lines.append(f"             not {g.knob}={value}: {why}")
+    if not p.per_batch and not p.at_build and all(g.value == g.default for g in d.globals_):
+        lines.append("  nothing to change: vLLM's defaults are what the tables measured best")
+    if d.unmeasured:
+        lines.append(f"  not measured (vLLM's defaults serve them): {', '.join(d.unmeasured)}")
+    if d.skipped:
+        lines.append(f"  left out: {'; '.join(d.skipped)}")
+    lines.append(f"wrote {output}")
+    lines.append(f"serve with: MLA_TUNE_PROFILE={output} vllm serve MODEL {d.settings.args()}".rstrip())
+    return lines

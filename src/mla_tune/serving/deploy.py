@@ -1,0 +1,215 @@
+"""``deploy``: tuning tables + traffic -> a serving profile, and what each global choice costs. Pure.
+
+Per-batch knobs get one point per measured decode batch (the table entry's value: tuned, or vLLM's default where
+nothing beat it). A knob that must hold one value for the whole deployment gets the value with the best
+traffic-weighted latency over the measured shapes, priced from each entry's measured configs (``landscape``);
+a value not measured on a shape that carries traffic is not chosen. Shapes that fail on every config are left
+out; traffic shapes no table measured are reported and get vLLM's defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .. import batch_spec
+from ..errors import UsageError
+from ..knobs import ServingApply, Situation, knob, knobs_for
+from ..space import SearchSpace, load_space
+from ..traffic import Traffic, uniform_traffic
+from ..types import ParamValue, Shape
+from ..vllm_adapters import Adapter, adapter_for
+from .profile import Match, PerBatchRule, Point, Profile
+from .settings import ServingSettings, serving_settings
+
+
+@dataclass(frozen=True)
+class Source:
+    """One measured shape of a table, as deploy reads it."""
+
+    spec: str
+    shape: Shape
+    chosen: Mapping[str, ParamValue]  # tuned params, or vLLM's defaults where not tuned
+    default: Mapping[str, ParamValue]
+    tuned: bool
+    speedup: float
+    latencies: tuple[tuple[tuple[tuple[str, Any], ...], float], ...]  # (config key, ms): every measured config
+
+    def latency(self, config: Mapping[str, ParamValue]) -> float | None:
+        return dict(self.latencies).get(tuple(sorted(config.items())))
+
+
+@dataclass(frozen=True)
+class GlobalChoice:
+    knob: str
+    value: ParamValue
+    default: ParamValue
+    # (shape, weight, ms with this value, ms with the shape's own best) for every shape with traffic
+    costs: tuple[tuple[str, float, float | None, float | None], ...]
+    rejected: tuple[tuple[ParamValue, str], ...]  # other candidate values and why they lost
+
+
+@dataclass(frozen=True)
+class Deployment:
+    profile: Profile
+    settings: ServingSettings  # the vLLM flags for the global choices
+    globals_: tuple[GlobalChoice, ...]
+    unmeasured: tuple[str, ...]  # traffic shapes no table measured (vLLM's defaults serve them)
+    skipped: tuple[str, ...]  # table shapes left out, with why
+
+
+def _sources(table: Mapping[str, Any]) -> tuple[list[Source], list[str]]:
+    out, skipped = [], []
+    for e in table["entries"]:
+        if "shape" not in e:
+            skipped.append(f"mix:{e.get('workload')} (a mix entry: tune per shape to deploy per batch)")
+            continue
+        if "error" in e or not isinstance(e.get("default_params"), dict):
+            skipped.append(f"{e['shape']} ({'fails on every config' if 'error' in e else 'not confirmed'})")
+            continue
+        default = dict(e["default_params"])
+        chosen = dict(e["params"]) if e.get("tuned") else default
+        lat = {tuple(sorted(p["params"].items())): float(p["trial_ms"]) for p in e.get("landscape") or ()}
+        ms = e.get("latency_ms") or {}
+        # The confirmed medians are the better numbers for the two configs the table vouches for.
+        if ms.get("default") is not None:
+            lat[tuple(sorted(default.items()))] = float(ms["default"])
+        if ms.get("best") is not None:
+            lat[tuple(sorted(chosen.items()))] = float(ms["best"])
+        out.append(Source(e["shape"], batch_spec.parse(e["shape"]), chosen, default, bool(e.get("tuned")),
+                          float(e.get("speedup", 1.0)), tuple(lat.items())))
+    return out, skipped
+
+
+def _match(tables: Sequence[Mapping[str, Any]], adapter: Adapter) -> Match:
+    first = tables[0]
+    keys = []
+    for t in tables:
+        prov, model = t["provenance"], t["model"]
+        keys.append((t["backend"], prov["gpu"]["name"], str(prov["gpu"]["compute_capability"]),
+                     model["num_q_heads"], model.get("kv_lora_rank", 512), model.get("qk_rope_head_dim", 64),
+                     t["kv_cache_dtype"]))
+    if len(set(keys)) > 1:
+        raise UsageError("the tables differ in backend, GPU, model dims or KV dtype: deploy one engine's tables "
+                         f"together ({keys[0]} vs {next(k for k in keys if k != keys[0])})")
+    backend, gpu, cc, heads, rank, rope, kv = keys[0]
+    if first["provenance"].get("runner") != "vllm":
+        raise UsageError(f"a table from runner {first['provenance'].get('runner')!r} is not a measurement of this "
+                         "GPU: deploy tables measured with --runner vllm")
+    words = [w for w in gpu.replace("NVIDIA", "").split() if w]
+    return Match(words[0] if words else gpu, cc, backend, int(heads), int(rank), int(rope), str(kv), adapter.family)
+
+
+def _is_decode(s: Source) -> bool:
+    return bool(s.shape.requests) and all(r.context_len > 0 for r in s.shape.requests) and \
+        len({r.q_len for r in s.shape.requests}) == 1 and not s.shape.prefill_requests(_threshold(s))
+
+
+def _threshold(s: Source) -> int:
+    return int(s.chosen.get("reorder_batch_threshold", 1))
+
+
+def _with(config: Mapping[str, ParamValue], name: str, value: ParamValue) -> dict[str, ParamValue]:
+    return {**config, name: value}
+
+
+def _rule(name: str, sources: list[Source], traffic: Traffic, adapter: Adapter, space: SearchSpace
+          ) -> PerBatchRule | None:
+    backend = space.backend
+    k = knob(name)
+    graphs = adapter.backends[backend].cuda_graph_support
+    eager_path = graphs == "never"  # then the split count can follow the context too (no graph bakes it)
+    groups: dict[tuple[int, int | None], list[Source]] = {}
+    for s in sources:
+        if not _is_decode(s) or not _matters(name, s, space):
+            continue
+        groups.setdefault((s.shape.num_tokens, s.shape.max_kv_len if eager_path else None), []).append(s)
+    points = []
+    for (tokens, context), group in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1] or 0)):
+        value = _best_value(name, group, traffic, [s.chosen[name] for s in group])[0]
+        points.append(Point(tokens, value, context, "+".join(s.spec for s in group)))
+    if not points or all(p.value == k.default(backend) for p in points):
+        return None
+    return PerBatchRule(name, tuple(points))
+
+
+def _best_value(name: str, group: list[Source], traffic: Traffic, candidates: list[ParamValue]
+                ) -> tuple[ParamValue, list[tuple[ParamValue, str]]]:
+    """The candidate with the least traffic-weighted latency over ``group``; ties and unknowns favour the default."""
+    weights = {s.spec: traffic.weight(s.spec) for s in group}
+    if not any(weights.values()):
+        weights = {s.spec: 1.0 for s in group}  # none of them in the traffic: weigh them alike
+    default = group[0].default[name]
+    scored, rejected = [], []
+    for v in dict.fromkeys([default, *candidates]):
+        missing = [s.spec for s in group if weights[s.spec] and s.latency(_with(s.chosen, name, v)) is None]
+        if missing:
+            rejected.append((v, f"not measured on {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"))
+            continue
+        total = sum(weights[s.spec] * (s.latency(_with(s.chosen, name, v)) or 0.0) for s in group)
+        scored.append((total, v != default, v))
+    if not scored:
+        return default, rejected
+    scored.sort(key=lambda x: (x[0], x[1]))
+    best = scored[0]
+    rejected += [(v, f"weighted {t / best[0]:.3f}x the chosen value's latency") for t, _, v in scored[1:]]
+    return best[2], rejected
+
+
+def _matters(name: str, s: Source, space: SearchSpace) -> bool:
+    """Does ``name`` change what runs on this shape (given the rest of its config)? Else it is not priced there."""
+    return name in s.chosen and knob(name).matters(Situation(s.shape, s.chosen, space))
+
+
+def _global(name: str, sources: list[Source], traffic: Traffic, space: SearchSpace) -> GlobalChoice:
+    relevant = [s for s in sources if _matters(name, s, space)]
+    value, rejected = _best_value(name, relevant, traffic, [s.chosen[name] for s in relevant])
+    costs = tuple((s.spec, traffic.weight(s.spec), s.latency(_with(s.chosen, name, value)), s.latency(s.chosen))
+                  for s in relevant)
+    return GlobalChoice(name, value, relevant[0].default[name] if relevant else value, costs, tuple(rejected))
+
+
+def deploy(tables: Sequence[Mapping[str, Any]], traffic: Traffic | None = None, vllm: str | None = None
+           ) -> Deployment:
+    """A profile for the engine the tables were measured on, for ``vllm`` (default: the tables' version)."""
+    if not tables:
+        raise UsageError("deploy needs at least one table")
+    adapter = adapter_for(vllm or str(tables[0]["provenance"].get("vllm", "")))
+    match = _match(tables, adapter)
+    sources, skipped = [], []
+    for t in tables:
+        got, left = _sources(t)
+        sources += got
+        skipped += left
+    if not sources:
+        raise UsageError("no measured shape to deploy in the tables (" + "; ".join(skipped) + ")")
+    measured = {s.spec for s in sources}
+    traffic = traffic or uniform_traffic([s.spec for s in sources], "every table shape, weighted alike")
+    unmeasured = tuple(spec for spec in traffic.specs if spec not in measured)
+    rules, at_build, globals_ = [], [], []
+    space = load_space(match.backend)
+    for k in knobs_for(match.backend):
+        if k.per_batch:
+            rule = _rule(k.name, sources, traffic, adapter, space)
+            if rule:
+                rules.append(rule)
+        else:
+            if not any(_matters(k.name, s, space) for s in sources):
+                continue  # no measured shape where it changes anything: vLLM's default stays
+            choice = _global(k.name, sources, traffic, space)
+            globals_.append(choice)
+            if k.serving is ServingApply.PLUGIN_AT_BUILD and choice.value != choice.default:
+                at_build.append((k.name, choice.value))
+    global_values = {c.knob: c.value for c in globals_ if knob(c.knob).serving is not ServingApply.PLUGIN_AT_BUILD}
+    settings = serving_settings(match.backend, global_values, {c.knob: c.default for c in globals_}, adapter)
+    prov = {"tables": [_table_label(t) for t in tables], "traffic": traffic.source, "vllm_target": adapter.family,
+            "measured_with": sorted({f"{t['provenance'].get('vllm')} on {t['provenance']['gpu']['name']}"
+                                     for t in tables}), "rule": "nearest measured decode token count"}
+    profile = Profile(match, tuple(rules), tuple(at_build), tuple(sorted(global_values.items())), prov)
+    return Deployment(profile, settings, tuple(globals_), unmeasured, tuple(skipped))
+
+
+def _table_label(t: Mapping[str, Any]) -> str:
+    m = t["model"]
+    return f"{t['backend']} {m['model']}-tp{m['tp']} {'+'.join(t.get('workloads') or [])}".strip()

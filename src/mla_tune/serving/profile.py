@@ -1,0 +1,195 @@
+"""Serving profiles: what mla-tune's vLLM plugin applies, for which engine, chosen how. Pure records and rules.
+
+A profile is written by ``mla-tune deploy`` from tuning tables and read by the plugin in every vLLM process.
+It holds three kinds of settings:
+
+- ``per_batch``: a knob whose best value depends on the decode batch (FLASH_ATTN_MLA's split cap, the KV split
+  count). vLLM knows a decode batch by its token count (requests x tokens per request), padded up to the CUDA
+  graph size it was captured at. The value for ``n`` tokens is the one measured at the **nearest measured token
+  count** (absolute distance, ties to the smaller; vLLM's fused-MoE tables choose the same way), and, on paths
+  that run eagerly, at the nearest measured context among those points.
+- ``at_build``: one value set when vLLM creates the metadata builder (the reorder threshold).
+- ``global``: one value for the deployment that vLLM itself takes as a setting; ``deploy`` prints the flags
+  and the plugin only checks them.
+
+``match`` names the engine it was measured for; the plugin refuses a profile that does not match.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import _yaml
+from ..errors import DataFileError
+from ..knobs import BACKENDS, knob
+from ..types import ParamValue
+
+PROFILE_KIND = "mla-tune/serving-profile"
+MAX_POINTS = 4096
+
+
+@dataclass(frozen=True)
+class Point:
+    """A measured decode batch: ``tokens`` decode tokens (at ``context`` tokens of cache, where it matters)."""
+
+    tokens: int
+    value: ParamValue
+    context: int | None = None
+    shape: str = ""  # the table entry it came from, for the log and for `verify`
+
+
+@dataclass(frozen=True)
+class PerBatchRule:
+    knob: str
+    points: tuple[Point, ...]  # sorted by (tokens, context)
+
+    def select(self, tokens: int, context: int | None = None) -> Point:
+        """The point serving ``tokens`` decode tokens: nearest measured token count, then nearest context."""
+        counts = sorted({p.tokens for p in self.points})
+        nearest = min(counts, key=lambda t: (abs(t - tokens), t))
+        here = [p for p in self.points if p.tokens == nearest]
+        if context is None or all(p.context is None for p in here):
+            return here[0]
+        return min(here, key=lambda p: (abs((p.context or 0) - context), p.context or 0))
+
+    @property
+    def uses_context(self) -> bool:
+        return any(p.context is not None for p in self.points)
+
+
+@dataclass(frozen=True)
+class Match:
+    """The engine a profile was measured for. ``gpu`` is the short name (H100, H200)."""
+
+    gpu: str
+    compute_capability: str
+    backend: str
+    num_q_heads: int  # per GPU (after tensor parallelism)
+    kv_lora_rank: int
+    qk_rope_head_dim: int
+    kv_cache_dtype: str  # "auto" (the model dtype) or "fp8"
+    vllm: str  # adapter family, e.g. "0.20-0.21"
+
+
+@dataclass(frozen=True)
+class Profile:
+    match: Match
+    per_batch: tuple[PerBatchRule, ...] = ()
+    at_build: tuple[tuple[str, ParamValue], ...] = ()
+    global_: tuple[tuple[str, ParamValue], ...] = ()
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+
+    def rule(self, name: str) -> PerBatchRule | None:
+        return next((r for r in self.per_batch if r.knob == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": PROFILE_KIND, "schema_version": 1,
+            "match": {k: getattr(self.match, k) for k in Match.__dataclass_fields__},
+            "global": dict(self.global_), "at_build": dict(self.at_build),
+            "per_batch": {r.knob: [{k: v for k, v in (("tokens", p.tokens), ("context", p.context),
+                                                       ("value", p.value), ("shape", p.shape)) if v is not None}
+                                   for p in r.points] for r in self.per_batch},
+            "provenance": dict(self.provenance),
+        }
+
+
+@dataclass(frozen=True)
+class RunningEngine:
+    """What the plugin reads off the engine it runs in, to check a profile against."""
+
+    gpu: str
+    compute_capability: str
+    backend: str
+    num_q_heads: int
+    kv_lora_rank: int
+    qk_rope_head_dim: int
+    kv_cache_dtype: str
+    vllm: str  # adapter family of the running vLLM
+
+
+def mismatch(match: Match, engine: RunningEngine) -> str | None:
+    """The first way ``engine`` differs from what the profile was measured for, as one phrase, or None."""
+    for name in ("backend", "gpu", "compute_capability", "num_q_heads", "kv_lora_rank", "qk_rope_head_dim",
+                 "kv_cache_dtype", "vllm"):
+        want, have = getattr(match, name), getattr(engine, name)
+        if str(want) != str(have):
+            return f"{name}: profile {want}, engine {have}"
+    return None
+
+
+# -- loading -----------------------------------------------------------------------------------------
+def _int(path: Path, key: str, value: object, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise DataFileError(str(path), key, f"expected an integer >= {low}, got {value!r}")
+    return value
+
+
+def _knob_value(path: Path, key: str, name: str, value: object, backend: str) -> ParamValue:
+    try:
+        k = knob(name)
+    except Exception:  # noqa: BLE001 - an unknown knob is a data error here
+        raise DataFileError(str(path), key, f"unknown knob {name!r}") from None
+    if backend not in k.backends:
+        raise DataFileError(str(path), key, f"{name} does not apply to {backend}")
+    if not k.accepts(value):
+        raise DataFileError(str(path), key, f"{name}={value!r}; allowed: {k.allowed()}")
+    return value  # type: ignore[return-value]
+
+
+def _points(path: Path, where: str, name: str, raw: object, backend: str) -> PerBatchRule:
+    items = _yaml.expect(path, where, raw, list, "a list of {tokens, value}")
+    if not items or len(items) > MAX_POINTS:
+        raise DataFileError(str(path), where, f"needs 1 to {MAX_POINTS} points")
+    points, seen = [], set()
+    for i, p in enumerate(items):
+        w = f"{where}[{i}]"
+        p = _yaml.check_keys(path, w, p, ["tokens", "value"], ["context", "shape"])
+        point = Point(_int(path, f"{w}.tokens", p["tokens"]), _knob_value(path, f"{w}.value", name, p["value"],
+                                                                            backend),
+                      _int(path, f"{w}.context", p["context"]) if p.get("context") is not None else None,
+                      str(p.get("shape", "")))
+        if (point.tokens, point.context) in seen:
+            raise DataFileError(str(path), w, f"a second point for tokens={point.tokens} context={point.context}")
+        seen.add((point.tokens, point.context))
+        points.append(point)
+    return PerBatchRule(name, tuple(sorted(points, key=lambda q: (q.tokens, q.context or 0))))
+
+
+def load_profile(path: Path) -> Profile:
+    """Read and validate a profile; any problem is one ``DataFileError`` naming the file and the key."""
+    path = Path(path)
+    data = _yaml.check_keys(path, "", _yaml.load(path), ["kind", "schema_version", "match"],
+                            ["global", "at_build", "per_batch", "provenance"])
+    if data["kind"] != PROFILE_KIND:
+        raise DataFileError(str(path), "kind", f"is {data['kind']!r}, expected {PROFILE_KIND!r}")
+    m = _yaml.check_keys(path, "match", data["match"], Match.__dataclass_fields__)
+    if m["backend"] not in BACKENDS:
+        raise DataFileError(str(path), "match.backend", f"unknown backend {m['backend']!r}")
+    match = Match(str(m["gpu"]), str(m["compute_capability"]), m["backend"],
+                  *(_int(path, f"match.{k}", m[k]) for k in ("num_q_heads", "kv_lora_rank", "qk_rope_head_dim")),
+                  str(m["kv_cache_dtype"]), str(m["vllm"]))
+    sections = {}
+    for name in ("global", "at_build"):
+        raw = _yaml.expect(path, name, data.get(name) or {}, dict, "a mapping of knob: value")
+        sections[name] = tuple(sorted((k, _knob_value(path, f"{name}.{k}", k, v, match.backend))
+                                      for k, v in raw.items()))
+    raw_rules = _yaml.expect(path, "per_batch", data.get("per_batch") or {}, dict, "a mapping of knob: points")
+    rules = tuple(_points(path, f"per_batch.{k}", k, v, match.backend) for k, v in sorted(raw_rules.items()))
+    prov = _yaml.expect(path, "provenance", data.get("provenance") or {}, dict, "a mapping")
+    return Profile(match, rules, sections["at_build"], sections["global"], prov)
+
+
+def padded_tokens(tokens: int, capture_sizes: Sequence[int] | None) -> int:
+    """The CUDA-graph size a decode batch of ``tokens`` runs at: the smallest captured size that holds it.
+
+    vLLM pads a decode batch up to a captured size and captures each size once, so a value keyed on the padded
+    size is the same at capture and at every replay (one keyed on anything else would not be).
+    """
+    sizes = sorted(capture_sizes or ())
+    i = bisect.bisect_left(sizes, tokens)
+    return sizes[i] if i < len(sizes) else tokens

@@ -1,0 +1,74 @@
+"""vLLM's facts, one adapter per version family, and the only place that imports vLLM.
+
+``adapter_for("0.26.0")`` returns the family's ``Adapter`` (pure data, see ``_facts``); ``installed_adapter()``
+reads the installed version from package metadata without importing vLLM. ``_engine`` (the runner's use of
+vLLM) and ``_patches`` (the serving plugin's) act on a live vLLM with the names an adapter gives them.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import metadata
+
+from ..errors import UsageError
+from .v0_20 import ADAPTER as V0_20
+from .v0_22 import ADAPTER as V0_22
+from .v0_33 import ADAPTER as V0_33
+from ._facts import Adapter, BackendFacts, GlobalSetting, TritonKernelCall
+
+FAMILIES: tuple[Adapter, ...] = (V0_20, V0_22, V0_33)
+
+
+class UnsupportedVllmError(UsageError):
+    """A vLLM version no adapter covers."""
+
+
+def supported_versions() -> str:
+    return ", ".join(f"{a.family}.x" if "-" not in a.family else
+                     f"{a.family.split('-')[0]}.x-{a.family.split('-')[1]}.x" for a in FAMILIES)
+
+
+def parse_version(version: str) -> tuple[int, int]:
+    m = re.match(r"^\s*v?(\d+)\.(\d+)", str(version))
+    if not m:
+        raise UnsupportedVllmError(f"cannot read vLLM version {version!r}; supported: {supported_versions()}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def adapter_for(version: str) -> Adapter:
+    """The family covering ``version`` ("0.26.0", "0.20", "0.33.0rc1"); one line naming the supported ones if none."""
+    key = parse_version(version)
+    for a in FAMILIES:
+        if a.covers(key):
+            return a
+    raise UnsupportedVllmError(f"vLLM {version} is not supported by this mla-tune; supported: {supported_versions()}")
+
+
+def installed_version() -> str | None:
+    """The installed vLLM's version from its package metadata (vLLM is not imported), or None."""
+    try:
+        return metadata.version("vllm")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def installed_adapter() -> Adapter:
+    version = installed_version()
+    if version is None:
+        raise UnsupportedVllmError("vLLM is not installed here", hint="pip install 'mla-tune[vllm]', or name a "
+                                   f"version with --vllm ({supported_versions()})")
+    return adapter_for(version)
+
+
+def default_adapter(version: str | None = None) -> Adapter:
+    """The adapter for ``version`` if given, else the installed vLLM's, else the newest GPU-validated family."""
+    if version:
+        return adapter_for(version)
+    if installed_version() is not None:
+        return installed_adapter()
+    return V0_20
+
+
+__all__ = ["FAMILIES", "Adapter", "BackendFacts", "GlobalSetting", "TritonKernelCall", "UnsupportedVllmError",
+           "adapter_for", "default_adapter", "installed_adapter", "installed_version", "parse_version",
+           "supported_versions"]

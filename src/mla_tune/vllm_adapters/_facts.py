@@ -1,0 +1,123 @@
+"""The record of one vLLM version family's facts: what mla-tune must know to drive and to patch that vLLM.
+
+Pure data, no vLLM import: the CPU tests check every family's facts, ``flags``/``deploy`` print settings for a
+version that is not installed, and the plugin decides what to patch before touching vLLM. The code that acts
+on these facts inside a running vLLM (``_engine``, ``_patches``) reads names from here, never spells them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..knobs import PREFILL_BACKENDS
+
+
+@dataclass(frozen=True)
+class BackendFacts:
+    """One decode backend as a vLLM family has it."""
+
+    name: str
+    capability_majors: tuple[int, ...] | None  # None: any CUDA GPU
+    cuda_graph_support: str  # AttentionCGSupport level: never | uniform_single_token_decode | uniform_batch | always
+    builder_class: str  # "module:Class" of its metadata builder
+    impl_class: str  # "module:Class" of its impl
+
+
+@dataclass(frozen=True)
+class GlobalSetting:
+    """A vLLM setting that holds one value for the whole deployment."""
+
+    section: str  # "attention_config" | "compilation_config" | "env"
+    key: str  # the field or variable name
+    # Values of the knob that have no spelling here (e.g. "auto" needs no setting at all).
+    skip: tuple[object, ...] = ()
+    # How a knob value is spelled in the setting, where not as itself (cuda_graphs True -> "FULL_AND_PIECEWISE").
+    spelled: tuple[tuple[object, object], ...] = ()
+
+    def spell(self, value: object) -> object:
+        return dict(self.spelled).get(value, value)
+
+
+@dataclass(frozen=True)
+class TritonKernelCall:
+    """Where TRITON_MLA's split count reaches its decode kernel: ``module.function(*args)`` with the scratch
+    buffer and the split count at these positions (or keywords)."""
+
+    module: str
+    function: str
+    logits_arg: int
+    logits_kw: str
+    splits_arg: int
+    splits_kw: str
+
+
+@dataclass(frozen=True)
+class Adapter:
+    family: str  # "0.20-0.21"
+    first: tuple[int, int]  # oldest minor covered, e.g. (0, 20)
+    last: tuple[int, int]  # newest minor covered
+    torch: str  # the torch the family's wheels are built for
+    gpu_validated: str  # what ran on a GPU with this family, or "" (written from the released source only)
+    backends: Mapping[str, BackendFacts]
+    # prefill knob value -> attention-config fields that select it; values absent here do not exist
+    prefill_settings: Mapping[str, Mapping[str, object]]
+    prefill_needs_sm100: tuple[str, ...]
+    # knob -> the vLLM setting that holds one global value of it, per backend ("*" = every backend)
+    global_settings: Mapping[str, Mapping[str, GlobalSetting]]
+    # backend -> knob -> the metadata-builder attribute the knob sets (read when metadata is built)
+    builder_attrs: Mapping[str, Mapping[str, str]]
+    # backend -> knob -> the impl attribute the knob sets (read per call)
+    impl_attrs: Mapping[str, Mapping[str, str]]
+    common_builder: str  # "module:Class" every MLA metadata builder derives from (the plugin sees them all here)
+    builder_decode_method: str  # builder method that builds decode metadata (per-batch knobs hook here)
+    triton_kernel: TritonKernelCall
+    cudagraph_max_tokens: int  # default max_cudagraph_capture_size
+    cutlass_auto_splits: int  # CutlassMLAImpl._num_kv_splits meaning "the kernel picks"
+    triton_min_work_per_split: int  # the TRITON_MLA split heuristic's constants
+    triton_occupancy: int
+    notes: tuple[str, ...] = field(default=())
+
+    def covers(self, version: tuple[int, int]) -> bool:
+        return self.first <= version <= self.last
+
+    @property
+    def label(self) -> str:
+        return f"vLLM {self.family}"
+
+    def backend(self, name: str) -> BackendFacts | None:
+        return self.backends.get(name)
+
+    def global_setting(self, knob: str, backend: str) -> GlobalSetting | None:
+        per = self.global_settings.get(knob, {})
+        return per.get(backend) or per.get("*")
+
+    def prefill_available(self) -> tuple[str, ...]:
+        return tuple(p for p in PREFILL_BACKENDS if p == "auto" or p in self.prefill_settings)
+
+    def capability_refusal(self, backend: str, compute_capability: str) -> str | None:
+        """Why ``backend`` cannot run on a GPU of ``compute_capability`` ("9.0") with this vLLM, or None."""
+        facts = self.backends.get(backend)
+        if facts is None:
+            return f"{backend} does not exist in {self.label}"
+        if facts.capability_majors is None:
+            return None
+        major = int(str(compute_capability).split(".")[0])
+        if major in facts.capability_majors:
+            return None
+        need = " or ".join(f"{m}.x" for m in facts.capability_majors)
+        return f"{backend} needs compute capability {need} (this GPU: {compute_capability})"
+
+    def prefill_refusal(self, prefill: str, compute_capability: str) -> str | None:
+        if prefill != "auto" and prefill not in self.prefill_settings:
+            return f"{prefill} prefill does not exist in {self.label}"
+        major = int(str(compute_capability).split(".")[0])
+        if prefill in self.prefill_needs_sm100 and major != 10:
+            return f"{prefill} prefill needs compute capability 10.x in {self.label} (this GPU: {compute_capability})"
+        return None
+
+    def triton_auto_splits(self, max_seq_len: int, sm_count: int) -> int:
+        """The split count TRITON_MLA's heuristic picks (for reporting what ``auto`` ran)."""
+        ideal = max(1, max_seq_len // self.triton_min_work_per_split)
+        ideal = 1 << (ideal - 1).bit_length()  # triton.next_power_of_2
+        return min(ideal, sm_count * self.triton_occupancy)

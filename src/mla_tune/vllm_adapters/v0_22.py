@@ -1,0 +1,40 @@
+"""vLLM 0.22-0.26: prefill chosen by ``mla_prefill_backend`` (cuDNN prefill gone), TRITON_MLA with its own
+metadata builder and full CUDA graphs, its split count in ``triton_mla._compute_num_kv_splits`` (0.26).
+
+Facts read from the released 0.22.0 and 0.26.0 sources; 0.26.0 is the member run on a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .v0_20 import ADAPTER as BASE
+from .v0_20 import BACKENDS as BASE_BACKENDS
+from ._facts import Adapter, BackendFacts
+
+_MLA = "vllm.v1.attention.backends.mla"
+
+BACKENDS = {
+    **BASE_BACKENDS,
+    # 0.22 gave TRITON_MLA its own builder with uniform-batch graphs; 0.26 narrowed them to single-token decode.
+    "TRITON_MLA": BackendFacts("TRITON_MLA", None, "uniform_single_token_decode",
+                               f"{_MLA}.triton_mla:TritonMLAMetadataBuilder", f"{_MLA}.triton_mla:TritonMLAImpl"),
+}
+
+# AttentionConfig.mla_prefill_backend (MLAPrefillBackendEnum) picks the prefill backend; flash_attn_version
+# picks FA2/3/4 inside FLASH_ATTN. use_cudnn_prefill, use_trtllm_ragged_deepseek_prefill and
+# disable_flashinfer_prefill were removed in 0.22.
+PREFILL = {
+    "fa2": {"mla_prefill_backend": "FLASH_ATTN", "flash_attn_version": 2},
+    "fa3": {"mla_prefill_backend": "FLASH_ATTN", "flash_attn_version": 3},
+    "fa4": {"mla_prefill_backend": "FLASH_ATTN", "flash_attn_version": 4},
+    "flashinfer": {"mla_prefill_backend": "FLASHINFER"},
+    "trtllm": {"mla_prefill_backend": "TRTLLM_RAGGED"},
+}
+
+ADAPTER = replace(
+    BASE, family="0.22-0.26", first=(0, 22), last=(0, 26),
+    gpu_validated="0.26.0: runner gpu tests on H200",
+    backends=BACKENDS, prefill_settings=PREFILL, prefill_needs_sm100=("flashinfer", "trtllm"),
+    notes=("TRITON_MLA runs inside full decode graphs: its split count is fixed per captured batch size",
+           "the reorder threshold has no vLLM setting: the plugin applies it"))

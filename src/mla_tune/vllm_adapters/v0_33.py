@@ -1,0 +1,29 @@
+"""vLLM 0.33 (November 2026, the newest release): written from its released source, not run on a GPU here
+(it needs torch 2.14; the GPU machine has 2.11).
+
+Differences from 0.22-0.26 that matter here: ``_build_decode`` takes ``max_query_len`` (0.31), TRITON_MLA graphs
+uniform batches again, FLASHINFER_MLA graphs every batch (AttentionCGSupport.ALWAYS).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .v0_22 import ADAPTER as BASE
+from .v0_22 import BACKENDS as BASE_BACKENDS
+from ._facts import BackendFacts
+
+_MLA = "vllm.v1.attention.backends.mla"
+
+BACKENDS = {
+    **BASE_BACKENDS,
+    "TRITON_MLA": BackendFacts("TRITON_MLA", None, "uniform_batch", f"{_MLA}.triton_mla:TritonMLAMetadataBuilder",
+                               f"{_MLA}.triton_mla:TritonMLAImpl"),
+    "FLASHINFER_MLA": BackendFacts("FLASHINFER_MLA", (10,), "always",
+                                   f"{_MLA}.flashinfer_mla:FlashInferMLAMetadataBuilder",
+                                   f"{_MLA}.flashinfer_mla:FlashInferMLAImpl"),
+}
+
+ADAPTER = replace(
+    BASE, family="0.33", first=(0, 33), last=(0, 33), torch="2.14",
+    gpu_validated="", backends=BACKENDS)
