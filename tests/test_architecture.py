@@ -28,6 +28,10 @@ OPTUNA_HOMES = {
 }
 
 
+# Optuna's private names mla-tune needs; only _optuna_compat may name them.
+OPTUNA_PRIVATE = {"_storage", "_study_id", "_trial_id", "_get_stale_trial_ids"}
+
+
 def _is_gpu_home(module: str) -> bool:
     """Where torch and vllm may be imported: the vLLM runner, its private modules, the vLLM adapters."""
     parts = module.split(".")
@@ -123,3 +127,19 @@ def test_optuna_only_in_the_study_engine_coordination_and_storage(imports):
     bad = sorted(m for m, deps in imports.items()
                  if m not in OPTUNA_HOMES and any(d == "optuna" or d.startswith("optuna.") for d in deps))
     assert not bad, f"optuna imported outside {sorted(OPTUNA_HOMES)}: {bad}"
+
+
+def test_optuna_private_names_only_in_the_compat_module():
+    bad = []
+    for module, (path, _) in _modules().items():
+        if module == "mla_tune._optuna_compat":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            name = node.attr if isinstance(node, ast.Attribute) else \
+                node.name if isinstance(node, ast.FunctionDef) else \
+                node.module if isinstance(node, ast.ImportFrom) and node.level == 0 else None
+            private_module = name is not None and name.startswith("optuna.") and \
+                any(part.startswith("_") for part in name.split("."))
+            if name in OPTUNA_PRIVATE or private_module:
+                bad.append(f"{module}:{node.lineno} {name}")
+    assert not bad, f"Optuna private names outside mla_tune/_optuna_compat.py: {bad}"

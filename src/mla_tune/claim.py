@@ -23,6 +23,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from ._optuna_compat import storage_of, study_id, trial_id
 from .heartbeat import grace_period_s, has_heartbeat, heartbeat_interval_s
 from .interrupts import safe_point
 from .sampling import KEY_ATTR, recorded_status
@@ -41,11 +42,11 @@ class BudgetSpent(optuna.TrialPruned):
 def claim(study: optuna.Study, trial: Trial, key: str, limit: int | None) -> FrozenTrial | None:
     """Returns ``None`` when this trial may measure ``key`` now (the claim stays until the trial ends), or the
     finished trial that measured ``key`` (to reuse). Raises ``BudgetSpent`` when ``limit`` is reached."""
-    storage = study._storage
+    storage = storage_of(study)
     backoff = 0.05
     mine = {"key": key, "worker": worker_id()}  # also replaces the claim a retry inherits from its dead original
     while True:
-        storage.set_trial_system_attr(trial._trial_id, CLAIM_ATTR, mine)
+        storage.set_trial_system_attr(trial_id(trial), CLAIM_ATTR, mine)
         done, rivals, in_flight, measured = _scan(study, trial.number, key)
         if done is not None:
             return done
@@ -53,7 +54,7 @@ def claim(study: optuna.Study, trial: Trial, key: str, limit: int | None) -> Fro
             raise BudgetSpent(f"budget of {limit} filled by measured and in-flight trials")
         if not rivals:
             return None
-        storage.set_trial_system_attr(trial._trial_id, CLAIM_ATTR, None)
+        storage.set_trial_system_attr(trial_id(trial), CLAIM_ATTR, None)
         if has_heartbeat(storage):  # a rival whose worker died must not block us past the grace period
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -112,10 +113,10 @@ class ConfirmClaim:
         self._thread: threading.Thread | None = None
 
     def _read(self) -> dict[str, Any] | None:
-        return self.study._storage.get_study_system_attrs(self.study._study_id).get(CONFIRMING_ATTR)
+        return storage_of(self.study).get_study_system_attrs(study_id(self.study)).get(CONFIRMING_ATTR)
 
     def _write(self, value: dict[str, Any] | None) -> None:
-        self.study._storage.set_study_system_attr(self.study._study_id, CONFIRMING_ATTR, value)
+        storage_of(self.study).set_study_system_attr(study_id(self.study), CONFIRMING_ATTR, value)
 
     def held_elsewhere(self) -> bool:
         c = self._read()

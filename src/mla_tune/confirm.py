@@ -16,6 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from ._optuna_compat import storage_of, study_id
 from .claim import CONFIRMING_ATTR, ClaimLost, ConfirmClaim
 from .plan import StudyTarget, config_set_key
 from .runners import Runner
@@ -103,7 +104,7 @@ def _confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Envi
         "winner": winner,
     }
     if held is not None:  # shared: never replace a confirmation of a newer state of the study
-        newer = study._storage.get_study_user_attrs(study._study_id).get(CONFIRM_KEY)
+        newer = storage_of(study).get_study_user_attrs(study_id(study)).get(CONFIRM_KEY)
         if newer and newer.get("trials", -1) > n_done:
             return newer
     study.set_user_attr(CONFIRM_KEY, result)

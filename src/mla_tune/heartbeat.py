@@ -15,9 +15,10 @@ import time
 from collections.abc import Callable
 
 import optuna
-from optuna.storages import BaseStorage, JournalStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages import JournalStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
+
+from ._optuna_compat import HeartbeatStorage, has_heartbeat, trial_id
 
 HEARTBEAT_ENV = "MLA_TUNE_HEARTBEAT_S"  # seconds between beats (default 10); tests make it short
 DEFAULT_INTERVAL_S = 10.0
@@ -63,7 +64,7 @@ def retry_callback() -> Callable[[optuna.Study, FrozenTrial], None]:
     return retry
 
 
-class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+class HeartbeatJournalStorage(JournalStorage, HeartbeatStorage):
     """A ``JournalStorage`` with Optuna's heartbeat interface; the journal file itself is unchanged.
 
     Beats use the workers' wall clocks: hosts sharing a journal file must keep their clocks in sync (NTP) to
@@ -81,12 +82,12 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
             pass  # failed as stale by another worker meanwhile: nothing left to keep alive
 
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+    def stale_trial_ids(self, study_id: int) -> list[int]:
         now = time.time()
         stale = []
         for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
             if now - _last_sign_of_life(t) > self._grace_s:
-                stale.append(t._trial_id)
+                stale.append(trial_id(t))
         return stale
 
     def get_heartbeat_interval(self) -> float:  # type: ignore[override]  # Event.wait takes seconds as float
@@ -103,9 +104,5 @@ def _last_sign_of_life(t: FrozenTrial) -> float:
     return max(float(t.system_attrs.get(BEAT_ATTR, 0.0)), start)
 
 
-def has_heartbeat(storage: BaseStorage) -> bool:
-    return isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval() is not None
-
-
-__all__ = ["HeartbeatJournalStorage", "heartbeat_interval_s", "grace_period_s", "retry_callback", "BEAT_ATTR",
-           "HEARTBEAT_ENV"]
+__all__ = ["HeartbeatJournalStorage", "heartbeat_interval_s", "grace_period_s", "has_heartbeat", "retry_callback",
+           "BEAT_ATTR", "HEARTBEAT_ENV"]

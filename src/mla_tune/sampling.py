@@ -11,6 +11,7 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
+from ._optuna_compat import storage_of, trial_id
 from .errors import UnknownNameError
 
 SAMPLERS = ("auto", "tpe", "grid", "random")
@@ -88,7 +89,7 @@ class ExhaustiveSampler(BaseSampler):
             pick = self._nearest(unvisited, self._incumbent(study))
         else:
             pick = self._rng.choice(unvisited)
-        study._storage.set_trial_system_attr(trial._trial_id, TARGET_ATTR, pick)
+        storage_of(study).set_trial_system_attr(trial_id(trial), TARGET_ATTR, pick)
 
     def _incumbent(self, study: optuna.Study) -> int:
         done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from ._optuna_compat import storage_of, trial_id
 from .claim import claim
 from .errors import UsageError
 from .plan import StudyTarget, config_set_key, study_attrs
@@ -81,7 +82,7 @@ class Objective:
         return t.value if t is not None and t.state == TrialState.COMPLETE else None
 
     def __call__(self, trial: Trial) -> float:
-        self._current, self._bug = trial._trial_id, False
+        self._current, self._bug = trial_id(trial), False
         try:
             return self._evaluate(trial)
         except (MeasurementFailed, optuna.TrialPruned, optuna.exceptions.UpdateFinishedTrialError):
@@ -130,7 +131,7 @@ class Objective:
         """
         if self._current is None or self._bug:
             return None
-        t = self.study._storage.get_trial(self._current)
+        t = storage_of(self.study).get_trial(self._current)
         self._current = None  # answered once: a later error elsewhere must not be taken for this trial again
         if t.state != TrialState.FAIL:
             return None

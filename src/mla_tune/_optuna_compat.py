@@ -1,0 +1,50 @@
+"""Optuna's private names, used from here only: when an Optuna release renames one, this module changes.
+
+mla-tune needs a few: the storage and ids behind a ``Study`` or ``Trial`` (Optuna has no public way to write a
+system attr or to read one trial by id), and the heartbeat interface, which Optuna keeps in a private module
+although storages are meant to implement it (see ``heartbeat``). Written against Optuna 4.9+, whose
+``RetryHeartbeatStaleTrialCallback`` and ``get_heartbeat_stale_trial_callback`` mla-tune uses.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.trial import FrozenTrial, Trial
+
+
+def storage_of(study: optuna.Study) -> BaseStorage:
+    """The storage a study reads and writes."""
+    return study._storage
+
+
+def study_id(study: optuna.Study) -> int:
+    """The study's id in its storage (what the storage's study methods take)."""
+    return study._study_id
+
+
+def trial_id(trial: Trial | FrozenTrial) -> int:
+    """The trial's id in its storage (what the storage's trial methods take; not its ``number``)."""
+    return trial._trial_id
+
+
+class HeartbeatStorage(BaseHeartbeat):
+    """Optuna's heartbeat interface, with its private hook ``_get_stale_trial_ids`` under a public name."""
+
+    @abc.abstractmethod
+    def stale_trial_ids(self, study_id: int) -> list[int]:
+        """The RUNNING trials of the study whose worker stopped beating."""
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        return self.stale_trial_ids(study_id)
+
+
+def has_heartbeat(storage: BaseStorage) -> bool:
+    """Does Optuna run heartbeats (and fail stale trials) on this storage?"""
+    return isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval() is not None
+
+
+__all__ = ["HeartbeatStorage", "has_heartbeat", "storage_of", "study_id", "trial_id"]
