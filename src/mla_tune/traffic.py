@@ -76,13 +76,7 @@ def load_traffic(path: Path) -> Traffic:
     if path.stat().st_size > MAX_BYTES:
         raise DataFileError(str(path), "", f"larger than {MAX_BYTES >> 20} MiB")
     if path.suffix.lower() == ".csv":
-        try:
-            rows = list(csv.DictReader(path.read_text().splitlines()))
-        except (UnicodeDecodeError, csv.Error) as e:
-            raise DataFileError(str(path), "", f"not a CSV file: {e}") from None
-        if rows and set(rows[0]) != {"spec", "weight"}:
-            raise DataFileError(str(path), "header", f"expected columns spec,weight, got {','.join(rows[0])}")
-        return _merge(path, [_entry(path, f"row {i + 2}", r["spec"], r["weight"]) for i, r in enumerate(rows)])
+        return _merge(path, _csv_entries(path))
     data = _yaml.check_keys(path, "", _yaml.load(path), ["schema_version", "shapes"], ["kind", "description"])
     if data.get("kind", TRAFFIC_KIND) != TRAFFIC_KIND:
         raise DataFileError(str(path), "kind", f"is {data['kind']!r}, expected {TRAFFIC_KIND!r}")
@@ -92,6 +86,23 @@ def load_traffic(path: Path) -> Traffic:
         raw = _yaml.check_keys(path, f"shapes[{i}]", raw, ["spec"], ["weight"])
         entries.append(_entry(path, f"shapes[{i}]", raw["spec"], raw.get("weight", 1)))
     return _merge(path, entries)
+
+
+def _csv_entries(path: Path) -> list[tuple[str, float]]:
+    try:
+        reader = csv.DictReader(path.read_text().splitlines())
+        header = reader.fieldnames
+        rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataFileError(str(path), "", f"not a CSV file: {e}") from None
+    if header is not None and set(header) != {"spec", "weight"}:
+        raise DataFileError(str(path), "header", f"expected columns spec,weight, got {','.join(header)}")
+    entries = []
+    for i, r in enumerate(rows):
+        if None in r:  # DictReader files the values beyond the header's columns under None
+            raise DataFileError(str(path), f"row {i + 2}", f"{2 + len(r[None])} values; expected 2 (spec,weight)")
+        entries.append(_entry(path, f"row {i + 2}", r["spec"], r["weight"]))
+    return entries
 
 
 def workload_traffic(name: str) -> Traffic:
