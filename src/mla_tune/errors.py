@@ -58,9 +58,5 @@ class RunnerUnavailableError(MlaTuneError):
     """No usable runner here (no GPU, vLLM missing, a backend this GPU cannot run)."""
 
 
-class NotRecordedError(MlaTuneError):
-    """The replay runner was asked for a case its recorded sweep does not hold."""
-
-
 class StudyNotFoundError(UsageError):
     """Export/show found no study for the request."""

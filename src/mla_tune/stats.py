@@ -55,14 +55,6 @@ def median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs))
 
 
-def relative_iqr(xs: Sequence[float]) -> float:
-    """Inter-quartile range over the median (0 for fewer than 4 samples)."""
-    if len(xs) < 4:
-        return 0.0
-    q1, _, q3 = statistics.quantiles(xs, n=4)
-    return (q3 - q1) / statistics.median(xs)
-
-
 @dataclass(frozen=True)
 class PairedSpeedup:
     """How much faster B is than A from paired rounds: ratio = A/B per round, geometric mean and 95% CI."""

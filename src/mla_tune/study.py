@@ -327,10 +327,6 @@ def _baseline_pending_or_done(study: optuna.Study, baseline_key: str) -> bool:
     return False
 
 
-def space_of(study: optuna.Study) -> dict[str, Any]:
-    return study.user_attrs.get(ATTRS_KEY, {})
-
-
 def check_space_available(space: SearchSpace, runner: Runner) -> tuple[SearchSpace, dict[str, str]]:
     """Drop prefill backends the runner cannot run here (trials spent on them would only fail)."""
     if "prefill_backend" not in space:

@@ -72,11 +72,6 @@ def register_runner(name: str, factory: RunnerFactory | str) -> None:
     _REGISTRY[name] = factory
 
 
-def runner_names() -> list[str]:
-    _register_builtin()
-    return sorted(_REGISTRY)
-
-
 def make_runner(spec: str) -> Runner:
     """``vllm`` or ``replay:results/sweeps/h100`` -> a runner. Unknown names list the valid ones."""
     _register_builtin()
@@ -103,4 +98,4 @@ def _register_builtin() -> None:
         _REGISTRY.setdefault(name, path)
 
 
-__all__ = ["Runner", "register_runner", "runner_names", "make_runner"]
+__all__ = ["Runner", "register_runner", "make_runner"]
