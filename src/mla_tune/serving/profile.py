@@ -25,7 +25,7 @@ from typing import Any
 
 from .. import _yaml
 from ..errors import DataFileError
-from ..knobs import BACKENDS, knob
+from ..knobs import BACKENDS, KNOBS, ServingApply, knob, knob_names
 from ..types import ParamValue
 
 PROFILE_KIND = "mla-tune/serving-profile"
@@ -141,7 +141,16 @@ def _knob_value(path: Path, key: str, name: str, value: object, backend: str) ->
     return value  # type: ignore[return-value]
 
 
+def _applied_as(path: Path, where: str, name: str, serving: ServingApply, section: str) -> None:
+    # The plugin applies per_batch knobs per decode batch and at_build knobs when the builder is created; a knob
+    # in the other section would be logged as applied and then ignored (or applied the wrong way).
+    if name in knob_names() and knob(name).serving is not serving:
+        allowed = ", ".join(k.name for k in KNOBS if k.serving is serving)
+        raise DataFileError(str(path), where, f"{name} cannot be set {section}; allowed there: {allowed}")
+
+
 def _points(path: Path, where: str, name: str, raw: object, backend: str) -> PerBatchRule:
+    _applied_as(path, where, name, ServingApply.PLUGIN_PER_BATCH, "per batch")
     items = _yaml.expect(path, where, raw, list, "a list of {tokens, value}")
     if not items or len(items) > MAX_POINTS:
         raise DataFileError(str(path), where, f"needs 1 to {MAX_POINTS} points")
@@ -178,6 +187,9 @@ def load_profile(path: Path) -> Profile:
         raw = _yaml.expect(path, name, data.get(name) or {}, dict, "a mapping of knob: value")
         sections[name] = tuple(sorted((k, _knob_value(path, f"{name}.{k}", k, v, match.backend))
                                       for k, v in raw.items()))
+        if name == "at_build":
+            for k, _ in sections[name]:
+                _applied_as(path, f"at_build.{k}", k, ServingApply.PLUGIN_AT_BUILD, "at build")
     raw_rules = _yaml.expect(path, "per_batch", data.get("per_batch") or {}, dict, "a mapping of knob: points")
     rules = tuple(_points(path, f"per_batch.{k}", k, v, match.backend) for k, v in sorted(raw_rules.items()))
     prov = _yaml.expect(path, "provenance", data.get("provenance") or {}, dict, "a mapping")
