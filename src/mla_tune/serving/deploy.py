@@ -83,7 +83,10 @@ def _sources(table: Mapping[str, Any]) -> tuple[list[Source], list[str]]:
 
 
 def _match(tables: Sequence[Mapping[str, Any]], adapter: Adapter) -> Match:
-    first = tables[0]
+    for t in tables:
+        if t["provenance"].get("runner") != "vllm":
+            raise UsageError(f"a table from runner {t['provenance'].get('runner')!r} is not a measurement of this "
+                             "GPU: deploy tables measured with --runner vllm")
     keys = []
     for t in tables:
         prov, model = t["provenance"], t["model"]
@@ -94,9 +97,6 @@ def _match(tables: Sequence[Mapping[str, Any]], adapter: Adapter) -> Match:
         raise UsageError("the tables differ in backend, GPU, model dims or KV dtype: deploy one engine's tables "
                          f"together ({keys[0]} vs {next(k for k in keys if k != keys[0])})")
     backend, gpu, cc, heads, rank, rope, kv = keys[0]
-    if first["provenance"].get("runner") != "vllm":
-        raise UsageError(f"a table from runner {first['provenance'].get('runner')!r} is not a measurement of this "
-                         "GPU: deploy tables measured with --runner vllm")
     words = [w for w in gpu.replace("NVIDIA", "").split() if w]
     return Match(words[0] if words else gpu, cc, backend, int(heads), int(rank), int(rope), str(kv), adapter.family)
 
