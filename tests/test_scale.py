@@ -26,6 +26,7 @@ from mla_tune.claim import CLAIM_ATTR, measured_by
 from mla_tune.cli import app
 from mla_tune.errors import UsageError
 from mla_tune.heartbeat import BEAT_ATTR, HeartbeatJournalStorage, retry_callback
+from mla_tune.runners import register_runner
 from mla_tune.sampling import recorded_status
 from mla_tune.storage import open_storage, parse_storage
 
@@ -373,3 +374,28 @@ def test_a_confirmation_taken_over_stops_and_never_replaces_a_newer_one(tmp_path
     runner.measure = real
     assert confirm(study, target, runner, runner.environment(), force=True, shared=True) == newer
     assert storage.get_study_user_attrs(study._study_id)[CONFIRM_KEY] == newer
+
+
+def test_a_registered_runner_reaches_the_workers_by_its_import_path(tmp_path, monkeypatch):
+    """Workers start with the built-in runners only: a registered one is imported there by its factory's path,
+    found on the launcher's sys.path (here pytest's rootdir, which is not the workers' working directory)."""
+    monkeypatch.chdir(tmp_path)
+    register_runner("fake-for-workers", FakeRunner)  # tests.fakes:FakeRunner
+    par = api.run_study_parallel(gpus="0,1", backend=BACKEND, workload=f"spec:{SPEC}", runner="fake-for-workers",
+                                 storage=str(tmp_path / "s.journal"), n_trials=4, confirm_rounds=2)
+    assert not par.failed, par.workers
+    [summary] = par.outcome.summaries
+    assert summary.measured == 4 and summary.attrs["environment"]["runner"] == "fake"
+
+
+def test_a_registered_runner_workers_cannot_import_is_refused_in_one_line_before_anything_is_written(tmp_path):
+    register_runner("fake-lambda", lambda arg: FakeRunner())
+    storage = tmp_path / "s.journal"
+    with pytest.raises(UsageError, match="runner fake-lambda cannot be used by --gpus workers") as e:
+        api.run_study_parallel(gpus="0", backend=BACKEND, workload=f"spec:{SPEC}", runner="fake-lambda",
+                               storage=str(storage))
+    assert "register_runner('fake-lambda', 'package.module:function')" in str(e.value)
+    r = CliRunner().invoke(app, ["study", "--backend", BACKEND, "--workload", f"spec:{SPEC}", "--runner", "fake-lambda",
+                                 "--storage", str(storage), "--gpus", "0"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert not storage.exists()

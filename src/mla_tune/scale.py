@@ -23,6 +23,7 @@ from typing import Any
 
 from .errors import MlaTuneError, UsageError
 from .gpu_lock import GpuLock, acquire_all
+from .runners import factory_path
 from .storage import StorageSpec, open_storage, parse_storage
 from .study import Progress
 from .study_setup import build_request, open_runner, preflight
@@ -85,6 +86,7 @@ def launch(study: dict[str, Any], *, gpus: list[str], storage: str | None, runne
     their current trial and exit; it is re-raised once they are gone.
     """
     request, space = build_request(**study)  # bad names and numbers: refused before anything is locked or written
+    factory = factory_path(runner)  # a registered runner the workers cannot import: refused here, not in each one
     _check_runner(runner, request, space)
     spec = parse_storage(storage)
     check_storage(spec, len(gpus))
@@ -92,7 +94,7 @@ def launch(study: dict[str, Any], *, gpus: list[str], storage: str | None, runne
     try:
         open_storage(spec, create=True)  # create the file or schema once, before workers race to do it
         with tempfile.TemporaryDirectory(prefix="mla-tune-workers-") as tmp:
-            procs = [_start(i, len(gpus), lock, study, spec, runner, Path(tmp), progress)
+            procs = [_start(i, len(gpus), lock, study, spec, runner, factory, Path(tmp), progress)
                      for i, lock in enumerate(locks)]
             with _sigterm_as_interrupt():
                 _wait(procs)
@@ -110,11 +112,11 @@ class _Proc:
     reader: threading.Thread
 
 
-def _start(index: int, n: int, lock: GpuLock, study: dict[str, Any], spec: StorageSpec, runner: str, tmp: Path,
-           progress: Callable[[Any], None] | None) -> _Proc:
+def _start(index: int, n: int, lock: GpuLock, study: dict[str, Any], spec: StorageSpec, runner: str, factory: str,
+           tmp: Path, progress: Callable[[Any], None] | None) -> _Proc:
     result = tmp / f"worker{index}.result.json"
     job = WorkerJob(index, n, lock.gpu, spec.target if spec.kind == "rdb" else f"journal:{spec.target}", runner,
-                    study, str(result))
+                    study, str(result), factory, list(sys.path))
     job_path = tmp / f"worker{index}.job.json"
     job_path.write_text(json.dumps(dataclasses.asdict(job)))
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=lock.device, PYTHONUNBUFFERED="1")

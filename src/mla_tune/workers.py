@@ -36,7 +36,7 @@ from .errors import MlaTuneError
 from .heartbeat import has_heartbeat, heartbeat_interval_s
 from .interrupts import check, safe_point
 from .plan import StudyTarget
-from .runners import Runner
+from .runners import Runner, register_runner
 from .storage import parse_storage
 from .study import ProgressFn, measured_count, run_trials
 from .study_loop import Coordination, run_studies
@@ -55,6 +55,10 @@ class WorkerJob:
     runner: str
     study: dict[str, Any] = field(default_factory=dict)  # backend, workload, model, tp, ... as in run_study
     result: str = ""  # where the worker writes its result (JSON)
+    # How this process makes the runner: its factory's import path and the launcher's sys.path, as multiprocessing
+    # hands a spawned process the parent's path (a runner registered in the launcher is not registered here).
+    runner_factory: str = ""
+    sys_path: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,9 @@ def _emit(gpu: str) -> Callable[[Any], None]:
 
 def main(argv: list[str]) -> int:
     job = WorkerJob(**json.loads(Path(argv[0]).read_text()))
+    sys.path += [p for p in job.sys_path if p not in sys.path]
+    if job.runner_factory:
+        register_runner(job.runner.partition(":")[0], job.runner_factory)
     interrupts.install()
     threading.Thread(target=_watch_parent, daemon=True).start()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the launcher shows progress; failures are kept as data

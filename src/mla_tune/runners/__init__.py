@@ -12,7 +12,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import UnknownNameError
+from ..errors import UnknownNameError, UsageError
 from ..types import BackendStatus, Case, Environment, Measurement
 
 
@@ -67,21 +67,50 @@ _BUILTIN = {"vllm": "mla_tune.runners.vllm:VllmRunner.create", "replay": "mla_tu
 def register_runner(name: str, factory: RunnerFactory | str) -> None:
     """Make ``--runner NAME[:ARG]`` build a runner with ``factory(ARG or None)``.
 
-    ``factory`` is a callable or its import path ``"package.module:function"``, imported on first use.
+    ``factory`` is a callable or its import path ``"package.module:function"``, imported on first use. Worker
+    processes (``--gpus``) find it by that path, so a factory for them must be importable (see ``factory_path``).
     """
     _REGISTRY[name] = factory
 
 
 def make_runner(spec: str) -> Runner:
     """``vllm`` or ``replay:results/sweeps/h100`` -> a runner. Unknown names list the valid ones."""
-    _register_builtin()
-    name, _, arg = spec.partition(":")
-    if name not in _REGISTRY:
-        raise UnknownNameError("runner", name, [f"{n}" for n in _REGISTRY])
-    factory = _REGISTRY[name]
+    factory = _factory(spec.partition(":")[0])
     if isinstance(factory, str):
         factory = _import_path(factory)
-    return factory(arg or None)
+    return factory(spec.partition(":")[2] or None)
+
+
+def factory_path(spec: str) -> str:
+    """The import path (``"package.module:attr"``) of the factory of ``--runner NAME[:ARG]``, for processes that
+    must make the runner themselves: like ``multiprocessing``'s spawned processes, ``--gpus`` workers start with
+    only the built-in runners and import any other by path.
+
+    A factory that cannot be imported by its name (a lambda, a local function, one defined in ``__main__``) is
+    refused here, with the fix, rather than failing in every worker.
+    """
+    name = spec.partition(":")[0]
+    factory = _factory(name)
+    if isinstance(factory, str):
+        return factory
+    module, qualname = getattr(factory, "__module__", None), getattr(factory, "__qualname__", "")
+    path = f"{module}:{qualname}"
+    try:  # == and not `is`: a classmethod (Class.create) is a new bound method at each lookup
+        importable = module not in (None, "__main__") and "<" not in qualname and _import_path(path) == factory
+    except (ImportError, AttributeError):
+        importable = False
+    if not importable:
+        raise UsageError(f"runner {name} cannot be used by --gpus workers: each imports its factory, and {path} "
+                         "cannot be imported by that name", hint=f"define the factory at the top level of an importable module, or "
+                                           f"register_runner({name!r}, 'package.module:function')")
+    return path
+
+
+def _factory(name: str) -> RunnerFactory | str:
+    _register_builtin()
+    if name not in _REGISTRY:
+        raise UnknownNameError("runner", name, [f"{n}" for n in _REGISTRY])
+    return _REGISTRY[name]
 
 
 def _import_path(path: str) -> Any:
@@ -98,4 +127,4 @@ def _register_builtin() -> None:
         _REGISTRY.setdefault(name, path)
 
 
-__all__ = ["Runner", "register_runner", "make_runner"]
+__all__ = ["Runner", "factory_path", "make_runner", "register_runner"]
