@@ -143,3 +143,16 @@ def test_optuna_private_names_only_in_the_compat_module():
             if name in OPTUNA_PRIVATE or private_module:
                 bad.append(f"{module}:{node.lineno} {name}")
     assert not bad, f"Optuna private names outside mla_tune/_optuna_compat.py: {bad}"
+
+
+def test_study_names_are_split_only_by_their_record():
+    splits = ("split", "rsplit", "partition", "rpartition")
+    bad = []
+    for module, (path, _) in _modules().items():
+        if module == "mla_tune.records":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in splits \
+                    and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value == "/":
+                bad.append(f"{module}:{node.lineno}")
+    assert not bad, f'split on "/" outside records.StudyName (parse the name there): {bad}'

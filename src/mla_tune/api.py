@@ -9,6 +9,7 @@ from typing import Any
 
 from .errors import StudyNotFoundError, UnknownNameError, UsageError
 from .models import get_model, load_models
+from .records import StudyName
 from .runners import Runner
 from .space import BACKENDS, SearchSpace, load_space
 from .storage import parse_storage
@@ -63,14 +64,14 @@ def find_studies(*, storage: str | None = None, backend: str | None = None, mode
     store = open_storage(parse_storage(storage), create=False)
     wl: Workload | None = get_workload(workload) if workload else None
 
-    def keep(name: str, a: dict[str, Any]) -> bool:
-        label = name.rsplit("/", 1)[1]
+    def keep(text: str, a: dict[str, Any]) -> bool:
+        name = StudyName.parse(text)
         return not ((backend and a.get("backend") != backend)
                     or (model and a.get("model", {}).get("model") != model)
                     or (tp is not None and a.get("model", {}).get("tp") != tp)
                     or (kv_cache_dtype and a.get("kv_cache_dtype") != kv_cache_dtype)
-                    or (gpu and name.split("/", 1)[0] != gpu)
-                    or (wl and label not in wl.specs and label != f"mix:{wl.name}"))
+                    or (gpu and name.gpu != gpu)
+                    or (wl and name.label not in wl.specs and name.label != f"mix:{wl.name}"))
 
     return load_summaries(store, keep)
 
@@ -90,7 +91,7 @@ def export_table(output: Path, *, storage: str | None = None, backend: str, mode
         raise StudyNotFoundError(f"no {backend} studies for {model} tp{tp} (kv {kv_cache_dtype})"
                                  + (f" and workload {workload}" if workload else "") + " in this storage",
                                  hint="`mla-tune show` lists the stored studies")
-    gpus = sorted({s.name.split("/", 1)[0] for s in found})
+    gpus = sorted({StudyName.parse(s.name).gpu for s in found})
     if len(gpus) > 1:
         raise UsageError(f"studies from several GPUs match: {', '.join(gpus)}", hint="pick one with --gpu")
     if workload:  # keep the workload's own order

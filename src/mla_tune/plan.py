@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .records import StudyName
 from .space import SearchSpace, config_key
 from .types import Environment, MLADims, ParamValue
 from .workloads import Workload, WorkloadShape
@@ -43,7 +44,7 @@ class StudyTarget:
     @property
     def label(self) -> str:
         """The shape (per-shape) or ``mix:<workload>`` part of the name."""
-        return self.name.rsplit("/", 1)[1]
+        return StudyName.parse(self.name).label
 
     def resolve(self, choose: Any) -> list[dict[str, ParamValue]]:
         """The config each shape runs for one set of answers (shared answers across shapes in a mix)."""
@@ -93,17 +94,18 @@ def dims_dict(dims: MLADims) -> dict[str, Any]:
             "q_lora_rank": dims.q_lora_rank}
 
 
-def study_prefix(env: Environment, dims: MLADims, kv_cache_dtype: str, backend: str) -> str:
-    """``H100/deepseek-v3-tp1/FLASH_ATTN_MLA``: reads well in optuna-dashboard's study list."""
-    kv = "" if kv_cache_dtype == "auto" else f"-kv{kv_cache_dtype}"
-    return f"{env.fingerprint}/{dims.label}{kv}/{backend}"
+def study_name(env: Environment, request: StudyRequest, label: str) -> StudyName:
+    """``H100/deepseek-v3-tp1/FLASH_ATTN_MLA/<label>``: which GPU, model (TP, KV dtype), backend and shapes."""
+    kv = "" if request.kv_cache_dtype == "auto" else f"-kv{request.kv_cache_dtype}"
+    return StudyName(env.fingerprint, f"{request.dims.label}{kv}", request.backend, label)
 
 
 def plan(request: StudyRequest, env: Environment, space: SearchSpace) -> list[StudyTarget]:
-    prefix = study_prefix(env, request.dims, request.kv_cache_dtype, request.backend)
     if request.objective == "mix":
-        return [StudyTarget(f"{prefix}/mix:{request.workload.name}", request.workload.shapes, space, request)]
-    return [StudyTarget(f"{prefix}/{s.spec}", (s,), space, request) for s in request.workload.shapes]
+        name = study_name(env, request, f"mix:{request.workload.name}")
+        return [StudyTarget(str(name), request.workload.shapes, space, request)]
+    return [StudyTarget(str(study_name(env, request, s.spec)), (s,), space, request)
+            for s in request.workload.shapes]
 
 
 def study_attrs(target: StudyTarget, env: Environment) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .confirm import CONFIRM_KEY
+from .records import StudyName
 from .sampling import recorded_status
 from .study import ATTRS_KEY, best_ok_trial
 
@@ -31,7 +32,7 @@ class StudySummary:
 
     @property
     def label(self) -> str:
-        return self.name.rsplit("/", 1)[1]
+        return StudyName.parse(self.name).label
 
 
 def summarize(study: optuna.Study) -> StudySummary:
