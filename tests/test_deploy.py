@@ -173,9 +173,9 @@ def test_reorder_threshold_chosen_at_build():
 
 # -- what deploy refuses or reports ----------------------------------------------------------------------------
 @pytest.mark.parametrize(("other", "why"), [
-    (dict(backend="FLASHMLA"), "backend"), (dict(gpu={**H100, "name": "NVIDIA H200"}), "GPU"),
-    (dict(gpu={**H100, "compute_capability": "10.0"}), "GPU"), (dict(heads=16), "model dims"),
-    (dict(kv="fp8"), "KV dtype"),
+    ({"backend": "FLASHMLA"}, "backend"), ({"gpu": {**H100, "name": "NVIDIA H200"}}, "GPU"),
+    ({"gpu": {**H100, "compute_capability": "10.0"}}, "GPU"), ({"heads": 16}, "model dims"),
+    ({"kv": "fp8"}, "KV dtype"),
 ])
 def test_tables_of_different_engines_are_refused(other: dict, why: str):
     backend = other.pop("backend", "FLASH_ATTN_MLA")

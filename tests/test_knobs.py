@@ -6,8 +6,19 @@ import pytest
 
 from mla_tune import batch_spec
 from mla_tune.errors import UnknownNameError
-from mla_tune.knobs import (BACKENDS, KNOBS, PREFILL_BACKENDS, Knob, RunnerApply, ServingApply, check_params,
-                            detail_key, knob, knob_names, knobs_for)
+from mla_tune.knobs import (
+    BACKENDS,
+    KNOBS,
+    PREFILL_BACKENDS,
+    Knob,
+    RunnerApply,
+    ServingApply,
+    check_params,
+    detail_key,
+    knob,
+    knob_names,
+    knobs_for,
+)
 from mla_tune.space import load_space
 
 

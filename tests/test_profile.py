@@ -12,8 +12,16 @@ from typer.testing import CliRunner
 from mla_tune.cli import app
 from mla_tune.errors import DataFileError
 from mla_tune.export import dump_yaml
-from mla_tune.serving import (PROFILE_KIND, Match, PerBatchRule, Point, Profile, RunningEngine, load_profile,
-                              mismatch)
+from mla_tune.serving import (
+    PROFILE_KIND,
+    Match,
+    PerBatchRule,
+    Point,
+    Profile,
+    RunningEngine,
+    load_profile,
+    mismatch,
+)
 from mla_tune.serving.profile import padded_tokens
 
 ROOT = Path(__file__).resolve().parents[1]

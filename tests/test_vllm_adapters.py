@@ -11,8 +11,14 @@ import pytest
 from mla_tune.errors import UsageError
 from mla_tune.knobs import BACKENDS, KNOBS, PREFILL_BACKENDS
 from mla_tune.space import CUDA_GRAPH_SUPPORT
-from mla_tune.vllm_adapters import (FAMILIES, UnsupportedVllmError, adapter_for, default_adapter, parse_version,
-                                    supported_versions)
+from mla_tune.vllm_adapters import (
+    FAMILIES,
+    UnsupportedVllmError,
+    adapter_for,
+    default_adapter,
+    parse_version,
+    supported_versions,
+)
 
 SUPPORTED = "0.20.x-0.21.x, 0.22.x-0.26.x, 0.33.x"
 
