@@ -180,9 +180,6 @@ def test_kernel_splits_keeps_the_heuristic_where_the_profile_says_auto():
     assert a.kernel_splits("num_kv_splits", 8, None, heuristic=4) == 4  # no context: the first point
 
 
-@pytest.mark.xfail(strict=True, reason="plugin.Applier.per_batch caches and logs per exact context: on TRITON's "
-                   "eager path the context (max_seq_len) changes every decode step, so the cache grows without "
-                   "bound and the server log gets one info line per step")
 def test_per_batch_with_contexts_logs_once_per_point(logs):
     rule = PerBatchRule("num_kv_splits", (Point(8, 4, 1024), Point(8, 16, 16384)))
     a = plugin.Applier(Profile(dataclasses.replace(FA_MATCH, backend="TRITON_MLA"), (rule,)), V20)
@@ -369,6 +366,8 @@ def install(profile: Profile, adapter=V20) -> tuple[plugin.Applier, list[str]]:
 
 def test_install_wraps_every_importable_builder_and_the_decode_hook(vllm, running):
     _, done = install(FA_PROFILE)
+    # FlashInfer's module is not faked: only a machine with a real vLLM (the GPU machine) imports it
+    done = [d for d in done if d != "FlashInferMLAMetadataBuilder.__init__"]
     assert done == ["CutlassMLAMetadataBuilder.__init__", "FlashMLAMetadataBuilder.__init__",
                     "FlashAttnMLAMetadataBuilder.__init__", "MLACommonMetadataBuilder.__init__",
                     "FlashAttnMLAMetadataBuilder._build_decode"]
@@ -460,9 +459,6 @@ def test_install_is_idempotent(vllm, running):
     assert b.caps == [(256, 1)]
 
 
-@pytest.mark.xfail(strict=True, reason="_patches._wrap_builder_init applies the profile's at-build values to "
-                   "every builder once the profile is active, also to a builder of another backend than the "
-                   "profile's (on_engine decides at the first builder and ignores the later engines)")
 def test_a_builder_of_another_backend_keeps_vllms_values(vllm, running):
     profile = Profile(dataclasses.replace(FA_MATCH, backend="FLASHMLA"), (), (("reorder_batch_threshold", 64),))
     install(profile)
@@ -505,9 +501,6 @@ def test_cutlass_split_count_per_call(vllm, running):
     assert impl.used == [-1, 4, 4, -1, -1]
 
 
-@pytest.mark.xfail(strict=True, reason="_patches._wrap_impl_call sets CutlassMLAImpl._num_kv_splits and never "
-                   "restores it: after the profile is disabled the impl keeps the last forced split count "
-                   "instead of vLLM's")
 def test_cutlass_split_count_returns_to_vllms_when_disabled(vllm, running):
     running.engine = engine_of(CUTLASS_MATCH)
     applier, _ = install(CUTLASS_PROFILE)

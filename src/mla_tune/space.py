@@ -19,7 +19,7 @@ from typing import Any
 from . import _yaml
 from .data import search_spaces_dir
 from .errors import DataFileError, UnknownNameError
-from .knobs import BACKENDS, KNOBS, PREFILL_BACKENDS, Situation, knob, knob_names, knobs_for
+from .knobs import BACKENDS, KNOBS, PREFILL_BACKENDS, Situation, knob, knob_names, knobs_for  # noqa: F401 - re-exported
 from .types import ParamValue, Shape
 
 # The token count up to which vLLM captures full CUDA graphs by default (max_cudagraph_capture_size): batches

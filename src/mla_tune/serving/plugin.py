@@ -22,7 +22,15 @@ from ..vllm_adapters import Adapter
 from .profile import Profile, RunningEngine, load_profile, mismatch
 
 ENV = "MLA_TUNE_PROFILE"
-log = logging.getLogger("mla_tune.plugin")
+# A child of vLLM's logger, so that what the plugin did shows in the server log, in vLLM's format.
+log = logging.getLogger("vllm.mla_tune")
+# What the plugin decided in this process, newest last (the same lines it logs): for tests and bench/e2e.py.
+EVENTS: list[str] = []
+
+
+def _say(level: int, msg: str, *args: object) -> None:
+    EVENTS.append(msg % args if args else msg)
+    logging.getLogger("vllm.mla_tune").log(level, msg, *args)
 
 
 def one_line(exc: BaseException | str, limit: int = 300) -> str:
@@ -36,28 +44,32 @@ class Applier:
     def __init__(self, profile: Profile, adapter: Adapter, source: str = "") -> None:
         self.profile, self.adapter, self.source = profile, adapter, source
         self.active: bool | None = None  # None until the first builder shows the engine
-        self._chosen: dict[tuple[str, int, int | None], ParamValue] = {}  # per-call lookups are dict hits
+        # per-call lookups are dict hits; contexts are bucketed to 256 tokens so the cache stays small on eager paths
+        self._chosen: dict[tuple[str, int, int | None], ParamValue] = {}
+        self._logged: set[tuple[str, int, object]] = set()  # one log line per (knob, batch, measured point)
         self._lock = threading.Lock()
 
     # -- the engine, once --------------------------------------------------------------------------------
     def on_engine(self, engine: RunningEngine) -> bool:
+        """Decide once, at the first builder of the profile's backend; builders of other backends never get its
+        values (a process may build several, e.g. a draft model's)."""
         with self._lock:
             if self.active is None:
                 reason = mismatch(self.profile.match, engine)
                 self.active = reason is None
                 if reason:
-                    log.warning("mla-tune: profile %s not applied: it was measured for another engine (%s); "
+                    _say(logging.WARNING, "mla-tune: profile %s not applied: it was measured for another engine (%s); "
                                 "vLLM's defaults are kept", self.source, reason)
                 else:
-                    log.info("mla-tune: profile %s applied to %s on %s (vLLM %s): %s", self.source, engine.backend,
-                             engine.gpu, engine.vllm, self.describe())
-            return bool(self.active)
+                    _say(logging.INFO, "mla-tune: profile %s applied to %s on %s (vLLM %s): %s", self.source,
+                         engine.backend, engine.gpu, engine.vllm, self.describe())
+            return bool(self.active) and engine.backend == self.profile.match.backend
 
     def fail(self, exc: BaseException, where: str) -> None:
         """A patch met something it did not expect: stop applying, keep vLLM's defaults, say so once."""
         with self._lock:
             if self.active is not False:
-                log.warning("mla-tune: profile %s disabled at %s (%s); vLLM's defaults are kept", self.source,
+                _say(logging.WARNING, "mla-tune: profile %s disabled at %s (%s); vLLM's defaults are kept", self.source,
                             where, one_line(exc))
             self.active = False
 
@@ -81,12 +93,15 @@ class Applier:
         rule = self.profile.rule(name)
         if rule is None:
             return None
-        key = (name, tokens, context if rule.uses_context else None)
+        ctx = (context // 256) * 256 if rule.uses_context and context else None
+        key = (name, tokens, ctx)
         if key not in self._chosen:
-            point = rule.select(tokens, key[2])
+            point = rule.select(tokens, ctx)
             self._chosen[key] = point.value
-            log.info("mla-tune: %s=%s for decode batches of %d tokens%s (measured at %s)", name, point.value, tokens,
-                     f", context {context}" if rule.uses_context and context else "", point.shape or point.tokens)
+            if (name, tokens, point) not in self._logged:
+                self._logged.add((name, tokens, point))
+                _say(logging.INFO, "mla-tune: %s=%s for decode batches of %d tokens%s (measured at %s)", name,
+                     point.value, tokens, f", context about {ctx}" if ctx else "", point.shape or point.tokens)
         return self._chosen[key]
 
     def kernel_splits(self, name: str, tokens: int, context: int | None, heuristic: int) -> int:
@@ -108,8 +123,8 @@ def register() -> None:
         from ..vllm_adapters import _patches
 
         installed = _patches.install(Applier(profile, adapter, path), adapter, profile.match.backend)
-        log.info("mla-tune: plugin loaded with profile %s (%s; patched %s)", path, adapter.label,
+        _say(logging.INFO, "mla-tune: plugin loaded with profile %s (%s; patched %s)", path, adapter.label,
                  ", ".join(installed) or "nothing")
     except Exception as exc:  # noqa: BLE001 - the server must start whatever the profile holds
-        log.warning("mla-tune: profile %s not applied: %s; vLLM's defaults are kept", path, one_line(exc))
+        _say(logging.WARNING, "mla-tune: profile %s not applied: %s; vLLM's defaults are kept", path, one_line(exc))
 

@@ -18,13 +18,13 @@ from typing import Any
 
 import torch
 
-from ..knobs import BACKENDS
+from ..knobs import BACKENDS, PREFILL_BACKENDS
 from ..runners._vllm_plan import (EngineKey, Plan, adapter, block_size_for, builder_attributes, capability_refusal,
                                   impl_attributes, order_requests, prefill_capability_refusal, prefill_mismatch,
                                   prefill_overrides, resolved_prefill)
 from ..runners._vllm_timing import Batch, Inputs, KVBProj, fill_batch
 from ..types import BackendStatus, MLADims
-from ._patches import force_splits, load
+from ._patches import force_splits
 
 log = logging.getLogger("mla_tune.runners.vllm.engine")
 
@@ -427,7 +427,7 @@ def _prefill_status(name: str, cc: str) -> BackendStatus:
 
 def backend_statuses(cc: str) -> tuple[BackendStatus, ...]:
     """Every decode backend and every prefill path, with vLLM 0.20's own checks where it has them."""
-    prefill = ("fa2", "fa3", "fa4", *PREFILL_NEEDS_SM100)
+    prefill = tuple(p for p in PREFILL_BACKENDS if p != "auto")
     return tuple(_decode_status(n, cc) for n in BACKENDS) + tuple(_prefill_status(p, cc) for p in prefill)
 
 

@@ -131,15 +131,21 @@ def _wrap_impl_call(cls: Any, attr: str, knob: str, applier: Any, auto_value: in
 
     @functools.wraps(original)
     def forward_mqa(self: Any, q: Any, *args: Any, **kwargs: Any) -> Any:
+        value = None
         if applier.active:
             try:
                 tokens = int((q[0] if isinstance(q, tuple) else q).shape[0])
                 value = applier.per_batch(knob, tokens)
-                if value is not None:
-                    setattr(self, attr, auto_value if value == "auto" else int(value))
             except Exception as exc:  # noqa: BLE001
                 applier.fail(exc, f"{cls.__name__}.forward_mqa")
-        return original(self, q, *args, **kwargs)
+        if value is None:
+            return original(self, q, *args, **kwargs)
+        before = getattr(self, attr)  # vLLM's own value (FORCE_NUM_KV_SPLITS or auto) comes back after the call
+        setattr(self, attr, auto_value if value == "auto" else int(value))
+        try:
+            return original(self, q, *args, **kwargs)
+        finally:
+            setattr(self, attr, before)
 
     setattr(forward_mqa, _MARK, True)
     cls.forward_mqa = forward_mqa

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from .v0_20 import ADAPTER as BASE
 from .v0_20 import BACKENDS as BASE_BACKENDS
-from ._facts import Adapter, BackendFacts
+from ._facts import BackendFacts
 
 _MLA = "vllm.v1.attention.backends.mla"
 
