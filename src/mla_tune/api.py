@@ -205,3 +205,45 @@ def deploy_profile(tables: list[Path], output: Path, *, traffic: Path | None = N
 
 PROFILE_HEADER = ("# mla-tune serving profile: applied by mla-tune's vLLM plugin when MLA_TUNE_PROFILE points here.\n"
                   "# Written by `mla-tune deploy`; the plugin refuses it on another GPU, model, backend or vLLM.\n")
+
+
+@dataclass(frozen=True)
+class Verification:
+    target: str
+    kind: str  # "table" | "profile"
+    measured_on: str  # where the target's numbers came from
+    environment: Environment  # where they were re-measured now
+    results: list[Any]
+
+    @property
+    def slower(self) -> list[Any]:
+        return [r for r in self.results if r.verdict == "slower"]
+
+
+def verify_target(path: Path, *, runner: str | Runner = "vllm", rounds: int = 6,
+                  progress: Callable[[str], None] | None = None) -> Verification:
+    """Re-measure each tuned setting of a table or profile against vLLM's default on this host (paired rounds)."""
+    from . import _yaml
+    from .export import load_table
+    from .serving import load_profile
+    from .serving.profile import PROFILE_KIND
+    from .serving.verify import profile_dims, profile_items, table_dims, table_items, verify
+
+    if rounds < 2:
+        raise UsageError(f"--rounds {rounds}: need at least 2 paired rounds for an interval")
+    if _yaml.load(path).get("kind") == PROFILE_KIND:
+        profile = load_profile(path)
+        kind, backend, kv = "profile", profile.match.backend, profile.match.kv_cache_dtype
+        items, dims = profile_items(profile), profile_dims(profile)
+        source = f"{profile.match.gpu}, vLLM {profile.match.vllm}"
+    else:
+        table = load_table(path)
+        kind, backend, kv = "table", table["backend"], table["kv_cache_dtype"]
+        items, dims = table_items(table), table_dims(table)
+        prov = table["provenance"]
+        source = f"{prov['gpu']['name']}, vLLM {prov.get('vllm')}, runner {prov.get('runner')}"
+    with open_runner(runner) as r:
+        require_backend(r, backend)
+        with gpu_locked(r):
+            results = verify(items, r, backend, dims, kv, rounds, progress)
+        return Verification(str(path), kind, source, r.environment(), results)

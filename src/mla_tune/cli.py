@@ -207,6 +207,25 @@ def deploy(
 
 @app.command()
 @handle_errors
+def verify(
+    target: Path = typer.Argument(..., help="a tuning table or a serving profile"),
+    runner: str = typer.Option("vllm", help=RUNNER_HELP),
+    rounds: int = typer.Option(6, help="paired rounds per setting (default/tuned, then tuned/default, ...)"),
+) -> None:
+    """Re-measure each tuned setting against vLLM's default here; exit 1 if one is slower beyond noise."""
+    from . import api
+    from .render_serving import verify_lines
+
+    err = _console(stderr=True)
+    result = api.verify_target(target, runner=runner, rounds=rounds, progress=lambda m: err.print(m))
+    for line in verify_lines(result):
+        typer.echo(line)
+    if result.slower:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
 def workloads() -> None:
     """List the named workloads and their shapes."""
     from . import api

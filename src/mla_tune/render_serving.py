@@ -87,3 +87,26 @@ def deploy_lines(d: Any, output: str) -> list[str]:
     lines.append(f"wrote {output}")
     lines.append(f"serve with: MLA_TUNE_PROFILE={output} vllm serve MODEL {d.settings.args()}".rstrip())
     return lines
+
+
+def verify_lines(v: Any) -> list[str]:
+    env = v.environment
+    replay = env.runner == "replay"
+    lines = [f"{v.kind} {v.target}: measured on {v.measured_on}; "
+             f"re-measured on {env.gpu_name}, vLLM {env.vllm}, runner {env.runner}"
+             + (" (replay: recorded samples, not this GPU)" if replay else "")]
+    if not v.results:
+        lines.append("nothing to verify: no tuned setting differs from vLLM's defaults")
+    for r in v.results:
+        changed = " ".join(f"{k}={val}" for k, val in sorted(r.item.tuned.items()) if r.item.default.get(k) != val)
+        if r.verdict == "failed":
+            lines.append(f"  {r.item.shape:<16} {changed:<28} FAILED    {r.message}")
+            continue
+        claim = f"  (recorded x{r.item.claimed:.3f})" if r.item.claimed else ""
+        lines.append(f"  {r.item.shape:<16} {changed:<28} {r.verdict.upper():<9} x{r.speedup:.3f} "
+                     f"[{r.ci[0]:.3f}, {r.ci[1]:.3f}] at {r.level:.1%}{' replay' if replay else ''}; "
+                     f"{r.default_ms:.4g} -> {r.tuned_ms:.4g} ms{claim}")
+    counts = {k: sum(1 for r in v.results if r.verdict == k) for k in ("holds", "no gain", "slower", "failed")}
+    lines.append(", ".join(f"{n} {k}" for k, n in counts.items()) + (" (exit 1: a setting is slower than vLLM's "
+                 "default here)" if counts["slower"] else ""))
+    return lines

@@ -204,6 +204,7 @@ def deploy(tables: Sequence[Mapping[str, Any]], traffic: Traffic | None = None, 
     global_values = {c.knob: c.value for c in globals_ if knob(c.knob).serving is not ServingApply.PLUGIN_AT_BUILD}
     settings = serving_settings(match.backend, global_values, {c.knob: c.default for c in globals_}, adapter)
     prov = {"tables": [_table_label(t) for t in tables], "traffic": traffic.source, "vllm_target": adapter.family,
+            "model": tables[0]["model"]["model"], "tp": tables[0]["model"]["tp"],
             "measured_with": sorted({f"{t['provenance'].get('vllm')} on {t['provenance']['gpu']['name']}"
                                      for t in tables}), "rule": "nearest measured decode token count"}
     profile = Profile(match, tuple(rules), tuple(at_build), tuple(sorted(global_values.items())), prov)

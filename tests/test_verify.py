@@ -1,0 +1,61 @@
+"""``mla-tune verify``: paired re-measurement of a table's or a profile's tuned settings, with the replay runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from mla_tune.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE = ROOT / "results/h100/tables/FLASH_ATTN_MLA-deepseek-v3-tp1.yaml"
+REPLAY = f"replay:{ROOT / 'results/sweeps/h100'}"
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, ["verify", *args, "--runner", REPLAY, "--rounds", "4"])
+
+
+def test_a_table_whose_gains_hold_exits_zero_and_says_replay():
+    r = run(str(TABLE))
+    assert r.exit_code == 0, r.output
+    rows = [x for x in r.output.splitlines() if x.startswith("  ")]
+    assert len(rows) == 5  # the five tuned entries of the H100 table
+    assert all("replay" in x for x in rows) and "runner replay" in r.output
+    assert any(x.split()[0] == "64q4s4k" and "HOLDS" in x for x in rows)
+
+
+def test_an_entry_slower_than_the_default_fails_the_check(tmp_path):
+    table = yaml.safe_load(TABLE.read_text())
+    entry = next(e for e in table["entries"] if e["shape"] == "q1s4k")
+    entry.update(tuned=True, params=dict(entry["default_params"], max_num_splits=1), speedup=1.2)
+    table["entries"] = [entry]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(table))
+    r = run(str(path))
+    assert r.exit_code == 1, r.output
+    assert "SLOWER" in r.output and "1 slower" in r.output and "(recorded x1.200)" in r.output
+
+
+def test_a_profile_is_verified_point_by_point(tmp_path):
+    profile = tmp_path / "p.yaml"
+    r = CliRunner().invoke(app, ["deploy", str(TABLE), "--workload", "decode_4k", "--vllm", "0.20.0",
+                                 "-o", str(profile)])
+    assert r.exit_code == 0, r.output
+    r = run(str(profile))
+    assert r.exit_code == 0, r.output
+    rows = [x for x in r.output.splitlines() if x.startswith("  ")]
+    # decode_4k on this table: only the 256-token point changes vLLM's cap, measured at three shapes
+    assert sorted(x.split()[0] for x in rows) == ["256q1s4k", "32q8s4k", "64q4s4k"]
+    assert any(x.startswith("profile ") for x in r.output.splitlines())
+
+
+def test_bad_rounds_and_a_file_that_is_neither_are_one_line_errors(tmp_path):
+    r = CliRunner().invoke(app, ["verify", str(TABLE), "--runner", REPLAY, "--rounds", "1"])
+    assert r.exit_code == 2 and "at least 2" in r.output
+    bad = tmp_path / "x.yaml"
+    bad.write_text("schema_version: 1\nkind: something\n")
+    r = CliRunner().invoke(app, ["verify", str(bad), "--runner", REPLAY])
+    assert r.exit_code == 2 and str(bad) in r.output and len(r.output.strip().splitlines()) == 1
