@@ -28,7 +28,7 @@ from typing import Any
 
 from ..errors import RunnerUnavailableError, UsageError
 from ..types import BackendStatus, Case, Environment, Measurement, Status
-from ..vllm_adapters import UnsupportedVllmError, adapter_for, supported_versions
+from ..vllm_adapters import FAMILIES, UnsupportedVllmError, adapter_for, supported_versions
 from . import Runner
 from ._vllm_plan import (EngineKey, PlanError, RunnerOptions, capability_refusal, default_case, make_plan,
                          one_line, parse_runner_arg, prefill_capability_refusal)
@@ -86,7 +86,13 @@ def check_available(probe: Callable[[], str | None] = _cuda_probe) -> None:
         raise RunnerUnavailableError("vLLM is not installed", hint=HINT)
     version = _installed_vllm_version()
     try:
-        adapter_for(version or "unknown")
+        family = adapter_for(version or "unknown")
+        if not family.runner_supported:
+            ok = ", ".join(a.family for a in FAMILIES if a.runner_supported)
+            raise RunnerUnavailableError(
+                f"vLLM {version} is installed; mla-tune knows its settings ({family.label}: flags, deploy, the "
+                f"plugin) but the vllm runner measures kernels through vLLM {ok} internals only",
+                hint="measure in an environment with vLLM 0.20.x, or use --runner replay:PATH")
     except UnsupportedVllmError as e:
         raise RunnerUnavailableError(f"vLLM {version or '(unknown version)'} is installed; the vllm runner drives "
                                      f"the internals of vLLM {supported_versions()} only",

@@ -76,6 +76,8 @@ class Adapter:
     cutlass_auto_splits: int  # CutlassMLAImpl._num_kv_splits meaning "the kernel picks"
     triton_min_work_per_split: int  # the TRITON_MLA split heuristic's constants
     triton_occupancy: int
+    # Can the vllm runner drive this family's internals (impls, builders, prefill selection) to measure kernels?
+    runner_supported: bool = False
     notes: tuple[str, ...] = field(default=())
 
     def covers(self, version: tuple[int, int]) -> bool:

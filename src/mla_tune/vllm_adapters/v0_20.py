@@ -68,5 +68,5 @@ ADAPTER = Adapter(
     backends=BACKENDS, prefill_settings=PREFILL, prefill_needs_sm100=("flashinfer", "cudnn", "trtllm"),
     global_settings=GLOBAL, builder_attrs=BUILDER_ATTRS, impl_attrs=IMPL_ATTRS,
     common_builder=COMMON_BUILDER, builder_decode_method="_build_decode", triton_kernel=TRITON_KERNEL, cudagraph_max_tokens=512,
-    cutlass_auto_splits=-1, triton_min_work_per_split=512, triton_occupancy=2,
+    cutlass_auto_splits=-1, triton_min_work_per_split=512, triton_occupancy=2, runner_supported=True,
     notes=("TRITON_MLA's split count and the reorder threshold have no vLLM setting: the plugin applies them",))

@@ -34,7 +34,8 @@ PREFILL = {
 
 ADAPTER = replace(
     BASE, family="0.22-0.26", first=(0, 22), last=(0, 26),
-    gpu_validated="0.26.0: runner gpu tests on H200",
+    # 0.21+ selects prefill through MLAPrefillBackend objects that the runner's engine does not build yet
+    gpu_validated="", runner_supported=False,
     backends=BACKENDS, prefill_settings=PREFILL, prefill_needs_sm100=("flashinfer", "trtllm"),
     notes=("TRITON_MLA runs inside full decode graphs: its split count is fixed per captured batch size",
            "the reorder threshold has no vLLM setting: the plugin applies it"))
