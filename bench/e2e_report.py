@@ -16,13 +16,42 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import re
+import statistics
 from collections import defaultdict
 from pathlib import Path
 
 import yaml
 
 LINE = re.compile(r"^(\w+) B=(\d+) C=(\d+): median step ([\d.]+) ms")
+
+
+def load_steps(path: Path) -> dict[tuple[str, int, int], dict[str, list[float]]]:
+    """(variant, batch, context) -> GPU -> every timed step (JSON drives only)."""
+    out: dict[tuple[str, int, int], dict[str, list[float]]] = defaultdict(dict)
+    if path.suffix == ".json":
+        for run in json.loads(path.read_text())["runs"]:
+            for p in run["phases"]:
+                out[(run["variant"], p["batch"], p["context"])][str(run["gpu_index"])] = p["step_ms"]
+    return out
+
+
+def bootstrap_ci(default: dict[str, list[float]], variant: dict[str, list[float]], n: int = 2000,
+                 seed: int = 0) -> tuple[float, float] | None:
+    """95% interval of the speedup (geometric mean over GPUs of median default / median variant step), resampling
+    the steps of each run: the spread within runs, not the run-to-run spread (one run per variant and GPU)."""
+    gpus = sorted(set(default) & set(variant))
+    if not gpus:
+        return None
+    rng = random.Random(seed)
+
+    def med(xs: list[float]) -> float:
+        return statistics.median(rng.choice(xs) for _ in xs)
+
+    draws = sorted(math.exp(sum(math.log(med(default[g]) / med(variant[g])) for g in gpus) / len(gpus))
+                   for _ in range(n))
+    return draws[int(0.025 * n)], draws[int(0.975 * n) - 1]
 
 
 def load_runs(path: Path) -> dict[tuple[str, int, int], list[float]]:
@@ -68,6 +97,7 @@ def main() -> None:
     ap.add_argument("--mix", default="8:1,256:1")
     args = ap.parse_args()
     runs = load_runs(args.runs)
+    steps = load_steps(args.runs)
     table = yaml.safe_load(args.table.read_text())
     knob = "max_num_splits" if table["backend"] == "FLASH_ATTN_MLA" else "num_kv_splits"
     profile = yaml.safe_load(Path(args.table.parent.parent, f"profile-{table['backend']}.yaml").read_text())
@@ -84,7 +114,9 @@ def main() -> None:
         for v in variants[1:]:
             d, x = runs.get(("default", b, c), []), runs.get((v, b, c), [])
             n = min(len(d), len(x))
-            ratios.append(f"x{math.exp(sum(math.log(d[i] / x[i]) for i in range(n)) / n):.3f}" if n else "-")
+            text = f"x{math.exp(sum(math.log(d[i] / x[i]) for i in range(n)) / n):.3f}" if n else "-"
+            ci = bootstrap_ci(steps.get(("default", b, c), {}), steps.get((v, b, c), {}))
+            ratios.append(text + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
         value = min(points, key=lambda p: (abs(p["tokens"] - b), p["tokens"]))["value"]
         k = kernel_ms(table, b, c, value, knob)
         step = mean.get(("default", b, c))
