@@ -62,7 +62,7 @@ def fa_table() -> dict:
 def test_split_cap_per_batch_small_batches_keep_the_default():
     d = deploy([fa_table()], vllm="0.20.0")
     p = d.profile
-    assert p.match == Match("H100", "9.0", "FLASH_ATTN_MLA", 128, 512, 64, "auto", "0.20-0.21")
+    assert p.match == Match("H100", "9.0", "FLASH_ATTN_MLA", 128, 512, 64, "auto", "0.20")
     assert p.per_batch == (PerBatchRule("max_num_splits", (Point(8, 32, None, "8q1s4k"),
                                                             Point(64, 32, None, "64q1s4k"),
                                                             Point(256, 1, None, "256q1s4k"))),)
@@ -217,7 +217,7 @@ def test_failed_and_mix_entries_are_skipped_with_why():
 def test_unsupported_vllm_is_refused():
     with pytest.raises(UsageError, match="vLLM 0.29.0 is not supported"):
         deploy([fa_table()], vllm="0.29.0")
-    assert deploy([fa_table()]).profile.match.vllm == "0.20-0.21"  # the tables' version
+    assert deploy([fa_table()]).profile.match.vllm == "0.20"  # the tables' version
 
 
 # -- the command --------------------------------------------------------------------------------------------------

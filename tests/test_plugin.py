@@ -23,7 +23,7 @@ V20 = adapter_for("0.20.0")
 KC = V20.triton_kernel
 MLA = "vllm.v1.attention.backends.mla"
 CAPTURE = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
-FA_MATCH = Match("H100", "9.0", "FLASH_ATTN_MLA", 128, 512, 64, "auto", "0.20-0.21")
+FA_MATCH = Match("H100", "9.0", "FLASH_ATTN_MLA", 128, 512, 64, "auto", "0.20")
 CAP_RULE = PerBatchRule("max_num_splits", (Point(8, 16, None, "8q1s4k"), Point(128, 32, None, "128q1s4k"),
                                            Point(256, 1, None, "256q1s4k")))
 FA_PROFILE = Profile(FA_MATCH, (CAP_RULE,), (("reorder_batch_threshold", 64),))
@@ -139,13 +139,13 @@ def test_a_matching_engine_activates_the_profile_and_logs_once(logs):
     assert a.on_engine(engine_of(FA_MATCH)) is True
     assert a.on_engine(engine_of(FA_MATCH)) is True and a.active is True
     (info,) = [m for m in logs.at(logging.INFO) if "applied" in m]
-    assert info.startswith("mla-tune: profile p.yaml applied to FLASH_ATTN_MLA on H100 (vLLM 0.20-0.21): ")
+    assert info.startswith("mla-tune: profile p.yaml applied to FLASH_ATTN_MLA on H100 (vLLM 0.20): ")
     assert "reorder_batch_threshold=64" in info and "max_num_splits per decode tokens" in info
     assert logs.at(logging.WARNING) == []
 
 
 @pytest.mark.parametrize(("field", "other"), [
-    ("gpu", "H200"), ("compute_capability", "9.1"), ("backend", "FLASHMLA"), ("num_q_heads", 16),
+    ("gpu", "H200"), ("compute_capability", "9.1"), ("num_q_heads", 16),
     ("kv_lora_rank", 256), ("qk_rope_head_dim", 32), ("kv_cache_dtype", "fp8"), ("vllm", "0.22-0.26"),
 ])
 def test_each_mismatch_leaves_the_profile_inactive(logs, field: str, other):
@@ -157,6 +157,16 @@ def test_each_mismatch_leaves_the_profile_inactive(logs, field: str, other):
     assert "vLLM's defaults are kept" in warning
     assert a.per_batch("max_num_splits", 256) is None and a.kernel_splits("max_num_splits", 256, None, 7) == 7
     assert not [m for m in logs.at(logging.INFO) if "applied" in m]
+
+
+def test_a_builder_of_another_backend_is_left_alone_without_deciding(logs):
+    a = plugin.Applier(FA_PROFILE, V20, "p.yaml")
+    assert a.on_engine(engine_of(FA_MATCH, backend="FLASHMLA")) is False  # e.g. a draft model's builder
+    assert a.on_engine(engine_of(FA_MATCH, backend="FLASHMLA")) is False
+    (warning,) = logs.at(logging.WARNING)  # once per foreign backend
+    assert "profile p.yaml is for FLASH_ATTN_MLA; this engine built a FLASHMLA metadata builder" in warning
+    assert a.active is None and a.per_batch("max_num_splits", 256) is None
+    assert a.on_engine(engine_of(FA_MATCH)) is True and a.per_batch("max_num_splits", 256) == 1
 
 
 def test_per_batch_picks_the_nearest_point_and_logs_each_choice_once(logs):
@@ -414,8 +424,9 @@ def test_a_mismatching_profile_changes_nothing(vllm, running, logs):
 def test_a_profile_for_another_backend_is_refused_at_the_builder_vllm_creates(vllm, running, logs):
     applier, _ = install(FA_PROFILE)
     b = new(vllm.flashmla)  # vLLM picked FLASHMLA; the profile is for FLASH_ATTN_MLA
-    assert applier.active is False and b.reorder_batch_threshold == 128
-    assert "backend: profile FLASH_ATTN_MLA, engine FLASHMLA" in logs.at(logging.WARNING)[0]
+    assert not applier.active and b.reorder_batch_threshold == 128
+    assert "profile p.yaml is for FLASH_ATTN_MLA; this engine built a FLASHMLA metadata builder, which keeps " \
+        "vLLM's defaults" in logs.at(logging.WARNING)[0]
 
 
 def test_an_exception_in_a_wrapper_disables_the_profile_and_vllm_runs_on(vllm, running, monkeypatch, logs):
@@ -472,7 +483,7 @@ def test_register_end_to_end_with_a_valid_profile(tmp_path, monkeypatch, vllm, r
     monkeypatch.setenv(plugin.ENV, str(path))
     plugin.register()
     (loaded,) = [m for m in logs.at(logging.INFO) if "plugin loaded" in m]
-    assert loaded.startswith(f"mla-tune: plugin loaded with profile {path} (vLLM 0.20-0.21; patched ")
+    assert loaded.startswith(f"mla-tune: plugin loaded with profile {path} (vLLM 0.20; patched ")
     assert "FlashAttnMLAMetadataBuilder._build_decode" in loaded
     b = new(vllm.fa)
     decode(b, 200)

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden" / "profile.yaml"
 FA_TABLE = ROOT / "results" / "h100" / "tables" / "FLASH_ATTN_MLA-deepseek-v3-tp1.yaml"
 
-MATCH = Match("H100", "9.0", "FLASH_ATTN_MLA", 128, 512, 64, "auto", "0.20-0.21")
+MATCH = Match("H100", "9.0", "FLASH_ATTN_MLA", 128, 512, 64, "auto", "0.20")
 ENGINE = RunningEngine(**dataclasses.asdict(MATCH))
 CAP = PerBatchRule("max_num_splits", (Point(8, 32, None, "8q1s4k"), Point(64, 8, None, "64q1s4k"),
                                       Point(256, 1, None, "256q1s4k")))

@@ -20,12 +20,12 @@ from mla_tune.vllm_adapters import (
     supported_versions,
 )
 
-SUPPORTED = "0.20.x-0.21.x, 0.22.x-0.26.x, 0.33.x"
+SUPPORTED = "0.20.x, 0.21.x-0.26.x, 0.33.x"
 
 
 @pytest.mark.parametrize(("version", "family"), [
-    ("0.20.0", "0.20-0.21"), ("0.21.3", "0.20-0.21"), ("0.22.1", "0.22-0.26"), ("0.26.0", "0.22-0.26"),
-    ("0.33.0", "0.33"), ("0.33.0rc1", "0.33"), ("v0.20", "0.20-0.21"), ("0.26.0+cu130", "0.22-0.26"),
+    ("0.20.0", "0.20"), ("0.21.3", "0.21-0.26"), ("0.22.1", "0.21-0.26"), ("0.26.0", "0.21-0.26"),
+    ("0.33.0", "0.33"), ("0.33.0rc1", "0.33"), ("v0.20", "0.20"), ("0.26.0+cu130", "0.21-0.26"),
 ])
 def test_adapter_for_a_supported_version(version: str, family: str):
     assert adapter_for(version).family == family
@@ -70,9 +70,9 @@ def test_prefill_settings_per_family():
                         "use_trtllm_ragged_deepseek_prefill"} & set(fields)
             assert "mla_prefill_backend" in fields
         assert a.prefill_settings["fa3"] == {"mla_prefill_backend": "FLASH_ATTN", "flash_attn_version": 3}
-    assert v22.prefill_refusal("cudnn", "10.0") == "cudnn prefill does not exist in vLLM 0.22-0.26"
+    assert v22.prefill_refusal("cudnn", "10.0") == "cudnn prefill does not exist in vLLM 0.21-0.26"
     assert v20.prefill_refusal("cudnn", "9.0") == \
-        "cudnn prefill needs compute capability 10.x in vLLM 0.20-0.21 (this GPU: 9.0)"
+        "cudnn prefill needs compute capability 10.x in vLLM 0.20 (this GPU: 9.0)"
     assert v20.prefill_refusal("cudnn", "10.0") is None and v20.prefill_refusal("auto", "9.0") is None
     assert v22.prefill_refusal("fa3", "9.0") is None
 

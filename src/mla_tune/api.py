@@ -219,6 +219,10 @@ class Verification:
     def slower(self) -> list[Any]:
         return [r for r in self.results if r.verdict == "slower"]
 
+    @property
+    def failed(self) -> list[Any]:
+        return [r for r in self.results if r.verdict == "failed"]
+
 
 def verify_target(path: Path, *, runner: str | Runner = "vllm", rounds: int = 6,
                   progress: Callable[[str], None] | None = None) -> Verification:
@@ -235,7 +239,7 @@ def verify_target(path: Path, *, runner: str | Runner = "vllm", rounds: int = 6,
         profile = load_profile(path)
         kind, backend, kv = "profile", profile.match.backend, profile.match.kv_cache_dtype
         items, dims = profile_items(profile), profile_dims(profile)
-        source = f"{profile.match.gpu}, vLLM {profile.match.vllm}"
+        source = "; ".join(profile.provenance.get("measured_with") or [profile.match.gpu])
     else:
         table = load_table(path)
         kind, backend, kv = "table", table["backend"], table["kv_cache_dtype"]

@@ -212,7 +212,7 @@ def verify(
     runner: str = typer.Option("vllm", help=RUNNER_HELP),
     rounds: int = typer.Option(6, help="paired rounds per setting (default/tuned, then tuned/default, ...)"),
 ) -> None:
-    """Re-measure each tuned setting against vLLM's default here; exit 1 if one is slower beyond noise."""
+    """Re-measure each tuned setting against vLLM's default here; exit 1 if one is slower beyond noise or fails."""
     from . import api
     from .render_serving import verify_lines
 
@@ -220,7 +220,7 @@ def verify(
     result = api.verify_target(target, runner=runner, rounds=rounds, progress=lambda m: err.print(m))
     for line in verify_lines(result):
         typer.echo(line)
-    if result.slower:
+    if result.slower or result.failed:
         raise typer.Exit(1)
 
 

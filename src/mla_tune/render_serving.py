@@ -108,5 +108,5 @@ def verify_lines(v: Any) -> list[str]:
                      f"{r.default_ms:.4g} -> {r.tuned_ms:.4g} ms{claim}")
     counts = {k: sum(1 for r in v.results if r.verdict == k) for k in ("holds", "no gain", "slower", "failed")}
     lines.append(", ".join(f"{n} {k}" for k, n in counts.items()) + (" (exit 1: a setting is slower than vLLM's "
-                 "default here)" if counts["slower"] else ""))
+                 "default here, or could not run)" if counts["slower"] or counts["failed"] else ""))
     return lines

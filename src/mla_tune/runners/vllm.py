@@ -94,8 +94,9 @@ def check_available(probe: Callable[[], str | None] = _cuda_probe) -> None:
                 f"plugin) but the vllm runner measures kernels through vLLM {ok} internals only",
                 hint="measure in an environment with vLLM 0.20.x, or use --runner replay:PATH")
     except UnsupportedVllmError as e:
+        drivable = tuple(a for a in FAMILIES if a.runner_supported)
         raise RunnerUnavailableError(f"vLLM {version or '(unknown version)'} is installed; the vllm runner drives "
-                                     f"the internals of vLLM {supported_versions()} only",
+                                     f"the internals of vLLM {supported_versions(drivable)} only",
                                      hint="pip install 'mla-tune[vllm]'") from e
     reason = probe()
     if reason:

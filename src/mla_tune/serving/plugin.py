@@ -47,23 +47,30 @@ class Applier:
         # per-call lookups are dict hits; contexts are bucketed to 256 tokens so the cache stays small on eager paths
         self._chosen: dict[tuple[str, int, int | None], ParamValue] = {}
         self._logged: set[tuple[str, int, object]] = set()  # one log line per (knob, batch, measured point)
+        self._other_backends: set[str] = set()
         self._lock = threading.Lock()
 
     # -- the engine, once --------------------------------------------------------------------------------
     def on_engine(self, engine: RunningEngine) -> bool:
-        """Decide once, at the first builder of the profile's backend; builders of other backends never get its
-        values (a process may build several, e.g. a draft model's)."""
+        """Decide once, at the first builder of the profile's backend. A builder of another backend (a draft model's,
+        or the engine runs another backend than the profile's) gets nothing, with one warning per backend."""
         with self._lock:
+            if engine.backend != self.profile.match.backend:
+                if engine.backend not in self._other_backends:
+                    self._other_backends.add(engine.backend)
+                    _say(logging.WARNING, "mla-tune: profile %s is for %s; this engine built a %s metadata builder, "
+                         "which keeps vLLM's defaults", self.source, self.profile.match.backend, engine.backend)
+                return False
             if self.active is None:
                 reason = mismatch(self.profile.match, engine)
                 self.active = reason is None
                 if reason:
-                    _say(logging.WARNING, "mla-tune: profile %s not applied: it was measured for another engine (%s); "
-                                "vLLM's defaults are kept", self.source, reason)
+                    _say(logging.WARNING, "mla-tune: profile %s not applied: it was measured for another engine "
+                         "(%s); vLLM's defaults are kept", self.source, reason)
                 else:
                     _say(logging.INFO, "mla-tune: profile %s applied to %s on %s (vLLM %s): %s", self.source,
                          engine.backend, engine.gpu, engine.vllm, self.describe())
-            return bool(self.active) and engine.backend == self.profile.match.backend
+            return bool(self.active)
 
     def fail(self, exc: BaseException, where: str) -> None:
         """A patch met something it did not expect: stop applying, keep vLLM's defaults, say so once."""

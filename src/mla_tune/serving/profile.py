@@ -72,7 +72,7 @@ class Match:
     kv_lora_rank: int
     qk_rope_head_dim: int
     kv_cache_dtype: str  # "auto" (the model dtype) or "fp8"
-    vllm: str  # adapter family, e.g. "0.20-0.21"
+    vllm: str  # adapter family, e.g. "0.20"
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,9 @@ class UnsupportedVllmError(UsageError):
     """A vLLM version no adapter covers."""
 
 
-def supported_versions() -> str:
+def supported_versions(families: tuple[Adapter, ...] = FAMILIES) -> str:
     return ", ".join(f"{a.family}.x" if "-" not in a.family else
-                     f"{a.family.split('-')[0]}.x-{a.family.split('-')[1]}.x" for a in FAMILIES)
+                     f"{a.family.split('-')[0]}.x-{a.family.split('-')[1]}.x" for a in families)
 
 
 def parse_version(version: str) -> tuple[int, int]:

@@ -197,7 +197,8 @@ def install(applier: Any, adapter: Adapter, backend: str) -> list[str]:
             cls = load(facts.builder_class)
         except Exception:  # noqa: BLE001 - a backend this build of vLLM cannot import is never selected either
             continue
-        if not getattr(cls.__init__, _MARK, False):
+        # its own __init__, not one inherited from an already wrapped parent (that one returns early for subclasses)
+        if not getattr(cls.__dict__.get("__init__"), _MARK, False):
             _wrap_builder_init(cls, name, applier, adapter)
             done.append(f"{cls.__name__}.__init__")
     facts = adapter.backends[backend]

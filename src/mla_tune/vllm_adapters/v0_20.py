@@ -1,7 +1,7 @@
-"""vLLM 0.20-0.21: the family the committed H100 results and the H200 runs were measured with (0.20.0).
+"""vLLM 0.20: the family the committed H100 results and the H200 runs were measured with (0.20.0).
 
-Facts read from the released 0.20.0 source (0.21 keeps every name used here; it adds ``mla_prefill_backend``,
-which this family leaves unset so that the old prefill switches below still decide).
+Facts read from the released 0.20.0 source. 0.21 is not in this family although its config keeps the old prefill
+switches: it selects prefill through MLAPrefillBackend objects (``mla_prefill_backend``), as 0.21-0.26 do.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ TRITON_KERNEL = TritonKernelCall(f"{_MLA}.triton_mla", "decode_attention_fwd", 7
                                  "num_kv_splits")
 
 ADAPTER = Adapter(
-    family="0.20-0.21", first=(0, 20), last=(0, 21), torch="2.11.0",
+    family="0.20", first=(0, 20), last=(0, 20), torch="2.11.0",
     gpu_validated="0.20.0: runner gpu tests and studies on H100 and H200, plugin end to end on H200",
     backends=BACKENDS, prefill_settings=PREFILL, prefill_needs_sm100=("flashinfer", "cudnn", "trtllm"),
     global_settings=GLOBAL, builder_attrs=BUILDER_ATTRS, impl_attrs=IMPL_ATTRS,

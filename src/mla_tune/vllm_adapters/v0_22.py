@@ -1,7 +1,8 @@
-"""vLLM 0.22-0.26: prefill chosen by ``mla_prefill_backend`` (cuDNN prefill gone), TRITON_MLA with its own
-metadata builder and full CUDA graphs, its split count in ``triton_mla._compute_num_kv_splits`` (0.26).
+"""vLLM 0.21-0.26: prefill chosen by ``mla_prefill_backend`` (MLAPrefillBackend objects from 0.21; cuDNN prefill
+and the old switches removed in 0.22), TRITON_MLA with its own metadata builder and full CUDA graphs from 0.22, its
+split count in ``triton_mla._compute_num_kv_splits`` (0.26).
 
-Facts read from the released 0.22.0 and 0.26.0 sources; 0.26.0 is the member run on a GPU.
+Facts read from the released 0.21.0, 0.22.0 and 0.26.0 sources; no member has run on a GPU here yet.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ PREFILL = {
 }
 
 ADAPTER = replace(
-    BASE, family="0.22-0.26", first=(0, 22), last=(0, 26),
+    BASE, family="0.21-0.26", first=(0, 21), last=(0, 26),
     # 0.21+ selects prefill through MLAPrefillBackend objects that the runner's engine does not build yet
     gpu_validated="", runner_supported=False,
     backends=BACKENDS, prefill_settings=PREFILL, prefill_needs_sm100=("flashinfer", "trtllm"),

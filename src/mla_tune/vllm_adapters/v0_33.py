@@ -1,7 +1,7 @@
 """vLLM 0.33 (November 2026, the newest release): written from its released source, not run on a GPU here
 (it needs torch 2.14; the GPU machine has 2.11).
 
-Differences from 0.22-0.26 that matter here: ``_build_decode`` takes ``max_query_len`` (0.31), TRITON_MLA graphs
+Differences from 0.21-0.26 that matter here: ``_build_decode`` takes ``max_query_len`` (0.31), TRITON_MLA graphs
 uniform batches again, FLASHINFER_MLA graphs every batch (AttentionCGSupport.ALWAYS).
 """
 
