@@ -283,3 +283,17 @@ def test_cli_errors_are_one_line(tmp_path: Path):
     assert r.exit_code == 2 and "runner 'replay'" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(app, ["deploy", str(path), "-o", str(tmp_path / "p.yaml"), "--workload", "nope"])
     assert r.exit_code == 2 and "unknown workload 'nope'" in r.output
+
+
+def test_a_value_is_priced_as_the_runner_resolved_it():
+    """fa2 turns the split cap off (vLLM never reads it under FA2), so the recorded fa2 configs carry the idle cap
+    32; a shape tuned to cap 1 must be priced at fa2 with that recorded config, not reported "not measured"."""
+    from mla_tune.export import load_table
+
+    table = load_table(Path(__file__).resolve().parents[1] / "results/h200/tables/FLASH_ATTN_MLA-deepseek-v3-tp1.yaml")
+    entry = next(e for e in table["entries"] if e["shape"] == "64q1s4k")
+    entry.update(tuned=True, params={**entry["default_params"], "prefill_backend": "fa2"})  # a candidate to price
+    d = deploy([table], None, "0.20.0")
+    (prefill,) = [g for g in d.globals_ if g.knob == "prefill_backend"]
+    assert not [why for v, why in prefill.rejected if "not measured" in why], prefill.rejected
+    assert all(ms is not None for _, _, ms, _ in prefill.costs)  # fa2 priced on every shape from its recording

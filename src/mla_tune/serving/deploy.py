@@ -39,6 +39,12 @@ class Source:
     def latency(self, config: Mapping[str, ParamValue]) -> float | None:
         return dict(self.latencies).get(tuple(sorted(config.items())))
 
+    def priced(self, name: str, value: ParamValue, space: SearchSpace) -> float | None:
+        """The measured latency of this shape's chosen config with ``name`` set to ``value``, re-resolved the way
+        the runner ran it (a knob that stops mattering takes its idle value, as in the recorded configs)."""
+        wanted = {**self.chosen, name: value}
+        return self.latency(space.resolve(self.shape, lambda p: wanted.get(p.name, p.default)))
+
 
 @dataclass(frozen=True)
 class GlobalChoice:
@@ -110,10 +116,6 @@ def _threshold(s: Source) -> int:
     return int(s.chosen.get("reorder_batch_threshold", 1))
 
 
-def _with(config: Mapping[str, ParamValue], name: str, value: ParamValue) -> dict[str, ParamValue]:
-    return {**config, name: value}
-
-
 def _rule(name: str, sources: list[Source], traffic: Traffic, adapter: Adapter, space: SearchSpace
           ) -> PerBatchRule | None:
     backend = space.backend
@@ -127,14 +129,14 @@ def _rule(name: str, sources: list[Source], traffic: Traffic, adapter: Adapter, 
         groups.setdefault((s.shape.num_tokens, s.shape.max_kv_len if eager_path else None), []).append(s)
     points = []
     for (tokens, context), group in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1] or 0)):
-        value = _best_value(name, group, traffic, [s.chosen[name] for s in group])[0]
+        value = _best_value(name, group, traffic, [s.chosen[name] for s in group], space)[0]
         points.append(Point(tokens, value, context, "+".join(s.spec for s in group)))
     if not points or all(p.value == k.default(backend) for p in points):
         return None
     return PerBatchRule(name, tuple(points))
 
 
-def _best_value(name: str, group: list[Source], traffic: Traffic, candidates: list[ParamValue]
+def _best_value(name: str, group: list[Source], traffic: Traffic, candidates: list[ParamValue], space: SearchSpace
                 ) -> tuple[ParamValue, list[tuple[ParamValue, str]]]:
     """The candidate with the least traffic-weighted latency over ``group``; ties and unknowns favour the default."""
     weights = {s.spec: traffic.weight(s.spec) for s in group}
@@ -143,11 +145,11 @@ def _best_value(name: str, group: list[Source], traffic: Traffic, candidates: li
     default = group[0].default[name]
     scored, rejected = [], []
     for v in dict.fromkeys([default, *candidates]):
-        missing = [s.spec for s in group if weights[s.spec] and s.latency(_with(s.chosen, name, v)) is None]
+        missing = [s.spec for s in group if weights[s.spec] and s.priced(name, v, space) is None]
         if missing:
             rejected.append((v, f"not measured on {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"))
             continue
-        total = sum(weights[s.spec] * (s.latency(_with(s.chosen, name, v)) or 0.0) for s in group)
+        total = sum(weights[s.spec] * (s.priced(name, v, space) or 0.0) for s in group)
         scored.append((total, v != default, v))
     if not scored:
         return default, rejected
@@ -164,8 +166,8 @@ def _matters(name: str, s: Source, space: SearchSpace) -> bool:
 
 def _global(name: str, sources: list[Source], traffic: Traffic, space: SearchSpace) -> GlobalChoice:
     relevant = [s for s in sources if _matters(name, s, space)]
-    value, rejected = _best_value(name, relevant, traffic, [s.chosen[name] for s in relevant])
-    costs = tuple((s.spec, traffic.weight(s.spec), s.latency(_with(s.chosen, name, value)), s.latency(s.chosen))
+    value, rejected = _best_value(name, relevant, traffic, [s.chosen[name] for s in relevant], space)
+    costs = tuple((s.spec, traffic.weight(s.spec), s.priced(name, value, space), s.latency(s.chosen))
                   for s in relevant)
     return GlobalChoice(name, value, relevant[0].default[name] if relevant else value, costs, tuple(rejected))
 

@@ -47,7 +47,7 @@ def _cost(name: str, value: object, me: str, sources: list[Source], space: Any) 
     for s in sources:
         if s.spec == me or name not in s.chosen or not knob(name).matters(Situation(s.shape, s.chosen, space)):
             continue
-        own, other = s.latency(s.chosen), s.latency({**s.chosen, name: value})
+        own, other = s.latency(s.chosen), s.priced(name, value, space)
         ratios.append((s.spec, round(own / other, 3) if own and other else None))
     return ValueCost(name, value, knob(name).per_batch, tuple(ratios))
 
