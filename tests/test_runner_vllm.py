@@ -56,7 +56,7 @@ def _fake_find_spec(present: set[str]):
     ({"torch"}, "0.20.0", None, "vLLM is not installed"),
     ({"torch", "vllm"}, "0.19.1", None, "vLLM 0.19.1 is installed"),
     ({"torch", "vllm"}, None, None, "unknown version"),
-    ({"torch", "vllm"}, "0.26.0", None, "the vllm runner measures kernels through vLLM 0.20 internals only"),
+    ({"torch", "vllm"}, "0.33.0", None, "the vllm runner measures kernels through vLLM 0.20, 0.21-0.26 internals only"),
     ({"torch", "vllm"}, "0.29.0", None, "vLLM 0.29.0 is installed"),
     ({"torch", "vllm"}, "0.20.0", "no CUDA GPU visible (torch.cuda.is_available() is False)", "no CUDA GPU"),
 ])
@@ -70,7 +70,7 @@ def test_check_available_messages(monkeypatch, present, version, probe, expected
 
 def test_check_available_passes_for_020(monkeypatch) -> None:
     monkeypatch.setattr(importlib.util, "find_spec", _fake_find_spec({"torch", "vllm"}))
-    for version in ("0.20.0", "0.20.1", "0.20.0+cu130", "0.20.2rc1"):
+    for version in ("0.20.0", "0.20.1", "0.20.0+cu130", "0.20.2rc1", "0.21.0", "0.26.0"):
         monkeypatch.setattr(vllm_runner_mod, "_installed_vllm_version", lambda v=version: v)
         check_available(probe=lambda: None)
 

@@ -96,6 +96,10 @@ def make_vllm_config(model_dir: str, key: EngineKey, block_size: int) -> Any:
                                          max_model_len=MAX_MODEL_LEN, is_encoder_decoder=False),
         parallel_config=ParallelConfig(), compilation_config=CompilationConfig())
     for name, value in prefill_overrides(key.prefill_backend).items():
+        if name == "mla_prefill_backend":  # after construction only an enum member is taken (0.21+)
+            from vllm.v1.attention.backends.mla.prefill import MLAPrefillBackendEnum
+
+            value = MLAPrefillBackendEnum[str(value)]
         setattr(cfg.attention_config, name, value)
     if key.cuda_graphs:
         # enforce_eager keeps VllmConfig from compiling anything; the builders only read these two fields
@@ -106,12 +110,47 @@ def make_vllm_config(model_dir: str, key: EngineKey, block_size: int) -> Any:
 
 
 def clear_prefill_caches() -> None:
+    """Forget vLLM's cached prefill choices: the next config may ask for another prefill path."""
     from vllm.model_executor.layers.attention import mla_attention
 
-    for name in _PREFILL_CACHES:
-        fn = getattr(mla_attention, name, None)
-        if fn is not None and hasattr(fn, "cache_clear"):
-            fn.cache_clear()
+    holders: list[tuple[Any, tuple[str, ...]]] = [(mla_attention, _PREFILL_CACHES)]
+    if adapter().prefill_api == "backend_object":
+        from vllm.v1.attention.backends.mla.prefill import selector
+
+        holders.append((selector, ("_auto_select_mla_prefill_backend",)))
+    for module, names in holders:
+        for name in names:
+            fn = getattr(module, name, None)
+            if fn is not None and hasattr(fn, "cache_clear"):
+                fn.cache_clear()
+
+
+def make_prefill_backend(cfg: Any, dims: MLADims) -> Any:
+    """The MLAPrefillBackend vLLM's MLAAttention layer holds (0.21+), built the same way; the builder clones it."""
+    from vllm.v1.attention.backends.mla.prefill import get_mla_prefill_backend
+
+    return get_mla_prefill_backend(cfg)(
+        num_heads=dims.num_q_heads, scale=float((dims.qk_nope_head_dim + dims.qk_rope_head_dim) ** -0.5),
+        kv_lora_rank=dims.kv_lora_rank, qk_nope_head_dim=dims.qk_nope_head_dim,
+        qk_rope_head_dim=dims.qk_rope_head_dim, v_head_dim=dims.v_head_dim, vllm_config=cfg)
+
+
+# MLAPrefillBackend.get_name() -> the prefill_backend value mla-tune calls it (FA's version is read separately).
+_PREFILL_BACKEND_NAMES = {"FLASHINFER": "flashinfer", "TRTLLM_RAGGED": "trtllm", "TOKENSPEED_MLA": "tokenspeed"}
+
+
+def prefill_taken(builder: Any, impl: Any) -> tuple[str, str]:
+    """(what the impl runs, what the builder prepared) for prefill: they must agree, and match what was asked."""
+    if adapter().prefill_api == "backend_object":
+        backend = getattr(builder, "_prefill_backend", None)
+        name = type(backend).get_name() if backend is not None else "none"
+        taken = (f"fa{getattr(backend, 'vllm_flash_attn_version', None) or '?'}" if name == "FLASH_ATTN"
+                 else _PREFILL_BACKEND_NAMES.get(name, name.lower()))
+        return taken, taken  # one object decides for both in 0.21+
+    flags = {name: bool(getattr(builder, attr, False)) for name, attr in PREFILL_BUILDER_FLAGS.items()}
+    from_flags = resolved_prefill(flags["flashinfer"], flags["cudnn"], flags["trtllm"],
+                                  getattr(impl, "vllm_flash_attn_version", None))
+    return _impl_prefill(impl) or from_flags, from_flags
 
 
 def _mock_layer_class() -> type:
@@ -209,14 +248,14 @@ def build_engine(key: EngineKey, model_dir: str, kv_b_proj: KVBProj, device: tor
                                 dtype=torch.bfloat16 if key.kv_cache_dtype == "auto" else torch.uint8,
                                 cache_dtype_str=key.kv_cache_dtype)
         layer = _mock_layer_class()(impl, backend_cls, spec, device)
+        if adapter().prefill_api == "backend_object":
+            tracker.step = "build engine: prefill backend"
+            layer.prefill_backend = make_prefill_backend(cfg, dims)
         cfg.compilation_config.static_forward_context[LAYER_NAME] = layer
         tracker.step = "build engine: metadata builder"
         builder = backend_cls.get_builder_cls()(spec, [LAYER_NAME], cfg, device)
     tracker.step = "build engine: verify prefill"
-    flags = {name: bool(getattr(builder, attr, False)) for name, attr in PREFILL_BUILDER_FLAGS.items()}
-    from_flags = resolved_prefill(flags["flashinfer"], flags["cudnn"], flags["trtllm"],
-                                  getattr(impl, "vllm_flash_attn_version", None))
-    resolved = _impl_prefill(impl) or from_flags
+    resolved, from_flags = prefill_taken(builder, impl)
     if resolved != from_flags:
         raise UnsupportedCase(f"vLLM's impl runs {resolved} prefill but its metadata builder prepared "
                               f"{from_flags}")

@@ -76,6 +76,10 @@ class Adapter:
     cutlass_auto_splits: int  # CutlassMLAImpl._num_kv_splits meaning "the kernel picks"
     triton_min_work_per_split: int  # the TRITON_MLA split heuristic's constants
     triton_occupancy: int
+    # How prefill is selected and reported: "switches" (0.20: attention-config booleans, builder flags, the impl's
+    # _run_prefill_new_tokens_*) or "backend_object" (0.21+: mla_prefill_backend -> an MLAPrefillBackend held by
+    # the attention layer and the metadata builder)
+    prefill_api: str = "switches"
     # Can the vllm runner drive this family's internals (impls, builders, prefill selection) to measure kernels?
     runner_supported: bool = False
     notes: tuple[str, ...] = field(default=())

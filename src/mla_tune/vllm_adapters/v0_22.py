@@ -35,8 +35,9 @@ PREFILL = {
 
 ADAPTER = replace(
     BASE, family="0.21-0.26", first=(0, 21), last=(0, 26),
-    # 0.21+ selects prefill through MLAPrefillBackend objects that the runner's engine does not build yet
-    gpu_validated="", runner_supported=False,
+    # The runner builds the layer's MLAPrefillBackend as vLLM's MLAAttention does (written from the 0.21/0.26
+    # sources; not yet run on a GPU: see notes-0.21-0.33.md)
+    gpu_validated="", prefill_api="backend_object", runner_supported=True,
     backends=BACKENDS, prefill_settings=PREFILL, prefill_needs_sm100=("flashinfer", "trtllm"),
     notes=("TRITON_MLA runs inside full decode graphs: its split count is fixed per captured batch size",
            "the reorder threshold has no vLLM setting: the plugin applies it"))
