@@ -177,3 +177,37 @@ def test_detail_key_says_where_a_measurement_reports_the_resolved_value():
     assert detail_key("reorder_batch_threshold") == "reorder_batch_threshold"
     assert detail_key("cuda_graphs") == "cuda_graphs"  # no detail_key declared: its own name
     assert detail_key("block_size") == "block_size"  # not a knob: the name itself
+
+
+# -- how the runner applies each knob: what a change of it rebuilds ------------------------------------------
+def _plan_for(backend: str, spec: str, **params):
+    from mla_tune.batch_spec import parse
+    from mla_tune.models import get_model
+    from mla_tune.runners._vllm_plan import make_plan
+    from mla_tune.space import load_space
+    from mla_tune.types import Case, freeze_params
+
+    shape = parse(spec)
+    config = load_space(backend).resolve(shape, lambda p: params.get(p.name, p.default))  # as a study asks
+    return make_plan(Case(backend, shape, get_model("deepseek-v3", 1), freeze_params(config)))
+
+
+@pytest.mark.parametrize(("backend", "spec", "name", "value"), [
+    ("FLASH_ATTN_MLA", "2q512s2k_16q1s2k", "reorder_batch_threshold", 128),  # not graphed either way
+    ("FLASH_ATTN_MLA", "64q1s4k", "max_num_splits", 1),
+    ("FLASH_ATTN_MLA", "64q1s4k", "prefill_backend", "fa2"),
+    ("FLASH_ATTN_MLA", "64q1s4k", "cuda_graphs", False),
+    ("TRITON_MLA", "64q1s4k", "num_kv_splits", 2),
+    ("CUTLASS_MLA", "64q1s4k", "num_kv_splits", 2),
+])
+def test_each_knobs_runner_apply_is_what_a_change_of_it_rebuilds(backend, spec, name, value):
+    from mla_tune.knobs import RunnerApply
+
+    base, changed = _plan_for(backend, spec), _plan_for(backend, spec, **{name: value})
+    apply = knob(name).runner
+    if apply is RunnerApply.ENGINE:  # a new config, impl and builder
+        assert changed.engine != base.engine
+    elif apply is RunnerApply.BUILDER:  # new metadata on the same engine
+        assert changed.engine == base.engine and changed.metadata_key != base.metadata_key
+    else:  # per call: nothing rebuilt
+        assert changed.metadata_key == base.metadata_key and changed != base

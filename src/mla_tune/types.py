@@ -142,6 +142,12 @@ class Measurement:
         return cls(status, (), message, None, tuple(sorted(details.items())))
 
 
+def gpu_short_name(name: str) -> str:
+    """``NVIDIA H100 80GB HBM3`` -> ``H100``: how studies, profiles and the plugin name a GPU."""
+    words = [w for w in name.replace("NVIDIA", "").split() if w]
+    return words[0] if words else "GPU"
+
+
 @dataclass(frozen=True)
 class Environment:
     """Where measurements come from: the GPU, the software versions and the runner (provenance)."""
@@ -161,8 +167,7 @@ class Environment:
     @property
     def gpu_short(self) -> str:
         """``NVIDIA H100 80GB HBM3`` -> ``H100``: the part of a study name that says which GPU."""
-        words = [w for w in self.gpu_name.replace("NVIDIA", "").split() if w]
-        return words[0] if words else "GPU"
+        return gpu_short_name(self.gpu_name)
 
     @property
     def fingerprint(self) -> str:

@@ -88,7 +88,7 @@ CUDA_GRAPHS = Knob(
 MAX_NUM_SPLITS = Knob(
     name="max_num_splits", type="int", backends=("FLASH_ATTN_MLA",), defaults={"FLASH_ATTN_MLA": 32},
     description="flash-attn split cap for FA3's scheduler under full CUDA graphs",
-    runner=RunnerApply.BUILDER, serving=ServingApply.PLUGIN_PER_BATCH, needs_graph=True,
+    runner=RunnerApply.BUILDER, serving=ServingApply.PLUGIN_PER_BATCH,
     matters=_fa3_cap_read, detail_key="fa_num_splits")
 
 KNOBS: tuple[Knob, ...] = (REORDER_BATCH_THRESHOLD, PREFILL, NUM_KV_SPLITS, CUDA_GRAPHS, MAX_NUM_SPLITS)

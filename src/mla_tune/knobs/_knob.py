@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..types import ParamValue, Shape
@@ -80,9 +80,6 @@ class Knob:
     detail_key: str = ""
     # Backends on which the knob changes the decode pipeline although it is named for prefill.
     affects_decode_on: tuple[str, ...] = ()
-    # Does a per-batch serving value need a full CUDA graph to take effect? (FA's split cap does.)
-    needs_graph: bool = False
-    notes: Mapping[str, str] = field(default_factory=dict)  # backend -> a caveat shown by `spaces`/`flags`
 
     def __post_init__(self) -> None:
         missing = [b for b in self.backends if b not in self.defaults]

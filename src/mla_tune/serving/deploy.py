@@ -18,7 +18,7 @@ from ..errors import UsageError
 from ..knobs import ServingApply, Situation, knob, knobs_for
 from ..space import SearchSpace, load_space
 from ..traffic import Traffic, uniform_traffic
-from ..types import ParamValue, Shape
+from ..types import ParamValue, Shape, gpu_short_name
 from ..vllm_adapters import Adapter, adapter_for
 from .profile import Match, PerBatchRule, Point, Profile
 from .settings import ServingSettings, serving_settings
@@ -103,8 +103,7 @@ def _match(tables: Sequence[Mapping[str, Any]], adapter: Adapter) -> Match:
         raise UsageError("the tables differ in backend, GPU, model dims or KV dtype: deploy one engine's tables "
                          f"together ({keys[0]} vs {next(k for k in keys if k != keys[0])})")
     backend, gpu, cc, heads, rank, rope, kv = keys[0]
-    words = [w for w in gpu.replace("NVIDIA", "").split() if w]
-    return Match(words[0] if words else gpu, cc, backend, int(heads), int(rank), int(rope), str(kv), adapter.family)
+    return Match(gpu_short_name(gpu), cc, backend, int(heads), int(rank), int(rope), str(kv), adapter.family)
 
 
 def _is_decode(s: Source) -> bool:

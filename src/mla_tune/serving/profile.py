@@ -98,18 +98,8 @@ class Profile:
         }
 
 
-@dataclass(frozen=True)
-class RunningEngine:
-    """What the plugin reads off the engine it runs in, to check a profile against."""
-
-    gpu: str
-    compute_capability: str
-    backend: str
-    num_q_heads: int
-    kv_lora_rank: int
-    qk_rope_head_dim: int
-    kv_cache_dtype: str
-    vllm: str  # adapter family of the running vLLM
+# What the plugin reads off the engine it runs in has the same fields as what a profile was measured for.
+RunningEngine = Match
 
 
 def mismatch(match: Match, engine: RunningEngine) -> str | None:

@@ -58,16 +58,16 @@ def _engine_facts(builder: Any, backend: str, vllm_config: Any, kv_cache_spec: A
     import torch
 
     from ..serving.profile import RunningEngine
+    from ..types import gpu_short_name
 
     device = getattr(builder, "device", None)
     index = device.index if getattr(device, "index", None) is not None else torch.cuda.current_device()
     major, minor = torch.cuda.get_device_capability(index)
-    words = [w for w in torch.cuda.get_device_name(index).replace("NVIDIA", "").split() if w]
     model = vllm_config.model_config
     hf = model.hf_text_config if hasattr(model, "hf_text_config") else model.hf_config
     cache_dtype = str(getattr(vllm_config.cache_config, "cache_dtype", "auto"))
     return RunningEngine(
-        gpu=words[0] if words else "GPU", compute_capability=f"{major}.{minor}", backend=backend,
+        gpu=gpu_short_name(torch.cuda.get_device_name(index)), compute_capability=f"{major}.{minor}", backend=backend,
         num_q_heads=int(model.get_num_attention_heads(vllm_config.parallel_config)),
         kv_lora_rank=int(getattr(hf, "kv_lora_rank", 0)), qk_rope_head_dim=int(getattr(hf, "qk_rope_head_dim", 0)),
         kv_cache_dtype="auto" if cache_dtype in ("auto", "bfloat16", "float16") else
