@@ -68,6 +68,12 @@ class SearchSpace:
     cuda_graph_support: str
     parameters: tuple[Parameter, ...]
     path: str = ""
+    # The KV-cache dtype the configs run with ("auto" = the model's, or "fp8"): some knobs matter only with one.
+    kv_cache_dtype: str = "auto"
+
+    def for_kv(self, kv_cache_dtype: str) -> SearchSpace:
+        """This space for a KV cache of ``kv_cache_dtype`` ("fp8"/"fp8_e4m3" count as fp8, the rest as "auto")."""
+        return replace(self, kv_cache_dtype="fp8" if str(kv_cache_dtype).startswith("fp8") else "auto")
 
     def __getitem__(self, name: str) -> Parameter:
         for p in self.parameters:

@@ -51,6 +51,10 @@ class Situation:
     def graphed(self) -> bool:
         return bool(self.config.get("cuda_graphs", False))
 
+    @property
+    def fp8_kv(self) -> bool:
+        return self.space.kv_cache_dtype == "fp8"
+
 
 def _always(_: Situation) -> bool:
     return True

@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..knobs import BACKENDS, PREFILL_BACKENDS
+from ..knobs import BACKENDS, PREFILL_BACKENDS, RunnerApply, knobs_for
 from ..knobs import check_params as check_knob_params
 from ..space import SearchSpace, load_space
 from ..types import Case, MLADims, ParamValue, Request, Status
@@ -60,6 +60,8 @@ class EngineKey:
     kv_cache_dtype: str  # "auto" or "fp8"
     prefill_backend: str
     cuda_graphs: bool  # the builder reads compilation_config.cudagraph_mode at construction
+    # Other engine-level knobs, as the attention-config fields that set them: (field, value), sorted.
+    attention: tuple[tuple[str, object], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -140,16 +142,16 @@ def check_params(backend: str, params: Mapping[str, ParamValue]) -> list[str]:
 
 
 @functools.lru_cache(maxsize=None)
-def space_of(backend: str) -> SearchSpace:
+def space_of(backend: str, kv_cache_dtype: str = "auto") -> SearchSpace:
     """The backend's search space, parsed once per process (a YAML parse costs ~1 ms, every trial)."""
-    return load_space(backend)
+    return load_space(backend).for_kv(kv_cache_dtype)
 
 
 def full_params(case: Case) -> dict[str, ParamValue]:
     """The case's parameters, with the ones it leaves out set as vLLM runs them for its shape."""
     params = dict(case.params)
     if case.backend in BACKENDS:
-        for name, value in space_of(case.backend).default_config(case.shape).items():
+        for name, value in space_of(case.backend, case.kv_cache_dtype).default_config(case.shape).items():
             params.setdefault(name, value)
     return params
 
@@ -162,7 +164,7 @@ def make_plan(case: Case) -> Plan:
     if problems:
         raise PlanError(Status.ERROR, "; ".join(problems))
     params = full_params(case)
-    space = space_of(case.backend)
+    space = space_of(case.backend, case.kv_cache_dtype)
     cuda_graphs = bool(params.get("cuda_graphs", False))
     threshold = int(params["reorder_batch_threshold"]) if "reorder_batch_threshold" in params else None
     if cuda_graphs and not space.graphable(case.shape, space.threshold(params)):
@@ -170,7 +172,7 @@ def make_plan(case: Case) -> Plan:
                         "CUDA graph (not a uniform decode batch of at most 512 tokens)")
     splits = params.get("num_kv_splits", "auto")
     engine = EngineKey(case.backend, case.dims, normalize_kv_dtype(case.kv_cache_dtype),
-                       str(params.get("prefill_backend", "auto")), cuda_graphs)
+                       str(params.get("prefill_backend", "auto")), cuda_graphs, engine_attention(case.backend, params))
     return Plan(
         engine=engine, threshold=threshold,
         max_num_splits=int(params["max_num_splits"]) if "max_num_splits" in params else None,
@@ -182,7 +184,23 @@ def make_plan(case: Case) -> Plan:
 
 def default_case(case: Case) -> Case:
     """The same backend, shape and dims at vLLM's defaults: the numerics reference."""
-    return case.with_params(space_of(case.backend).default_config(case.shape))
+    return case.with_params(space_of(case.backend, case.kv_cache_dtype).default_config(case.shape))
+
+
+# Engine-level knobs the EngineKey names itself; any other one reaches the config through its vLLM setting.
+_ENGINE_FIELDS = ("prefill_backend", "cuda_graphs")
+
+
+def engine_attention(backend: str, params: Mapping[str, ParamValue]) -> tuple[tuple[str, object], ...]:
+    """The attention-config fields that set the engine-level knobs of ``params`` (beyond prefill and graphs)."""
+    out = []
+    for k in knobs_for(backend):
+        if k.runner is RunnerApply.ENGINE and k.name not in _ENGINE_FIELDS and k.name in params:
+            setting = adapter().global_setting(k.name, backend)
+            if setting is None or setting.section != "attention_config":
+                raise PlanError(Status.UNSUPPORTED, f"{k.name} has no attention-config field in {adapter().label}")
+            out.append((setting.key, setting.spell(params[k.name])))
+    return tuple(sorted(out))
 
 
 def impl_attributes(plan: Plan) -> dict[str, object]:

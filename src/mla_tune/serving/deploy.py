@@ -189,7 +189,7 @@ def deploy(tables: Sequence[Mapping[str, Any]], traffic: Traffic | None = None, 
     traffic = traffic or uniform_traffic([s.spec for s in sources], "every table shape, weighted alike")
     unmeasured = tuple(spec for spec in traffic.specs if spec not in measured)
     rules, at_build, globals_ = [], [], []
-    space = load_space(match.backend)
+    space = load_space(match.backend).for_kv(match.kv_cache_dtype)
     for k in knobs_for(match.backend):
         if k.per_batch:
             rule = _rule(k.name, sources, traffic, adapter, space)

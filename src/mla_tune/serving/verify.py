@@ -50,7 +50,7 @@ def table_items(table: Mapping[str, Any]) -> list[VerifyItem]:
 
 def profile_items(profile: Profile) -> list[VerifyItem]:
     """One item per measured shape behind each per-batch point (and the at-build values) that changes vLLM's."""
-    space = load_space(profile.match.backend)
+    space = load_space(profile.match.backend).for_kv(profile.match.kv_cache_dtype)
     items = []
     for rule in profile.per_batch:
         for point in rule.points:

@@ -101,6 +101,8 @@ def make_vllm_config(model_dir: str, key: EngineKey, block_size: int) -> Any:
 
             value = MLAPrefillBackendEnum[str(value)]
         setattr(cfg.attention_config, name, value)
+    for name, value in key.attention:  # other engine-level knobs, by their attention-config field
+        setattr(cfg.attention_config, name, value)
     if key.cuda_graphs:
         # enforce_eager keeps VllmConfig from compiling anything; the builders only read these two fields
         # (FlashAttnMLAMetadataBuilder / FlashMLAMetadataBuilder __init__), so set them as serving has them.
