@@ -13,12 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from optuna.storages.journal import BaseJournalBackend, JournalFileOpenLock
 
 from .errors import StorageError
 from .heartbeat import HeartbeatJournalStorage, grace_period_s, heartbeat_interval_s, retry_callback
+from .journal import JournalCorruptError, JournalFile, JournalWriteError
 
 DEFAULT_STORAGE = "results/studies.journal"
 _RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
+
+BaseJournalBackend.register(JournalFile)  # Optuna's backend interface, implemented without importing Optuna
 
 
 @dataclass(frozen=True)
@@ -54,30 +58,11 @@ def parse_storage(text: str | None) -> StorageSpec:
 def open_storage(spec: StorageSpec, *, create: bool) -> optuna.storages.BaseStorage:
     """Open ``spec``; with ``create=False`` a missing journal file or SQLite database is an error, not a new file.
 
-    Both kinds get Optuna's heartbeats: a trial whose worker stops beating is failed and retried once.
+    Both kinds get Optuna's heartbeats: a trial whose worker stops beating is failed and retried once. A journal
+    file is replayed (a garbage line refused, naming it) and a torn last record cut off: see ``journal``.
     """
     if spec.kind == "journal":
-        path = Path(spec.target)
-        if path.is_dir():
-            raise StorageError(f"{path} is a directory, not a journal file",
-                               hint=f"e.g. --storage {path / 'studies.journal'}")
-        if not create and not path.is_file():
-            raise StorageError(f"no study storage at {path}", hint="run `mla-tune study` first or pass --storage")
-        if create:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise StorageError(f"cannot create {path.parent}: {e.strerror}") from e
-        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-
-        try:
-            # The open lock (O_EXCL lock file) works on local disks and NFSv3+, unlike symlink locks on some FUSE mounts.
-            backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
-            # Journal files get the same crash recovery as RDB storages (heartbeat.py says why it is needed).
-            return HeartbeatJournalStorage(backend, interval_s=heartbeat_interval_s(), grace_s=grace_period_s(),
-                                           callback=retry_callback())
-        except OSError as e:
-            raise StorageError(f"cannot open journal {path}: {e.strerror}") from e
+        return _open_journal(spec, create=create)
     if spec.target.startswith("sqlite:///") and not create:
         db = spec.target[len("sqlite:///"):]
         if not Path(db).is_file():
@@ -93,6 +78,45 @@ def open_storage(spec: StorageSpec, *, create: bool) -> optuna.storages.BaseStor
     except Exception as e:  # sqlalchemy raises many kinds; the user needs one line
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StorageError(f"cannot open storage {spec.display}: {reason}") from e
+
+
+class CheckedJournalStorage(HeartbeatJournalStorage):
+    """The journal storage mla-tune opens: ``journal`` is the file, with its repair ``notes``."""
+
+    def __init__(self, journal: JournalFile, **kw) -> None:
+        self.journal = journal
+        super().__init__(journal, **kw)
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except JournalWriteError:
+            pass  # Optuna's beat thread would print a traceback; the main thread's next write says it in one line
+
+
+def _open_journal(spec: StorageSpec, *, create: bool) -> CheckedJournalStorage:
+    path = Path(spec.target)
+    if path.is_dir():
+        raise StorageError(f"{path} is a directory, not a journal file",
+                           hint=f"e.g. --storage {path / 'studies.journal'}")
+    if not create and not path.is_file():
+        raise StorageError(f"no study storage at {path}", hint="run `mla-tune study` first or pass --storage")
+    try:
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        # The open lock (O_EXCL lock file) works on local disks and NFSv3+, unlike symlink locks on some FUSE mounts.
+        journal = JournalFile(path, JournalFileOpenLock(str(path)), create=create)
+    except OSError as e:
+        raise StorageError(f"cannot open journal {path}: {e.strerror or e}") from None
+    try:
+        # Optuna replays the whole file here: a garbage line is refused before anything is written or cut.
+        storage = CheckedJournalStorage(journal, interval_s=heartbeat_interval_s(), grace_s=grace_period_s(),
+                                        callback=retry_callback())
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, AssertionError) as e:
+        raise JournalCorruptError(path, journal.line, f"a record Optuna cannot replay ({type(e).__name__}: {e})") \
+            from None
+    journal.repair(required=create)
+    return storage
 
 
 def _driver(url: str) -> str:
