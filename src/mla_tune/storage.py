@@ -3,14 +3,18 @@
 Default: one journal file under ``results/`` (nothing to start). On a 2-core machine Optuna's SQLite storage
 costs about 30-40 ms per trial and its journal file about 4-6 ms, while one GPU measurement takes 10-20 ms,
 so the journal file keeps storage from becoming the bottleneck (bench/storage_overhead.py measures it).
+The string is checked when parsed, before anything is created: a mistyped path or URL is one line, not a new
+empty storage somewhere else. Every URL shown to a user goes through ``redact``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote_plus
 
 import optuna
 from optuna.storages.journal import BaseJournalBackend, JournalFileOpenLock
@@ -20,14 +24,21 @@ from .heartbeat import HeartbeatJournalStorage, grace_period_s, heartbeat_interv
 from .journal import JournalCorruptError, JournalFile, JournalWriteError
 
 DEFAULT_STORAGE = "results/studies.journal"
+STORAGE_ENV = "MLA_TUNE_STORAGE"
 _RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
+# Scheme-like prefixes that are never meant as a file name (``sqlite:/x.db`` would be a journal in ``sqlite:/``).
+_URL_LIKE = _RDB_SCHEMES + ("postgres", "mariadb", "mssql", "oracle", "redis", "file", "http", "https")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):(//)?")
+_SECRET_KEY = re.compile(r"pass|pwd|secret|token", re.IGNORECASE)  # password, sslpassword, passwd, ...
+_QUERY_PARAM = re.compile(r"([?&;])([^=&;#]*)=([^&;#]*)")
+URL_HINT = "a journal file path, sqlite:///relative.db, sqlite:////absolute.db or postgresql://user@host/db"
 
 BaseJournalBackend.register(JournalFile)  # Optuna's backend interface, implemented without importing Optuna
 
 
 @dataclass(frozen=True)
 class StorageSpec:
-    """A parsed storage string: ``kind`` is ``journal`` or ``rdb``; ``target`` a file path or a URL."""
+    """A parsed, checked storage string: ``kind`` is ``journal`` or ``rdb``; ``target`` a file path or a URL."""
 
     kind: str
     target: str
@@ -39,20 +50,78 @@ class StorageSpec:
 
     @property
     def display(self) -> str:
-        return self.target if self.kind == "journal" else _redact(self.target)
+        return self.target if self.kind == "journal" else redact(self.target)
 
 
 def parse_storage(text: str | None) -> StorageSpec:
-    text = text or os.environ.get("MLA_TUNE_STORAGE") or DEFAULT_STORAGE
+    """``text``, else ``$MLA_TUNE_STORAGE``, else the default journal, checked: a bad one is one StorageError."""
+    if text or not os.environ.get(STORAGE_ENV):
+        return _checked(text or DEFAULT_STORAGE)
+    raw = os.environ[STORAGE_ENV]
+    try:
+        return _checked(raw)
+    except StorageError as e:
+        raise StorageError(f"{STORAGE_ENV}: {e.message}", hint=e.hint) from None
+
+
+def _checked(text: str) -> StorageSpec:
     if text.startswith("journal:"):
-        return StorageSpec("journal", text[len("journal:"):])
-    scheme = text.split(":", 1)[0].split("+", 1)[0]
-    if "://" in text:
-        if scheme not in _RDB_SCHEMES:
-            raise StorageError(f"unsupported storage URL scheme {scheme!r}",
-                               hint="use a journal file path, sqlite:///, postgresql:// or mysql://")
-        return StorageSpec("rdb", text)
-    return StorageSpec("journal", text)
+        spec = StorageSpec("journal", text[len("journal:"):])
+    else:
+        m = _SCHEME.match(text)
+        scheme = m.group(1).lower().split("+", 1)[0] if m else ""
+        if m and m.group(2):
+            if scheme not in _RDB_SCHEMES:
+                better = " (postgresql://, as SQLAlchemy spells it)" if scheme == "postgres" else ""
+                raise StorageError(f"unsupported storage URL scheme {m.group(1)!r}{better}", hint=f"use {URL_HINT}")
+            spec = StorageSpec("rdb", text)
+        elif m and scheme in _URL_LIKE:
+            raise StorageError(f"storage {redact(text)!r} is neither a URL (no //) nor meant as a file name",
+                               hint=f"did you mean {redact(m.group(1) + ':///' + text[m.end():])}? (four "
+                                    "slashes before an absolute path)")
+        else:
+            spec = StorageSpec("journal", text)
+    _check_target(spec)
+    return spec
+
+
+def _check_target(spec: StorageSpec) -> None:
+    if spec.kind == "journal":
+        _check_file(spec.target, "journal file")
+    elif spec.target.lower().startswith("sqlite"):
+        path = spec.target.split("://", 1)[1]
+        db = path[1:].split("?", 1)[0] if path.startswith("/") else ""
+        if not db or db == ":memory:":
+            raise StorageError(f"{spec.target} names no database file (SQLite in memory: every trial lost on exit)",
+                               hint="sqlite:///studies.db (relative to here) or sqlite:////abs/path/studies.db")
+        _check_file(db, "SQLite database")
+    else:
+        userinfo = spec.target.split("://", 1)[1].rpartition("@")[0]
+        if "@" in userinfo:
+            raise StorageError(f"storage URL {redact(spec.target)} has more than one '@'",
+                               hint="percent-encode '@' in a user name, password or parameter as %40")
+
+
+def _check_file(text: str, what: str) -> None:
+    if not text:
+        raise StorageError(f"empty {what} path", hint=f"e.g. {DEFAULT_STORAGE}")
+    path = Path(text)
+    if text.endswith("/") or path.is_dir():
+        raise StorageError(f"{text} is a directory, not a {what}",
+                           hint=f"e.g. --storage {path / 'studies.journal'}")
+    if path.exists() and not path.is_file():
+        raise StorageError(f"{text} is not a regular file (a {what} must be one)")
+    above = next(p for p in path.parents if p.exists())  # the folders below it are made when a study opens
+    if not above.is_dir():
+        raise StorageError(f"{above} is not a folder, so it cannot hold the {what} {text}")
+
+
+def _make_folder(path: Path) -> None:
+    """A new storage's missing folders are made (the README's first command writes into results/demo/)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError(f"cannot create folder {path.parent} for {path}: {e.strerror or e}") from None
 
 
 def open_storage(spec: StorageSpec, *, create: bool) -> optuna.storages.BaseStorage:
@@ -63,10 +132,12 @@ def open_storage(spec: StorageSpec, *, create: bool) -> optuna.storages.BaseStor
     """
     if spec.kind == "journal":
         return _open_journal(spec, create=create)
-    if spec.target.startswith("sqlite:///") and not create:
-        db = spec.target[len("sqlite:///"):]
-        if not Path(db).is_file():
+    if spec.target.lower().startswith("sqlite"):
+        db = Path(spec.target.split(":///", 1)[1].split("?", 1)[0])
+        if not create and not db.is_file():
             raise StorageError(f"no SQLite database at {db}")
+        if create:
+            _make_folder(db)
     from optuna.storages import RDBStorage
 
     try:
@@ -75,9 +146,9 @@ def open_storage(spec: StorageSpec, *, create: bool) -> optuna.storages.BaseStor
             return RDBStorage(_driver(spec.target), heartbeat_interval=heartbeat_interval_s(), grace_period=grace_period_s(),
                               heartbeat_stale_trial_callback=retry_callback(),
                               engine_kwargs=_engine_kwargs(spec.target))
-    except Exception as e:  # sqlalchemy raises many kinds; the user needs one line
+    except Exception as e:  # noqa: BLE001 - sqlalchemy raises many kinds; the user needs one line
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StorageError(f"cannot open storage {spec.display}: {reason}") from e
+        raise StorageError(f"cannot open storage {spec.display}: {scrub(reason, spec.target)}") from None
 
 
 class CheckedJournalStorage(HeartbeatJournalStorage):
@@ -96,14 +167,11 @@ class CheckedJournalStorage(HeartbeatJournalStorage):
 
 def _open_journal(spec: StorageSpec, *, create: bool) -> CheckedJournalStorage:
     path = Path(spec.target)
-    if path.is_dir():
-        raise StorageError(f"{path} is a directory, not a journal file",
-                           hint=f"e.g. --storage {path / 'studies.journal'}")
     if not create and not path.is_file():
         raise StorageError(f"no study storage at {path}", hint="run `mla-tune study` first or pass --storage")
+    if create:
+        _make_folder(path)
     try:
-        if create:
-            path.parent.mkdir(parents=True, exist_ok=True)
         # The open lock (O_EXCL lock file) works on local disks and NFSv3+, unlike symlink locks on some FUSE mounts.
         journal = JournalFile(path, JournalFileOpenLock(str(path)), create=create)
     except OSError as e:
@@ -117,6 +185,48 @@ def _open_journal(spec: StorageSpec, *, create: bool) -> CheckedJournalStorage:
             from None
     journal.repair(required=create)
     return storage
+
+
+def redact(url: str) -> str:
+    """``url`` with its password and every secret parameter (password=, sslpassword=, ...) shown as ``***``.
+
+    The password is everything between the user's ``:`` and the last ``@``, as SQLAlchemy reads it, so an
+    unencoded ``/``, ``?`` or ``@`` in it is hidden too. A path, or a URL without secrets, comes back unchanged.
+    """
+    m = _SCHEME.match(url)
+    if not m:
+        return url
+    head, rest = url[:m.end()], url[m.end():]
+    userinfo, at, host = rest.rpartition("@")
+    if at and ":" in userinfo:
+        rest = f"{userinfo.split(':', 1)[0]}:***@{host}"
+    before, q, query = rest.partition("?")
+    if q:
+        rest = before + _QUERY_PARAM.sub(_hide_param, "?" + query)
+    return head + rest
+
+
+def _hide_param(m: re.Match) -> str:
+    sep, key, value = m.groups()
+    return f"{sep}{key}={'***' if _SECRET_KEY.search(unquote_plus(key)) else value}"
+
+
+def _secrets(url: str) -> list[str]:
+    """The secret values in ``url``, raw and percent-decoded."""
+    m = _SCHEME.match(url)
+    rest = url[m.end():] if m else url
+    userinfo, at, _ = rest.rpartition("@")
+    found = [userinfo.split(":", 1)[1]] if at and ":" in userinfo else []
+    found += [v for _, k, v in _QUERY_PARAM.findall("?" + rest.partition("?")[2]) if _SECRET_KEY.search(unquote_plus(k))]
+    return sorted({s for v in found for s in (v, unquote_plus(v)) if s}, key=len, reverse=True)
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (a driver's error message) with ``url`` redacted and its secrets hidden wherever they appear."""
+    text = text.replace(url, redact(url))
+    for secret in _secrets(url):
+        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
+    return text
 
 
 def _driver(url: str) -> str:
@@ -133,13 +243,3 @@ def _engine_kwargs(url: str) -> dict:
     if url.startswith("postgresql"):
         return {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
     return {}
-
-
-def _redact(url: str) -> str:
-    """Hide a password in a URL before it reaches a terminal or a file."""
-    if "://" not in url or "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else url

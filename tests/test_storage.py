@@ -1,0 +1,151 @@
+"""Storage strings: checked when parsed (one line each, nothing created), and no secret shown in any URL form."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from mla_tune.cli import app
+from mla_tune.errors import StorageError
+from mla_tune.runners import register_runner
+from mla_tune.storage import StorageSpec, open_storage, parse_storage, redact, scrub
+
+from .fakes import FakeRunner
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLA_TUNE_STORAGE", raising=False)
+    return tmp_path
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql://mla:s3cr3t@db-host/mla_tune", "postgresql://mla:***@db-host/mla_tune"),
+    ("postgresql://mla@db-host/mla_tune?password=s3cr3t", "postgresql://mla@db-host/mla_tune?password=***"),
+    ("postgresql://mla@h/db?sslmode=verify-full&sslpassword=s3cr3t&sslkey=/home/mla/.pg/mla.key",
+     "postgresql://mla@h/db?sslmode=verify-full&sslpassword=***&sslkey=/home/mla/.pg/mla.key"),
+    ("postgresql://mla:s%40cr%2F3t@db-host:5432/db", "postgresql://mla:***@db-host:5432/db"),
+    ("postgresql+psycopg://mla:s3cr3t@127.0.0.1:5432/db?connect_timeout=5",
+     "postgresql+psycopg://mla:***@127.0.0.1:5432/db?connect_timeout=5"),
+    ("postgresql://mla:s3/cr?3t@db-host/db", "postgresql://mla:***@db-host/db"),  # unencoded, as SQLAlchemy reads it
+    ("postgresql://:s3cr3t@db-host/db", "postgresql://:***@db-host/db"),
+    ("postgresql://mla@h/db?pass%77ord=s3cr3t", "postgresql://mla@h/db?pass%77ord=***"),
+    ("mysql://mla@h/db?passwd=s3cr3t&charset=utf8", "mysql://mla@h/db?passwd=***&charset=utf8"),
+    ("postgresql://mla@db-host/mla_tune", "postgresql://mla@db-host/mla_tune"),
+    ("sqlite:///results/studies.db", "sqlite:///results/studies.db"),
+    ("results/studies.journal", "results/studies.journal"),
+])
+def test_redact_hides_every_secret_form(url, shown):
+    assert redact(url) == shown
+    assert "s3cr3t" not in redact(url) and "s@cr" not in redact(url) and "cr%2F3t" not in redact(url)
+
+
+def test_scrub_hides_a_secret_a_driver_echoes():
+    url = "postgresql://mla:pw@h/db?sslpassword=k%65y"
+    text = f"bad option in {url}: password 'pw' or 'key' or k%65y rejected; pwned"
+    assert scrub(text, url) == ("bad option in postgresql://mla:***@h/db?sslpassword=***: password '***' or '***' "
+                                "or *** rejected; pwned")  # whole words only: "pwned" stays
+
+
+def test_display_of_a_spec_is_redacted():
+    assert StorageSpec("rdb", "postgresql://mla@h/db?password=s3cr3t").display == "postgresql://mla@h/db?password=***"
+
+
+def test_unreachable_database_error_shows_no_secret():
+    with pytest.raises(StorageError) as e:
+        open_storage(parse_storage("postgresql://mla@127.0.0.1:1/db?password=s3cr3t"), create=True)
+    assert "s3cr3t" not in str(e.value) and "password=***" in str(e.value)
+
+
+def test_the_storage_line_of_a_successful_run_shows_no_secret(in_tmp):
+    register_runner("fake", lambda arg: FakeRunner(optimum={"num_kv_splits": 16}))
+    url = "sqlite:///s.db?password=s3cr3t"  # SQLite ignores it (with a warning): a secret in a URL that works
+    with pytest.warns(Warning):
+        r = CliRunner().invoke(app, ["study", "--backend", "TRITON_MLA", "--workload", "spec:64q1s4k",
+                                     "--runner", "fake", "--storage", url])
+    assert r.exit_code == 0, r.output
+    assert "storage: sqlite:///s.db?password=***" in r.output and "s3cr3t" not in r.output
+
+
+@pytest.mark.parametrize("text, words", [
+    ("sqlite://", ["names no database file", "sqlite:///studies.db"]),
+    ("sqlite:///", ["names no database file"]),
+    ("sqlite:///:memory:", ["in memory"]),
+    ("sqlite:/abs/x.db", ["neither a URL", "sqlite:////abs/x.db"]),
+    ("sqlite:x.db", ["neither a URL", "sqlite:///x.db"]),
+    ("postgresql:mla@host/db", ["neither a URL"]),
+    ("postgres://mla@host/db", ["unsupported storage URL scheme 'postgres'", "postgresql://"]),
+    ("redis://localhost/0", ["unsupported storage URL scheme 'redis'"]),
+    ("ftp://host/x.journal", ["unsupported storage URL scheme 'ftp'"]),
+    ("postgresql://mla:p@ss@host/db", ["more than one '@'", "%40"]),
+    ("journal:", ["empty journal file path"]),
+    (".", ["is a directory"]),
+    ("results/", ["is a directory"]),
+    ("sqlite:///.", ["is a directory"]),
+    ("/dev/null", ["not a regular file"]),
+])
+def test_bad_storage_strings_are_one_line_and_create_nothing(in_tmp, text, words):
+    with pytest.raises(StorageError) as e:
+        parse_storage(text)
+    for w in words:
+        assert w in str(e.value)
+    assert len(str(e.value).splitlines()) == 1 and not list(in_tmp.iterdir())
+
+
+def test_a_directory_named_as_the_journal_is_refused(in_tmp):
+    (in_tmp / "runs").mkdir()
+    with pytest.raises(StorageError, match="runs is a directory, not a journal file"):
+        parse_storage("runs")
+    (in_tmp / "plain").write_text("")
+    for below in ("plain/s.journal", "plain/sub/s.journal"):
+        with pytest.raises(StorageError, match="plain is not a folder"):
+            parse_storage(below)
+
+
+def test_a_bad_environment_storage_is_refused_naming_the_variable(in_tmp, monkeypatch):
+    monkeypatch.setenv("MLA_TUNE_STORAGE", "sqlite://")
+    with pytest.raises(StorageError, match="^MLA_TUNE_STORAGE: sqlite:// names no database file"):
+        parse_storage(None)
+    assert parse_storage("given.journal").target == "given.journal"  # --storage wins over the variable
+    for bad in ("postgres://mla:s3cr3t@h/db", "mysql:mla:s3cr3t@h/db", "postgresql://mla:s3@cr3t@h/db"):
+        monkeypatch.setenv("MLA_TUNE_STORAGE", bad)
+        with pytest.raises(StorageError) as e:
+            parse_storage(None)
+        assert str(e.value).startswith("MLA_TUNE_STORAGE: ") and "s3cr3t" not in str(e.value) \
+            and "cr3t" not in str(e.value)
+
+
+def test_the_cli_refuses_sqlite_without_a_path_in_one_line_writing_nothing(in_tmp):
+    r = CliRunner().invoke(app, ["study", "--backend", "TRITON_MLA", "--workload", "spec:64q1s4k",
+                                 "--runner", "replay:/nonexistent", "--storage", "sqlite:/abs/x.db"])
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code != 0 and len(lines) == 1 and "sqlite:////abs/x.db" in lines[0]
+    assert not list(in_tmp.iterdir())
+
+
+def test_good_storage_strings_parse(in_tmp):
+    assert parse_storage(None) == StorageSpec("journal", "results/studies.journal")
+    assert parse_storage("journal:x:y.journal") == StorageSpec("journal", "x:y.journal")
+    assert parse_storage("runs/new/s.journal").kind == "journal"  # a new study's folders are made when it opens
+    assert parse_storage("sqlite:///s.db").kind == "rdb" and parse_storage("sqlite:////tmp/s.db").kind == "rdb"
+    assert parse_storage("postgresql+psycopg://mla@h:5432/db").kind == "rdb"
+    assert not list(in_tmp.iterdir())
+
+
+def test_a_new_journal_and_sqlite_database_get_their_folders_on_open(in_tmp):
+    open_storage(parse_storage("runs/a/s.journal"), create=True)
+    open_storage(parse_storage("sqlite:///runs/b/s.db"), create=True)
+    assert (in_tmp / "runs/a/s.journal").is_file() and (in_tmp / "runs/b/s.db").is_file()
+    with pytest.raises(StorageError, match="no study storage at runs/c/s.journal"):
+        open_storage(parse_storage("runs/c/s.journal"), create=False)
+    assert not (in_tmp / "runs/c").exists()
+
+
+def test_a_journal_in_a_folder_that_cannot_be_made_is_one_line(in_tmp, monkeypatch):
+    def denied(self, *a, **kw):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(type(in_tmp), "mkdir", denied)
+    with pytest.raises(StorageError, match="cannot create folder ro/new for ro/new/s.journal: Permission denied"):
+        open_storage(parse_storage("ro/new/s.journal"), create=True)
