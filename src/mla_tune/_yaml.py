@@ -164,11 +164,11 @@ def load(path: Path) -> dict[str, Any]:
     version = data.get("schema_version")
     if version != SCHEMA_VERSION or isinstance(version, bool):
         raise DataFileError(name, "schema_version",
-                            f"is {_short(version)}, this mla-tune reads schema_version {SCHEMA_VERSION}")
+                            f"is {short(version)}, this mla-tune reads schema_version {SCHEMA_VERSION}")
     return data
 
 
-def _short(value: Any, limit: int = 60) -> str:
+def short(value: Any, limit: int = 60) -> str:
     """``repr`` cut to one short line: a message quoting a value from a file stays one line."""
     text = " ".join(repr(value).split())
     return text if len(text) <= limit else text[:limit - 3] + "..."
@@ -182,7 +182,7 @@ def check_keys(path: Path, where: str, data: Any, required: Iterable[str], optio
     required, allowed = set(required), set(required) | set(optional)
     for key in data:
         if key not in allowed:
-            name = key[:60] if isinstance(key, str) else _short(key)
+            name = key[:60] if isinstance(key, str) else short(key)
             raise DataFileError(str(path), f"{where}.{name}" if where else name,
                                 f"unknown key; allowed: {', '.join(sorted(allowed))}")
     for key in sorted(required - set(data)):
@@ -191,15 +191,15 @@ def check_keys(path: Path, where: str, data: Any, required: Iterable[str], optio
 
 
 def _what(value: Any) -> str:
-    return f"{type(value).__name__} {_short(value, 40)}" if value is not None else "null"
+    return f"{type(value).__name__} {short(value, 40)}" if value is not None else "null"
 
 
 def expect(path: Path, key: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
     """``value`` must be an instance of ``kind`` (bools are not ints here)."""
     if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        raise DataFileError(str(path), key, f"expected {what}, got {_short(value)}")
+        raise DataFileError(str(path), key, f"expected {what}, got {short(value)}")
     if not isinstance(value, kind):
-        raise DataFileError(str(path), key, f"expected {what}, got {_short(value)}")
+        raise DataFileError(str(path), key, f"expected {what}, got {short(value)}")
     return value
 
 
@@ -211,7 +211,7 @@ def number(path: Path, key: str, value: Any, *, low: float = 0.0, high: float = 
     if not ok:
         span = f"{'(' if low_open else '['}{low:g}, {high:g}]" if math.isfinite(high) else \
             f"{'>' if low_open else '>='} {low:g}"
-        raise DataFileError(str(path), key, f"is {_short(value)}, expected a finite number {span}")
+        raise DataFileError(str(path), key, f"is {short(value)}, expected a finite number {span}")
     return float(value)
 
 
@@ -219,5 +219,5 @@ def integer(path: Path, key: str, value: Any, *, low: int = 1, high: int = 2**31
     """An int (not a bool) in ``[low, high]``."""
     expect(path, key, value, int, "an integer")
     if not low <= value <= high:
-        raise DataFileError(str(path), key, f"is {_short(value)}, expected an integer in [{low}, {high}]")
+        raise DataFileError(str(path), key, f"is {short(value)}, expected an integer in [{low}, {high}]")
     return value
