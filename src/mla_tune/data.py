@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from . import env
 
 _PACKAGE = Path(__file__).resolve().parent
 
 
 def search_spaces_dir() -> Path:
     """``$MLA_TUNE_SEARCH_SPACES``, else the wheel's copy, else the checkout's ``search_spaces/``."""
-    env = os.environ.get("MLA_TUNE_SEARCH_SPACES")
-    if env:
-        return Path(env)
+    chosen = env.search_spaces_dir()
+    if chosen is not None:
+        return chosen
     bundled = _PACKAGE / "search_spaces"
     if bundled.is_dir():
         return bundled

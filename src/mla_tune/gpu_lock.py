@@ -13,13 +13,13 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import env
 from .errors import RunnerUnavailableError, UsageError
 
-LOCK_DIR_ENV = "MLA_TUNE_LOCK_DIR"
+LOCK_DIR_ENV = env.LOCK_DIR
 
 
 class GpuBusyError(RunnerUnavailableError):
@@ -59,11 +59,11 @@ def parse_gpus(text: str) -> list[str]:
 
 def device_of(gpu: str) -> str:
     """The id to give a worker's CUDA_VISIBLE_DEVICES: indices count within this process's visible GPUs."""
-    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    visible = env.cuda_visible_devices()
     if gpu.isdigit() and visible:
         if int(gpu) >= len(visible):
             raise UsageError(f"--gpus {gpu}: only {len(visible)} GPUs are visible (CUDA_VISIBLE_DEVICES="
-                             f"{os.environ['CUDA_VISIBLE_DEVICES']})")
+                             f"{','.join(visible)})")
         return visible[int(gpu)]
     return gpu
 
@@ -85,15 +85,19 @@ def _uuid_of(device: str) -> str:
 
 
 def lock_dir() -> Path:
-    return Path(os.environ.get(LOCK_DIR_ENV) or tempfile.gettempdir())
+    return env.lock_dir()
 
 
 def acquire(gpu: str) -> GpuLock:
     """Lock ``gpu`` for this process (and the worker that inherits the lock), or raise ``GpuBusyError``."""
     device = device_of(gpu)
     path = lock_dir() / f"mla-tune-gpu-{re.sub(r'[^0-9A-Za-z-]', '_', _uuid_of(device))}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as e:
+        raise UsageError(f"cannot create the GPU lock file {path}: {e.strerror}",
+                         hint=f"set {LOCK_DIR_ENV} to a writable directory") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -9,13 +9,13 @@ recording's (GPU, versions, date) with ``runner: replay``, so every table made f
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import replace
 import time
 from pathlib import Path
 from typing import Any
 
+from .. import env
 from ..errors import DataFileError, RunnerUnavailableError
 from ..plan import dims_dict
 from ..space import BACKENDS, PREFILL_BACKENDS
@@ -23,7 +23,7 @@ from ..sweep import read_sweep, record_key
 from ..types import BackendStatus, Case, Environment, Measurement, Status
 from . import Runner
 
-DELAY_ENV = "MLA_TUNE_REPLAY_DELAY_S"  # seconds to sleep per measurement: lets tests catch a trial mid-flight
+DELAY_ENV = env.REPLAY_DELAY_S  # seconds to sleep per measurement: lets tests catch a trial mid-flight
 
 
 class ReplayRunner(Runner):
@@ -36,7 +36,7 @@ class ReplayRunner(Runner):
         self._env = environment
         self._source = source
         self._rng = random.Random(seed)
-        self.delay_s = float(os.environ.get(DELAY_ENV, "0") or 0)
+        self.delay_s = env.replay_delay_s()
 
     @classmethod
     def open(cls, arg: str | None, seed: int | None = 0) -> ReplayRunner:
