@@ -94,8 +94,8 @@ def read_bytes(path: Path, max_bytes: int | None = None, what: str = "a file") -
     open descriptor; at most ``max_bytes + 1`` bytes are read, so /dev/zero or a growing file cannot fill memory.
     """
     name, max_bytes = str(path), MAX_BYTES if max_bytes is None else max_bytes
+    check_regular_file(path, what)
     try:
-        _check_type(name, os.stat(path).st_mode, what)
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
         raise DataFileError(name, "", f"cannot read: {e.strerror}") from e
@@ -110,6 +110,15 @@ def read_bytes(path: Path, max_bytes: int | None = None, what: str = "a file") -
     if len(data) > max_bytes:
         raise DataFileError(name, "", f"over the size limit of {max_bytes:,} bytes: not {what} mla-tune wrote")
     return data
+
+
+def check_regular_file(path: Path, what: str = "a file") -> None:
+    """``path`` is an existing regular file (a directory, FIFO, device or socket is one line), without opening it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise DataFileError(str(path), "", f"cannot read: {e.strerror}") from e
+    _check_type(str(path), mode, what)
 
 
 def _check_type(name: str, mode: int, what: str) -> None:

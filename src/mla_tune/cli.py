@@ -3,17 +3,36 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from . import __version__
 from .errors import MlaTuneError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+# Click's UsageError (BadParameter's base), from the click Typer uses (recent Typers vendor their own).
+_CLICK_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+class _OneLineErrors(TyperGroup):
+    """A command's bad option (out of range, missing, a directory as -o) is one line and exit 2, as every refusal."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _CLICK_USAGE_ERROR as e:
+            where = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
+            typer.echo(f"mla-tune: error: {' '.join(e.format_message().split())}{where}", err=True)
+            raise typer.Exit(e.exit_code) from None
+
+
+app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Measure vLLM's MLA attention settings for your GPU, model and traffic; export tuning tables.")
 
 RUNNER_HELP = "vllm (this GPU) or replay:PATH (recorded sweeps, e.g. replay:results/sweeps/h100)"
@@ -42,8 +61,63 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             typer.echo("mla-tune: interrupted; finished trials are kept, run the same command to resume", err=True)
             raise typer.Exit(130) from None
+        except OSError as e:  # a full disk or a vanished file under a write the library did not wrap
+            where = f": {e.filename}" if e.filename else ""
+            typer.echo(f"mla-tune: error: {e.strerror or e}{where}", err=True)
+            raise typer.Exit(1) from None
 
     return wrapper
+
+
+# Bounds of the numbers commands take; parsed by Typer, so a bad value is refused before anything runs.
+MAX_TIMEOUT_S = 30 * 24 * 3600.0
+MAX_SEED = 2**32 - 1  # numpy's seed range, which Optuna's samplers use
+MAX_TRIALS = 100_000
+MAX_ROUNDS = 1000
+
+
+def _timeout(value: Optional[float]) -> Optional[float]:
+    if value is not None and not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT_S):
+        raise typer.BadParameter(f"{value:g} is not a number of seconds in (0, {MAX_TIMEOUT_S:g}]")
+    return value
+
+
+def _checked(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A Typer callback from a library check: its refusal becomes the option's one-line error."""
+
+    def callback(value: Any) -> Any:
+        try:
+            for v in value if isinstance(value, list) else [value]:
+                if v is not None:
+                    check(v)
+        except MlaTuneError as e:
+            raise typer.BadParameter(str(e)) from None
+        return value
+
+    return callback
+
+
+def _spec_bounds(workload: str) -> None:
+    """``spec:...`` is bounded on its text (``spec:99999999q1s4k`` would build 10^8 requests before failing)."""
+    from .table import bounded_shape
+
+    if workload.startswith("spec:"):
+        bounded_shape(workload[len("spec:"):])
+
+
+def _writable(path: Path) -> None:
+    from .export import check_output_path
+
+    check_output_path(path)
+
+
+def _readable(path: Path) -> None:
+    from ._yaml import check_regular_file
+
+    check_regular_file(path)
+
+
+_workload, _output, _input = _checked(_spec_bounds), _checked(_writable), _checked(_readable)
 
 
 def _quiet_optuna() -> None:
@@ -57,21 +131,22 @@ def _quiet_optuna() -> None:
 @handle_errors
 def study(
     backend: str = typer.Option(..., help="decode backend, e.g. FLASH_ATTN_MLA"),
-    workload: str = typer.Option(..., help="named workload (mla-tune workloads) or spec:64q1s4k"),
+    workload: str = typer.Option(..., callback=_workload, help="named workload (mla-tune workloads) or spec:64q1s4k"),
     model: str = typer.Option("deepseek-v3", help="model preset (mla-tune spaces --models)"),
-    tp: int = typer.Option(1, help="tensor parallelism: query heads per GPU = heads / tp"),
+    tp: int = typer.Option(1, min=1, max=1024, help="tensor parallelism: query heads per GPU = heads / tp"),
     kv_cache_dtype: str = typer.Option("auto", help="auto (bf16) or fp8"),
-    trials: Optional[int] = typer.Option(None, help="trial budget per study, counting earlier runs [default 24]"),
-    timeout: Optional[float] = typer.Option(None, help="stop each study after this many seconds"),
+    trials: Optional[int] = typer.Option(None, min=1, max=MAX_TRIALS,
+                                         help="trial budget per study, counting earlier runs [default 24]"),
+    timeout: Optional[float] = typer.Option(None, callback=_timeout, help="stop each study after this many seconds"),
     sampler: str = typer.Option("auto", help="auto, tpe, grid or random"),
     storage: Optional[str] = typer.Option(None, help=STORAGE_HELP),
     runner: str = typer.Option("vllm", help=RUNNER_HELP),
     objective: str = typer.Option("per-shape", help="per-shape (a study per shape) or mix (weighted sum)"),
-    seed: int = typer.Option(0, help="sampler seed"),
-    export: Optional[Path] = typer.Option(None, help="also write the tuning table to this YAML file"),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="sampler seed"),
+    export: Optional[Path] = typer.Option(None, callback=_output, help="also write the tuning table to this YAML file"),
     gpus: Optional[str] = typer.Option(None, help="one worker process per GPU, e.g. 0,1,2,3, sharing --storage"),
-    confirm_top: int = typer.Option(3, help="best configs re-measured against vLLM's default"),
-    confirm_rounds: int = typer.Option(6, help="paired rounds (A B / B A) per confirmed config"),
+    confirm_top: int = typer.Option(3, min=1, max=100, help="best configs re-measured against vLLM's default"),
+    confirm_rounds: int = typer.Option(6, min=2, max=MAX_ROUNDS, help="paired rounds (A B / B A) per confirmed config"),
 ) -> None:
     """Tune one backend on one workload; re-running the same command resumes."""
     from . import api
@@ -117,10 +192,10 @@ def _study_parallel(gpus: str, export: Optional[Path], **kw: Any) -> None:
 @app.command("export")
 @handle_errors
 def export_cmd(
-    output: Path = typer.Option(..., "--output", "-o", help="YAML file to write"),
+    output: Path = typer.Option(..., "--output", "-o", callback=_output, help="YAML file to write"),
     backend: str = typer.Option(..., help="decode backend"),
     model: str = typer.Option("deepseek-v3"),
-    tp: int = typer.Option(1),
+    tp: int = typer.Option(1, min=1, max=1024),
     kv_cache_dtype: str = typer.Option("auto"),
     workload: Optional[str] = typer.Option(None, help="only this workload's shapes"),
     gpu: Optional[str] = typer.Option(None, help="GPU part of the study names, e.g. H100 or H100-replay"),
@@ -138,7 +213,8 @@ def export_cmd(
 @app.command()
 @handle_errors
 def show(
-    table: Optional[Path] = typer.Argument(None, help="a tuning table YAML; without it, the stored studies"),
+    table: Optional[Path] = typer.Argument(None, callback=_input,
+                                           help="a tuning table YAML; without it, the stored studies"),
     storage: Optional[str] = typer.Option(None, help=STORAGE_HELP),
     backend: Optional[str] = typer.Option(None),
     workload: Optional[str] = typer.Option(None),
@@ -160,7 +236,7 @@ VLLM_HELP = "vLLM version to write settings for, e.g. 0.26.0 [default: the insta
 @app.command()
 @handle_errors
 def flags(
-    table: Path = typer.Argument(..., help="a tuning table YAML (mla-tune export)"),
+    table: Path = typer.Argument(..., callback=_input, help="a tuning table YAML (mla-tune export)"),
     shape: Optional[str] = typer.Option(None, help="only this entry's shape, e.g. 64q1s4k"),
     vllm: Optional[str] = typer.Option(None, "--vllm", help=VLLM_HELP),
 ) -> None:
@@ -190,9 +266,11 @@ def _installed_or(version: str) -> str:
 @app.command()
 @handle_errors
 def deploy(
-    tables: list[Path] = typer.Argument(..., help="tuning tables of one engine (backend, GPU, model dims)"),
-    output: Path = typer.Option(..., "--output", "-o", help="the serving profile to write (YAML)"),
-    traffic: Optional[Path] = typer.Option(None, help="traffic file: shapes with weights (YAML or CSV)"),
+    tables: list[Path] = typer.Argument(..., callback=_input,
+                                        help="tuning tables of one engine (backend, GPU, model dims)"),
+    output: Path = typer.Option(..., "--output", "-o", callback=_output, help="the serving profile to write (YAML)"),
+    traffic: Optional[Path] = typer.Option(None, callback=_input,
+                                           help="traffic file: shapes with weights (YAML or CSV)"),
     workload: Optional[str] = typer.Option(None, help="a named workload as the traffic (its weights)"),
     vllm: Optional[str] = typer.Option(None, "--vllm", help=VLLM_HELP),
 ) -> None:
@@ -208,7 +286,7 @@ def deploy(
 @app.command()
 @handle_errors
 def verify(
-    target: Path = typer.Argument(..., help="a tuning table or a serving profile"),
+    target: Path = typer.Argument(..., callback=_input, help="a tuning table or a serving profile"),
     runner: str = typer.Option("vllm", help=RUNNER_HELP),
     rounds: int = typer.Option(6, help="paired rounds per setting (default/tuned, then tuned/default, ...)"),
 ) -> None:
@@ -262,10 +340,11 @@ def backends(runner: str = typer.Option("vllm", help=RUNNER_HELP)) -> None:
 @handle_errors
 def sweep(
     backend: str = typer.Option(...),
-    workload: str = typer.Option(...),
-    output: Path = typer.Option(..., "--output", "-o", help="sweep file (.jsonl); appended to, resumable"),
+    workload: str = typer.Option(..., callback=_workload),
+    output: Path = typer.Option(..., "--output", "-o", callback=_output,
+                                help="sweep file (.jsonl); appended to, resumable"),
     model: str = typer.Option("deepseek-v3"),
-    tp: int = typer.Option(1),
+    tp: int = typer.Option(1, min=1, max=1024),
     kv_cache_dtype: str = typer.Option("auto"),
     runner: str = typer.Option("vllm", help=RUNNER_HELP),
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import yaml
 
 from . import _yaml, batch_spec
 from ._yaml import short
-from .errors import BatchSpecError, DataFileError, MlaTuneError
+from .errors import BatchSpecError, DataFileError, MlaTuneError, UsageError
 from .knobs import BACKENDS, check_params
 from .plan import KV_CACHE_DTYPES
 from .space import load_space
@@ -34,9 +35,28 @@ def dump_yaml(data: Any) -> str:
                      allow_unicode=True)
 
 
+def check_output_path(path: Path) -> None:
+    """``path`` can be written as a file: not a directory or other non-file, under folders that are folders."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror}") from None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise UsageError(f"cannot write {path}: it is {'a directory' if stat.S_ISDIR(mode) else 'not a regular file'}",
+                         hint="give a file name")
+    parent = Path(os.path.abspath(path)).parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"cannot write {path}: {parent} is not a directory")
+
+
 def write_atomic(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` so that readers see the old file or the new one, never half of it."""
     path = Path(path)
+    check_output_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

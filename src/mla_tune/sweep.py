@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import _yaml
 from .errors import DataFileError, UsageError
 from .plan import dims_dict
 from .runners import Runner
 from .space import SearchSpace, config_key
 from .stats import round_sig
-from .types import Case, Environment, MLADims, Measurement, freeze_params
+from .types import Case, Environment, MLADims, Measurement, Status, freeze_params
 from .workloads import Workload
 
 SWEEP_KIND = "mla-tune/sweep"
@@ -51,14 +54,20 @@ def measurement_record(case: Case, spec: str, m: Measurement) -> dict[str, Any]:
         "backend": case.backend, "model": dims_dict(case.dims), "kv_cache_dtype": case.kv_cache_dtype,
         "shape": spec, "config": case.param_dict, "status": m.status.value,
         "samples_ms": [round_sig(x) for x in m.samples_ms], "message": m.message,
-        "rel_err": None if m.rel_err is None else round_sig(m.rel_err, 3), "details": dict(m.details),
+        # NaN is not JSON, and a reader refuses it: an error that is not a number is no error figure
+        "rel_err": None if m.rel_err is None or not math.isfinite(m.rel_err) else round_sig(m.rel_err, 3),
+        "details": dict(m.details),
     }
 
 
 def read_sweep(path: Path) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
-    """The header and the records of a sweep file; a bad line names the file and line number."""
+    """The header and the records of a sweep file, each checked; a bad line names the file and line number.
+
+    Only a regular file of at most ``MAX_BYTES`` is read (a directory, FIFO or device is one line), as UTF-8.
+    """
     path = Path(path)
-    lines = path.read_text().splitlines()
+    lines = _yaml.decode_text(str(path), _yaml.read_bytes(path, MAX_BYTES, "a sweep file (.jsonl)"),
+                              "JSON Lines").splitlines()
     if not lines:
         raise DataFileError(str(path), "line 1", "empty sweep file")
     header = _parse(path, 1, lines[0])
@@ -66,34 +75,86 @@ def read_sweep(path: Path) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
         raise DataFileError(str(path), "line 1", f"not an mla-tune sweep (kind {SWEEP_KIND}, schema_version 1)")
     try:
         Environment.from_dict(header["environment"])
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise DataFileError(str(path), "line 1.environment", f"incomplete or missing ({e!r})") from e
+    _check_backends(path, header.get("backends"))
 
     def records() -> Iterator[dict[str, Any]]:
         for i, line in enumerate(lines[1:], start=2):
             if line.strip():
-                rec = _parse(path, i, line)
-                for key in ("backend", "model", "kv_cache_dtype", "shape", "config", "status", "samples_ms"):
-                    if key not in rec:
-                        raise DataFileError(str(path), f"line {i}.{key}", "missing")
-                yield rec
+                yield _check_record(path, f"line {i}", _parse(path, i, line))
 
     return header, records()
 
 
+MAX_BYTES = 256 * 1024 * 1024  # a recorded GPU's sweeps are ~0.5 MB per file
+
+
+def _check_backends(path: Path, backends: Any) -> None:
+    """The header's ``backends`` (older sweeps have none): why each could not run where this was recorded."""
+    for i, b in enumerate(_yaml.expect(path, "line 1.backends", backends or [], list, "a list")):
+        where = f"line 1.backends[{i}]"
+        b = _yaml.check_keys(path, where, b, ("name", "kind", "available"), ("reason",))
+        for key in ("name", "kind", "reason"):
+            _yaml.expect(path, f"{where}.{key}", b.get(key, ""), str, "a string")
+        _yaml.expect(path, f"{where}.available", b["available"], bool, "true or false")
+
+
+_STATUSES = tuple(s.value for s in Status)
+
+
+def _check_record(path: Path, where: str, rec: dict[str, Any]) -> dict[str, Any]:
+    """One measurement line: the keys replay reads, typed; samples finite and positive."""
+    for key in ("backend", "model", "kv_cache_dtype", "shape", "config", "status", "samples_ms"):
+        if key not in rec:
+            raise DataFileError(str(path), f"{where}.{key}", "missing")
+    for key in ("backend", "kv_cache_dtype", "shape"):
+        _yaml.expect(path, f"{where}.{key}", rec[key], str, "a string")
+    for key in ("model", "config"):
+        _yaml.expect(path, f"{where}.{key}", rec[key], dict, "a mapping")
+    _yaml.expect(path, f"{where}.details", rec.get("details", {}), dict, "a mapping")
+    _yaml.expect(path, f"{where}.message", rec.get("message", ""), (str, type(None)), "a string")
+    if rec["status"] not in _STATUSES:
+        raise DataFileError(str(path), f"{where}.status", f"is {_yaml.short(rec['status'])}; known: "
+                            f"{', '.join(_STATUSES)}")
+    samples = _yaml.expect(path, f"{where}.samples_ms", rec["samples_ms"], list, "a list of milliseconds")
+    if rec["status"] == "ok" and not samples:
+        raise DataFileError(str(path), f"{where}.samples_ms", "empty, but the status is ok")
+    for j, x in enumerate(samples):
+        _yaml.number(path, f"{where}.samples_ms[{j}]", x)
+    if rec.get("rel_err") is not None:
+        _yaml.number(path, f"{where}.rel_err", rec["rel_err"], low_open=False)
+    return rec
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number a measurement can have")
+
+
 def _parse(path: Path, lineno: int, line: str) -> dict[str, Any]:
     try:
-        data = json.loads(line)
+        data = json.loads(line, parse_constant=_refuse_constant)
     except json.JSONDecodeError as e:
         # A line cut by a killed writer is the one error a resumable file must tolerate: say so.
         raise DataFileError(str(path), f"line {lineno}", f"not JSON ({e.msg})") from e
+    except (ValueError, RecursionError) as e:  # NaN/Infinity, nesting deeper than Python's stack
+        raise DataFileError(str(path), f"line {lineno}", f"not a sweep record ({' '.join(str(e).split())[:120]})"
+                            ) from None
     if not isinstance(data, dict):
         raise DataFileError(str(path), f"line {lineno}", "expected a JSON object")
     return data
 
 
 def _existing(path: Path, env: Environment) -> set[str]:
-    if not path.exists() or path.stat().st_size == 0:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return set()
+    except OSError as e:
+        raise DataFileError(str(path), "", f"cannot write a sweep there: {e.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):  # appending to a FIFO would block, to a directory fail
+        raise DataFileError(str(path), "", "not a regular file: give a .jsonl file to write the sweep to")
+    if info.st_size == 0:
         return set()
     header, records = read_sweep(path)
     if header["environment"].get("gpu") != env.as_dict().get("gpu"):
@@ -110,10 +171,14 @@ def run_sweep(runner: Runner, space: SearchSpace, workload: Workload, dims: MLAD
     have = _existing(out, env)
     todo = [(ws.spec, ws.shape, c) for ws in workload.shapes for c in space.expand(ws.shape)
             if record_key(space.backend, dims_dict(dims), kv_cache_dtype, ws.spec, c) not in have]
-    out.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     fresh = not out.exists() or out.stat().st_size == 0
-    with out.open("a") as f:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        f = out.open("a")
+    except OSError as e:
+        raise DataFileError(str(out), "", f"cannot write a sweep there: {e.strerror}") from None
+    with f:
         if fresh:
             header = {"kind": SWEEP_KIND, "schema_version": 1, "environment": env.as_dict(),
                       "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

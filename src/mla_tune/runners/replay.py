@@ -88,7 +88,7 @@ class ReplayRunner(Runner):
             if r["status"] == "ok":
                 prefill_ok.add(value)
             elif value and r["status"] == "unsupported":
-                prefill_why.setdefault(value, r["message"])
+                prefill_why.setdefault(value, r.get("message") or "")
         def not_recorded(kind: str, name: str) -> str:
             why = self._unavailable.get((kind, name))
             return f"unavailable when recorded: {why}" if why else f"not recorded in {self._source}"
