@@ -12,7 +12,7 @@ from mla_tune import api
 from mla_tune.cli import app
 from mla_tune.errors import BatchSpecError, UsageError
 from mla_tune.export import write_atomic
-from mla_tune.table import bounded_shape
+from mla_tune.batch_spec import parse as bounded_shape
 
 cli = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent

@@ -134,7 +134,7 @@ def test_csv_that_is_not_text(tmp_path: Path):
     p.write_bytes(b"spec,weight\n\xff\xfe,1\n")
     with pytest.raises(DataFileError) as e:
         load_traffic(p)
-    assert str(e.value).startswith(f"{p}: not a CSV file: ") and "\n" not in str(e.value)
+    assert str(e.value).startswith(f"{p}: is not UTF-8 text (byte 0xff") and "\n" not in str(e.value)
 
 
 def test_too_many_shapes(tmp_path: Path):

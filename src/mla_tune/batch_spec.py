@@ -21,10 +21,36 @@ def _size(digits: str, k: str) -> int:
     return int(digits) * (1024 if k else 1)
 
 
+# The batches mla-tune measures, checked on a spec's text before a request is built: ``99999999q1s4k`` would
+# otherwise allocate 10^8 requests before anything could refuse it. decode_64k's largest batch (256q1s64k)
+# holds 16M cached tokens.
+MAX_REQUESTS = 4096  # requests in one batch (vLLM schedules at most max_num_seqs, 1024 at most by default)
+MAX_LEN = 1 << 20  # tokens of one request, new plus cached (1024k)
+MAX_CACHED = 1 << 26  # tokens over all requests of a batch (64M)
+MAX_SPEC_CHARS = 512
+
+
 def parse(spec: str) -> Shape:
-    """Parse a batch spec; raises ``BatchSpecError`` naming the first bad segment."""
+    """Parse a batch spec within the sizes above; raises ``BatchSpecError`` naming the first bad segment."""
     if not spec or not spec.strip():
         raise BatchSpecError(spec, spec, "empty spec")
+    if len(spec) > MAX_SPEC_CHARS:
+        raise BatchSpecError(spec[:40] + "...", spec[:40] + "...", f"longer than {MAX_SPEC_CHARS} characters")
+    total = cached = 0
+    for seg in spec.split("_"):  # bounds first, on the text: nothing is allocated for a batch that is refused
+        m = _SEGMENT.fullmatch(seg)
+        if not m:
+            continue  # the loop below names what is wrong with it
+        count = int(m.group(1) or 1)
+        q_len = _size(m.group(2), m.group(3))
+        kv_len = _size(m.group(4), m.group(5)) if m.group(4) else q_len
+        if max(q_len, kv_len) > MAX_LEN:
+            raise BatchSpecError(spec, seg, f"{max(q_len, kv_len)} tokens per request; at most {MAX_LEN} (1024k)")
+        total, cached = total + count, cached + count * kv_len
+        if total > MAX_REQUESTS:
+            raise BatchSpecError(spec, seg, f"{total} requests in one batch; at most {MAX_REQUESTS}")
+        if cached > MAX_CACHED:
+            raise BatchSpecError(spec, seg, f"{cached} tokens in one batch; at most {MAX_CACHED} (64M)")
     requests: list[Request] = []
     for seg in spec.split("_"):
         m = _SEGMENT.fullmatch(seg)

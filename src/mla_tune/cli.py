@@ -65,8 +65,41 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             where = f": {e.filename}" if e.filename else ""
             typer.echo(f"mla-tune: error: {e.strerror or e}{where}", err=True)
             raise typer.Exit(1) from None
+        except Exception as e:  # noqa: BLE001 - only to find a library error Optuna re-raised as its own
+            cause = _library_error(e)
+            if cause is None:
+                raise
+            typer.echo(f"mla-tune: error: {cause}", err=True)
+            raise typer.Exit(cause.exit_code) from None
 
     return wrapper
+
+
+def _library_error(exc: BaseException) -> MlaTuneError | None:
+    """The MlaTuneError behind ``exc``, if any: Optuna turns a storage failure during a trial's final write into
+    ``AssertionError('Should not reach.')`` with the real error only as its context."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, MlaTuneError):
+            return exc
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return None
+
+
+def _warnings_as_lines() -> None:
+    """mla-tune's own warnings (a journal repaired, ...) as one line on stderr, like its errors."""
+    import warnings
+
+    default = warnings.showwarning
+
+    def show(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        if category.__module__.startswith("mla_tune"):
+            typer.echo(f"mla-tune: warning: {message}", err=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 # Bounds of the numbers commands take; parsed by Typer, so a bad value is refused before anything runs.
@@ -99,7 +132,7 @@ def _checked(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 def _spec_bounds(workload: str) -> None:
     """``spec:...`` is bounded on its text (``spec:99999999q1s4k`` would build 10^8 requests before failing)."""
-    from .table import bounded_shape
+    from .batch_spec import parse as bounded_shape
 
     if workload.startswith("spec:"):
         bounded_shape(workload[len("spec:"):])
@@ -370,6 +403,7 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def main() -> None:
+    _warnings_as_lines()
     app(prog_name="mla-tune")
 
 

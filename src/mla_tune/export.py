@@ -16,7 +16,8 @@ from .errors import BatchSpecError, DataFileError, MlaTuneError, UsageError
 from .knobs import BACKENDS, check_params
 from .plan import KV_CACHE_DTYPES
 from .space import load_space
-from .table import TABLE_KIND, bounded_shape
+from .batch_spec import parse as bounded_shape
+from .table import TABLE_KIND
 from .types import Shape
 
 HEADER = ("# mla-tune tuning table: vLLM MLA attention settings measured per batch shape.\n"

@@ -25,6 +25,7 @@ from typing import Any
 
 from . import _yaml
 from .errors import DataFileError, UsageError
+from .knobs import knobs_for
 from .plan import dims_dict
 from .runners import Runner
 from .space import SearchSpace, config_key
@@ -45,8 +46,10 @@ class SweepProgress:
 
 
 def record_key(backend: str, dims: dict[str, Any], kv_cache_dtype: str, shape: str, config: dict) -> str:
-    """Identity of one measurement in a sweep."""
-    return json.dumps([backend, dims, kv_cache_dtype, shape, dict(config_key(config))], sort_keys=True)
+    """Identity of one measurement in a sweep. A knob the config does not name ran at vLLM's default (a recording
+    made before the knob was declared), so old recordings still answer configs that spell that default out."""
+    full = {**{k.name: k.default(backend) for k in knobs_for(backend)}, **config}
+    return json.dumps([backend, dims, kv_cache_dtype, shape, dict(config_key(full))], sort_keys=True)
 
 
 def measurement_record(case: Case, spec: str, m: Measurement) -> dict[str, Any]:

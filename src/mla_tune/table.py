@@ -3,51 +3,17 @@
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 from . import batch_spec
-from .errors import BatchSpecError, UsageError
+from .errors import UsageError
 from .space import format_config
 from .stats import round_sig
 from .summary import StudySummary
-from .types import Shape
 from .verdict import judge
 
 TABLE_KIND = "mla-tune/tuning-table"
 TABLE_SCHEMA_VERSION = 1
-
-# The batches mla-tune measures, checked on a spec's text before a request is built: ``99999999q1s4k`` would
-# otherwise allocate 10^8 requests before anything could refuse it. decode_64k's largest batch (256q1s64k)
-# holds 16M cached tokens.
-MAX_REQUESTS = 4096  # requests in one batch (vLLM schedules at most max_num_seqs, 1024 at most by default)
-MAX_LEN = 1 << 20  # tokens of one request, new plus cached (1024k)
-MAX_CACHED = 1 << 26  # tokens over all requests of a batch (64M)
-MAX_SPEC_CHARS = 512
-_SEGMENT = re.compile(r"(\d*)q(\d+)(k?)(?:s(\d+)(k?))?")
-
-
-def bounded_shape(spec: str) -> Shape:
-    """``batch_spec.parse(spec)`` for a batch within the sizes above; a bigger one is a ``BatchSpecError``."""
-    if len(spec) > MAX_SPEC_CHARS:
-        raise BatchSpecError(spec[:40] + "...", spec[:40] + "...", f"longer than {MAX_SPEC_CHARS} characters")
-    requests = cached = 0
-    for seg in spec.split("_"):
-        m = _SEGMENT.fullmatch(seg)
-        if not m:
-            continue  # parse names what is wrong with it
-        count = int(m.group(1) or 1)
-        q_len = int(m.group(2)) * (1024 if m.group(3) else 1)
-        kv_len = int(m.group(4)) * (1024 if m.group(5) else 1) if m.group(4) else q_len
-        if max(q_len, kv_len) > MAX_LEN:
-            raise BatchSpecError(spec, seg, f"{max(q_len, kv_len)} tokens per request; at most {MAX_LEN} (1024k)")
-        requests, cached = requests + count, cached + count * kv_len
-        if requests > MAX_REQUESTS:
-            raise BatchSpecError(spec, seg, f"{requests} requests in one batch; at most {MAX_REQUESTS}")
-        if cached > MAX_CACHED:
-            raise BatchSpecError(spec, seg, f"{cached} tokens in one batch; at most {MAX_CACHED} (64M)")
-    return batch_spec.parse(spec)
-
 
 def _provenance(summaries: list[StudySummary]) -> dict[str, Any]:
     envs = {repr(s.attrs.get("environment")) for s in summaries}

@@ -90,7 +90,8 @@ def load_traffic(path: Path) -> Traffic:
 
 def _csv_entries(path: Path) -> list[tuple[str, float]]:
     try:
-        reader = csv.DictReader(path.read_text().splitlines())
+        text = _yaml.decode_text(str(path), _yaml.read_bytes(path, what="a traffic file"), "a traffic file")
+        reader = csv.DictReader(text.splitlines())
         header = reader.fieldnames
         rows = list(reader)
     except (UnicodeDecodeError, csv.Error) as e:

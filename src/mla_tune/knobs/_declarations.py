@@ -32,6 +32,8 @@ def _threshold_class(s: Situation, value: ParamValue) -> ParamValue:
     p = s.space["reorder_batch_threshold"]
     key = _split_key(s, int(value))
     same = [v for v in p.values() if _split_key(s, int(v)) == key]
+    if not same:  # a value outside the space (an API caller's): its own class
+        return int(value)
     return int(p.default) if p.default in same else int(max(same))
 
 

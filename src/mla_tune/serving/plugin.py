@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from pathlib import Path
 
 from ..types import ParamValue
 from ..vllm_adapters import Adapter
@@ -119,13 +118,17 @@ class Applier:
 
 def register() -> None:
     """The ``vllm.general_plugins`` entry point. Never raises: a problem is one log line, vLLM's defaults stay."""
-    path = os.environ.get(ENV, "").strip()
-    if not path:
-        return
+    path: object = os.environ.get(ENV, "")
     try:
+        from .. import env
+
+        profile_path = env.profile_path()  # one typed reader for every variable (a bad value: one line here)
+        if profile_path is None:
+            return
+        path = profile_path
         from ..vllm_adapters import installed_adapter
 
-        profile = load_profile(Path(path))
+        profile = load_profile(profile_path)
         adapter = installed_adapter()
         from ..vllm_adapters import _patches
 
