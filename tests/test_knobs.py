@@ -61,7 +61,8 @@ def test_lookups_and_resolve_order():
     assert [k.name for k in knobs_for("FLASH_ATTN_MLA")] == ["reorder_batch_threshold", "prefill_backend",
                                                             "cuda_graphs", "max_num_splits"]
     assert [k.name for k in knobs_for("TRITON_MLA")] == ["prefill_backend", "num_kv_splits"]
-    assert [k.name for k in knobs_for("CUTLASS_MLA")] == ["prefill_backend", "num_kv_splits", "cuda_graphs"]
+    assert [k.name for k in knobs_for("CUTLASS_MLA")] == ["prefill_backend", "prefill_query_quantization",
+                                                         "num_kv_splits", "cuda_graphs"]
     assert knobs_for("NO_SUCH_BACKEND") == ()
     with pytest.raises(UnknownNameError, match="unknown parameter 'splits'; valid: cuda_graphs, max_num_splits"):
         knob("splits")
@@ -211,3 +212,25 @@ def test_each_knobs_runner_apply_is_what_a_change_of_it_rebuilds(backend, spec, 
         assert changed.engine == base.engine and changed.metadata_key != base.metadata_key
     else:  # per call: nothing rebuilt
         assert changed.metadata_key == base.metadata_key and changed != base
+
+
+# -- a knob added by one declaration: fp8 prefill queries (vLLM's use_prefill_query_quantization) -------------
+def test_prefill_query_quantization_matters_only_with_fp8_kv_and_a_prefill_part():
+    from mla_tune.runners._vllm_plan import engine_attention
+    from mla_tune.serving import serving_settings
+    from mla_tune.vllm_adapters import adapter_for
+
+    space = load_space("CUTLASS_MLA")
+    prefill, decode = batch_spec.parse("q2ks4k"), batch_spec.parse("64q1s4k")
+    assert {c["prefill_query_quantization"] for c in space.expand(prefill)} == {False}  # bf16 KV: idle
+    fp8 = space.for_kv("fp8")
+    assert {c["prefill_query_quantization"] for c in fp8.expand(prefill)} == {False, True}
+    assert {c["prefill_query_quantization"] for c in fp8.expand(decode)} == {False}  # no prefill part
+    assert not [c for c in fp8.expand(prefill) if c["prefill_query_quantization"] and
+                c["prefill_backend"] in ("fa2", "fa3", "fa4", "cudnn")]  # FA/cuDNN prefill has no fp8 path
+    assert engine_attention("CUTLASS_MLA", {"prefill_query_quantization": True}) == \
+        (("use_prefill_query_quantization", True),)
+    for version in ("0.20.0", "0.26.0", "0.33.0"):
+        s = serving_settings("FLASHINFER_MLA", {"prefill_query_quantization": True},
+                             {"prefill_query_quantization": False}, adapter_for(version))
+        assert s.attention_config["use_prefill_query_quantization"] is True and not s.plugin_only

@@ -72,6 +72,19 @@ PREFILL = Knob(
     # FA2 selected for prefill turns off FA3's ahead-of-time decode scheduling (FINDINGS.md).
     affects_decode_on=("FLASH_ATTN_MLA",))
 
+def _fp8_prefill(s: Situation) -> bool:
+    # vLLM quantizes prefill queries only with an fp8 KV cache, a prefill part, and a prefill path that has fp8
+    # kernels (FlashInfer or TRT-LLM ragged, SM100: mla_attention.backend_supports_prefill_query_quantization).
+    return s.fp8_kv and bool(s.shape.prefill_requests(s.threshold)) and \
+        s.config.get("prefill_backend", "auto") in ("auto", "flashinfer", "trtllm")
+
+
+PREFILL_QUERY_QUANTIZATION = Knob(
+    name="prefill_query_quantization", type="bool", backends=("CUTLASS_MLA", "FLASHINFER_MLA"),
+    defaults={"CUTLASS_MLA": False, "FLASHINFER_MLA": False},
+    description="quantize prefill queries to fp8 (fp8 KV cache, FlashInfer or TRT-LLM prefill, SM100)",
+    runner=RunnerApply.ENGINE, serving=ServingApply.ATTENTION_CONFIG, matters=_fp8_prefill)
+
 NUM_KV_SPLITS = Knob(
     name="num_kv_splits", type="categorical", backends=("CUTLASS_MLA", "TRITON_MLA"),
     defaults={"CUTLASS_MLA": "auto", "TRITON_MLA": "auto"}, auto=True,
@@ -93,4 +106,5 @@ MAX_NUM_SPLITS = Knob(
     runner=RunnerApply.BUILDER, serving=ServingApply.PLUGIN_PER_BATCH,
     matters=_fa3_cap_read, detail_key="fa_num_splits")
 
-KNOBS: tuple[Knob, ...] = (REORDER_BATCH_THRESHOLD, PREFILL, NUM_KV_SPLITS, CUDA_GRAPHS, MAX_NUM_SPLITS)
+KNOBS: tuple[Knob, ...] = (REORDER_BATCH_THRESHOLD, PREFILL, PREFILL_QUERY_QUANTIZATION, NUM_KV_SPLITS, CUDA_GRAPHS,
+                           MAX_NUM_SPLITS)

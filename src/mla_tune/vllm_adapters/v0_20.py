@@ -49,6 +49,7 @@ GLOBAL = {
     "cuda_graphs": {"*": GlobalSetting("compilation_config", "cudagraph_mode",
                                        spelled=((True, "FULL_AND_PIECEWISE"), (False, "PIECEWISE")))},
     "num_kv_splits": {"CUTLASS_MLA": GlobalSetting("env", "FORCE_NUM_KV_SPLITS", skip=("auto",))},
+    "prefill_query_quantization": {"*": GlobalSetting("attention_config", "use_prefill_query_quantization")},
 }
 
 BUILDER_ATTRS = {
