@@ -53,7 +53,7 @@ def _cost(name: str, value: object, me: str, sources: list[Source], space: Any) 
 
 
 def table_flags(table: Mapping[str, Any], adapter: Adapter) -> list[EntryFlags]:
-    space = load_space(table["backend"])
+    space = load_space(table["backend"]).for_kv(table["kv_cache_dtype"])
     sources, _ = _sources(table)
     out = []
     for e in table["entries"]:
