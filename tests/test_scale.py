@@ -192,6 +192,19 @@ def test_ctrl_c_on_the_launcher_stops_every_worker_and_the_same_command_resumes(
     assert before <= {t.user_attrs["key"] for t in trials if "status" in t.user_attrs}
 
 
+def test_a_timeout_in_workers_confirms_nothing_unmeasured_and_leaves_nothing_queued(sweep, tmp_path):
+    storage = str(tmp_path / "s.journal")
+    par = api.run_study_parallel(gpus="0,1", backend=BACKEND, workload=f"spec:{SPEC}", runner=sweep,
+                                 storage=storage, timeout_s=1e-9)
+    assert [w.exit_code for w in par.workers] == [1, 1]
+    assert all("ran out before measuring vLLM's default, so nothing can be confirmed" in w.error
+               for w in par.workers)
+    trials = load(storage)
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    study = optuna.load_study(study_name=STUDY, storage=open_storage(parse_storage(storage), create=False))
+    assert "confirmation" not in study.user_attrs
+
+
 def test_a_busy_gpu_is_refused_naming_the_holder(sweep, tmp_path):
     held = gpu_lock.acquire("1")
     try:
@@ -283,6 +296,7 @@ def test_a_crashing_worker_reports_its_error_in_one_line(tmp_path, monkeypatch, 
         assert workers.main([str(tmp_path / "job.json")]) == 1
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     assert json.loads((tmp_path / "r.json").read_text()) == {
         "ok": False, "error": "crashed: RuntimeError: something broke", "exit_code": 1}
     assert "Traceback" in capsys.readouterr().err

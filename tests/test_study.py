@@ -261,3 +261,15 @@ def test_after_a_lost_trial_a_later_error_and_ctrl_c_still_surface(tmp_path, mon
     monkeypatch.setattr(optuna.Trial, "set_user_attr", interrupted_after_failed_under_us)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "second", FakeRunner(optimum=OPT))
+
+
+def test_a_sampler_that_keeps_proposing_measured_configs_still_measures_the_budget(tmp_path):
+    """Random sampling of an 18-config space with a budget of 100 proposes mostly duplicates near the end: the
+    study used to stop at its call cap with 16 configs measured, and confirm them as if complete."""
+    out = run(tmp_path, FakeRunner(optimum=OPT), sampler="random", n_trials=100, seed=0, confirm_rounds=2)
+    [s] = out.summaries
+    assert s.measured == 18 and s.confirmation["trials"] == 18
+    ts = trials(tmp_path, s.name)
+    assert not [t for t in ts if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    queued = [t for t in ts if "mla_tune:enqueued_by" in t.system_attrs and t.user_attrs.get("role") != "baseline"]
+    assert queued and all(t.state == TrialState.COMPLETE for t in queued)  # the missing ones, queued directly

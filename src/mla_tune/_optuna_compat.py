@@ -9,11 +9,12 @@ although storages are meant to implement it (see ``heartbeat``). Written against
 from __future__ import annotations
 
 import abc
+from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
-from optuna.trial import FrozenTrial, Trial
+from optuna.trial import FrozenTrial, Trial, TrialState
 
 
 def storage_of(study: optuna.Study) -> BaseStorage:
@@ -29,6 +30,14 @@ def study_id(study: optuna.Study) -> int:
 def trial_id(trial: Trial | FrozenTrial) -> int:
     """The trial's id in its storage (what the storage's trial methods take; not its ``number``)."""
     return trial._trial_id
+
+
+def enqueue(study: optuna.Study, params: dict[str, Any], *, user_attrs: dict[str, Any],
+            system_attrs: dict[str, Any]) -> None:
+    """``study.enqueue_trial`` with system attrs of our own on the queued trial (Optuna keeps the params to use in
+    its system attr ``fixed_params``, as ``enqueue_trial`` does)."""
+    study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, user_attrs=user_attrs,
+                                              system_attrs={**system_attrs, "fixed_params": params}))
 
 
 class HeartbeatStorage(BaseHeartbeat):
@@ -47,4 +56,4 @@ def has_heartbeat(storage: BaseStorage) -> bool:
     return isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval() is not None
 
 
-__all__ = ["HeartbeatStorage", "has_heartbeat", "storage_of", "study_id", "trial_id"]
+__all__ = ["HeartbeatStorage", "enqueue", "has_heartbeat", "storage_of", "study_id", "trial_id"]

@@ -37,7 +37,12 @@ def run_study(*, backend: str, workload: str, model: str = "deepseek-v3", tp: in
 
     Order matters for "bad input writes nothing": names are validated, the runner is made and asked whether
     the backend runs here, and only then is the storage opened (created) and a study written.
+
+    Ctrl-C and SIGTERM stop it at the next measurement or wait (``interrupts``) with nothing left RUNNING or
+    WAITING; a study that ends with a config it needs unmeasured raises ``StudyIncompleteError`` saying why,
+    after the others are confirmed.
     """
+    from .interrupts import handled
     from .study_loop import Solo, run_studies
     from .summary import summaries_of
 
@@ -47,7 +52,8 @@ def run_study(*, backend: str, workload: str, model: str = "deepseek-v3", tp: in
                                    confirm_rounds=confirm_rounds)
     spec = parse_storage(storage)
     with open_runner(runner) as r, gpu_locked(r):
-        ran = run_studies(r, request, space, spec, Solo(), progress)
+        with handled():
+            ran = run_studies(r, request, space, spec, Solo(), progress)
         summaries = summaries_of(ran.storage, [t.name for t in ran.targets])
     return StudyOutcome(spec.display, ran.environment, summaries, ran.excluded)
 
@@ -94,6 +100,14 @@ def export_table(output: Path, *, storage: str | None = None, backend: str, mode
     gpus = sorted({StudyName.parse(s.name).gpu for s in found})
     if len(gpus) > 1:
         raise UsageError(f"studies from several GPUs match: {', '.join(gpus)}", hint="pick one with --gpu")
+    for s in found:  # a confirmation speaks for the configs measured when it ran, not for those measured since
+        confirmed_at = (s.confirmation or {}).get("trials", s.measured)
+        if confirmed_at != s.measured:
+            from .confirm import StudyIncompleteError
+
+            raise StudyIncompleteError(f"{s.name}: {s.measured} configs measured, but confirmed when {confirmed_at} "
+                                       "were: the table would not be true", hint="run the same `mla-tune study` "
+                                       "again to confirm it, then export")
     if workload:  # keep the workload's own order
         order = {spec: i for i, spec in enumerate(get_workload(workload).specs)}
         found.sort(key=lambda s: order.get(s.label, len(order)))
@@ -121,8 +135,12 @@ def list_backends(runner: str | Runner = "vllm") -> tuple[Environment, tuple[Bac
 def run_sweep(*, backend: str, workload: str, output: Path, model: str = "deepseek-v3", tp: int = 1,
               kv_cache_dtype: str = "auto", runner: str | Runner = "vllm",
               progress: Callable[[Any], None] | None = None) -> int:
-    """Record an exhaustive sweep (all raw samples) for the replay runner; resumes an interrupted file."""
+    """Record an exhaustive sweep (all raw samples) for the replay runner; resumes an interrupted file.
+
+    Ctrl-C and SIGTERM stop it inside a measurement only, never while a line is written."""
+    from .interrupts import handled
     from .study import check_space_available
+    from .study_loop import Interruptible
     from .sweep import run_sweep as _run
 
     request, space = build_request(backend=backend, workload=workload, model=model, tp=tp,
@@ -133,7 +151,9 @@ def run_sweep(*, backend: str, workload: str, output: Path, model: str = "deepse
                              hint="sweep with --runner vllm on a GPU")
         require_backend(r, backend)
         space, _ = check_space_available(space, r)
-        return _run(r, space, request.workload, request.dims, kv_cache_dtype, Path(output), progress)
+        with handled():
+            return _run(Interruptible(r), space, request.workload, request.dims, kv_cache_dtype, Path(output),
+                        progress)
 
 
 @dataclass(frozen=True)

@@ -12,19 +12,21 @@ write-then-read counts the claims in flight against the budget. No lock, no sche
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import random
 import socket
 import threading
 import time
-import warnings
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from ._optuna_compat import storage_of, study_id, trial_id
-from .heartbeat import grace_period_s, has_heartbeat, heartbeat_interval_s
+from .heartbeat import (ENQUEUED_ATTR, dead_trial, fail_dead_trials, grace_period_s, heartbeat_interval_s,
+                        process_gone, this_process)
 from .interrupts import safe_point
 from .sampling import KEY_ATTR, recorded_status
 
@@ -33,6 +35,7 @@ CONFIRMING_ATTR = "mla_tune:confirming"  # study system attr: the worker confirm
 # back. It stays after the trial ends: on a measured trial it says which worker (host, GPU) measured it.
 CLAIM_ATTR = "mla_tune:claim"
 MAX_BACKOFF_S = 2.0
+_log = logging.getLogger(__name__)
 
 
 class BudgetSpent(optuna.TrialPruned):
@@ -55,13 +58,30 @@ def claim(study: optuna.Study, trial: Trial, key: str, limit: int | None) -> Fro
         if not rivals:
             return None
         storage.set_trial_system_attr(trial_id(trial), CLAIM_ATTR, None)
-        if has_heartbeat(storage):  # a rival whose worker died must not block us past the grace period
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
+        fail_dead_trials(study)  # a rival whose worker died must not block us (past the grace period, if remote)
         with safe_point():  # random: two rivals that both stepped back desync
             time.sleep(random.uniform(backoff / 2, backoff))
         backoff = min(2 * backoff, MAX_BACKOFF_S)
+
+
+def release_studies(store: optuna.storages.BaseStorage, names: list[str]) -> None:
+    """This process stops (Ctrl-C, SIGTERM, an error): fail what it left RUNNING or queued in these studies, so
+    that nothing waits on it; the next run measures their configs. Best effort: a storage that fails here (the
+    database went away) is left to the next run, which fails this process's trials as soon as it sees them."""
+    me = this_process()
+    try:
+        for name in names:
+            try:
+                study = optuna.load_study(study_name=name, storage=store)
+            except KeyError:
+                continue  # not created yet
+            fail_dead_trials(study, mine=True)
+            for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                if t.system_attrs.get(ENQUEUED_ATTR) == me:
+                    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                        storage_of(study).set_trial_state_values(trial_id(t), state=TrialState.FAIL)
+    except Exception:  # the error that stopped this process is the one to report, not this one
+        _log.debug("could not release this process's trials", exc_info=True)
 
 
 def worker_id() -> str:
@@ -70,10 +90,10 @@ def worker_id() -> str:
 
 def _scan(study: optuna.Study, number: int, key: str) -> tuple[FrozenTrial | None, int, int, int]:
     """(a finished trial that measured ``key``, live rivals on ``key``, claims in flight, distinct measured)."""
-    done, rivals, in_flight, measured = None, 0, 0, 0
+    done, rivals, in_flight, measured, now = None, 0, 0, 0, time.time()
     for t in study.get_trials(deepcopy=False):
-        if t.number == number:
-            continue
+        if t.number == number or (t.state == TrialState.RUNNING and dead_trial(t, now)):
+            continue  # a dead process's claim holds nothing: its trial is failed and its config measured again
         if recorded_status(t):  # finished with a result
             fresh = "duplicate_of" not in t.user_attrs
             measured += fresh
@@ -97,7 +117,8 @@ class ClaimLost(Exception):
 
 class ConfirmClaim:
     """Who confirms a study now, for workers sharing it (on one host or many): a study system attr
-    ``{"worker": host:pid:gpu, "trials": n, "beat": wall clock}``, refreshed by a thread every heartbeat interval.
+    ``{"worker": host:pid:gpu, "trials": n, "beat": wall clock, "owner": the process}``, refreshed by a thread
+    every heartbeat interval.
 
     A worker confirms only if no other worker holds a fresh claim on the same or a newer state of the study
     (``trials``: distinct configs measured); a claim not refreshed within the heartbeat grace period (its worker
@@ -120,14 +141,18 @@ class ConfirmClaim:
 
     def held_elsewhere(self) -> bool:
         c = self._read()
-        # abs(): a beat from a host whose clock runs ahead must not look fresh for longer than the grace period
+        # abs(): a beat from a host whose clock runs ahead must not look fresh for longer than the grace period.
+        # A worker of this host that is gone (killed) holds nothing, beat or not.
         return bool(c) and c["worker"] != self.me and c["trials"] >= self.trials and \
-            abs(time.time() - c["beat"]) <= grace_period_s()
+            abs(time.time() - c["beat"]) <= grace_period_s() and not process_gone(c.get("owner"))
+
+    def _mine(self) -> dict[str, Any]:
+        return {"worker": self.me, "trials": self.trials, "beat": time.time(), "owner": this_process()}
 
     def take(self) -> bool:
         if self.held_elsewhere():
             return False
-        self._write({"worker": self.me, "trials": self.trials, "beat": time.time()})
+        self._write(self._mine())
         c = self._read()
         if not c or c["worker"] != self.me:
             return False
@@ -142,7 +167,7 @@ class ConfirmClaim:
                 if c and c["worker"] != self.me:
                     self.lost = True
                     return
-                self._write({"worker": self.me, "trials": self.trials, "beat": time.time()})
+                self._write(self._mine())
             except Exception:  # a storage hiccup: the next beat tries again, the grace period covers a few
                 continue
 
@@ -160,4 +185,5 @@ class ConfirmClaim:
             self._write(None)
 
 
-__all__ = ["claim", "measured_by", "BudgetSpent", "CLAIM_ATTR", "ConfirmClaim", "ClaimLost", "CONFIRMING_ATTR"]
+__all__ = ["CLAIM_ATTR", "CONFIRMING_ATTR", "BudgetSpent", "ClaimLost", "ConfirmClaim", "claim", "measured_by",
+           "release_studies"]

@@ -5,11 +5,15 @@ between two trials can be drift. Here each candidate and the default are measure
 rounds (A B, then B A, so that neither always goes first) and the speedup is the geometric mean of the
 per-round ratios with an interval at the Bonferroni level over the candidates (``verdict.judge``). Only an
 interval entirely above 1 counts as a gain.
+
+The study loops confirm a study only once every config it needs is measured (``require_complete``): a confirmation,
+and so a table, never speaks for a study that a crash, a dead worker or one still running left short.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,12 +22,16 @@ from optuna.trial import TrialState
 
 from ._optuna_compat import storage_of, study_id
 from .claim import CONFIRMING_ATTR, ClaimLost, ConfirmClaim
+from .errors import MlaTuneError
+from .heartbeat import heartbeat_interval_s
+from .interrupts import safe_point
 from .plan import StudyTarget, config_set_key
 from .runners import Runner
+from .sampling import KEY_ATTR, recorded_status
 from .stats import median, round_sig
-from .verdict import judge
-from .study import ATTRS_KEY, Progress, ProgressFn, measured_count
+from .study import ATTRS_KEY, Progress, ProgressFn, measured_count, past, running_where, study_limit
 from .types import Case, Environment, freeze_params
+from .verdict import judge
 
 CONFIRM_KEY = "confirmation"
 
@@ -57,6 +65,37 @@ def _measure_set(runner: Runner, target: StudyTarget, configs: list[dict]) -> tu
     return total, "", samples
 
 
+class StudyIncompleteError(MlaTuneError):
+    """A study that cannot be confirmed or exported yet: a config it needs is not measured (what, and why)."""
+
+    def __init__(self, message: str, *, hint: str = "finished trials are kept; run the same command to measure "
+                                                      "the rest") -> None:
+        super().__init__(message, hint=hint)
+
+
+def require_complete(study: optuna.Study, target: StudyTarget, deadline: float | None = None) -> None:
+    """Refuse (``StudyIncompleteError``) a study with a config it needs unmeasured: a trial still running or
+    queued, vLLM's default not measured, or fewer configs than its budget (unless its --timeout ran out)."""
+    limit, done, r = study_limit(target), measured_count(study), target.request
+    timed_out = f" when --timeout {r.timeout_s:g} s ran out" if past(deadline) else ""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    head = f"{target.name}: {done} of {limit} configs measured"
+    hint = {"hint": "finished trials are kept; run the same command with a longer --timeout to measure the rest"} \
+        if timed_out else {}
+    if running:
+        raise StudyIncompleteError(f"{head}; {running_where(running)}{timed_out}: not confirmed", **hint)
+    if waiting:
+        raise StudyIncompleteError(f"{head}; {len(waiting)} queued trial(s) not run{timed_out}: not confirmed",
+                                   **hint)
+    if not any(recorded_status(t) and t.user_attrs.get(KEY_ATTR) == config_set_key(target.default_configs())
+               for t in study.get_trials(deepcopy=False)):
+        why = f"--timeout {r.timeout_s:g} s ran out before measuring" if timed_out else "nothing measured"
+        raise StudyIncompleteError(f"{head}; {why} vLLM's default, so nothing can be confirmed", **hint)
+    if done < limit and not timed_out:
+        raise StudyIncompleteError(f"{head}; the {r.sampler} sampler proposed no other config: not confirmed")
+
+
 def confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Environment,
             progress: ProgressFn | None = None, *, force: bool = False, shared: bool = False
             ) -> dict[str, Any] | None:
@@ -80,6 +119,19 @@ def confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Envir
     finally:
         if held is not None:
             held.release()
+
+
+def await_confirmation(target: StudyTarget, store: optuna.storages.BaseStorage, runner: Runner, env: Environment,
+                       progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Wait until another process's confirmation of this study is stored; confirm it here if that process died."""
+    poll_s = min(1.0, heartbeat_interval_s() / 2)
+    while True:
+        study = optuna.load_study(study_name=target.name, storage=store)
+        result = confirm(study, target, runner, env, progress, shared=True)
+        if result is not None:  # stored, or done here
+            return result
+        with safe_point():
+            time.sleep(poll_s)
 
 
 def _confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Environment, n_done: int,
@@ -139,4 +191,5 @@ def _confirm_one(runner: Runner, target: StudyTarget, default_configs: list[dict
     }
 
 
-__all__ = ["confirm", "candidates", "CONFIRM_KEY", "CONFIRMING_ATTR", "ATTRS_KEY"]
+__all__ = ["ATTRS_KEY", "CONFIRMING_ATTR", "CONFIRM_KEY", "StudyIncompleteError", "await_confirmation", "candidates",
+           "confirm", "require_complete"]

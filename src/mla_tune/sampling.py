@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ._optuna_compat import storage_of, trial_id
 from .errors import UnknownNameError
+from .heartbeat import dead_trial, stamp_owner
 
 SAMPLERS = ("auto", "tpe", "grid", "random")
 TARGET_ATTR = "mla_tune:target"
@@ -46,8 +48,8 @@ class ExhaustiveSampler(BaseSampler):
     Optuna's ``GridSampler`` needs a fixed product space; the MLA spaces are conditional (a parameter exists
     only for some values of others), so this sampler walks an explicit list of targets instead: each target is
     the answers to the questions the objective asks, and ``keys[i]`` is what that target runs. A target is
-    visited once a trial with its key exists (running ones too), so parallel workers rarely collide; when all are
-    visited the study stops.
+    visited once a trial with its key exists (running ones too, unless their process is known dead: see
+    ``heartbeat.dead_trial``), so parallel workers rarely collide; when all are visited the study stops.
 
     ``order="random"`` (plain grid search) keeps early stops unbiased. ``order="local"`` is a best-first local
     search that still ends up exhaustive: each trial takes the unvisited config nearest to the best one measured
@@ -69,8 +71,10 @@ class ExhaustiveSampler(BaseSampler):
         self._fallback = optuna.samplers.RandomSampler(seed=seed)
 
     def _unvisited(self, study: optuna.Study) -> list[int]:
-        visited = set()
+        visited, now = set(), time.time()
         for t in study.get_trials(deepcopy=False):
+            if t.state == TrialState.RUNNING and dead_trial(t, now):
+                continue  # its process is gone: it will be failed and its config measured again
             if t.state == TrialState.RUNNING and TARGET_ATTR in t.system_attrs:
                 visited.add(self._keys[t.system_attrs[TARGET_ATTR]])
             elif t.state == TrialState.RUNNING or recorded_status(t):
@@ -79,6 +83,8 @@ class ExhaustiveSampler(BaseSampler):
         return [i for i, k in enumerate(self._keys) if k not in visited]
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if not stamp_owner(study, trial):
+            return  # failed under us already: nothing to pick
         if "fixed_params" in trial.system_attrs or trial.params:  # enqueued (the baseline) or a retried trial
             return  # brings its own params (and a retry its original's target attr)
         unvisited = self._unvisited(study)
@@ -190,8 +196,22 @@ def make_sampler(name: str, *, space_size: int, budget: int | None, targets: Seq
     if name == "grid":
         return ExhaustiveSampler(targets, keys, seed), name
     if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed), name
+        return _StampedRandom(seed=seed), name
     return _tpe(seed, budget), name
+
+
+# Every sampler records the process running each trial as the trial starts (``heartbeat.stamp_owner``): the
+# sampler's ``before_trial`` is the one hook Optuna calls in that moment, before the trial's first heartbeat.
+class _StampedRandom(optuna.samplers.RandomSampler):
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        stamp_owner(study, trial)
+        super().before_trial(study, trial)
+
+
+class _StampedTPE(optuna.samplers.TPESampler):
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        stamp_owner(study, trial)
+        super().before_trial(study, trial)
 
 
 def _tpe(seed: int | None, budget: int | None) -> BaseSampler:
@@ -200,5 +220,4 @@ def _tpe(seed: int | None, budget: int | None) -> BaseSampler:
     startup = 6 if budget is None else max(3, min(10, budget // 4))
     with warnings.catch_warnings():  # multivariate/group/constant_liar are flagged experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True,
-                                          constant_liar=True)
+        return _StampedTPE(seed=seed, n_startup_trials=startup, multivariate=True, group=True, constant_liar=True)

@@ -1,4 +1,4 @@
-"""The Optuna glue: create or resume a study, run the objective through a runner, confirm the winners.
+"""The Optuna glue: create or resume a study, run the objective through a runner, settle what other processes run.
 
 Trial values are median latencies in milliseconds (a weighted sum over shapes for ``mix``). Each trial keeps
 its status, median, spread, sample count, raw samples, speedup over the baseline, the configs it ran and the
@@ -18,9 +18,18 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from ._optuna_compat import storage_of, trial_id
+from ._optuna_compat import enqueue, storage_of, trial_id
 from .claim import claim
 from .errors import UsageError
+from .heartbeat import (
+    ENQUEUED_ATTR,
+    OWNER_ATTR,
+    fail_dead_trials,
+    forget_trial,
+    heartbeat_interval_s,
+    this_process,
+)
+from .interrupts import safe_point
 from .plan import StudyTarget, config_set_key, study_attrs
 from .runners import Runner
 from .sampling import KEY_ATTR, make_sampler, recorded_status
@@ -254,19 +263,42 @@ def best_ok_trial(study: optuna.Study) -> FrozenTrial | None:
     return min(done, key=lambda t: t.value) if done else None
 
 
+def study_limit(target: StudyTarget) -> int:
+    """Distinct configs the study needs measured: its trial budget (default 24), at most the whole space; the
+    whole space when only a --timeout bounds it."""
+    r, n = target.request, len(target.enumerate()[1])
+    budget = r.n_trials if r.n_trials is not None else (None if r.timeout_s else DEFAULT_TRIALS)
+    return min(budget, n) if budget is not None else n
+
+
+def deadline_of(target: StudyTarget) -> float | None:
+    """When a study's --timeout runs out (``time.monotonic``), from now."""
+    return time.monotonic() + target.request.timeout_s if target.request.timeout_s else None
+
+
+def past(deadline: float | None) -> bool:
+    """Has ``deadline`` (``time.monotonic``; None: none) passed?"""
+    return deadline is not None and time.monotonic() >= deadline
+
+
 def run_trials(target: StudyTarget, storage: optuna.storages.BaseStorage, runner: Runner, env: Environment,
-               progress: ProgressFn | None = None) -> optuna.Study:
-    """Run (or resume) the trials of one study up to its budget. Ctrl-C propagates after the trial is recorded."""
+               progress: ProgressFn | None = None, deadline: float | None = None) -> optuna.Study:
+    """Run (or resume) the trials of one study up to its budget, or until ``deadline`` (no trial starts after it,
+    but queued ones still run: nothing is left WAITING). Ctrl-C propagates after the trial is recorded.
+
+    Trials of processes known dead (``heartbeat.fail_dead_trials``) are failed first, so that neither the budget
+    nor the sampler counts them: their configs are measured again."""
     r = target.request
     answers, keys = target.enumerate()
+    limit = study_limit(target)
     budget = r.n_trials if r.n_trials is not None else (None if r.timeout_s else DEFAULT_TRIALS)
     sampler, _chosen = make_sampler(r.sampler, space_size=len(keys), budget=budget, targets=answers, keys=keys,
                                     seed=r.seed, values={p.name: p.values() for p in target.space.parameters})
     study = open_study(target, storage, env, sampler)
-    if not _baseline_pending_or_done(study, keys[0]):
-        study.enqueue_trial(answers[0], user_attrs={"role": "baseline"})
+    fail_dead_trials(study)
+    if not _baseline_pending_or_done(study, keys[0]) and not past(deadline):
+        enqueue(study, answers[0], user_attrs={"role": "baseline"}, system_attrs={ENQUEUED_ATTR: this_process()})
     objective = Objective(target, runner, env, study)
-    limit = min(budget, len(keys)) if budget is not None else len(keys)
     objective.limit = limit
     max_calls = 4 * limit + 10  # TPE can keep proposing measured configs once the good region is exhausted
     calls = 0
@@ -275,8 +307,10 @@ def run_trials(target: StudyTarget, storage: optuna.storages.BaseStorage, runner
         nonlocal calls
         calls += 1
         objective.told()
+        forget_trial()
         done = measured_count(st)
-        if (done >= limit and not _queued(st)) or calls >= max_calls or t.state == TrialState.PRUNED:
+        if (not _queued(st) and (done >= limit or past(deadline))) or calls >= max_calls \
+                or t.state == TrialState.PRUNED:
             st.stop()  # pruned: the budget is filled by trials in flight
         if progress:
             best = best_ok_trial(st)
@@ -286,31 +320,96 @@ def run_trials(target: StudyTarget, storage: optuna.storages.BaseStorage, runner
 
     if progress:
         progress(Progress(target.name, "trial", min(measured_count(study), limit), limit))
-    deadline = time.monotonic() + r.timeout_s if r.timeout_s else None
-    # Queued trials run even once the budget is met: a dead worker's retry, enqueued when its heartbeat went stale,
-    # must not be left WAITING in the storage. It costs nothing when its config was measured meanwhile (reused).
-    while (measured_count(study) < limit or _queued(study)) and calls < max_calls:
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
-            break
-        try:
-            study.optimize(objective, n_trials=None, timeout=left, catch=(MeasurementFailed,),
-                           callbacks=[on_trial], gc_after_trial=False)
-            if not _queued(study):
-                break
-        except Exception as e:  # Optuna refuses to tell a trial failed under us (ValueError, or its own assert)
-            if objective.interrupted:
-                raise KeyboardInterrupt from e  # Ctrl-C first: the refused tell came after it
-            lost = objective.lost_trial() if isinstance(e, (ValueError, AssertionError)) else None
-            if lost is None:
-                raise
-            calls += 1
-            why = (f"trial {lost.number} was failed as stale by another worker while it ran here (late heartbeats:"
-                   " an overloaded host or a skewed clock?); its retry measures it again")
-            _log.warning("%s: %s", target.name, why)
-            if progress:
-                progress(Progress(target.name, "trial", min(measured_count(study), limit), limit, message=why))
+    def drive() -> None:
+        # Queued trials run even once the budget is met or the time is up: a dead worker's retry, enqueued when its
+        # heartbeat went stale, must not be left WAITING in the storage. It costs nothing when its config was
+        # measured meanwhile (reused).
+        nonlocal calls
+        while _queued(study) or (measured_count(study) < limit and calls < max_calls and not past(deadline)):
+            try:
+                study.optimize(objective, n_trials=None, catch=(MeasurementFailed,), callbacks=[on_trial],
+                               gc_after_trial=False)
+                if not _queued(study):
+                    break
+            except Exception as e:  # Optuna refuses to tell a trial failed under us (ValueError, or its own assert)
+                if objective.interrupted:
+                    raise KeyboardInterrupt from e  # Ctrl-C first: the refused tell came after it
+                lost = objective.lost_trial() if isinstance(e, (ValueError, AssertionError)) else None
+                if lost is None:
+                    raise
+                calls += 1
+                why = (f"trial {lost.number} was failed as stale by another worker while it ran here (late "
+                       "heartbeats: an overloaded host or a skewed clock?); its retry measures it again")
+                _log.warning("%s: %s", target.name, why)
+                if progress:
+                    progress(Progress(target.name, "trial", min(measured_count(study), limit), limit, message=why))
+
+    try:
+        drive()
+        # TPE and random sampling can keep proposing measured configs (a budget near the size of the space): the
+        # configs the budget still needs are then queued directly, rather than the study ending short.
+        if calls >= max_calls and not past(deadline) and _enqueue_missing(study, answers, keys, limit):
+            drive()
+    finally:
+        forget_trial()  # a trial Optuna could not finish here is a leftover from now on, failed by the next check
+    if past(deadline) and progress:
+        done = measured_count(study)
+        progress(Progress(target.name, "trial", min(done, limit), limit,
+                          message=f"--timeout {r.timeout_s:g} s: stopped after {done} of {limit} configs"))
     return study
+
+
+def settle(target: StudyTarget, store: optuna.storages.BaseStorage, runner: Runner, env: Environment,
+           progress: ProgressFn | None = None, deadline: float | None = None) -> optuna.Study:
+    """Wait until no other process runs a trial of this study, then run what is left; repeat until nothing is.
+
+    Trials of dead processes are failed on the way (at once when they ran on this machine, after the heartbeat
+    grace period elsewhere) and retried. Past ``deadline`` nothing is waited for (``require_complete`` then says
+    what is missing)."""
+    poll_s = min(1.0, heartbeat_interval_s() / 2)
+    while True:
+        study = optuna.load_study(study_name=target.name, storage=store)
+        said = False
+        while True:
+            fail_dead_trials(study)
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if not running or past(deadline):
+                break
+            if progress and not said:
+                progress(Progress(target.name, "trial", measured_count(study), study_limit(target),
+                                  message=f"waiting for {running_where(running)}"))
+                said = True
+            with safe_point():
+                time.sleep(poll_s)
+        before = measured_count(study)
+        if not _queued(study) and (before >= study_limit(target) or past(deadline)):
+            return study
+        study = run_trials(target, store, runner, env, progress, deadline)
+        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)) \
+                and measured_count(study) == before:
+            return study  # nothing ran and nothing runs: nothing new can be proposed
+
+
+def running_where(running: list[FrozenTrial]) -> str:
+    """``trial 7 running in host:pid``, or a count and the processes."""
+    where = sorted({process_name(t) for t in running})
+    what = f"trial {running[0].number}" if len(running) == 1 else f"{len(running)} trials"
+    return f"{what} still running in {', '.join(where)}"
+
+
+def process_name(t: FrozenTrial) -> str:
+    owner = t.system_attrs.get(OWNER_ATTR) or {}
+    return f"{owner['host']}:{owner['pid']}" if "host" in owner else "a process that recorded no owner"
+
+
+def _enqueue_missing(study: optuna.Study, answers: list[dict], keys: list[str], limit: int) -> int:
+    """Queue configs no trial measured or runs, as many as ``limit`` still needs (in the space's order)."""
+    have = {t.user_attrs.get(KEY_ATTR) for t in study.get_trials(deepcopy=False)
+            if recorded_status(t) or t.state == TrialState.RUNNING}
+    missing = [a for a, k in zip(answers, keys) if k not in have][:max(0, limit - measured_count(study))]
+    for a in missing:
+        enqueue(study, a, user_attrs={}, system_attrs={ENQUEUED_ATTR: this_process()})
+    return len(missing)
 
 
 def _queued(study: optuna.Study) -> bool:

@@ -3,7 +3,8 @@
 Workers share studies, not a schedule: each runs all the studies of the workload, worker ``i`` starting at study
 ``i`` (so they spread out), and Optuna's storage does the sharing (samplers see each other's trials; ``claim``
 keeps a config from being measured twice). Then a second pass waits for the other workers' running trials of each
-study, Optuna's heartbeat failing and re-enqueueing those of dead workers, and runs what is left (the retries).
+study (``study.settle``), failing and re-enqueueing those of dead workers (at once on this host, after the heartbeat
+grace period on others), and runs what is left (the retries); a study still short of a config is not confirmed.
 Last, the confirmations, shared the same way: a worker confirms each study no live worker has claimed
 (``confirm.ConfirmClaim``), so workers of several hosts on one storage do not confirm the same study twice.
 
@@ -19,29 +20,25 @@ import os
 import signal
 import sys
 import threading
-import time
 import traceback
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 
 from . import interrupts
-from .confirm import confirm
+from .confirm import await_confirmation, confirm
 from .errors import MlaTuneError
-from .heartbeat import has_heartbeat, heartbeat_interval_s
-from .interrupts import check, safe_point
+from .interrupts import check
 from .plan import StudyTarget
 from .runners import Runner, register_runner
 from .storage import parse_storage
-from .study import ProgressFn, measured_count, run_trials
-from .study_loop import Coordination, run_studies
+from .study import ProgressFn, deadline_of, run_trials, settle
+from .study_loop import Coordination, Incomplete, run_studies
 from .study_setup import build_request, open_runner
-from .types import BackendStatus, Case, Environment, Measurement
+from .types import Environment
 
 
 @dataclass(frozen=True)
@@ -91,23 +88,25 @@ class Shared(Coordination):
     def __init__(self, index: int) -> None:
         self.index = index
 
-    def wrap(self, runner: Runner) -> Runner:
-        return _Interruptible(runner)
-
     def run(self, targets: list[StudyTarget], store: optuna.storages.BaseStorage, runner: Runner,
             env: Environment, progress: ProgressFn | None) -> None:
         mine = rotated(targets, self.index)
+        deadlines = {}
         for target in mine:
             check()
-            run_trials(target, store, runner, env, progress)
+            deadlines[target.name] = deadline_of(target)
+            run_trials(target, store, runner, env, progress, deadlines[target.name])
+        incomplete, settled = Incomplete(), []
         for target in mine:
             check()
-            settle(target, store, runner, env, progress)
+            study = settle(target, store, runner, env, progress, deadlines[target.name])
+            if incomplete.check(study, target, deadlines[target.name]):
+                settled.append(target)
         # Confirmation is shared the same way: each worker walks every study from its own start and confirms those
         # no live worker (of this host or another) has claimed; then it waits for the claimed ones, taking over a
         # claim whose worker died.
         claimed = []
-        for target in mine:
+        for target in settled:
             check()
             study = optuna.load_study(study_name=target.name, storage=store)
             if confirm(study, target, runner, env, progress, shared=True) is None:
@@ -115,58 +114,7 @@ class Shared(Coordination):
         for target in claimed:
             check()
             await_confirmation(target, store, runner, env, progress)
-
-
-def await_confirmation(target: StudyTarget, store: optuna.storages.BaseStorage, runner: Runner, env: Environment,
-                       progress: ProgressFn | None = None) -> None:
-    """Wait until another worker's confirmation of this study is stored; confirm it here if that worker died."""
-    poll_s = min(1.0, heartbeat_interval_s() / 2)
-    while True:
-        study = optuna.load_study(study_name=target.name, storage=store)
-        if confirm(study, target, runner, env, progress, shared=True) is not None:  # stored, or done here
-            return
-        with safe_point():
-            time.sleep(poll_s)
-
-
-class _Interruptible(Runner):
-    """The worker's runner: a Ctrl-C held by ``interrupts`` is raised when a measurement starts or runs."""
-
-    def __init__(self, inner: Runner) -> None:
-        self.inner, self.name = inner, inner.name
-
-    def environment(self) -> Environment:
-        return self.inner.environment()
-
-    def backends(self) -> tuple[BackendStatus, ...]:
-        return self.inner.backends()
-
-    def measure(self, case: Case) -> Measurement:
-        with safe_point():
-            return self.inner.measure(case)
-
-
-def settle(target: StudyTarget, store: optuna.storages.BaseStorage, runner: Runner, env: Environment,
-           progress: ProgressFn | None = None) -> optuna.Study:
-    """Wait until no other worker runs a trial of this study, then run what is left; repeat until nothing is.
-
-    A dead worker's trial keeps RUNNING until its heartbeat is stale; Optuna's ``fail_stale_trials`` then fails
-    it and its retry callback enqueues a copy, which ``run_trials`` here picks up.
-    """
-    poll_s = min(1.0, heartbeat_interval_s() / 2)
-    while True:
-        study = optuna.load_study(study_name=target.name, storage=store)
-        while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if has_heartbeat(store):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    optuna.storages.fail_stale_trials(study)
-            with safe_point():
-                time.sleep(poll_s)
-        before = measured_count(study)
-        study = run_trials(target, store, runner, env, progress)
-        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) and measured_count(study) == before:
-            return study  # nothing ran and nothing runs: the budget is met, or nothing new can be proposed
+        incomplete.raise_any()
 
 
 def _watch_parent() -> None:
