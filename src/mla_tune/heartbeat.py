@@ -41,13 +41,11 @@ MAX_RETRY = 1
 
 
 def heartbeat_interval_s() -> float:
-    """The beat interval from ``$MLA_TUNE_HEARTBEAT_S`` (seconds, > 0), else 10 s."""
-    raw = os.environ.get(HEARTBEAT_ENV, "")
-    try:
-        value = float(raw) if raw else DEFAULT_INTERVAL_S
-    except ValueError:
-        value = DEFAULT_INTERVAL_S
-    return value if value > 0 else DEFAULT_INTERVAL_S
+    """The beat interval from ``$MLA_TUNE_HEARTBEAT_S`` (finite seconds, bounded: see ``env``), else 10 s; a bad
+    value is one EnvError line (``inf`` used to turn crash recovery off silently)."""
+    from . import env
+
+    return env.heartbeat_s()
 
 
 def grace_period_s() -> float:

@@ -6,6 +6,7 @@ Shared by the single-process API, the multi-GPU launcher and its workers, which 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 from .errors import RunnerUnavailableError, UnknownNameError, UsageError
@@ -47,13 +48,15 @@ def build_request(*, backend: str, workload: str, model: str = "deepseek-v3", tp
         raise UnknownNameError("kv-cache dtype", kv_cache_dtype, KV_CACHE_DTYPES)
     if n_trials is not None and n_trials < 1:
         raise UsageError(f"--trials must be at least 1, got {n_trials}")
-    if timeout_s is not None and timeout_s <= 0:
-        raise UsageError(f"--timeout must be positive, got {timeout_s}")
+    if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
+        raise UsageError(f"--timeout must be a positive number of seconds, got {timeout_s}")
+    if seed is not None and not 0 <= seed < 2**32:
+        raise UsageError(f"--seed must be in 0..{2**32 - 1}, got {seed}")
     if confirm_top < 1:
         raise UsageError(f"confirmation needs at least 1 candidate, got {confirm_top}")
     if confirm_rounds < 2:
         raise UsageError(f"confirmation needs at least 2 rounds, got {confirm_rounds}")
-    space = load_space(backend)
+    space = load_space(backend).for_kv(kv_cache_dtype)  # knobs that matter only with an fp8 cache see it
     wl = get_workload(workload)
     dims = get_model(model, tp)
     return StudyRequest(backend, wl, dims, kv_cache_dtype, objective, sampler, n_trials, timeout_s, seed,
