@@ -83,7 +83,10 @@ def require_complete(study: optuna.Study, target: StudyTarget, deadline: float |
     head = f"{target.name}: {done} of {limit} configs measured"
     hint = {"hint": "finished trials are kept; run the same command with a longer --timeout to measure the rest"} \
         if timed_out else {}
-    if running:
+    # Once every config the study needs is measured, a trial another live worker just started (its sampler finding
+    # nothing left, a late duplicate) cannot change what is confirmed; should it measure something new, that makes
+    # the confirmation stale and it is confirmed again.
+    if running and done < limit:
         raise StudyIncompleteError(f"{head}; {running_where(running)}{timed_out}: not confirmed", **hint)
     if waiting:
         raise StudyIncompleteError(f"{head}; {len(waiting)} queued trial(s) not run{timed_out}: not confirmed",
