@@ -334,7 +334,9 @@ def run_trials(target: StudyTarget, storage: optuna.storages.BaseStorage, runner
             except Exception as e:  # Optuna refuses to tell a trial failed under us (ValueError, or its own assert)
                 if objective.interrupted:
                     raise KeyboardInterrupt from e  # Ctrl-C first: the refused tell came after it
-                lost = objective.lost_trial() if isinstance(e, (ValueError, AssertionError)) else None
+                # the refusal is a ValueError or Optuna's own assert on journal storages, UpdateFinishedTrialError on RDB
+                refused = (ValueError, AssertionError, optuna.exceptions.UpdateFinishedTrialError)
+                lost = objective.lost_trial() if isinstance(e, refused) else None
                 if lost is None:
                     raise
                 calls += 1
