@@ -59,3 +59,16 @@ def test_bad_rounds_and_a_file_that_is_neither_are_one_line_errors(tmp_path):
     bad.write_text("schema_version: 1\nkind: something\n")
     r = CliRunner().invoke(app, ["verify", str(bad), "--runner", REPLAY])
     assert r.exit_code == 2 and str(bad) in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_profile_items_run_the_profiles_global_values_too():
+    from mla_tune.serving.profile import Match, PerBatchRule, Point, Profile
+    from mla_tune.serving.verify import profile_items
+
+    match = Match("H100", "9.0", "FLASH_ATTN_MLA", 128, 512, 64, "auto", "0.20")
+    rule = PerBatchRule("max_num_splits", (Point(256, 1, None, "256q1s4k"),))
+    [graphed] = profile_items(Profile(match, (rule,)))
+    assert graphed.tuned["max_num_splits"] == 1 and graphed.tuned["cuda_graphs"] is True
+    [eager] = profile_items(Profile(match, (rule,), global_=(("cuda_graphs", False),)))
+    # without graphs vLLM never reads the cap: the deployment runs eager with the cap idle at vLLM's 32
+    assert eager.tuned["cuda_graphs"] is False and eager.tuned["max_num_splits"] == 32

@@ -57,8 +57,12 @@ def profile_items(profile: Profile) -> list[VerifyItem]:
             for spec in (point.shape or "").split("+"):
                 if not spec:
                     continue
-                default = space.default_config(batch_spec.parse(spec))
-                tuned = {**default, **dict(profile.at_build), rule.knob: point.value}
+                shape = batch_spec.parse(spec)
+                default = space.default_config(shape)
+                # what the deployment runs on this shape: the global and at-build values too, resolved as the runner
+                # resolves them (a value that stops mattering takes its idle value)
+                wanted = {**dict(profile.global_), **dict(profile.at_build), rule.knob: point.value}
+                tuned = space.resolve(shape, lambda p, w=wanted: w.get(p.name, p.default))
                 if tuned != default and rule.knob in default:
                     items.append(VerifyItem(spec, default, tuned, None))
     return items
