@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from mla_tune.errors import one_line
 from mla_tune.export import dump_yaml
 from mla_tune.serving import Match, PerBatchRule, Point, Profile, RunningEngine, plugin
 from mla_tune.vllm_adapters import _patches, adapter_for
@@ -216,7 +217,7 @@ def test_fail_disables_and_warns_once(logs):
     assert a.active is False and a.per_batch("max_num_splits", 256) is None
     (warning,) = logs.at(logging.WARNING)
     assert warning == "mla-tune: profile p.yaml disabled at X.y (ValueError: bad thing); vLLM's defaults are kept"
-    assert plugin.one_line("x" * 400).endswith("...") and len(plugin.one_line("x" * 400)) == 300
+    assert one_line("x" * 400).endswith("...") and len(one_line("x" * 400)) == 300
 
 
 # -- (d) the patches, against fake vLLM 0.20 modules ------------------------------------------------------------

@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 
 from mla_tune.batch_spec import parse
-from mla_tune.errors import RunnerUnavailableError, UsageError
+from mla_tune.errors import RunnerUnavailableError, UsageError, one_line
 from mla_tune.models import get_model
 from mla_tune.runners import _vllm_plan as plan
 from mla_tune.runners import vllm as vllm_runner_mod
@@ -223,7 +223,7 @@ def test_warmup_and_failure_classification() -> None:
     assert plan.classify_failure(["RuntimeError"], "CUDA error: an illegal memory access") == (Status.ERROR,
                                                                                                True)
     assert plan.classify_failure(["ValueError"], "boom") == (Status.ERROR, False)
-    assert plan.one_line("a\nb  c", 10) == "a b c" and len(plan.one_line("x" * 500)) == 300
+    assert one_line("a\nb  c", 10) == "a b c" and len(one_line("x" * 500)) == 300
 
 
 # -- the watchdog, with fake workers ------------------------------------------------------------------

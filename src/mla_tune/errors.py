@@ -5,6 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 
+def one_line(text: object, limit: int = 300) -> str:
+    """``text`` as one line of at most ``limit`` characters (a measurement's message, a log line)."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
 class MlaTuneError(Exception):
     """Base class. ``str(err)`` is one line fit for a terminal; ``hint`` says how to fix it."""
 

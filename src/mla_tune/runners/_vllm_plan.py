@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..knobs import BACKENDS, PREFILL_BACKENDS, RunnerApply, knobs_for
-from ..knobs import check_params as check_knob_params
+from ..knobs import check_params
 from ..space import SearchSpace, load_space
 from ..types import Case, MLADims, ParamValue, Request, Status
 from ..vllm_adapters import Adapter, default_adapter
@@ -134,11 +134,6 @@ def normalize_kv_dtype(kv_cache_dtype: str) -> str:
         raise PlanError(Status.ERROR, f"unknown kv_cache_dtype {kv_cache_dtype!r}; valid: "
                         f"{', '.join(sorted(KV_CACHE_DTYPES))}")
     return KV_CACHE_DTYPES[kv_cache_dtype]
-
-
-def check_params(backend: str, params: Mapping[str, ParamValue]) -> list[str]:
-    """Problems with the parameter names and values of a case, as messages (empty when fine)."""
-    return check_knob_params(backend, dict(params))
 
 
 @functools.lru_cache(maxsize=None)
@@ -277,12 +272,6 @@ def warmup_done(times_s: Sequence[float], minimum: int) -> bool:
         return False
     recent = sorted(times_s[-max(minimum, 1):])
     return times_s[-1] <= 2.0 * recent[len(recent) // 2]
-
-
-def one_line(text: str, limit: int = 300) -> str:
-    """A message fit for Measurement.message: one line, at most ``limit`` characters."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 _POISON_MARKERS = ("illegal memory access", "device-side assert", "unspecified launch failure",

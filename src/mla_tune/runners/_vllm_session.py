@@ -22,8 +22,8 @@ from .. import __version__
 from ..types import Case, Environment, Measurement, MLADims, Status
 from ..vllm_adapters import _engine as eng
 from . import _vllm_timing as tm
-from ._vllm_plan import (Plan, RunnerOptions, capability_refusal, classify_failure, default_case, make_plan,
-                         one_line)
+from ..errors import one_line
+from ._vllm_plan import Plan, RunnerOptions, capability_refusal, classify_failure, default_case, make_plan
 
 log = logging.getLogger("mla_tune.runners.vllm.session")
 MAX_ENGINES = 16

@@ -19,7 +19,8 @@ import traceback
 from typing import Any
 
 from ..types import Measurement, Status
-from ._vllm_plan import PlanError, RunnerOptions, classify_failure, make_plan, one_line
+from ..errors import one_line
+from ._vllm_plan import PlanError, RunnerOptions, classify_failure, make_plan
 
 log = logging.getLogger("mla_tune.runners.vllm.worker")
 

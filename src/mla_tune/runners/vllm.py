@@ -26,12 +26,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import RunnerUnavailableError, UsageError
+from ..errors import RunnerUnavailableError, UsageError, one_line
 from ..types import BackendStatus, Case, Environment, Measurement, Status
 from ..vllm_adapters import FAMILIES, UnsupportedVllmError, adapter_for, supported_versions
 from . import Runner
 from ._vllm_plan import (EngineKey, PlanError, RunnerOptions, capability_refusal, default_case, make_plan,
-                         one_line, parse_runner_arg, prefill_capability_refusal)
+                         parse_runner_arg, prefill_capability_refusal)
 
 log = logging.getLogger(__name__)
 

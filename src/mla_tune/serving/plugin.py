@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 
+from ..errors import one_line
 from ..types import ParamValue
 from ..vllm_adapters import Adapter
 from .profile import Profile, RunningEngine, load_profile, mismatch
@@ -32,9 +33,8 @@ def _say(level: int, msg: str, *args: object) -> None:
     logging.getLogger("vllm.mla_tune").log(level, msg, *args)
 
 
-def one_line(exc: BaseException | str, limit: int = 300) -> str:
-    text = " ".join(str(exc).split()) if isinstance(exc, str) else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _failure(exc: BaseException) -> str:
+    return one_line(f"{type(exc).__name__}: {exc}")
 
 
 class Applier:
@@ -76,7 +76,7 @@ class Applier:
         with self._lock:
             if self.active is not False:
                 _say(logging.WARNING, "mla-tune: profile %s disabled at %s (%s); vLLM's defaults are kept", self.source,
-                            where, one_line(exc))
+                            where, _failure(exc))
             self.active = False
 
     def describe(self) -> str:
@@ -136,5 +136,5 @@ def register() -> None:
         _say(logging.INFO, "mla-tune: plugin loaded with profile %s (%s; patched %s)", path, adapter.label,
                  ", ".join(installed) or "nothing")
     except Exception as exc:  # noqa: BLE001 - the server must start whatever the profile holds
-        _say(logging.WARNING, "mla-tune: profile %s not applied: %s; vLLM's defaults are kept", path, one_line(exc))
+        _say(logging.WARNING, "mla-tune: profile %s not applied: %s; vLLM's defaults are kept", path, _failure(exc))
 
