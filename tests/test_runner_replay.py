@@ -48,13 +48,56 @@ class TestReplayContract(RunnerContract):
         return case(spec="16q1s1k")
 
 
-def test_samples_are_drawn_from_the_recording(sweep_dir):
+def test_samples_are_drawn_from_one_recording_of_the_config(sweep_dir):
     r = ReplayRunner.open(str(sweep_dir), seed=1)
-    rec = r.lookup(case())
-    m = r.measure(case())
-    assert m.status is Status.OK and set(m.samples_ms) <= set(rec["samples_ms"])
-    assert len(m.samples_ms) == len(rec["samples_ms"])
-    assert dict(m.details)["replayed_from"] == "FLASH_ATTN_MLA.jsonl"
+    recs = r.recordings(case())
+    assert [rec["round"] for rec in recs] == [1, 2, 3]  # the sweep's default: three interleaved rounds
+    assert r.lookup(case())["recordings"] == 3
+    used = set()
+    for _ in range(12):
+        m = r.measure(case())
+        assert m.status is Status.OK and dict(m.details)["replayed_from"] == "FLASH_ATTN_MLA.jsonl"
+        source = [i for i, rec in enumerate(recs) if set(m.samples_ms) <= set(rec["samples_ms"])]
+        assert source and len(m.samples_ms) == len(recs[source[0]]["samples_ms"])
+        used.add(source[0])
+    assert len(used) > 1  # the run-to-run spread reaches the study, not one recording's noise
+
+
+def test_sweeps_are_interleaved_rounds_and_resume_the_missing_ones(tmp_path):
+    out = tmp_path / "s.jsonl"
+    runner = FakeRunner(optimum={"max_num_splits": 8})
+    n1 = api.run_sweep(backend="FLASH_ATTN_MLA", workload="spec:8q1s1k", output=out, tp=8, runner=runner, rounds=1)
+    lines = [json.loads(x) for x in out.read_text().splitlines()[1:]]
+    assert n1 == len(lines) and {x["round"] for x in lines} == {1}
+    n2 = api.run_sweep(backend="FLASH_ATTN_MLA", workload="spec:8q1s1k", output=out, tp=8, runner=runner, rounds=3)
+    assert n2 == 2 * n1  # rounds 2 and 3 only
+    lines = [json.loads(x) for x in out.read_text().splitlines()[1:]]
+    by_round = {r: [json.dumps(x["config"], sort_keys=True) for x in lines if x["round"] == r] for r in (1, 2, 3)}
+    assert sorted(by_round[1]) == sorted(by_round[2]) == sorted(by_round[3])
+    assert len({tuple(v) for v in by_round.values()}) == 3  # each round visits the configs in a new order
+    assert api.run_sweep(backend="FLASH_ATTN_MLA", workload="spec:8q1s1k", output=out, tp=8, runner=runner,
+                         rounds=3) == 0
+
+
+def test_several_backends_and_workloads_share_one_sweep_call(tmp_path):
+    out = tmp_path / "s.jsonl"
+    runner = FakeRunner(optimum={"max_num_splits": 8})
+    n = api.run_sweep(backend=["FLASH_ATTN_MLA", "TRITON_MLA"], workload=["spec:8q1s1k", "spec:16q1s1k"],
+                      output=out, tp=8, runner=runner, rounds=1)
+    lines = [json.loads(x) for x in out.read_text().splitlines()[1:]]
+    assert n == len(lines)
+    assert {(x["backend"], x["shape"]) for x in lines} == {(b, s) for b in ("FLASH_ATTN_MLA", "TRITON_MLA")
+                                                           for s in ("8q1s1k", "16q1s1k")}
+
+
+def test_a_copied_sweep_file_is_refused(sweep_dir, tmp_path):
+    d = tmp_path / "copies"
+    d.mkdir()
+    text = (sweep_dir / "FLASH_ATTN_MLA.jsonl").read_text()
+    (d / "a.jsonl").write_text(text)
+    (d / "b.jsonl").write_text(text)
+    with pytest.raises(DataFileError, match="one recording per config and round"):
+        ReplayRunner.open(str(d))
 
 
 def test_missing_case_is_not_recorded_never_invented(sweep_dir):

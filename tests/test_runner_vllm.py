@@ -213,10 +213,7 @@ def test_triton_auto_splits_and_block_sizes() -> None:
     assert plan.block_size_for([32, 64]) == 64  # FlashInfer MLA
 
 
-def test_warmup_and_failure_classification() -> None:
-    assert not plan.warmup_done([5.0, 0.01, 0.01], 5)
-    assert plan.warmup_done([5.0, 0.01, 0.01, 0.011, 0.01], 5)
-    assert not plan.warmup_done([0.01, 0.01, 0.01, 0.01, 3.0], 5)  # a JIT compile just happened
+def test_failure_classification() -> None:
     assert plan.classify_failure(["OutOfMemoryError", "RuntimeError"], "CUDA out of memory") == (Status.OOM,
                                                                                                  False)
     assert plan.classify_failure(["NotImplementedError"], "x") == (Status.UNSUPPORTED, False)

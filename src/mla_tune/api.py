@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from .storage import parse_storage
 from .study_setup import (NOT_TUNED, build_request, check_tunable, gpu_locked, open_runner, preflight,
                           require_backend)
 from .summary import StudySummary
+from .sweep import DEFAULT_ROUNDS
 from .types import BackendStatus, Environment
 from .workloads import Workload, get_workload, load_workloads
 
@@ -132,10 +133,12 @@ def list_backends(runner: str | Runner = "vllm") -> tuple[Environment, tuple[Bac
         return r.environment(), r.backends()
 
 
-def run_sweep(*, backend: str, workload: str, output: Path, model: str = "deepseek-v3", tp: int = 1,
-              kv_cache_dtype: str = "auto", runner: str | Runner = "vllm",
-              progress: Callable[[Any], None] | None = None) -> int:
-    """Record an exhaustive sweep (all raw samples) for the replay runner; resumes an interrupted file.
+def run_sweep(*, backend: str | Sequence[str], workload: str | Sequence[str], output: Path,
+              model: str = "deepseek-v3", tp: int = 1, kv_cache_dtype: str = "auto", runner: str | Runner = "vllm",
+              progress: Callable[[Any], None] | None = None, rounds: int = DEFAULT_ROUNDS, seed: int = 0) -> int:
+    """Record an exhaustive sweep (all raw samples, ``rounds`` interleaved recordings per config) for the replay
+    runner; resumes an interrupted file. Several backends and workloads go into one file from one runner, so
+    vLLM is imported and its worker started once.
 
     Ctrl-C and SIGTERM stop it inside a measurement only, never while a line is written."""
     from .interrupts import handled
@@ -143,17 +146,27 @@ def run_sweep(*, backend: str, workload: str, output: Path, model: str = "deepse
     from .study_loop import Interruptible
     from .sweep import run_sweep as _run
 
-    request, space = build_request(backend=backend, workload=workload, model=model, tp=tp,
-                                   kv_cache_dtype=kv_cache_dtype)
+    backends = [backend] if isinstance(backend, str) else list(backend)
+    workloads = [workload] if isinstance(workload, str) else list(workload)
+    if not backends or not workloads:
+        raise UsageError("a sweep needs at least one backend and one workload")
+    if not 1 <= rounds <= 100:
+        raise UsageError(f"--rounds {rounds} is out of range: 1 to 100")
+    requests = [(b, *build_request(backend=b, workload=w, model=model, tp=tp, kv_cache_dtype=kv_cache_dtype))
+                for b in backends for w in workloads]  # every name checked before the GPU is touched
+    written = 0
     with open_runner(runner) as r, gpu_locked(r):
         if r.name == "replay":
             raise UsageError("a sweep records measurements; the replay runner would only copy a recording",
                              hint="sweep with --runner vllm on a GPU")
-        require_backend(r, backend)
-        space, _ = check_space_available(space, r)
+        for b in backends:
+            require_backend(r, b)
         with handled():
-            return _run(Interruptible(r), space, request.workload, request.dims, kv_cache_dtype, Path(output),
-                        progress)
+            for b, request, space in requests:
+                space, _ = check_space_available(space, r)
+                written += _run(Interruptible(r), space, request.workload, request.dims, kv_cache_dtype,
+                                Path(output), progress, rounds, seed)
+    return written
 
 
 @dataclass(frozen=True)

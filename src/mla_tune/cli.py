@@ -372,23 +372,67 @@ def backends(runner: str = typer.Option("vllm", help=RUNNER_HELP)) -> None:
 @app.command()
 @handle_errors
 def sweep(
-    backend: str = typer.Option(...),
-    workload: str = typer.Option(..., callback=_workload),
+    backend: list[str] = typer.Option(..., help="decode backend; repeat for several (one process, one file)"),
+    workload: list[str] = typer.Option(..., callback=_workload, help="workload or spec:SHAPE; repeatable"),
     output: Path = typer.Option(..., "--output", "-o", callback=_output,
                                 help="sweep file (.jsonl); appended to, resumable"),
-    model: str = typer.Option("deepseek-v3"),
-    tp: int = typer.Option(1, min=1, max=1024),
-    kv_cache_dtype: str = typer.Option("auto"),
+    model: str = typer.Option("deepseek-v3", help="model preset (see `mla-tune spaces --models`)"),
+    tp: int = typer.Option(1, min=1, max=1024, help="tensor-parallel size: query heads per GPU = heads / tp"),
+    kv_cache_dtype: str = typer.Option("auto", help="auto (bf16) or fp8"),
+    rounds: int = typer.Option(3, min=1, max=100, help="recordings per config, interleaved: each round visits "
+                               "every config of a shape in a new order"),
     runner: str = typer.Option("vllm", help=RUNNER_HELP),
 ) -> None:
-    """Measure every config of a space (all raw samples): the recordings the replay runner plays back."""
+    """Measure every config of a space (all raw samples, in interleaved rounds): what replay plays back."""
     from . import api
     from .render import SweepView
 
-    with SweepView(_console(stderr=True), f"{backend} {workload} {model} tp{tp}") as view:
+    title = f"{','.join(backend)} {','.join(workload)} {model} tp{tp}"
+    with SweepView(_console(stderr=True), title) as view:
         n = api.run_sweep(backend=backend, workload=workload, output=output, model=model, tp=tp,
-                          kv_cache_dtype=kv_cache_dtype, runner=runner, progress=view.update)
+                          kv_cache_dtype=kv_cache_dtype, runner=runner, progress=view.update, rounds=rounds)
     typer.echo(f"wrote {n} measurements to {output}")
+
+
+@app.command()
+@handle_errors
+def diff(
+    a: Path = typer.Argument(..., callback=_input, help="a tuning table YAML (A)"),
+    b: Path = typer.Argument(..., callback=_input, help="another tuning table YAML (B), e.g. another GPU or vLLM"),
+) -> None:
+    """Two tables side by side per shape: settings, confirmed latencies and speedups, where they disagree."""
+    from .diff import diff_tables
+    from .landscape_io import read_table
+    from .render_diff import print_diff
+
+    print_diff(_console(), diff_tables(read_table(a), read_table(b)))
+
+
+@app.command()
+@handle_errors
+def plot(
+    inputs: list[Path] = typer.Argument(..., callback=_input, help="tuning tables (.yaml) and/or sweeps (.jsonl)"),
+    output: Path = typer.Option(..., "--output", "-o", help="folder for the PNG files (made if missing)"),
+) -> None:
+    """PNG heatmaps (speedup over vLLM's default by batch size and context, per knob value) and per-shape charts."""
+    from .landscape_io import read_inputs
+    from .plots import write_pictures
+
+    for path in write_pictures(read_inputs(inputs), output):
+        typer.echo(f"wrote {path}")
+
+
+@app.command()
+@handle_errors
+def report(
+    tables: list[Path] = typer.Argument(..., callback=_input, help="tuning tables (.yaml)"),
+    output: Path = typer.Option(..., "--output", "-o", callback=_output, help="the HTML file to write"),
+) -> None:
+    """One self-contained HTML page: provenance, what to deploy, the plots, what was not tuned and why."""
+    from .landscape_io import read_table
+    from .report import write_report
+
+    typer.echo(f"wrote {write_report([read_table(t) for t in tables], output)}")
 
 
 def _version(value: bool) -> None:

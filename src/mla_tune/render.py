@@ -88,7 +88,8 @@ class SweepView(_Bars):
         super().__init__(console, title)
 
     def update(self, p: Any) -> None:
-        info = f"{p.shape} {p.status}" + (f" {_ms(p.median_ms)} ms" if p.median_ms is not None else "")
+        info = (f"round {p.round}/{p.rounds} {p.shape} {p.status}"
+                + (f" {_ms(p.median_ms)} ms" if p.median_ms is not None else ""))
         if self._lines:
             return self._line("sweep", f"{p.done}/{p.total} {info}")
         task = self._task("sweep", p.total)

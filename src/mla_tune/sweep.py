@@ -10,6 +10,11 @@ A sweep file is JSON Lines (``.jsonl``): the first line is a header, every other
 
 ``config`` is the full resolved config (see ``space.resolve``); ``model`` the MLA dims one GPU runs. Lines are
 appended as they are measured, so an interrupted sweep resumes where it stopped. The replay runner reads these.
+
+A sweep is interleaved and repeated: the configs of one shape are measured in ``rounds`` (each round visits
+every config in a new seeded order), so drift over minutes hits every config alike, and each config holds
+``rounds`` recordings (``"round": 1..N``; older sweeps have one and no ``round``) from which replay knows the
+run-to-run spread, not only one recording's.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import random
 import stat
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +43,9 @@ from .workloads import Workload
 SWEEP_KIND = "mla-tune/sweep"
 
 
+DEFAULT_ROUNDS = 3
+
+
 @dataclass(frozen=True)
 class SweepProgress:
     done: int
@@ -43,6 +53,8 @@ class SweepProgress:
     shape: str
     status: str
     median_ms: float | None
+    round: int = 1
+    rounds: int = 1
 
 
 def record_key(backend: str, dims: dict[str, Any], kv_cache_dtype: str, shape: str, config: dict) -> str:
@@ -52,8 +64,9 @@ def record_key(backend: str, dims: dict[str, Any], kv_cache_dtype: str, shape: s
     return json.dumps([backend, dims, kv_cache_dtype, shape, dict(config_key(full))], sort_keys=True)
 
 
-def measurement_record(case: Case, spec: str, m: Measurement) -> dict[str, Any]:
-    return {
+def measurement_record(case: Case, spec: str, m: Measurement, round_: int | None = None) -> dict[str, Any]:
+    extra = {} if round_ is None else {"round": round_}
+    return {**extra,
         "backend": case.backend, "model": dims_dict(case.dims), "kv_cache_dtype": case.kv_cache_dtype,
         "shape": spec, "config": case.param_dict, "status": m.status.value,
         "samples_ms": [round_sig(x) for x in m.samples_ms], "message": m.message,
@@ -127,6 +140,8 @@ def _check_record(path: Path, where: str, rec: dict[str, Any]) -> dict[str, Any]
         _yaml.number(path, f"{where}.samples_ms[{j}]", x)
     if rec.get("rel_err") is not None:
         _yaml.number(path, f"{where}.rel_err", rec["rel_err"], low_open=False)
+    if "round" in rec and (type(rec["round"]) is not int or rec["round"] < 1):
+        raise DataFileError(str(path), f"{where}.round", f"is {_yaml.short(rec['round'])}; expected 1, 2, ...")
     return rec
 
 
@@ -148,32 +163,63 @@ def _parse(path: Path, lineno: int, line: str) -> dict[str, Any]:
     return data
 
 
-def _existing(path: Path, env: Environment) -> set[str]:
+def _existing(path: Path, env: Environment) -> Counter[str]:
+    """How many recordings each config already has in ``path`` (a resumed sweep takes the rest)."""
     try:
         info = path.stat()
     except FileNotFoundError:
-        return set()
+        return Counter()
     except OSError as e:
         raise DataFileError(str(path), "", f"cannot write a sweep there: {e.strerror}") from None
     if not stat.S_ISREG(info.st_mode):  # appending to a FIFO would block, to a directory fail
         raise DataFileError(str(path), "", "not a regular file: give a .jsonl file to write the sweep to")
     if info.st_size == 0:
-        return set()
+        return Counter()
     header, records = read_sweep(path)
     if header["environment"].get("gpu") != env.as_dict().get("gpu"):
         raise UsageError(f"{path} was recorded on {header['environment']['gpu']['name']}, not this GPU",
                          hint="write the sweep to another file")
-    return {record_key(r["backend"], r["model"], r["kv_cache_dtype"], r["shape"], r["config"]) for r in records}
+    return Counter(record_key(r["backend"], r["model"], r["kv_cache_dtype"], r["shape"], r["config"])
+                   for r in records)
+
+
+@dataclass(frozen=True)
+class Visit:
+    """One measurement a sweep still has to make: a config of a shape, in round ``round``."""
+
+    spec: str
+    shape: Any
+    config: dict[str, Any]
+    round: int
+
+
+def plan_visits(shapes: list[tuple[str, Any, list[dict[str, Any]]]], key: Callable[[str, dict], str],
+                have: Counter[str], rounds: int, seed: int = 0) -> list[Visit]:
+    """Shape by shape, ``rounds`` rounds, each visiting the configs still short of ``rounds`` recordings in a
+    new seeded order: a config recorded ``k`` times already is visited in rounds ``k+1..rounds`` only."""
+    visits = []
+    for spec, shape, configs in shapes:
+        for r in range(rounds):
+            order = list(configs)
+            random.Random(f"{seed}/{spec}/{r}").shuffle(order)
+            visits += [Visit(spec, shape, c, r + 1) for c in order if have[key(spec, c)] <= r]
+    return visits
 
 
 def run_sweep(runner: Runner, space: SearchSpace, workload: Workload, dims: MLADims, kv_cache_dtype: str,
-              out: Path, progress: Callable[[SweepProgress], None] | None = None) -> int:
-    """Measure every config of ``space`` for every shape of ``workload``; append to ``out``. Returns new lines."""
+              out: Path, progress: Callable[[SweepProgress], None] | None = None, rounds: int = DEFAULT_ROUNDS,
+              seed: int = 0) -> int:
+    """Measure every config of ``space`` for every shape of ``workload`` ``rounds`` times, interleaved (see the
+    module doc); append to ``out``. Returns the number of new lines."""
     env = runner.environment()
     out = Path(out)
     have = _existing(out, env)
-    todo = [(ws.spec, ws.shape, c) for ws in workload.shapes for c in space.expand(ws.shape)
-            if record_key(space.backend, dims_dict(dims), kv_cache_dtype, ws.spec, c) not in have]
+
+    def key(spec: str, config: dict) -> str:
+        return record_key(space.backend, dims_dict(dims), kv_cache_dtype, spec, config)
+
+    todo = plan_visits([(ws.spec, ws.shape, space.expand(ws.shape)) for ws in workload.shapes], key, have,
+                       rounds, seed)
     written = 0
     fresh = not out.exists() or out.stat().st_size == 0
     try:
@@ -190,12 +236,13 @@ def run_sweep(runner: Runner, space: SearchSpace, workload: Workload, dims: MLAD
                       "backends": [{"name": b.name, "kind": b.kind, "available": b.available, "reason": b.reason}
                                    for b in runner.backends()]}
             f.write(json.dumps(header, sort_keys=True) + "\n")
-        for i, (spec, shape, config) in enumerate(todo):
-            case = Case(space.backend, shape, dims, freeze_params(config), kv_cache_dtype)
+        for i, v in enumerate(todo):
+            case = Case(space.backend, v.shape, dims, freeze_params(v.config), kv_cache_dtype)
             m = runner.measure(case)
-            f.write(json.dumps(measurement_record(case, spec, m), sort_keys=True) + "\n")
+            f.write(json.dumps(measurement_record(case, v.spec, m, v.round), sort_keys=True) + "\n")
             f.flush()
             written += 1
             if progress:
-                progress(SweepProgress(i + 1, len(todo), spec, m.status.value, m.median_ms if m.ok else None))
+                progress(SweepProgress(i + 1, len(todo), v.spec, m.status.value, m.median_ms if m.ok else None,
+                                       v.round, rounds))
     return written

@@ -17,6 +17,7 @@ from ..knobs import check_params
 from ..space import SearchSpace, load_space
 from ..types import Case, MLADims, ParamValue, Request, Status
 from ..vllm_adapters import Adapter, default_adapter
+from ._timing_policy import SamplingPolicy, WarmupPolicy
 
 KV_CACHE_DTYPES = {"auto": "auto", "bfloat16": "auto", "bf16": "auto", "fp8": "fp8", "fp8_e4m3": "fp8"}
 
@@ -32,8 +33,13 @@ def adapter() -> Adapter:
 class RunnerOptions:
     """Everything the worker needs to know about how to measure; picklable, so it crosses the process pipe."""
 
-    warmup: int = 5
-    samples: int = 30
+    warmup: int = 5  # minimum warm-up calls, and
+    warmup_ms: float = 25.0  # minimum warm-up time (more while JIT compiles are still running)
+    samples: int = 30  # minimum timed samples, and
+    min_time_ms: float = 50.0  # minimum GPU time summed over the samples
+    max_samples: int = 400
+    drift_tol: float = 0.03  # a recording whose first and last thirds differ more is re-taken ...
+    max_retakes: int = 2  # ... up to this often, then kept and marked ``stationary: no``
     layers: int = 8
     timeout_s: float = 30.0
     first_timeout_s: float = 180.0
@@ -49,6 +55,15 @@ class RunnerOptions:
 
     def tolerance(self, kv_cache_dtype: str) -> float:
         return self.tol_fp8 if kv_cache_dtype == "fp8" else self.tol_bf16
+
+    @property
+    def warmup_policy(self) -> WarmupPolicy:
+        return WarmupPolicy(self.warmup, self.warmup_ms, self.warmup_budget_s)
+
+    @property
+    def sampling(self) -> SamplingPolicy:
+        return SamplingPolicy(self.samples, self.min_time_ms, max(self.max_samples, self.samples), self.drift_tol,
+                              self.max_retakes)
 
 
 @dataclass(frozen=True)
@@ -263,15 +278,6 @@ def block_size_for(sizes: Sequence[object], preferred: int = 64) -> int:
     if exact:
         return exact[0]
     return multiples[0] if multiples else preferred
-
-
-def warmup_done(times_s: Sequence[float], minimum: int) -> bool:
-    """Warm-up is over after ``minimum`` calls once the last call is no slower than 2x the median of the
-    last ``minimum`` ones: a JIT compile or a background build makes a call seconds slower than the rest."""
-    if len(times_s) < max(1, minimum):
-        return False
-    recent = sorted(times_s[-max(minimum, 1):])
-    return times_s[-1] <= 2.0 * recent[len(recent) // 2]
 
 
 _POISON_MARKERS = ("illegal memory access", "device-side assert", "unspecified launch failure",

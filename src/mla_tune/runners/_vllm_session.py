@@ -2,8 +2,9 @@
 
 A measurement: engine (cached per EngineKey) -> inputs (cached per shape/dims/kv dtype/block size) -> metadata
 (cached per threshold and split cap) -> one eager call on fixed inputs for the numerics gate -> warm-up until
-JIT compiles are over -> ``samples`` timed samples of ``layers`` calls over distinct KV caches, replayed from a
-CUDA graph when the case says ``cuda_graphs``. ``step`` names the phase in progress for failure messages.
+JIT compiles are over (and a minimum count and time) -> timed samples of ``layers`` calls over distinct KV
+caches, replayed from a CUDA graph when the case says ``cuda_graphs``, until a minimum count and GPU time, re-taken
+while the recording drifts (``_timing_policy``), with the GPU's clocks read around it through NVML. ``step`` names the phase in progress for failure messages.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from ..types import Case, Environment, Measurement, MLADims, Status
 from ..vllm_adapters import _engine as eng
 from . import _vllm_timing as tm
 from ..errors import one_line
+from ._nvml import Clocks
+from ._timing_policy import timing_details
 from ._vllm_plan import Plan, RunnerOptions, capability_refusal, classify_failure, default_case, make_plan
 
 log = logging.getLogger("mla_tune.runners.vllm.session")
@@ -67,6 +70,7 @@ class Session:
         self._kv_b_proj: dict[MLADims, tm.KVBProj] = {}
         self._model_dirs: dict[MLADims, str] = {}
         self._env: Environment | None = None
+        self._clocks: Clocks | None = None
 
     # -- provenance ---------------------------------------------------------------------------------
     def environment(self) -> Environment:
@@ -219,16 +223,29 @@ class Session:
         with engine.context():
             self.step = "warm-up"
             t = time.perf_counter()
-            calls = tm.warm_up(run, self.options.warmup, self.options.warmup_budget_s)
+            calls = tm.warm_up(run, self.options.warmup_policy)
             phases["warmup_s"] = time.perf_counter() - t
             self.step = "timing (CUDA graph capture and replay)" if plan.cuda_graphs else "timing (eager)"
             t = time.perf_counter()
-            samples = tm.sample(run, inputs.layers, self.options.samples, plan.cuda_graphs)
+            clocks = self.clocks()
+            rec = tm.sample(run, inputs.layers, plan.cuda_graphs, self.options.sampling, clocks.read)
             phases["timed_s"] = time.perf_counter() - t
-        timing = {"timing": "graph" if plan.cuda_graphs else "eager", "warmup_calls": str(calls)}
+        timing = {"timing": "graph" if plan.cuda_graphs else "eager", "warmup_calls": str(calls),
+                  **timing_details(rec.samples_ms, rec.retakes, self.options.sampling),
+                  **clocks.details(rec.readings)}
         if eng.TRITON.used is not None:
             timing["num_kv_splits"] = str(eng.TRITON.used)
-        return samples, timing
+        return rec.samples_ms, timing
+
+    def clocks(self) -> Clocks:
+        if self._clocks is None:
+            p = torch.cuda.get_device_properties(self.device)
+            try:
+                bus = f"{p.pci_domain_id:08X}:{p.pci_bus_id:02X}:{p.pci_device_id:02X}.0"
+            except (AttributeError, TypeError, ValueError):  # older torch: NVML index from CUDA_VISIBLE_DEVICES
+                bus = None
+            self._clocks = Clocks(bus, self.device.index or 0)
+        return self._clocks
 
     def _details(self, engine: eng.Engine, inputs: tm.Inputs, batch: tm.Batch, plan: Plan) -> dict[str, str]:
         d = {"prefill": engine.prefill, "block_size": str(engine.block_size), "layers": str(inputs.layers),

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from ..types import MLADims, Request
-from ._vllm_plan import choose_layers, warmup_done
+from ._timing_policy import SamplingPolicy, WarmupPolicy, enough_samples, stationary, warmup_done
+from ._vllm_plan import choose_layers
 
 FP8_MAX = 448.0  # float8_e4m3fn
 _CHUNK = 1 << 26  # elements per random-fill chunk: bounds the bf16 temporary of an fp8 cache
@@ -197,28 +198,41 @@ def store_reference(out: torch.Tensor, fp32_limit_bytes: int = 512 << 20) -> tor
     return out.cpu() if out.numel() * 4 <= fp32_limit_bytes else out.to(torch.bfloat16).cpu()
 
 
-def warm_up(run: Callable[[], None], minimum: int, budget_s: float) -> int:
-    """Call ``run`` until JIT compiles and background builds are over (see warmup_done); returns the count."""
+def warm_up(run: Callable[[], None], policy: WarmupPolicy) -> int:
+    """Call ``run`` until JIT compiles and background builds are over and the minimum count and time have
+    passed (see ``warmup_done``), or the budget is spent; returns the number of calls."""
     times: list[float] = []
-    deadline = time.perf_counter() + budget_s
+    deadline = time.perf_counter() + policy.budget_s
     while True:
         t0 = time.perf_counter()
         run()
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-        if warmup_done(times, minimum) or time.perf_counter() > deadline:
+        if warmup_done(times, policy) or time.perf_counter() > deadline:
             return len(times)
+
+
+@dataclass(frozen=True)
+class Recording:
+    """The kept samples (per-call ms), how often a drifting recording was re-taken, clock readings around it."""
+
+    samples_ms: list[float]
+    retakes: int
+    readings: list[Any]
 
 
 class GraphCaptureFailed(RuntimeError):
     """Raised when a CUDA graph cannot be captured; the worker treats the context as suspect."""
 
 
-def sample(run: Callable[[], None], calls: int, samples: int, graph: bool) -> list[float]:
+def sample(run: Callable[[], None], calls: int, graph: bool, policy: SamplingPolicy,
+           read_clocks: Callable[[], Any] = lambda: None) -> Recording:
     """Per-call milliseconds: each sample times one ``run`` (``calls`` layer calls) with CUDA events.
 
     With ``graph`` the ``calls`` are captured once into a CUDA graph and each sample is one replay, as vLLM
-    replays a full graph for a decode step; otherwise each sample launches them eagerly.
+    replays a full graph for a decode step; otherwise each sample launches them eagerly. Samples are taken until
+    the policy's count and GPU time are reached; a recording whose first and last thirds disagree is re-taken
+    (the drift was warm-up that had not ended), at most ``max_retakes`` times, and the last one is kept.
     """
     graph_obj = None
     if graph:
@@ -234,13 +248,20 @@ def sample(run: Callable[[], None], calls: int, samples: int, graph: bool) -> li
         torch.cuda.synchronize()
     else:
         replay = run
-    out = []
-    for _ in range(samples):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        replay()
-        end.record()
-        end.synchronize()
-        out.append(start.elapsed_time(end) / calls)
+    retakes = 0
+    while True:
+        readings = [read_clocks()]
+        out: list[float] = []
+        while not enough_samples(out, calls, policy):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            replay()
+            end.record()
+            end.synchronize()
+            out.append(start.elapsed_time(end) / calls)
+        readings.append(read_clocks())
+        if stationary(out, policy) or retakes >= policy.max_retakes:
+            break
+        retakes += 1
     del graph_obj
-    return out
+    return Recording(out, retakes, readings)

@@ -1,8 +1,9 @@
 """The replay runner: answers cases from recorded sweeps (``mla-tune sweep``), never from invention.
 
 ``--runner replay:PATH`` takes a sweep file or a directory of them (``*.jsonl``, searched recursively). A case
-is answered only from the record of that exact backend, model dims, kv-cache dtype, shape and config: its
-samples are drawn with replacement from the recorded raw samples, so the noise a study sees is the GPU's own.
+is answered only from the recordings of that exact backend, model dims, kv-cache dtype, shape and config: each
+answer picks one of the config's recordings (a sweep's rounds) at random and draws its samples with replacement
+from that recording's raw samples, so the noise a study sees is the GPU's own, run-to-run spread included.
 A case the sweeps do not hold is refused as data (``not recorded``), never interpolated. The environment is the
 recording's (GPU, versions, date) with ``runner: replay``, so every table made from it says so.
 """
@@ -29,7 +30,7 @@ DELAY_ENV = env.REPLAY_DELAY_S  # seconds to sleep per measurement: lets tests c
 class ReplayRunner(Runner):
     name = "replay"
 
-    def __init__(self, records: dict[str, dict[str, Any]], environment: Environment, source: str,
+    def __init__(self, records: dict[str, list[dict[str, Any]]], environment: Environment, source: str,
                  seed: int | None = 0, unavailable: dict[tuple[str, str], str] | None = None) -> None:
         self._records = records
         self._unavailable = dict(unavailable or {})  # (kind, name) -> why it could not run when recorded
@@ -47,7 +48,7 @@ class ReplayRunner(Runner):
         files = sorted(path.rglob("*.jsonl")) if path.is_dir() else [path]
         if not path.exists() or not files:
             raise RunnerUnavailableError(f"no recorded sweeps at {path}", hint="record some with `mla-tune sweep`")
-        records: dict[str, dict[str, Any]] = {}
+        records: dict[str, list[dict[str, Any]]] = {}
         unavailable: dict[tuple[str, str], str] = {}  # (kind, name) -> why it could not run when recorded
         env: Environment | None = None
         dates: list[str] = []
@@ -67,10 +68,12 @@ class ReplayRunner(Runner):
             for rec in recs:
                 rec["_file"], rec["_recorded"] = str(f), file_env.recorded
                 key = record_key(rec["backend"], rec["model"], rec["kv_cache_dtype"], rec["shape"], rec["config"])
-                if key in records:
+                same = [r for r in records.get(key, []) if r.get("round") == rec.get("round")]
+                if same:  # two files with one round of a config: a copied file, not a second recording
                     raise DataFileError(str(f), f"{rec['backend']} {rec['shape']}", "also recorded in "
-                                        f"{records[key]['_file']}: one recording per config")
-                records[key] = rec
+                                        f"{same[0]['_file']}" + (f" (round {rec['round']})" if "round" in rec else "")
+                                        + ": one recording per config and round")
+                records.setdefault(key, []).append(rec)
         assert env is not None
         dates = sorted(d for d in dates if d)
         span = dates[0] if dates and dates[0] == dates[-1] else (f"{dates[0]}..{dates[-1]}" if dates else None)
@@ -80,10 +83,11 @@ class ReplayRunner(Runner):
         return self._env
 
     def backends(self) -> tuple[BackendStatus, ...]:
-        decode = {r["backend"] for r in self._records.values() if r["status"] == "ok"}
+        every = [r for recs in self._records.values() for r in recs]
+        decode = {r["backend"] for r in every if r["status"] == "ok"}
         prefill_ok: set[str] = set()
         prefill_why: dict[str, str] = {}
-        for r in self._records.values():
+        for r in every:
             value = str(r["config"].get("prefill_backend", ""))
             if r["status"] == "ok":
                 prefill_ok.add(value)
@@ -110,17 +114,24 @@ class ReplayRunner(Runner):
                     f"is not recorded in {self._source}")
         return None
 
-    def lookup(self, case: Case) -> dict[str, Any] | None:
+    def recordings(self, case: Case) -> list[dict[str, Any]]:
+        """Every recording of ``case`` (one per sweep round; empty when it was never recorded)."""
         from .. import batch_spec
 
         key = record_key(case.backend, dims_dict(case.dims), case.kv_cache_dtype, batch_spec.format(case.shape),
                          case.param_dict)
-        return self._records.get(key)
+        return self._records.get(key, [])
+
+    def lookup(self, case: Case) -> dict[str, Any] | None:
+        """The recordings of ``case`` pooled into one record (None when not recorded): see ``pooled``."""
+        recs = self.recordings(case)
+        return pooled(recs) if recs else None
 
     def measure(self, case: Case) -> Measurement:
         if self.delay_s:
             time.sleep(self.delay_s)
-        rec = self.lookup(case)
+        recs = self.recordings(case)
+        rec = self._rng.choice(recs) if recs else None
         if rec is None:
             from .. import batch_spec
             from ..space import format_config
@@ -138,8 +149,19 @@ class ReplayRunner(Runner):
         return Measurement(Status.OK, samples, "", rec.get("rel_err"), details)
 
     def truth(self) -> dict[str, dict[str, Any]]:
-        """Every record by key (for benchmarks that need the recorded medians)."""
-        return self._records
+        """Every config's recordings pooled, by key (for benchmarks that need the recorded medians)."""
+        return {key: pooled(recs) for key, recs in self._records.items()}
+
+
+def pooled(recs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A config's recordings as one record: the samples of every ok recording together (ok if any was),
+    ``recordings`` saying how many there were."""
+    ok = [r for r in recs if r["status"] == "ok"]
+    base = dict(ok[0] if ok else recs[0])
+    if ok:
+        base["samples_ms"] = [x for r in ok for x in r["samples_ms"]]
+    base["recordings"] = len(recs)
+    return base
 
 
 def _replay_env(header: dict[str, Any]) -> Environment:
