@@ -384,6 +384,17 @@ def test_triton_split_change_rebuilds_nothing(gpu_runner) -> None:
 
 
 @pytest.mark.gpu
+def test_a_measurement_says_how_stable_it_was_and_at_which_clocks(gpu_runner) -> None:
+    m = gpu_runner.measure(make_case("FLASH_ATTN_MLA", "64q1s4k"))
+    assert m.ok, m.message
+    d = dict(m.details)
+    assert d["stationary"] in ("yes", "no") and d["drift"].endswith("%") and int(d["samples"]) == len(m.samples_ms)
+    assert len(m.samples_ms) >= 10  # the count, and more until 50 ms of GPU time
+    assert int(d["samples"]) * m.median_ms * int(d["layers"]) >= 40.0 or len(m.samples_ms) == 400
+    assert ("sm_clock_mhz" in d and d["clock_events"]) or d["nvml"].startswith("nvml")
+
+
+@pytest.mark.gpu
 def test_prefill_fa2_and_fa3(gpu_runner) -> None:
     for fa in ("fa2", "fa3"):
         m = gpu_runner.measure(make_case("FLASH_ATTN_MLA", "2q256s1k", prefill_backend=fa))
