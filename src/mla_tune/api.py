@@ -102,7 +102,7 @@ def export_table(output: Path, *, storage: str | None = None, backend: str, mode
     if len(gpus) > 1:
         raise UsageError(f"studies from several GPUs match: {', '.join(gpus)}", hint="pick one with --gpu")
     for s in found:  # a confirmation speaks for the configs measured when it ran, not for those measured since
-        confirmed_at = (s.confirmation or {}).get("trials", s.measured)
+        confirmed_at = s.confirmed.trials if s.confirmed is not None else s.measured
         if confirmed_at != s.measured:
             from .confirm import StudyIncompleteError
 

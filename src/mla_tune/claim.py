@@ -25,10 +25,19 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from ._optuna_compat import storage_of, study_id, trial_id
-from .heartbeat import (ENQUEUED_ATTR, dead_trial, fail_dead_trials, grace_period_s, heartbeat_interval_s,
-                        process_gone, this_process)
+from .heartbeat import (
+    ENQUEUED_ATTR,
+    OWNER_ATTR,
+    dead_trial,
+    fail_dead_trials,
+    grace_period_s,
+    heartbeat_interval_s,
+    process_gone,
+    this_process,
+)
 from .interrupts import safe_point
-from .sampling import KEY_ATTR, recorded_status
+from .records import TrialResult
+from .sampling import recorded_status
 
 CONFIRMING_ATTR = "mla_tune:confirming"  # study system attr: the worker confirming the study now (ConfirmClaim)
 # Trial system attr: {"key": the config key this trial measures, "worker": "host:pid:gpu"}; None while it steps
@@ -95,9 +104,9 @@ def _scan(study: optuna.Study, number: int, key: str) -> tuple[FrozenTrial | Non
         if t.number == number or (t.state == TrialState.RUNNING and dead_trial(t, now)):
             continue  # a dead process's claim holds nothing: its trial is failed and its config measured again
         if recorded_status(t):  # finished with a result
-            fresh = "duplicate_of" not in t.user_attrs
-            measured += fresh
-            if fresh and t.user_attrs.get(KEY_ATTR) == key and (done is None or t.number < done.number):
+            r = TrialResult.from_trial(t)
+            measured += r.fresh
+            if r.fresh and r.key == key and (done is None or t.number < done.number):
                 done = t
         elif t.state == TrialState.RUNNING and t.system_attrs.get(CLAIM_ATTR):
             in_flight += 1
@@ -105,10 +114,22 @@ def _scan(study: optuna.Study, number: int, key: str) -> tuple[FrozenTrial | Non
     return done, rivals, in_flight, measured
 
 
+def running_where(running: list[FrozenTrial]) -> str:
+    """``trial 7 still running in host:pid``, or a count and the processes."""
+    where = sorted({process_name(t) for t in running})
+    what = f"trial {running[0].number}" if len(running) == 1 else f"{len(running)} trials"
+    return f"{what} still running in {', '.join(where)}"
+
+
+def process_name(t: FrozenTrial) -> str:
+    owner = t.system_attrs.get(OWNER_ATTR) or {}
+    return f"{owner['host']}:{owner['pid']}" if "host" in owner else "a process that recorded no owner"
+
+
 def measured_by(t: FrozenTrial) -> str | None:
     """``host:pid:gpu`` of the worker that measured ``t`` (None for reused duplicates and unclaimed trials)."""
     c = t.system_attrs.get(CLAIM_ATTR)
-    return c["worker"] if c and "duplicate_of" not in t.user_attrs else None
+    return c["worker"] if c and TrialResult.from_trial(t).fresh else None
 
 
 class ClaimLost(Exception):
@@ -186,4 +207,4 @@ class ConfirmClaim:
 
 
 __all__ = ["CLAIM_ATTR", "CONFIRMING_ATTR", "BudgetSpent", "ClaimLost", "ConfirmClaim", "claim", "measured_by",
-           "release_studies"]
+           "process_name", "release_studies", "running_where"]

@@ -21,48 +21,31 @@ import optuna
 from optuna.trial import TrialState
 
 from ._optuna_compat import storage_of, study_id
-from .claim import CONFIRMING_ATTR, ClaimLost, ConfirmClaim
+from .budget import past, study_limit
+from .claim import CONFIRMING_ATTR, ClaimLost, ConfirmClaim, running_where
 from .errors import MlaTuneError
 from .heartbeat import heartbeat_interval_s
 from .interrupts import safe_point
+from .measure import measure_set
 from .plan import StudyTarget, config_set_key
+from .progress import Progress, ProgressFn
+from .records import ATTRS_KEY, CONFIRM_KEY, Candidate, Confirmation, Rounds, TrialResult
 from .runners import Runner
-from .sampling import KEY_ATTR, recorded_status
+from .sampling import recorded_status
 from .stats import median, round_sig
-from .study import ATTRS_KEY, Progress, ProgressFn, measured_count, past, running_where, study_limit
-from .types import Case, Environment, freeze_params
-from .verdict import judge
-
-CONFIRM_KEY = "confirmation"
+from .summary import measured_count
+from .types import Environment
+from .verdict import judged
 
 
-def candidates(study: optuna.Study, baseline_key: str, top: int) -> list[optuna.trial.FrozenTrial]:
+def candidates(study: optuna.Study, baseline_key: str, top: int) -> list[TrialResult]:
     """The ``top`` fastest distinct configs other than the baseline."""
-    best: dict[str, optuna.trial.FrozenTrial] = {}
+    best: dict[str, TrialResult] = {}
     for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value):
-        key = t.user_attrs.get("key")
-        if key and key != baseline_key and key not in best:
-            best[key] = t
+        r = TrialResult.from_trial(t)
+        if r.key and r.key != baseline_key and r.key not in best:
+            best[r.key] = r
     return list(best.values())[:top]
-
-
-def _configs(t: optuna.trial.FrozenTrial, target: StudyTarget) -> list[dict]:
-    if "shapes" in t.user_attrs:
-        return [t.user_attrs["shapes"][s.spec]["config"] for s in target.shapes]
-    return [t.user_attrs["config"]]
-
-
-def _measure_set(runner: Runner, target: StudyTarget, configs: list[dict]) -> tuple[float | None, str, list]:
-    """Weighted latency of one round, the failure reason if any, and the per-shape samples."""
-    r = target.request
-    total, samples = 0.0, []
-    for ws, config in zip(target.shapes, configs):
-        m = runner.measure(Case(r.backend, ws.shape, r.dims, freeze_params(config), r.kv_cache_dtype))
-        if not m.ok:
-            return None, f"{ws.spec}: {m.status.value}: {m.message}", samples
-        total += ws.weight * m.median_ms
-        samples.append(list(m.samples_ms))
-    return total, "", samples
 
 
 class StudyIncompleteError(MlaTuneError):
@@ -91,7 +74,8 @@ def require_complete(study: optuna.Study, target: StudyTarget, deadline: float |
     if waiting:
         raise StudyIncompleteError(f"{head}; {len(waiting)} queued trial(s) not run{timed_out}: not confirmed",
                                    **hint)
-    if not any(recorded_status(t) and t.user_attrs.get(KEY_ATTR) == config_set_key(target.default_configs())
+    baseline_key = config_set_key(target.default_configs())
+    if not any(recorded_status(t) and TrialResult.from_trial(t).key == baseline_key
                for t in study.get_trials(deepcopy=False)):
         why = f"--timeout {r.timeout_s:g} s ran out before measuring" if timed_out else "nothing measured"
         raise StudyIncompleteError(f"{head}; {why} vLLM's default, so nothing can be confirmed", **hint)
@@ -102,16 +86,17 @@ def require_complete(study: optuna.Study, target: StudyTarget, deadline: float |
 def confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Environment,
             progress: ProgressFn | None = None, *, force: bool = False, shared: bool = False
             ) -> dict[str, Any] | None:
-    """Confirm the best configs of a finished study; stores and returns the result (study attr ``confirmation``).
+    """Confirm the best configs of a finished study; stores the ``Confirmation`` (study attr ``confirmation``) and
+    returns it as stored.
 
     Skipped (the stored result returned) when no trial finished since the last confirmation, unless ``force``.
     ``shared``: other workers (other hosts too) may confirm the same study; the first to claim it does the work and
     the others get None (see ``ConfirmClaim``), so no GPU time goes into the same confirmation twice.
     """
     n_done = measured_count(study)  # distinct measurements: a late reused duplicate changes no candidate
-    stored = study.user_attrs.get(CONFIRM_KEY)
-    if stored and stored.get("trials") == n_done and not force:
-        return stored
+    stored = Confirmation.of_study(study.user_attrs)
+    if stored is not None and stored.trials == n_done and not force:
+        return stored.to_attrs()
     held = ConfirmClaim(study, n_done) if shared else None
     if held is not None and not held.take():
         return None
@@ -148,50 +133,41 @@ def _confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Envi
             progress(Progress(target.name, "confirm", i, len(picks), message=f"trial {t.number}"))
         results.append(_confirm_one(runner, target, default_configs, t, r.confirm_rounds,
                                     held.check if held is not None else None))
-    results, winner = judge(results)
-    result = {
-        "trials": n_done,
-        "rounds": r.confirm_rounds,
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "runner": env.runner,
-        "default": {"configs": default_configs},
-        "candidates": results,
-        "winner": winner,
-    }
+    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    result = judged(Confirmation(n_done, r.confirm_rounds, date, env.runner, tuple(default_configs),
+                                 tuple(results), None)).to_attrs()
     if held is not None:  # shared: never replace a confirmation of a newer state of the study
-        newer = storage_of(study).get_study_user_attrs(study_id(study)).get(CONFIRM_KEY)
-        if newer and newer.get("trials", -1) > n_done:
-            return newer
+        newer = Confirmation.of_study(storage_of(study).get_study_user_attrs(study_id(study)))
+        if newer is not None and newer.trials > n_done:
+            return newer.to_attrs()
     study.set_user_attr(CONFIRM_KEY, result)
     if progress:
         progress(Progress(target.name, "done", len(picks), len(picks)))
     return result
 
 
-def _confirm_one(runner: Runner, target: StudyTarget, default_configs: list[dict],
-                 t: optuna.trial.FrozenTrial, rounds: int, check: Callable[[], None] | None = None
-                 ) -> dict[str, Any]:
-    cand_configs = _configs(t, target)
-    a_ms, b_ms, a_samples, b_samples = [], [], 0, 0
+def _confirm_one(runner: Runner, target: StudyTarget, default_configs: list[dict], t: TrialResult, rounds: int,
+                 check: Callable[[], None] | None = None) -> Candidate:
+    """``rounds`` paired rounds of the default and the candidate, each in the reverse order of the one before."""
+    cand_configs = t.configs([s.spec for s in target.shapes])
+    ms: dict[str, list[float]] = {"default": [], "best": []}
+    samples = dict.fromkeys(ms, 0)
+    order = (("default", default_configs), ("best", cand_configs))
     for i in range(rounds):
         if check is not None:
             check()
-        order = ((default_configs, a_ms), (cand_configs, b_ms))
-        for configs, sink in (order if i % 2 == 0 else order[::-1]):
-            value, why, samples = _measure_set(runner, target, configs)
-            if value is None:
-                return {"trial": t.number, "configs": cand_configs, "status": "failed", "message": why}
-            sink.append(value)
-            if sink is a_ms:
-                a_samples += sum(len(s) for s in samples)
-            else:
-                b_samples += sum(len(s) for s in samples)
-    return {
-        "trial": t.number, "configs": cand_configs, "status": "ok",
-        "default_ms": round_sig(median(a_ms)), "best_ms": round_sig(median(b_ms)),
-        "samples": {"default": a_samples, "best": b_samples},
-        "round_ms": {"default": [round_sig(x) for x in a_ms], "best": [round_sig(x) for x in b_ms]},
-    }
+        for slot, configs in (order if i % 2 == 0 else order[::-1]):
+            got = measure_set(runner, target, configs)
+            if got.failure is not None:
+                ws, m = got.failure
+                return Candidate(t.number, tuple(cand_configs), "failed", message=f"{ws.spec}: {m.status.value}: "
+                                                                                  f"{m.message}")
+            ms[slot].append(got.total_ms)
+            samples[slot] += got.n_samples
+    return Candidate(t.number, tuple(cand_configs), "ok", default_ms=round_sig(median(ms["default"])),
+                     best_ms=round_sig(median(ms["best"])),
+                     samples={"default": samples["default"], "best": samples["best"]},
+                     rounds=Rounds(*(tuple(round_sig(x) for x in ms[k]) for k in ("default", "best"))))
 
 
 __all__ = ["ATTRS_KEY", "CONFIRMING_ATTR", "CONFIRM_KEY", "StudyIncompleteError", "await_confirmation", "candidates",

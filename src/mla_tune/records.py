@@ -1,8 +1,25 @@
-"""Typed records of what mla-tune stores in Optuna: read and written here, never split or joined elsewhere."""
+"""Typed records of what mla-tune stores in Optuna: read and written here, never split or joined elsewhere.
+
+Each record reads its stored form (``from_attrs``, ``from_trial``) and writes it back (``to_attrs``) key for key:
+stored files written before a field existed still load, and keys a record does not know (an older schema's
+``ci95``) are kept in ``extra`` and written back, so reading and writing never changes what is stored. Optional
+fields are None where the stored form has no such key.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .stats import round_sig
+
+if TYPE_CHECKING:
+    from .types import Measurement
+
+ATTRS_KEY = "mla_tune"  # study user attr: what the study measures and where (``plan.study_attrs``)
+KEY_ATTR = "key"  # trial user attr: the configs a trial runs, as canonical JSON (set before measuring)
+CONFIRM_KEY = "confirmation"  # study user attr: the paired confirmation (``Confirmation``)
 
 
 @dataclass(frozen=True)
@@ -28,4 +45,224 @@ class StudyName:
         return f"{self.gpu}/{self.model}/{self.backend}/{self.label}"
 
 
-__all__ = ["StudyName"]
+def _plain(x: Any) -> Any:
+    """Stored (JSON) form: mappings as dicts, sequences as lists, copied so that no caller shares a record's."""
+    if isinstance(x, Mapping):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _tuple(x: Sequence[Any] | None) -> tuple[Any, ...] | None:
+    return None if x is None else tuple(x)
+
+
+def _emit(pairs: Sequence[tuple[str, Any]], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored dict: the pairs whose value is not None, in order, then the unknown keys kept."""
+    out = {k: _plain(v) for k, v in pairs if v is not None}
+    out.update(_plain(extra))
+    return out
+
+
+def _rest(attrs: Mapping[str, Any], known: Sequence[str]) -> dict[str, Any]:
+    return {k: v for k, v in attrs.items() if k not in known}
+
+
+_SHAPE_KEYS = ("status", "config", "median_ms", "spread", "n_samples", "samples_ms", "message", "rel_err", "details")
+
+
+@dataclass(frozen=True)
+class ShapeResult:
+    """One shape's measurement as a trial stores it: status, the config run, and an ok one's statistics."""
+
+    status: str
+    config: Mapping[str, Any] | None  # None only in a partial record
+    median_ms: float | None = None
+    spread: float | None = None
+    n_samples: int | None = None
+    samples_ms: tuple[float, ...] | None = None
+    message: str | None = None
+    rel_err: float | None = None
+    details: Mapping[str, Any] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_measurement(cls, m: Measurement, config: Mapping[str, Any]) -> ShapeResult:
+        """Rounded to stable digits (files people diff); a failure keeps its reason and no numbers."""
+        rel_err = round_sig(m.rel_err, 3) if m.rel_err is not None else None
+        details = dict(m.details) or None
+        if not m.ok:
+            return cls(m.status.value, dict(config), message=m.message, rel_err=rel_err, details=details)
+        return cls(m.status.value, dict(config), round_sig(m.median_ms), round_sig(m.spread, 4), len(m.samples_ms),
+                   tuple(round_sig(x) for x in m.samples_ms), rel_err=rel_err, details=details)
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> ShapeResult:
+        a = attrs
+        return cls(a.get("status"), a.get("config"), a.get("median_ms"), a.get("spread"), a.get("n_samples"),
+                   _tuple(a.get("samples_ms")), a.get("message"), a.get("rel_err"), a.get("details"),
+                   _rest(a, _SHAPE_KEYS))
+
+    def to_attrs(self) -> dict[str, Any]:
+        return _emit([(k, getattr(self, k)) for k in _SHAPE_KEYS], self.extra)
+
+
+_TRIAL_KEYS = ("key", "role", "duplicate_of", "status", "message", "provenance", "shapes", "speedup_vs_default")
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """A trial's stored result (its user attrs), with the trial's number and value where read from a trial.
+
+    A one-shape trial stores its ``measurement`` flattened into the trial's attrs (``config``, ``median_ms``, ...,
+    its status being the trial's); a failed or multi-shape trial stores ``shapes`` by spec instead. Every field
+    may be None: a trial's attrs are written in steps (its key before measuring, its speedup last), and
+    ``to_attrs`` of a partial record writes just that step.
+    """
+
+    key: str | None = None  # the configs it runs, canonical JSON (KEY_ATTR)
+    role: str | None = None  # "baseline" for vLLM's defaults
+    duplicate_of: int | None = None  # a reused trial: the number of the trial that measured its configs
+    status: str | None = None  # "ok", or why it failed; None: stopped before measuring
+    message: str | None = None  # a failure's reason, "spec: why"
+    provenance: Mapping[str, Any] | None = None  # Environment.as_dict() of the runner
+    measurement: ShapeResult | None = None
+    shapes: Mapping[str, ShapeResult] | None = None
+    speedup_vs_default: float | None = None  # trial medians, not paired: for progress and the dashboard
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    number: int | None = None  # the trial's, not stored in attrs
+    value: float | None = None  # the trial's value (ms); None unless it completed
+
+    @classmethod
+    def from_trial(cls, t: Any) -> TrialResult:
+        """From an Optuna ``FrozenTrial`` (or anything with ``user_attrs``, ``number`` and ``value``)."""
+        return cls.from_attrs(t.user_attrs, number=t.number, value=t.value)
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any], *, number: int | None = None,
+                   value: float | None = None) -> TrialResult:
+        a = attrs
+        flat = {k: a[k] for k in _SHAPE_KEYS if k in a and k not in ("status", "message")}
+        measurement = ShapeResult.from_attrs({"status": a.get("status"), **flat}) if flat else None
+        shapes = a.get("shapes")
+        return cls(a.get("key"), a.get("role"), a.get("duplicate_of"), a.get("status"), a.get("message"),
+                   a.get("provenance"), measurement,
+                   None if shapes is None else {spec: ShapeResult.from_attrs(s) for spec, s in shapes.items()},
+                   a.get("speedup_vs_default"), _rest(a, _TRIAL_KEYS + (tuple(flat) if measurement else ())), number,
+                   value)
+
+    def to_attrs(self) -> dict[str, Any]:
+        flat = {k: v for k, v in self.measurement.to_attrs().items() if k not in ("status", "message")} \
+            if self.measurement is not None else {}
+        shapes = None if self.shapes is None else {spec: s.to_attrs() for spec, s in self.shapes.items()}
+        out = _emit([(k, getattr(self, k)) for k in _TRIAL_KEYS[:6]], {})
+        out.update(flat)
+        out.update(_emit([("shapes", shapes), ("speedup_vs_default", self.speedup_vs_default)], self.extra))
+        return out
+
+    @property
+    def fresh(self) -> bool:
+        """Measured by this trial, not reused from an earlier one with the same configs."""
+        return self.duplicate_of is None
+
+    def configs(self, specs: Sequence[str]) -> list[dict[str, Any]]:
+        """The configs it ran, one per shape of ``specs`` (one config for a one-shape trial)."""
+        if self.shapes is not None:
+            return [dict(self.shapes[s].config) for s in specs]
+        if self.measurement is None or self.measurement.config is None:
+            raise ValueError(f"trial {self.number} stores no config")
+        return [dict(self.measurement.config)]
+
+
+@dataclass(frozen=True)
+class Rounds:
+    """Per-round latencies (ms) of a paired confirmation: vLLM's default and the candidate."""
+
+    default: tuple[float, ...]
+    best: tuple[float, ...]
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> Rounds:
+        return cls(tuple(attrs["default"]), tuple(attrs["best"]))
+
+    def to_attrs(self) -> dict[str, Any]:
+        return _emit([("default", self.default), ("best", self.best)], {})
+
+
+_CANDIDATE_KEYS = ("trial", "configs", "status", "message", "default_ms", "best_ms", "samples", "round_ms", "speedup",
+                   "ci", "ci_level", "significant")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One config confirmed against vLLM's default: its rounds, and the verdict ``verdict.judge`` drew from them
+    (``speedup``, ``ci``, ``ci_level``, ``significant``; recomputed from the rounds whenever it is read)."""
+
+    trial: int
+    configs: tuple[Mapping[str, Any], ...]
+    status: str  # "ok" or "failed"
+    message: str | None = None
+    default_ms: float | None = None  # medians over the rounds
+    best_ms: float | None = None
+    samples: Mapping[str, int] | None = None  # raw samples behind them: {"default": n, "best": n}
+    rounds: Rounds | None = None
+    speedup: float | None = None
+    ci: tuple[float, float] | None = None
+    ci_level: float | None = None
+    significant: bool | None = None  # its whole interval lies above 1
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> Candidate:
+        a = attrs
+        return cls(a["trial"], tuple(a["configs"]), a["status"], a.get("message"), a.get("default_ms"),
+                   a.get("best_ms"), a.get("samples"), Rounds.from_attrs(a["round_ms"]) if a.get("round_ms") else None,
+                   a.get("speedup"), _tuple(a.get("ci")), a.get("ci_level"), a.get("significant"),
+                   _rest(a, _CANDIDATE_KEYS))
+
+    def to_attrs(self) -> dict[str, Any]:
+        pairs = [(k, getattr(self, k)) for k in _CANDIDATE_KEYS if k != "round_ms"]
+        pairs.insert(7, ("round_ms", self.rounds.to_attrs() if self.rounds is not None else None))
+        return _emit(pairs, self.extra)
+
+
+_CONFIRMATION_KEYS = ("trials", "rounds", "date", "runner", "default", "candidates", "winner")
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """A study's paired confirmation (study user attr ``confirmation``): what it measured and what it found."""
+
+    trials: int  # distinct configs measured when it ran: it speaks for that state of the study
+    rounds: int
+    date: str
+    runner: str
+    default_configs: tuple[Mapping[str, Any], ...]
+    candidates: tuple[Candidate, ...]
+    winner: int | None  # index into candidates
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of_study(cls, study_attrs: Mapping[str, Any]) -> Confirmation | None:
+        """The confirmation among a study's user attrs, or None (not confirmed yet)."""
+        stored = study_attrs.get(CONFIRM_KEY)
+        return cls.from_attrs(stored) if stored else None
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> Confirmation:
+        a = attrs
+        return cls(a["trials"], a["rounds"], a["date"], a["runner"], tuple(a["default"]["configs"]),
+                   tuple(Candidate.from_attrs(c) for c in a["candidates"]), a["winner"], _rest(a, _CONFIRMATION_KEYS))
+
+    def to_attrs(self) -> dict[str, Any]:
+        out = _emit([("trials", self.trials), ("rounds", self.rounds), ("date", self.date), ("runner", self.runner),
+                     ("default", {"configs": self.default_configs}),
+                     ("candidates", [c.to_attrs() for c in self.candidates])], {})
+        out["winner"] = self.winner  # None is stored too: "no winner"
+        out.update(_plain(self.extra))
+        return out
+
+
+__all__ = ["ATTRS_KEY", "CONFIRM_KEY", "KEY_ATTR", "Candidate", "Confirmation", "Rounds", "ShapeResult",
+           "StudyName", "TrialResult"]

@@ -12,7 +12,7 @@ from .space import format_config
 from .stats import round_sig
 from .summary import StudySummary
 from .table import table_rows
-from .verdict import judge
+from .verdict import judged
 
 
 def _ms(x: float | None) -> str:
@@ -114,20 +114,19 @@ def print_outcome(console: Console, outcome: Any) -> None:
 def study_rows(summaries: list[StudySummary]) -> list[list[str]]:
     rows = []
     for s in summaries:
-        conf = s.confirmation or {}
-        cands, win = judge(conf.get("candidates") or [])
+        conf = judged(s.confirmed) if s.confirmed is not None else None
+        win = conf.candidates[conf.winner] if conf is not None and conf.winner is not None else None
         if s.best_value is None and s.failed:
             verdict, params = "every config failed", "-"
         elif win is not None:
-            c = cands[win]
-            verdict = f"x{c['speedup']:.3f} [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}]"
-            params = format_config(c["configs"][0]) if len(c["configs"]) == 1 else f"trial {c['trial']}"
-        elif conf:
+            verdict = f"x{win.speedup:.3f} [{win.ci[0]:.3f}, {win.ci[1]:.3f}]"
+            params = format_config(win.configs[0]) if len(win.configs) == 1 else f"trial {win.trial}"
+        elif conf is not None:
             verdict, params = "default kept", "-"
         else:
             verdict, params = "not confirmed", "-"
-        base = (s.baseline or {}).get("value")
-        rows.append([s.name, str(s.measured), str(s.failed), _ms(base), _ms(s.best_value), verdict, params])
+        rows.append([s.name, str(s.measured), str(s.failed), _ms(s.baseline_value), _ms(s.best_value), verdict,
+                     params])
     return rows
 
 

@@ -15,10 +15,10 @@ from optuna.trial import FrozenTrial, TrialState
 from ._optuna_compat import storage_of, trial_id
 from .errors import UnknownNameError
 from .heartbeat import dead_trial, stamp_owner
+from .records import KEY_ATTR, TrialResult
 
 SAMPLERS = ("auto", "tpe", "grid", "random")
 TARGET_ATTR = "mla_tune:target"
-KEY_ATTR = "key"  # user attr: the configs a trial runs, as canonical JSON (set before measuring)
 
 
 def detail_key(param: str) -> str:
@@ -36,7 +36,7 @@ def recorded_status(t: FrozenTrial) -> str | None:
     or on interrupt) with ``status: ok`` but no value. Such a trial is measured again rather than reused as
     "failed", which would drop a config that works.
     """
-    status = t.user_attrs.get("status")
+    status = TrialResult.from_trial(t).status
     if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and status != "ok"):
         return status
     return None  # running, queued, pruned (no value), or FAIL after an "ok" write
@@ -79,7 +79,7 @@ class ExhaustiveSampler(BaseSampler):
                 visited.add(self._keys[t.system_attrs[TARGET_ATTR]])
             elif t.state == TrialState.RUNNING or recorded_status(t):
                 # An interrupted trial (finished without a status) was never measured: visit it again.
-                visited.add(t.user_attrs.get(KEY_ATTR))
+                visited.add(TrialResult.from_trial(t).key)
         return [i for i, k in enumerate(self._keys) if k not in visited]
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -98,10 +98,10 @@ class ExhaustiveSampler(BaseSampler):
         storage_of(study).set_trial_system_attr(trial_id(trial), TARGET_ATTR, pick)
 
     def _incumbent(self, study: optuna.Study) -> int:
-        done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.user_attrs.get(KEY_ATTR) in self._index]
-        best = min(done, key=lambda t: t.value) if done else None
-        return self._index[best.user_attrs[KEY_ATTR]] if best else 0
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        done = [r for r in map(TrialResult.from_trial, complete) if r.key in self._index]
+        best = min(done, key=lambda r: r.value) if done else None
+        return self._index[best.key] if best else 0
 
     def _learn_auto(self, study: optuna.Study) -> None:
         """Place ``auto`` where the baseline says vLLM's heuristic landed (e.g. 8 splits, fa3).
@@ -111,11 +111,11 @@ class ExhaustiveSampler(BaseSampler):
         """
         if self._auto_at is not None:
             return
-        base = next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                     if t.user_attrs.get("role") == "baseline"), None)
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        base = next((r for r in map(TrialResult.from_trial, complete) if r.role == "baseline"), None)
         if base is None:
             return
-        details = base.user_attrs.get("details") or {}
+        details = (base.measurement.details if base.measurement is not None else None) or {}
         self._auto_at = {}
         for name, vals in self._values.items():
             used = details.get(detail_key(name))
@@ -221,3 +221,7 @@ def _tpe(seed: int | None, budget: int | None) -> BaseSampler:
     with warnings.catch_warnings():  # multivariate/group/constant_liar are flagged experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return _StampedTPE(seed=seed, n_startup_trials=startup, multivariate=True, group=True, constant_liar=True)
+
+
+# KEY_ATTR is re-exported: the trial attr samplers and tests look configs up by (``records`` owns the name).
+__all__ = ["KEY_ATTR", "SAMPLERS", "TARGET_ATTR", "ExhaustiveSampler", "detail_key", "make_sampler", "recorded_status"]

@@ -1,4 +1,5 @@
-"""Before a study runs: validate its request, open its runner, lock its GPU, and refuse what cannot run here.
+"""Before a study runs: validate its request, open its runner, lock its GPU, and refuse what cannot run here
+(a backend or shape the runner cannot answer, prefill kernels it lacks, a stored study made another way).
 
 Shared by the single-process API, the multi-GPU launcher and its workers, which import it from below ``api``.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from typing import Any
 
 from .errors import RunnerUnavailableError, UnknownNameError, UsageError
 from .models import get_model
@@ -111,5 +113,46 @@ def preflight(runner: Runner, request: StudyRequest, space: SearchSpace) -> None
                                                    "workload, --tp and --model")
 
 
-__all__ = ["NOT_TUNED", "build_request", "check_tunable", "gpu_locked", "open_runner", "preflight",
-           "require_backend"]
+def check_space_available(space: SearchSpace, runner: Runner) -> tuple[SearchSpace, dict[str, str]]:
+    """Drop prefill backends the runner cannot run here (trials spent on them would only fail)."""
+    if "prefill_backend" not in space:
+        return space, {}
+    excluded: dict[str, str] = {}
+    allowed = []
+    for value in space["prefill_backend"].values():
+        if value == "auto":
+            allowed.append(value)
+            continue
+        st = runner.backend_status(str(value), "prefill")
+        if st.available:
+            allowed.append(value)
+        else:
+            excluded[str(value)] = st.reason
+    return space.restrict("prefill_backend", allowed), excluded
+
+
+_SAME_ENV = ("runner", "gpu", "driver", "cuda", "torch", "vllm")
+
+
+def check_same_source(name: str, existing: dict, new: dict) -> None:
+    """A resumed study must measure the same thing the same way: same space, shapes and software (its stored
+    ``plan.study_attrs`` against this run's)."""
+    if existing.get("space") != new["space"]:
+        raise UsageError(f"study {name} was made with a different search space",
+                         hint="restore the YAML, or use another --storage for the new space")
+    if existing.get("shapes") != new["shapes"]:
+        raise UsageError(f"study {name} was made with different workload shapes or weights",
+                         hint="restore workloads.yaml, or use another --storage")
+    old_env, env = existing.get("environment", {}), new["environment"]
+    for key in _SAME_ENV:
+        if old_env.get(key) != env.get(key):
+            raise UsageError(f"study {name} was measured with {key} {_show(old_env.get(key))}; "
+                             f"this run has {_show(env.get(key))}", hint="use another --storage for the new setup")
+
+
+def _show(value: Any) -> str:
+    return value.get("name", str(value)) if isinstance(value, dict) else str(value)
+
+
+__all__ = ["NOT_TUNED", "build_request", "check_same_source", "check_space_available", "check_tunable",
+           "gpu_locked", "open_runner", "preflight", "require_backend"]

@@ -7,22 +7,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from .confirm import CONFIRM_KEY
-from .records import StudyName
+from .records import ATTRS_KEY, Confirmation, StudyName, TrialResult
 from .sampling import recorded_status
-from .study import ATTRS_KEY, best_ok_trial
 
 
 @dataclass(frozen=True)
 class StudySummary:
+    """A study as tables and ``show`` read it. The trial and confirmation fields hold the stored attrs
+    (``TrialResult.to_attrs``, ``Confirmation.to_attrs``); ``confirmed`` is the confirmation as its record."""
+
     name: str
     attrs: dict[str, Any]  # the study's mla_tune attrs (backend, model, shapes, environment, ...)
     measured: int  # trials that ran a measurement (duplicates excluded)
     failed: int
     duplicates: int
-    baseline: dict[str, Any] | None  # user attrs of the baseline trial
+    baseline: dict[str, Any] | None  # user attrs of the baseline trial, and its "value"
     best_value: float | None
     best_attrs: dict[str, Any] | None
     best_number: int | None
@@ -34,25 +35,49 @@ class StudySummary:
     def label(self) -> str:
         return StudyName.parse(self.name).label
 
+    @property
+    def confirmed(self) -> Confirmation | None:
+        """The stored confirmation (None: not confirmed yet)."""
+        return Confirmation.from_attrs(self.confirmation) if self.confirmation else None
+
+    @property
+    def baseline_value(self) -> float | None:
+        """vLLM's default's trial value (ms), None if it is not measured or failed."""
+        return self.baseline.get("value") if self.baseline else None
+
+
+def measured_count(study: optuna.Study) -> int:
+    """Distinct configs measured: what the trial budget counts, since a repeated config costs no GPU time."""
+    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+               if recorded_status(t) and TrialResult.from_trial(t).fresh)
+
+
+def best_ok_trial(study: optuna.Study) -> FrozenTrial | None:
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    return min(done, key=lambda t: t.value) if done else None
+
 
 def summarize(study: optuna.Study) -> StudySummary:
-    trials = [t for t in study.get_trials(deepcopy=False) if recorded_status(t)]
-    dup = [t for t in trials if "duplicate_of" in t.user_attrs]
-    fresh = [t for t in trials if "duplicate_of" not in t.user_attrs]
-    base = next((t for t in fresh if t.user_attrs.get("role") == "baseline"), None)
+    trials = [(t, TrialResult.from_trial(t)) for t in study.get_trials(deepcopy=False) if recorded_status(t)]
+    fresh = [(t, r) for t, r in trials if r.fresh]
+    base = next(((t, r) for t, r in fresh if r.role == "baseline"), None)
     best = best_ok_trial(study)
+    conf = Confirmation.of_study(study.user_attrs)
     return StudySummary(
         name=study.study_name, attrs=study.user_attrs.get(ATTRS_KEY, {}), measured=len(fresh),
-        failed=sum(1 for t in fresh if t.state == TrialState.FAIL), duplicates=len(dup),
-        baseline=dict(base.user_attrs) | {"value": base.value} if base else None,
-        best_value=best.value if best else None, best_attrs=dict(best.user_attrs) if best else None,
-        best_number=best.number if best else None, confirmation=study.user_attrs.get(CONFIRM_KEY),
+        failed=sum(1 for t, _ in fresh if t.state == TrialState.FAIL), duplicates=len(trials) - len(fresh),
+        baseline=base[1].to_attrs() | {"value": base[0].value} if base else None,
+        best_value=best.value if best else None,
+        best_attrs=TrialResult.from_trial(best).to_attrs() if best else None,
+        best_number=best.number if best else None,
+        confirmation=conf.to_attrs() if conf is not None else None,
         landscape=_landscape(fresh))
 
 
-def _landscape(trials: list) -> tuple[tuple[dict[str, Any], float], ...]:
-    points = [(dict(t.user_attrs["config"]), float(t.user_attrs["median_ms"])) for t in trials
-              if t.state == TrialState.COMPLETE and "config" in t.user_attrs and "median_ms" in t.user_attrs]
+def _landscape(fresh: list[tuple[FrozenTrial, TrialResult]]) -> tuple[tuple[dict[str, Any], float], ...]:
+    points = [(dict(r.measurement.config), float(r.measurement.median_ms)) for t, r in fresh
+              if t.state == TrialState.COMPLETE and r.measurement is not None and r.measurement.config is not None
+              and r.measurement.median_ms is not None]
     return tuple(sorted(points, key=lambda p: (p[1], sorted(p[0].items(), key=str))))
 
 
@@ -74,3 +99,6 @@ def summaries_of(storage: optuna.storages.BaseStorage, names: list[str]) -> list
     """Summaries of the studies ``names`` in that order, leaving out those not in ``storage``."""
     stored = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     return [summarize(optuna.load_study(study_name=n, storage=storage)) for n in names if n in stored]
+
+
+__all__ = ["StudySummary", "best_ok_trial", "load_summaries", "measured_count", "summaries_of", "summarize"]
