@@ -76,3 +76,29 @@ class FakeRunner(Runner):
 
     def close(self) -> None:
         self.closed = True
+
+
+class TwoBuildsRunner(FakeRunner):
+    """Two separately built measurements of vLLM's default differ by ``bias`` (memory placement, clocks settling:
+    what a study's noise floor is there to catch); every other config runs ``speedup`` times faster than build A.
+
+    Back-to-back measurements of the default (the two of a confirmation round) are paired, and the pairs take the
+    builds A B, then B A, ... as the rounds alternate their order: a round's first default is always build A and
+    its second always build B, which runs ``bias`` faster. A lone default (the baseline trial) is build A. (This
+    holds for an even number of rounds per candidate, as the rounds of the next candidate start over.)
+    """
+
+    def __init__(self, speedup: float, bias: float = 0.012, **kw) -> None:
+        super().__init__(**kw)
+        self.speedup, self.bias = speedup, bias
+        self._pairs = 0  # completed pairs of back-to-back default measurements
+        self._open = False  # the last measurement was the default, opening a pair
+
+    def factor(self, case: Case) -> float:
+        if case.param_dict != self.default_of(case):
+            self._open = False
+            return 1 / self.speedup
+        second, self._open = self._open, not self._open
+        build_b = (self._pairs % 2 == 0) == second
+        self._pairs += second
+        return 1 / (1 + self.bias) if build_b else 1.0

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from mla_tune import api
 from mla_tune.export import load_table
 
-from .fakes import FakeRunner
+from .fakes import FakeRunner, TwoBuildsRunner
 
 OPT = {"cuda_graphs": True, "max_num_splits": 8, "prefill_backend": "fa3"}
 
@@ -273,3 +273,35 @@ def test_a_sampler_that_keeps_proposing_measured_configs_still_measures_the_budg
     assert not [t for t in ts if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     queued = [t for t in ts if "mla_tune:enqueued_by" in t.system_attrs and t.user_attrs.get("role") != "baseline"]
     assert queued and all(t.state == TrialState.COMPLETE for t in queued)  # the missing ones, queued directly
+
+
+def test_a_gain_inside_the_noise_floor_keeps_the_default_and_one_above_it_is_tuned(tmp_path):
+    """Two separately built measurements of vLLM's default differ by 1.2% here (``TwoBuildsRunner``): a config 1%
+    faster clears 1 but not that floor, so the default is kept, in the study and in its table; 10% faster clears
+    both. Without the floor the 1% would have counted."""
+    from dataclasses import replace
+
+    from mla_tune.render import study_rows
+    from mla_tune.verdict import judge_candidates, verdict_of
+
+    small = run(tmp_path / "small", TwoBuildsRunner(speedup=1.01, bias=0.012, noise=0.002))
+    conf = small.summaries[0].confirmed
+    assert conf.floor is not None and conf.floor.speedup == pytest.approx(1.012, abs=0.002)
+    assert conf.floor.rounds == 3 * 4  # every round of the three candidates measured the default twice
+    best = max(conf.candidates, key=lambda c: c.speedup)
+    assert best.speedup == pytest.approx(1.01, abs=0.002) and 1 < best.ci[0] <= conf.floor.ci[1]
+    assert conf.winner is None and not best.significant and verdict_of(best, conf.floor) == "under floor"
+    [row] = study_rows(small.summaries)
+    assert row[5].startswith("default kept: x1.01") and row[5].endswith("did not clear the floor")
+    assert row[7] == f"x{conf.floor.speedup:.3f} [{conf.floor.ci[0]:.3f}, {conf.floor.ci[1]:.3f}]"
+    _, table = api.export_table(tmp_path / "t.yaml", storage=str(tmp_path / "small" / "s.journal"),
+                                backend="FLASH_ATTN_MLA")
+    assert table["entries"][0]["tuned"] is False
+    no_floor = [replace(c, rounds=replace(c.rounds, again=None)) for c in conf.candidates]
+    assert judge_candidates(no_floor)[1] is not None  # the floor, not the interval against 1, said no
+
+    large = run(tmp_path / "large", TwoBuildsRunner(speedup=1.10, bias=0.012, noise=0.002))
+    conf = large.summaries[0].confirmed
+    win = conf.candidates[conf.winner]
+    assert win.speedup == pytest.approx(1.10, abs=0.005) and win.ci[0] > conf.floor.ci[1] > 1
+    assert study_rows(large.summaries)[0][5].startswith("x1.10")

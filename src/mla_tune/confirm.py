@@ -2,9 +2,10 @@
 
 Trials are measured minutes apart; clocks, temperature and neighbours drift in between, and a 2% "gain"
 between two trials can be drift. Here each candidate and the default are measured back to back for several
-rounds (A B, then B A, so that neither always goes first) and the speedup is the geometric mean of the
-per-round ratios with an interval at the Bonferroni level over the candidates (``verdict.judge``). Only an
-interval entirely above 1 counts as a gain.
+rounds (A A' B, then B A' A, so that none always goes first) and the speedup is the geometric mean of the
+per-round ratios with an interval at the Bonferroni level over the candidates (``verdict.judge``). A' is the
+default measured a second time, separately: the A/A' ratios give the study's noise floor, and only an interval
+entirely above 1 and above the floor's counts as a gain.
 
 The study loops confirm a study only once every config it needs is measured (``require_complete``): a confirmation,
 and so a table, never speaks for a study that a crash, a dead worker or one still running left short.
@@ -148,11 +149,12 @@ def _confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Envi
 
 def _confirm_one(runner: Runner, target: StudyTarget, default_configs: list[dict], t: TrialResult, rounds: int,
                  check: Callable[[], None] | None = None) -> Candidate:
-    """``rounds`` paired rounds of the default and the candidate, each in the reverse order of the one before."""
+    """``rounds`` paired rounds of the default, the default built again, and the candidate; each round in the
+    reverse order of the one before (A A' B, then B A' A), so that none always goes first or last."""
     cand_configs = t.configs([s.spec for s in target.shapes])
-    ms: dict[str, list[float]] = {"default": [], "best": []}
+    ms: dict[str, list[float]] = {"default": [], "again": [], "best": []}
     samples = dict.fromkeys(ms, 0)
-    order = (("default", default_configs), ("best", cand_configs))
+    order = (("default", default_configs), ("again", default_configs), ("best", cand_configs))
     for i in range(rounds):
         if check is not None:
             check()
@@ -167,7 +169,7 @@ def _confirm_one(runner: Runner, target: StudyTarget, default_configs: list[dict
     return Candidate(t.number, tuple(cand_configs), "ok", default_ms=round_sig(median(ms["default"])),
                      best_ms=round_sig(median(ms["best"])),
                      samples={"default": samples["default"], "best": samples["best"]},
-                     rounds=Rounds(*(tuple(round_sig(x) for x in ms[k]) for k in ("default", "best"))))
+                     rounds=Rounds(*(tuple(round_sig(x) for x in ms[k]) for k in ("default", "best", "again"))))
 
 
 __all__ = ["ATTRS_KEY", "CONFIRMING_ATTR", "CONFIRM_KEY", "StudyIncompleteError", "await_confirmation", "candidates",

@@ -177,17 +177,19 @@ class TrialResult:
 
 @dataclass(frozen=True)
 class Rounds:
-    """Per-round latencies (ms) of a paired confirmation: vLLM's default and the candidate."""
+    """Per-round latencies (ms) of a paired confirmation: vLLM's default, the candidate, and (since the noise
+    floor) the default's second, separately built measurement of the same round."""
 
     default: tuple[float, ...]
     best: tuple[float, ...]
+    again: tuple[float, ...] | None = None
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> Rounds:
-        return cls(tuple(attrs["default"]), tuple(attrs["best"]))
+        return cls(tuple(attrs["default"]), tuple(attrs["best"]), _tuple(attrs.get("again")))
 
     def to_attrs(self) -> dict[str, Any]:
-        return _emit([("default", self.default), ("best", self.best)], {})
+        return _emit([("default", self.default), ("best", self.best), ("again", self.again)], {})
 
 
 _CANDIDATE_KEYS = ("trial", "configs", "status", "message", "default_ms", "best_ms", "samples", "round_ms", "speedup",
@@ -210,7 +212,7 @@ class Candidate:
     speedup: float | None = None
     ci: tuple[float, float] | None = None
     ci_level: float | None = None
-    significant: bool | None = None  # its whole interval lies above 1
+    significant: bool | None = None  # its interval clears 1 and the study's noise floor
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -227,12 +229,33 @@ class Candidate:
         return _emit(pairs, self.extra)
 
 
-_CONFIRMATION_KEYS = ("trials", "rounds", "date", "runner", "default", "candidates", "winner")
+@dataclass(frozen=True)
+class NoiseFloor:
+    """vLLM's default against itself: each round measures the default twice, separately built, and the interval
+    of those ratios (the candidates' statistic) is how far "faster" noise alone reaches in this study."""
+
+    rounds: int
+    speedup: float
+    ci: tuple[float, float]
+    ci_level: float
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> NoiseFloor:
+        return cls(attrs["rounds"], attrs["speedup"], tuple(attrs["ci"]), attrs["ci_level"])
+
+    def to_attrs(self) -> dict[str, Any]:
+        return _emit([("rounds", self.rounds), ("speedup", self.speedup), ("ci", self.ci),
+                      ("ci_level", self.ci_level)], {})
+
+
+_CONFIRMATION_KEYS = ("trials", "rounds", "date", "runner", "default", "candidates", "winner", "floor")
 
 
 @dataclass(frozen=True)
 class Confirmation:
-    """A study's paired confirmation (study user attr ``confirmation``): what it measured and what it found."""
+    """A study's paired confirmation (study user attr ``confirmation``): what it measured and what it found.
+
+    ``floor`` is None in confirmations stored before the noise floor was measured."""
 
     trials: int  # distinct configs measured when it ran: it speaks for that state of the study
     rounds: int
@@ -241,6 +264,7 @@ class Confirmation:
     default_configs: tuple[Mapping[str, Any], ...]
     candidates: tuple[Candidate, ...]
     winner: int | None  # index into candidates
+    floor: NoiseFloor | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -253,16 +277,18 @@ class Confirmation:
     def from_attrs(cls, attrs: Mapping[str, Any]) -> Confirmation:
         a = attrs
         return cls(a["trials"], a["rounds"], a["date"], a["runner"], tuple(a["default"]["configs"]),
-                   tuple(Candidate.from_attrs(c) for c in a["candidates"]), a["winner"], _rest(a, _CONFIRMATION_KEYS))
+                   tuple(Candidate.from_attrs(c) for c in a["candidates"]), a["winner"],
+                   NoiseFloor.from_attrs(a["floor"]) if a.get("floor") is not None else None,
+                   _rest(a, _CONFIRMATION_KEYS))
 
     def to_attrs(self) -> dict[str, Any]:
         out = _emit([("trials", self.trials), ("rounds", self.rounds), ("date", self.date), ("runner", self.runner),
                      ("default", {"configs": self.default_configs}),
                      ("candidates", [c.to_attrs() for c in self.candidates])], {})
         out["winner"] = self.winner  # None is stored too: "no winner"
-        out.update(_plain(self.extra))
+        out.update(_emit([("floor", self.floor.to_attrs() if self.floor is not None else None)], self.extra))
         return out
 
 
-__all__ = ["ATTRS_KEY", "CONFIRM_KEY", "KEY_ATTR", "Candidate", "Confirmation", "Rounds", "ShapeResult",
+__all__ = ["ATTRS_KEY", "CONFIRM_KEY", "KEY_ATTR", "Candidate", "Confirmation", "NoiseFloor", "Rounds", "ShapeResult",
            "StudyName", "TrialResult"]

@@ -8,11 +8,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .records import Confirmation
 from .space import format_config
 from .stats import round_sig
 from .summary import StudySummary
 from .table import table_rows
-from .verdict import judged
+from .verdict import judged, verdict_of
 
 
 def _ms(x: float | None) -> str:
@@ -119,22 +120,45 @@ def study_rows(summaries: list[StudySummary]) -> list[list[str]]:
         if s.best_value is None and s.failed:
             verdict, params = "every config failed", "-"
         elif win is not None:
-            verdict = f"x{win.speedup:.3f} [{win.ci[0]:.3f}, {win.ci[1]:.3f}]"
+            verdict = f"x{win.speedup:.3f} {_ci(win.ci)}"
             params = format_config(win.configs[0]) if len(win.configs) == 1 else f"trial {win.trial}"
         elif conf is not None:
-            verdict, params = "default kept", "-"
+            verdict, params = _kept(conf), "-"
         else:
             verdict, params = "not confirmed", "-"
         rows.append([s.name, str(s.measured), str(s.failed), _ms(s.baseline_value), _ms(s.best_value), verdict,
-                     params])
+                     params, _floor(conf)])
     return rows
+
+
+def _ci(ci: Any) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _kept(conf: Confirmation) -> str:
+    """Why vLLM's default stays: said only where the best candidate cleared 1 but not the noise floor."""
+    ok = [c for c in conf.candidates if c.status == "ok" and c.speedup is not None]
+    best = max(ok, key=lambda c: c.speedup) if ok else None
+    if best is not None and verdict_of(best, conf.floor) == "under floor":
+        return f"default kept: x{best.speedup:.3f} {_ci(best.ci)} did not clear the floor"
+    return "default kept"
+
+
+def _floor(conf: Confirmation | None) -> str:
+    """The study's noise floor (vLLM's default against itself); confirmations from before it say not measured."""
+    if conf is None:
+        return "-"
+    if conf.floor is None:
+        return "not measured"
+    return f"x{conf.floor.speedup:.3f} {_ci(conf.floor.ci)}"
 
 
 def print_studies(console: Console, summaries: list[StudySummary]) -> None:
     if not summaries:
         console.print("no studies")
         return
-    t = Table("study", "measured", "failed", "default ms", "best ms", "confirmed speedup", "tuned params")
+    t = Table("study", "measured", "failed", "default ms", "best ms", "confirmed speedup", "tuned params",
+              "noise floor")
     for row in study_rows(summaries):
         t.add_row(*row)
     console.print(t)
