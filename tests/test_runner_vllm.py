@@ -19,7 +19,8 @@ from mla_tune.runners import _vllm_plan as plan
 from mla_tune.runners import vllm as vllm_runner_mod
 from mla_tune.runners.vllm import VllmRunner, check_available
 from mla_tune.space import BACKENDS, load_space
-from mla_tune.types import BackendStatus, Case, Environment, Measurement, Status, freeze_params
+from mla_tune.types import BackendStatus, Case, Environment, Measurement, Request, Shape, Status, freeze_params
+from mla_tune.vllm_adapters import adapter_for
 
 from .runner_contract import RunnerContract
 
@@ -99,7 +100,18 @@ def test_capability_refusal(backend, cc, expected) -> None:
     assert got == expected if expected is None else expected in got
 
 
-def test_prefill_capability() -> None:
+@pytest.fixture
+def vllm_020(monkeypatch):
+    """Plan against vLLM 0.20's facts whichever vLLM is installed (on the GPU machine it may be 0.26)."""
+    monkeypatch.setattr(plan, "adapter", lambda: adapter_for("0.20.0"))
+
+
+@pytest.fixture
+def vllm_026(monkeypatch):
+    monkeypatch.setattr(plan, "adapter", lambda: adapter_for("0.26.0"))
+
+
+def test_prefill_capability(vllm_020) -> None:
     for name in ("flashinfer", "cudnn", "trtllm"):
         assert "needs compute capability 10.x" in plan.prefill_capability_refusal(name, "9.0")
         assert plan.prefill_capability_refusal(name, "10.0") is None
@@ -164,7 +176,13 @@ def test_graphs_on_a_mixed_batch_are_refused() -> None:
     assert err.value.status is Status.UNSUPPORTED
 
 
-def test_prefill_overrides_and_verification() -> None:
+def test_prefill_capability_from_0_21_on(vllm_026) -> None:
+    assert "cudnn prefill does not exist in vLLM 0.21-0.26" in plan.prefill_capability_refusal("cudnn", "9.0")
+    assert "needs compute capability 10.x" in plan.prefill_capability_refusal("trtllm", "9.0")
+    assert plan.prefill_capability_refusal("fa3", "9.0") is None
+
+
+def test_prefill_overrides_and_verification(vllm_020) -> None:
     assert plan.prefill_overrides("auto") == {}
     assert plan.prefill_overrides("fa2")["flash_attn_version"] == 2
     assert plan.prefill_overrides("fa3")["disable_flashinfer_prefill"] is True
@@ -413,7 +431,9 @@ def test_spec_decode_through_both_pipelines(gpu_runner, threshold, decode_tokens
 
 @pytest.mark.gpu
 def test_oom_is_data(gpu_runner) -> None:
-    m = gpu_runner.measure(make_case("TRITON_MLA", "1024q1s160k"))
+    # 1024 x 160k tokens of latent cache (193 GB): beyond what a batch spec accepts, so built by hand
+    huge = Case("TRITON_MLA", Shape((Request(1, 160 * 1024),) * 1024), get_model("deepseek-v3", 1))
+    m = gpu_runner.measure(huge)
     assert m.status is Status.OOM, m.message
     assert gpu_runner.measure(make_case("TRITON_MLA", "8q1s1k")).ok  # memory was given back
 
