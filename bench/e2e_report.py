@@ -128,6 +128,10 @@ def main() -> None:
         print(f"| {b}x{c} | {' | '.join(cells)} | {' | '.join(ratios)} | {pred} | {share} |")
     mix = [(int(b), float(w)) for b, w in (x.split(":") for x in args.mix.split(","))]
     ctx = 4096
+    missing = sorted({b for b, _ in mix if any((v, b, ctx) not in mean for v in variants)})
+    if missing:
+        print(f"\ntraffic {args.mix}: not computed, no phase {', '.join(f'{b}x{ctx}' for b in missing)} in this run")
+        return
     total = {v: sum(w * mean.get((v, b, ctx), math.nan) for b, w in mix) / sum(w for _, w in mix) for v in variants}
     print(f"\ntraffic {args.mix} (share of steps per batch size, context {ctx}): " +
           ", ".join(f"{v} {t:.2f} ms/step" for v, t in total.items()) + "; " +
