@@ -195,8 +195,20 @@ def test_per_batch_with_contexts_logs_once_per_point(logs):
     rule = PerBatchRule("num_kv_splits", (Point(8, 4, 1024), Point(8, 16, 16384)))
     a = plugin.Applier(Profile(dataclasses.replace(FA_MATCH, backend="TRITON_MLA"), (rule,)), V20)
     a.on_engine(engine_of(a.profile.match))
-    assert {a.per_batch("num_kv_splits", 8, ctx) for ctx in range(4000, 4100)} == {4}
+    assert {a.per_batch("num_kv_splits", 8, ctx) for ctx in range(1000, 1100)} == {4}
     assert len([m for m in logs.at(logging.INFO) if "num_kv_splits=4" in m]) == 1
+
+
+def test_a_context_far_from_every_measured_one_keeps_vllms_value(logs):
+    """A profile measured at 4k applied at 32k: the e2e run on the H200 did that (nearest batch's split count)."""
+    rule = PerBatchRule("num_kv_splits", (Point(8, 4, 4096), Point(32, 1, 4096)))
+    a = plugin.Applier(Profile(dataclasses.replace(FA_MATCH, backend="TRITON_MLA"), (rule,)), V20)
+    a.on_engine(engine_of(a.profile.match))
+    assert a.per_batch("num_kv_splits", 32, 8000) == 1  # within 2x of 4096
+    assert {a.per_batch("num_kv_splits", n, 32768) for n in (8, 32, 40)} == {None}
+    assert a.kernel_splits("num_kv_splits", 32, 32768, heuristic=16) == 16
+    left = [m for m in logs.at(logging.INFO) if "left to vLLM" in m]
+    assert left == ["mla-tune: num_kv_splits left to vLLM at context about 32768: measured only at 4096"]
 
 
 def test_builder_settings_map_at_build_knobs_to_the_adapters_attributes():

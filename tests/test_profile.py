@@ -51,15 +51,19 @@ def test_select_nearest_token_count(tokens: int, value: int):
 
 
 @pytest.mark.parametrize(("tokens", "context", "value"), [
-    (8, 1024, 4), (8, 2000, 4), (8, 8192, 16), (8, 5000, 16), (8, 100_000, 16), (8, 1, 4),
-    (8, 4608, 4),  # equally far from 1024 and 8192: the smaller context
+    (8, 1024, 4), (8, 2000, 4), (8, 8192, 16), (8, 5000, 16), (8, 16384, 16), (8, 512, 4),
+    (8, 2896, None),  # midway (by ratio) between 1024 and 8192: beyond reach of both
+    (8, 4608, 16),  # 4.5x from 1024, 1.8x from 8192
     (8, None, 4),  # no context known: the first point (smallest context)
     (30, 9000, 16),  # nearest tokens (8) first, then the nearest context there
-    (40, 1024, "auto"),  # nearest tokens is 64: its only point, whatever the context
+    (40, 2048, "auto"), (40, 8192, "auto"),  # nearest tokens is 64: its only point, within reach of 4096
+    # beyond CONTEXT_REACH (2x) of every point measured at the nearest token count: no value, vLLM's stays
+    (8, 100_000, None), (8, 16385, None), (8, 511, None), (8, 1, None), (40, 1024, None), (40, 8193, None),
 ])
 def test_select_with_contexts(tokens: int, context, value):
     assert SPLITS.uses_context
-    assert SPLITS.select(tokens, context).value == value
+    point = SPLITS.select(tokens, context)
+    assert (point.value if point else None) == value
 
 
 def test_select_returns_the_point_with_its_shape():

@@ -103,6 +103,14 @@ class Applier:
         key = (name, tokens, ctx)
         if key not in self._chosen:
             point = rule.select(tokens, ctx)
+            if point is None:  # a context no point was measured near: vLLM's own value
+                self._chosen[key] = None
+                measured = sorted({p.context for p in rule.points if p.context})
+                if (name, ctx) not in self._logged:
+                    self._logged.add((name, ctx))
+                    _say(logging.INFO, "mla-tune: %s left to vLLM at context about %d: measured only at %s", name,
+                         ctx, ", ".join(str(c) for c in measured))
+                return None
             self._chosen[key] = point.value
             if (name, tokens, point) not in self._logged:
                 self._logged.add((name, tokens, point))

@@ -7,7 +7,10 @@ It holds three kinds of settings:
   count). vLLM knows a decode batch by its token count (requests x tokens per request), padded up to the CUDA
   graph size it was captured at. The value for ``n`` tokens is the one measured at the **nearest measured token
   count** (absolute distance, ties to the smaller; vLLM's fused-MoE tables choose the same way), and, on paths
-  that run eagerly, at the nearest measured context among those points.
+  that run eagerly, at the nearest measured context (by ratio) among those points. A context more than ``CONTEXT_REACH``
+  times away from every measured one gets **no** value (vLLM's heuristic runs): the best split count moves with
+  the context (on an H200, TRITON_MLA's best split at 8 requests is 4 at 4k and auto at 64k, where 1 split is
+  3.4x slower), so a value measured at 4k says nothing about 64k.
 - ``at_build``: one value set when vLLM creates the metadata builder (the reorder threshold).
 - ``global``: one value for the deployment that vLLM itself takes as a setting; ``deploy`` prints the flags
   and the plugin only checks them.
@@ -18,6 +21,7 @@ It holds three kinds of settings:
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +34,7 @@ from ..types import ParamValue
 
 PROFILE_KIND = "mla-tune/serving-profile"
 MAX_POINTS = 4096
+CONTEXT_REACH = 2.0  # a point measured at context c serves contexts in [c / 2, 2 c]
 
 
 @dataclass(frozen=True)
@@ -47,14 +52,19 @@ class PerBatchRule:
     knob: str
     points: tuple[Point, ...]  # sorted by (tokens, context)
 
-    def select(self, tokens: int, context: int | None = None) -> Point:
-        """The point serving ``tokens`` decode tokens: nearest measured token count, then nearest context."""
+    def select(self, tokens: int, context: int | None = None) -> Point | None:
+        """The point serving ``tokens`` decode tokens: nearest measured token count, then nearest context; None
+        where the context is known and beyond ``CONTEXT_REACH`` of every measured one (leave vLLM's value)."""
         counts = sorted({p.tokens for p in self.points})
         nearest = min(counts, key=lambda t: (abs(t - tokens), t))
         here = [p for p in self.points if p.tokens == nearest]
         if context is None or all(p.context is None for p in here):
             return here[0]
-        return min(here, key=lambda p: (abs((p.context or 0) - context), p.context or 0))
+        # nearest by ratio (4k is as far from 2k as from 8k), ties to the smaller context
+        best = min(here, key=lambda p: (abs(math.log(max(p.context or 1, 1) / max(context, 1))), p.context or 0))
+        if best.context and not best.context / CONTEXT_REACH <= context <= best.context * CONTEXT_REACH:
+            return None
+        return best
 
     @property
     def uses_context(self) -> bool:
