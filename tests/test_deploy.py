@@ -297,3 +297,20 @@ def test_a_value_is_priced_as_the_runner_resolved_it():
     (prefill,) = [g for g in d.globals_ if g.knob == "prefill_backend"]
     assert not [why for v, why in prefill.rejected if "not measured" in why], prefill.rejected
     assert all(ms is not None for _, _, ms, _ in prefill.costs)  # fa2 priced on every shape from its recording
+
+
+def test_per_batch_points_are_priced_under_the_chosen_global_values():
+    """FA2 prefill chosen for the deployment turns FA3's scheduler off, and with it the split cap: a cap tuned with
+    FA3 prefill is then not a point of the profile (before, deploy kept it beside the FA2 flag)."""
+    t = table("FLASH_ATTN_MLA", [
+        entry("64q1s4k", FA, [({}, 0.145), ({"prefill_backend": "fa2"}, 0.120), ({"max_num_splits": 1}, 0.150)],
+              best={"prefill_backend": "fa2"}),
+        entry("256q1s4k", FA, [({}, 0.560), ({"max_num_splits": 1}, 0.511), ({"prefill_backend": "fa2"}, 0.600)],
+              best={"max_num_splits": 1}),
+    ])
+    d = deploy([t], traffic(_64q1s4k=10, _256q1s4k=1))
+    assert dict(d.profile.global_)["prefill_backend"] == "fa2"
+    assert d.profile.rule("max_num_splits") is None
+    kept = deploy([t], traffic(_64q1s4k=1, _256q1s4k=10))  # auto prefill wins: the cap point stands
+    assert dict(kept.profile.global_).get("prefill_backend", "auto") == "auto"
+    assert kept.profile.rule("max_num_splits").select(256).value == 1

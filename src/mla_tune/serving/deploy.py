@@ -1,9 +1,11 @@
 """``deploy``: tuning tables + traffic -> a serving profile, and what each global choice costs. Pure.
 
-Per-batch knobs get one point per measured decode batch (the table entry's value: tuned, or vLLM's default where
-nothing beat it). A knob that must hold one value for the whole deployment gets the value with the best
-traffic-weighted latency over the measured shapes, priced from each entry's measured configs (``landscape``);
-a value not measured on a shape that carries traffic is not chosen. Shapes that fail on every config are left
+A knob that must hold one value for the whole deployment gets the value with the best traffic-weighted latency
+over the measured shapes, priced from each entry's measured configs (``landscape``); a value not measured on a
+shape that carries traffic is not chosen. Per-batch knobs are decided after those, under them: each measured
+decode batch's tuned value (or vLLM's default) is re-priced with the chosen global values in its config, as the
+deployment will run it, and a tuned value that was not measured that way, or loses to the default that way, is
+not applied (a split cap tuned with FA3 prefill says nothing once FA2 prefill is chosen globally). Shapes that fail on every config are left
 out; traffic shapes no table measured are reported and get vLLM's defaults.
 """
 
@@ -38,6 +40,13 @@ class Source:
 
     def latency(self, config: Mapping[str, ParamValue]) -> float | None:
         return dict(self.latencies).get(tuple(sorted(config.items())))
+
+    def under(self, globals_: Mapping[str, ParamValue], space: SearchSpace) -> Source:
+        """This shape as the deployment runs it: the global choices in its config, re-resolved."""
+        wanted = {**self.chosen, **{k: v for k, v in globals_.items() if k in self.chosen}}
+        chosen = space.resolve(self.shape, lambda p: wanted.get(p.name, p.default))
+        return Source(self.spec, self.shape, chosen, self.default, self.tuned and chosen != self.default,
+                      self.speedup, self.latencies)
 
     def priced(self, name: str, value: ParamValue, space: SearchSpace) -> float | None:
         """The measured latency of this shape's chosen config with ``name`` set to ``value``, re-resolved the way
@@ -191,17 +200,18 @@ def deploy(tables: Sequence[Mapping[str, Any]], traffic: Traffic | None = None, 
     rules, at_build, globals_ = [], [], []
     space = load_space(match.backend).for_kv(match.kv_cache_dtype)
     for k in knobs_for(match.backend):
+        if k.per_batch or not any(_matters(k.name, s, space) for s in sources):
+            continue  # per batch: below; no measured shape where it changes anything: vLLM's default stays
+        choice = _global(k.name, sources, traffic, space)
+        globals_.append(choice)
+        if k.serving is ServingApply.PLUGIN_AT_BUILD and choice.value != choice.default:
+            at_build.append((k.name, choice.value))
+    served = [s.under({c.knob: c.value for c in globals_}, space) for s in sources]
+    for k in knobs_for(match.backend):
         if k.per_batch:
-            rule = _rule(k.name, sources, traffic, adapter, space)
+            rule = _rule(k.name, served, traffic, adapter, space)
             if rule:
                 rules.append(rule)
-        else:
-            if not any(_matters(k.name, s, space) for s in sources):
-                continue  # no measured shape where it changes anything: vLLM's default stays
-            choice = _global(k.name, sources, traffic, space)
-            globals_.append(choice)
-            if k.serving is ServingApply.PLUGIN_AT_BUILD and choice.value != choice.default:
-                at_build.append((k.name, choice.value))
     global_values = {c.knob: c.value for c in globals_ if knob(c.knob).serving is not ServingApply.PLUGIN_AT_BUILD}
     settings = serving_settings(match.backend, global_values, {c.knob: c.default for c in globals_}, adapter)
     prov = {"tables": [_table_label(t) for t in tables], "traffic": traffic.source, "vllm_target": adapter.family,
