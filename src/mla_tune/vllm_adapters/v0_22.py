@@ -2,7 +2,13 @@
 and the old switches removed in 0.22), TRITON_MLA with its own metadata builder and full CUDA graphs from 0.22, its
 split count in ``triton_mla._compute_num_kv_splits`` (0.26).
 
-Facts read from the released 0.21.0, 0.22.0 and 0.26.0 sources; no member has run on a GPU here yet.
+Facts read from the released 0.21.0, 0.22.0 and 0.26.0 sources. 0.26.0 ran on an H200 (2026-11-30): the runner's
+GPU tests, the installed-name check and a short study; its plugin and engine path have not run on a GPU, nor has any
+0.21-0.25 release.
+
+Known gap: from 0.22 vLLM replays TRITON_MLA decode inside full CUDA graphs, but its search space (shared with 0.20,
+where TRITON_MLA never runs in a graph) has no ``cuda_graphs`` parameter, so the runner measures it eagerly on this
+family: its launch overhead is in those numbers and not in serving.
 """
 
 from __future__ import annotations
@@ -35,9 +41,9 @@ PREFILL = {
 
 ADAPTER = replace(
     BASE, family="0.21-0.26", first=(0, 21), last=(0, 26),
-    # The runner builds the layer's MLAPrefillBackend as vLLM's MLAAttention does (written from the 0.21/0.26
-    # sources; not yet run on a GPU: see notes-0.21-0.33.md)
-    gpu_validated="", prefill_api="backend_object", runner_supported=True,
+    # The runner builds the layer's MLAPrefillBackend as vLLM's MLAAttention does (see notes-0.21-0.33.md)
+    gpu_validated="0.26.0: runner gpu tests and a study on H200 (not the plugin)", prefill_api="backend_object", runner_supported=True,
     backends=BACKENDS, prefill_settings=PREFILL, prefill_needs_sm100=("flashinfer", "trtllm"),
-    notes=("TRITON_MLA runs inside full decode graphs: its split count is fixed per captured batch size",
+    notes=("TRITON_MLA runs inside full decode graphs: its split count is fixed per captured batch size "
+           "(mla-tune still measures it eagerly on this family)",
            "the reorder threshold has no vLLM setting: the plugin applies it"))
