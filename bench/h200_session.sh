@@ -8,6 +8,9 @@
 #   bench/h200_session.sh tests         (GPU)    gpu tests on 0.20 (GPU 0) and 0.26 (GPU 1), a 0.26 study,
 #                                                the H100 tables verified here, interleaved sweeps
 #   bench/h200_session.sh e2e-fa|e2e-triton (GPU) vLLM's engine, plugin off and on, crossed over both GPUs
+#   bench/h200_session.sh serve         (GPU)    `vllm serve` with MLA_TUNE_PROFILE: the plugin's log lines and one
+#                                                completion (needs the serve kit in /opt/mla-kit/site:
+#                                                bench/kit-requirements-vllm-0.20.0-serve.txt; not yet run)
 # Results go to $OUT as tar files (at most 8 files come back).
 set -uo pipefail
 cmd=${1:?usage: h200_session.sh pack|tests|e2e-fa|e2e-triton}
@@ -66,4 +69,17 @@ e2e-triton)
   PYTHONPATH=/tmp/mt:$K20 lim 560 python3 bench/e2e.py drive --gpus 0,1 --layers 32 --hidden 2048 --intermediate 4096 --steps 30 \
     --warmup 6 --backend TRITON_MLA --phases 64x4096,128x4096,32x32768 --variant 'default:' \
     --variant 'profile:profile=results/h200/profile-TRITON_MLA.yaml' -o "$OUT/e2e-triton.json" 2>&1 | tail -n 30 ;;
+serve)
+  MD=$(python3 -c "import sys; sys.path.insert(0, 'bench'); import e2e; print(e2e.model_dir(4, 2048, 4096))")
+  MLA_TUNE_PROFILE=$PWD/results/h200/profile-FLASH_ATTN_MLA.yaml CUDA_VISIBLE_DEVICES=0 PYTHONPATH=/tmp/mt:$K20 \
+    VLLM_LOGGING_LEVEL=INFO lim 400 python3 -m vllm.entrypoints.cli.main serve "$MD" --load-format dummy \
+    --skip-tokenizer-init --attention-config '{"backend": "FLASH_ATTN_MLA"}' --max-model-len 8192 --port 8000 \
+    --compilation-config '{"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}' > logs/serve.log 2>&1 &
+  server=$!
+  for _ in $(seq 240); do curl -sf localhost:8000/health >/dev/null && break; sleep 1; done
+  curl -s localhost:8000/v1/completions -H 'Content-Type: application/json' \
+    -d "{\"model\": \"$MD\", \"prompt\": [11, 22, 33, 44, 55, 66, 77, 88], \"max_tokens\": 16}" | tee logs/completion.json
+  kill $server; wait $server
+  grep -E "mla-tune|Traceback|Error" logs/serve.log | head -n 40
+  tar -czf "$OUT/serve.tgz" logs ;;
 esac
