@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from mla_tune.errors import UnknownNameError
-from mla_tune.sampling import ExhaustiveSampler, make_sampler
+from mla_tune.sampling import LOCAL_MAX, ExhaustiveSampler, make_sampler
 
 VALUES = {"x": [1, 2, 4, 8, 16, 32], "g": [False, True]}
 TARGETS = [{"x": 32, "g": True}] + [{"x": x, "g": g} for g in (False, True) for x in VALUES["x"]
@@ -41,12 +41,40 @@ def test_local_order_follows_the_gains_from_the_default():
                 lambda x, g: abs(x - 4) + (0 if g else 10) + 1, 12)
     assert keys[0] == "32-True"
     assert "4-True" in keys[:5]
-    assert set(keys[1:3]) == {"16-True", "32-False"} or keys[1] in {"16-True", "32-False"}
+    # one knob changed at a time: a step along x (the far end, 1, counts as one step) or graphs off
+    assert keys[1] in {"16-True", "1-True", "32-False"}
 
 
-def test_auto_is_local_when_the_space_fits_and_tpe_otherwise():
+def test_the_far_end_of_an_ordered_knob_is_one_step_from_the_default():
+    """MLA optima sit at the ends of the split lists as often as next to vLLM's default (one split at large
+    batches): from a cap of 32 the walk tries 1 before it has stepped through 16, 8, 4, 2."""
+    values = {"x": [1, 2, 4, 8, 16, 32, 64]}
+    targets = [{"x": 32}] + [{"x": x} for x in values["x"] if x != 32]
+    keys = [str(t["x"]) for t in targets]
+    firsts = set()
+    for seed in range(6):
+        study = optuna.create_study(sampler=ExhaustiveSampler(targets, keys, seed=seed, order="local",
+                                                              values=values))
+
+        def objective(trial):
+            x = trial.suggest_categorical("x", values["x"])
+            trial.set_user_attr("key", str(x))
+            trial.set_user_attr("status", "ok")
+            return 1.0 if x == 32 else 2.0  # nothing beats the default: the walk stays around it
+
+        study.enqueue_trial({"x": 32})
+        study.optimize(objective, n_trials=4)
+        order = [t.user_attrs["key"] for t in study.trials]
+        assert set(order[1:4]) == {"1", "16", "64"}
+        firsts.add(order[1])
+    assert firsts == {"1", "16", "64"}  # ties are broken at random
+
+
+def test_auto_walks_locally_up_to_the_budget_and_tpe_only_for_huge_spaces():
     assert make_sampler("auto", space_size=12, budget=24, targets=TARGETS, keys=KEYS, seed=0)[1] == "local"
-    assert make_sampler("auto", space_size=12, budget=6, targets=TARGETS, keys=KEYS, seed=0)[1] == "tpe"
+    assert make_sampler("auto", space_size=12, budget=6, targets=TARGETS, keys=KEYS, seed=0)[1] == "local"
+    assert make_sampler("auto", space_size=LOCAL_MAX + 1, budget=24, targets=TARGETS, keys=KEYS,
+                        seed=0)[1] == "tpe"
     assert make_sampler("grid", space_size=12, budget=6, targets=TARGETS, keys=KEYS, seed=0)[1] == "grid"
     with pytest.raises(UnknownNameError, match="random"):
         make_sampler("bohb", space_size=1, budget=1, targets=TARGETS, keys=KEYS, seed=0)
@@ -73,4 +101,39 @@ def test_the_spelled_out_twin_of_auto_comes_last_in_the_local_walk():
     study.optimize(objective, n_trials=20)
     order = [t.user_attrs["key"] for t in study.trials]
     assert sorted(order) == sorted(keys) and order[0] == "auto"
-    assert order[-1] == "8" and set(order[1:3]) == {"4", "16"}  # neighbours of where auto landed come first
+    # neighbours of where auto landed come first (and the ends of the list, one step from anywhere)
+    assert order[-1] == "8" and set(order[1:5]) == {"1", "4", "16", "32"}
+
+
+def test_eager_variants_come_late_and_spelled_out_autos_last():
+    """A pure decode shape under a graph: configs that turn the graph off run the same kernels launched one by one,
+    and ``fa3`` where the baseline's ``auto`` ran FA3 runs the very kernels of the ``auto`` config. Every other
+    config (split caps, FA2, which turns off FA3's scheduler) comes first."""
+    caps = [1, 8, 32]
+    values = {"prefill_backend": ["auto", "fa2", "fa3"], "cuda_graphs": [False, True], "max_num_splits": caps}
+    targets = [{"prefill_backend": "auto", "cuda_graphs": True, "max_num_splits": 32}]
+    targets += [{"prefill_backend": p, "cuda_graphs": g, "max_num_splits": c} for p in ("auto", "fa2", "fa3")
+                for g in (False, True) for c in caps if (p, g, c) != ("auto", True, 32)]
+    keys = [f"{t['prefill_backend']}-{t['cuda_graphs']}-{t['max_num_splits']}" for t in targets]
+    late = [not t["cuda_graphs"] for t in targets]
+    sampler = ExhaustiveSampler(targets, keys, seed=0, order="local", values=values, late=late)
+    study = optuna.create_study(sampler=sampler)
+
+    def objective(trial):
+        p = trial.suggest_categorical("prefill_backend", values["prefill_backend"])
+        g = trial.suggest_categorical("cuda_graphs", values["cuda_graphs"])
+        c = trial.suggest_categorical("max_num_splits", caps)
+        trial.set_user_attr("key", f"{p}-{g}-{c}")
+        trial.set_user_attr("status", "ok")
+        if trial.number == 0:
+            trial.set_user_attr("role", "baseline")
+            trial.set_user_attr("details", {"prefill": "fa3"})  # vLLM's auto ran FA3
+        return 1.0 + (0.5 if not g else 0) + 0.01 * c + (0.2 if p == "fa2" else 0)
+
+    study.enqueue_trial(targets[0])
+    study.optimize(objective, n_trials=len(targets) + 5)
+    order = [t.user_attrs["key"] for t in study.trials]
+    assert sorted(order) == sorted(keys)
+    kinds = ["twin" if k.startswith("fa3") else "late" if "-False-" in k else "normal" for k in order]
+    assert kinds == sorted(kinds, key=["normal", "late", "twin"].index)
+    assert kinds.count("normal") == 6 and kinds.count("twin") == 6

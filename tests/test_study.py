@@ -95,11 +95,40 @@ def test_failures_are_kept_as_data(tmp_path):
     assert out.summaries[0].failed == 1
 
 
-def test_tpe_when_the_space_exceeds_the_budget(tmp_path):
+def test_a_space_larger_than_the_budget_is_walked_up_to_the_budget(tmp_path):
     runner = FakeRunner(optimum={"num_kv_splits": 16})
     out = run(tmp_path, runner, backend="TRITON_MLA", workload="spec:q2ks8k_32q1s4k", n_trials=10)
     [s] = out.summaries
-    assert s.measured == 10  # 24 configs, a budget of 10 distinct measurements: TPE, not exhaustive
+    assert s.measured == 10  # 24 configs, a budget of 10 distinct measurements: the local walk, cut short
+
+
+def test_a_new_study_tries_the_nearest_finished_shapes_optimum_first(tmp_path):
+    """64q1s4k is tuned; 128q1s4k in the same storage starts from 64q1s4k's optimum, then vLLM's default. A study
+    with nothing near it (other backend), or whose neighbour kept the default, starts from the default."""
+    run(tmp_path, FakeRunner(optimum=OPT), n_trials=18)
+    out = run(tmp_path, FakeRunner(optimum=OPT), workload="spec:128q1s4k", n_trials=3)
+    ts = trials(tmp_path, out.summaries[0].name)
+    assert ts[0].user_attrs["config"] | OPT == ts[0].user_attrs["config"] and "role" not in ts[0].user_attrs
+    assert ts[1].user_attrs["role"] == "baseline"
+    assert ts[0].value < ts[1].value and "speedup_vs_default" not in ts[0].user_attrs
+    out = run(tmp_path, FakeRunner(optimum={"num_kv_splits": 4}), backend="TRITON_MLA", workload="spec:128q1s4k",
+              n_trials=3)
+    assert trials(tmp_path, out.summaries[0].name)[0].user_attrs["role"] == "baseline"
+
+    flat = FakeRunner(noise=0.0005)
+    flat.factor = lambda case: 1.0 - 0.005 * (case.param_dict.get("max_num_splits") == 1)  # 0.5%: noise
+    run(tmp_path / "flat", flat, n_trials=18, confirm_rounds=2)
+    out = run(tmp_path / "flat", flat, workload="spec:128q1s4k", n_trials=2, confirm_rounds=2)
+    assert trials(tmp_path / "flat", out.summaries[0].name)[0].user_attrs["role"] == "baseline"
+
+
+def test_a_resumed_study_is_not_warm_started_again(tmp_path):
+    run(tmp_path, FakeRunner(optimum=OPT), n_trials=18)
+    run(tmp_path, FakeRunner(optimum=OPT), workload="spec:128q1s4k", n_trials=2)
+    out = run(tmp_path, FakeRunner(optimum=OPT), workload="spec:128q1s4k", n_trials=4)
+    ts = trials(tmp_path, out.summaries[0].name)
+    assert [t.user_attrs.get("role") for t in ts].count("baseline") == 1
+    assert len({t.user_attrs["key"] for t in ts}) == len(ts) == 4
 
 
 def test_mix_objective_is_one_study_over_weighted_shapes(tmp_path):
@@ -225,7 +254,7 @@ def test_a_retry_queued_after_the_budget_is_met_still_runs_and_costs_nothing(tmp
     ts = trials(tmp_path, name)
     assert not [t for t in ts if t.state == TrialState.WAITING]
     assert ts[-1].state == TrialState.COMPLETE and ts[-1].user_attrs["duplicate_of"] == 4
-    assert out.summaries[0].measured == 5 and len(ts) == 7
+    assert out.summaries[0].measured == 5 and len(ts) == 6  # five configs, then the retry
     assert runner.calls == []  # reused, and no new config to confirm: the stored confirmation stands
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from . import priors
 from ._optuna_compat import enqueue, storage_of, trial_id
 from .budget import DEFAULT_TRIALS, deadline_of, past, study_budget, study_limit
 from .claim import claim, process_name, running_where
@@ -27,7 +28,7 @@ from .plan import StudyTarget, config_set_key, study_attrs
 from .progress import Progress, ProgressFn
 from .records import ATTRS_KEY, TrialResult
 from .runners import Runner
-from .sampling import make_sampler, recorded_status
+from .sampling import make_sampler, recorded_status, warm_start
 from .space import Parameter
 from .stats import round_sig
 from .study_setup import check_same_source, check_space_available
@@ -172,14 +173,19 @@ def run_trials(target: StudyTarget, storage: optuna.storages.BaseStorage, runner
     r = target.request
     answers, keys = target.enumerate()
     limit = study_limit(target)
+    defaults = target.default_configs()
+    late = [priors.late(target.resolve(lambda p, a=a: a[p.name]), defaults) for a in answers]
     sampler, _chosen = make_sampler(r.sampler, space_size=len(keys), budget=study_budget(target), targets=answers,
-                                    keys=keys, seed=r.seed,
+                                    keys=keys, seed=r.seed, late=late,
                                     values={p.name: p.values() for p in target.space.parameters})
     study = open_study(target, storage, env, sampler)
     fail_dead_trials(study)
-    if not _baseline_pending_or_done(study, keys[0]) and not past(deadline):
-        enqueue(study, answers[0], user_attrs=TrialResult(role="baseline").to_attrs(),
-                system_attrs={ENQUEUED_ATTR: this_process()})
+    if not past(deadline):
+        if not study.get_trials(deepcopy=False):  # a new study: its neighbours' optima first (see warm_start)
+            _enqueue_warm_start(study, target, env, keys[0])
+        if not _baseline_pending_or_done(study, keys[0]):
+            enqueue(study, answers[0], user_attrs=TrialResult(role="baseline").to_attrs(),
+                    system_attrs={ENQUEUED_ATTR: this_process()})
     objective = Objective(target, runner, env, study)
     objective.limit = limit
     max_calls = 4 * limit + 10  # TPE can keep proposing measured configs once the good region is exhausted
@@ -272,6 +278,17 @@ def settle(target: StudyTarget, store: optuna.storages.BaseStorage, runner: Runn
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)) \
                 and measured_count(study) == before:
             return study  # nothing ran and nothing runs: nothing new can be proposed
+
+
+def _enqueue_warm_start(study: optuna.Study, target: StudyTarget, env: Environment, baseline_key: str) -> None:
+    """Queue the optima of the nearest finished studies of this GPU, backend and model (``sampling.warm_start``)
+    ahead of vLLM's default: where neighbouring shapes share an optimum it is this study's first trial."""
+    attrs = json.loads(json.dumps(study_attrs(target, env)))  # as stored, to compare with the stored ones
+    for params in warm_start(storage_of(study), target.name, attrs):
+        answers = {p.name: params[p.name] if p.contains(params.get(p.name)) else p.default
+                   for p in target.space.parameters}
+        if config_set_key(target.resolve(lambda p, a=answers: a[p.name])) != baseline_key:
+            enqueue(study, answers, user_attrs={}, system_attrs={ENQUEUED_ATTR: this_process()})
 
 
 def _enqueue_missing(study: optuna.Study, answers: list[dict], keys: list[str], limit: int) -> int:
