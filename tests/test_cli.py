@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,7 +69,7 @@ def test_study_export_show_round_trip(in_tmp):
     assert r.exit_code == 0, r.output
     assert "Fake100/deepseek-v3-tp1/TRITON_MLA/64q1s4k" in r.output and "wrote table.yaml" in r.output
     # not a terminal (as in a log file): progress is a line per step, not a bar drawn only at the end
-    assert "Fake100/deepseek-v3-tp1/TRITON_MLA/64q1s4k: trial 1/" in r.output
+    assert "Fake100/deepseek-v3-tp1/TRITON_MLA/64q1s4k: measuring up to " in r.output
     assert "Fake100/deepseek-v3-tp1/TRITON_MLA/64q1s4k: confirmed" in r.output
     assert (in_tmp / "results" / "studies.journal").exists()
     r = cli.invoke(app, ["show", "table.yaml"])
@@ -167,3 +168,99 @@ def test_show_of_a_malformed_table_names_file_and_key(in_tmp, text, key):
     (in_tmp / "t.yaml").write_text(text)
     r = cli.invoke(app, ["show", "t.yaml"])
     assert r.exit_code == 2 and f"t.yaml: {key}" in error_line(r)
+
+
+def test_help_is_plain_text_with_help_for_every_option():
+    import typer.main
+
+    r = cli.invoke(app, ["--help"])
+    cut = re.compile(r"\w\.\.\.$", re.M)  # Click's cut-off summary ("re-running the same...")
+    assert r.exit_code == 0 and "<bool>" not in r.output and not cut.search(r.output.split("Commands:")[1])
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        out = cli.invoke(app, [name, "--help"]).output
+        assert "<bool>" not in out, name
+        for param in command.params:
+            assert getattr(param, "help", None), f"{name} {param.name} has no help text"
+    assert all(getattr(p, "help", None) for p in group.params)
+
+
+def test_backends_without_the_gpu_runner_lists_every_backend_and_why(monkeypatch):
+    from mla_tune import runners
+    from mla_tune.errors import RunnerUnavailableError
+    from mla_tune.space import BACKENDS
+
+    def no_torch(arg):
+        raise RunnerUnavailableError("torch is not installed", hint="run on a GPU host with `pip install "
+                                     "'mla-tune[vllm]'`, or use --runner replay:results/sweeps/h100")
+
+    monkeypatch.setitem(runners._REGISTRY, "vllm", no_torch)
+    r = cli.invoke(app, ["backends"])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("runner vllm cannot start here: torch is not installed (run on a GPU host with "
+                               "`pip install 'mla-tune[vllm]'`")  # the [vllm] survives the terminal markup
+    for b in (*BACKENDS, "fa3", "trtllm"):
+        assert re.search(rf"│ {b} +│ \w+ +│ no +│ torch is not installed", r.output), b
+    r = cli.invoke(app, ["backends", "--runner", "replay:/nonexistent"])  # the user's path to fix: an error
+    assert r.exit_code == 1 and "no recorded sweeps" in error_line(r)
+
+
+def test_a_log_gets_a_few_lines_per_study_with_labelled_counts(in_tmp):
+    r = cli.invoke(app, ["study", "--backend", "TRITON_MLA", "--workload", "spec:64q1s4k", "--runner", "fake"])
+    name = "Fake100/deepseek-v3-tp1/TRITON_MLA/64q1s4k"
+    lines = [ln for ln in r.output.splitlines() if ln.startswith(name + ":")]
+    assert lines[0] == f"{name}: measuring up to 8 configs"
+    assert re.fullmatch(rf"{name}: 8/8 configs measured, best [\d.]+ ms \(x[\d.]+ vs default\)", lines[1])
+    assert re.fullmatch(rf"{name}: confirming candidate 1 of 3 \(trial #\d+\) against vLLM's default", lines[2])
+    assert lines[3:] == [f"{name}: confirmed"]
+    again = cli.invoke(app, ["study", "--backend", "TRITON_MLA", "--workload", "spec:64q1s4k", "--runner", "fake"])
+    lines = [ln for ln in again.output.splitlines() if ln.startswith(name + ":")]
+    assert lines == [f"{name}: resumed: 8/8 configs measured"]  # never "best - ms"
+
+
+def test_weighted_spec_lists_and_traffic_files_from_the_command_line(in_tmp):
+    r = cli.invoke(app, ["study", "--backend", "TRITON_MLA", "--workload", "spec:8q1s4k@3,64q1s4k", "--runner",
+                         "fake", "--objective", "mix", "--trials", "3", "--export", "mix.yaml"])
+    assert r.exit_code == 0, r.output
+    assert "Fake100/deepseek-v3-tp1/TRITON_MLA/mix:spec:8q1s4k@3,64q1s4k" in r.output
+    assert "workload: spec:8q1s4k@3,64q1s4k" in (in_tmp / "mix.yaml").read_text()
+    (in_tmp / "prod.csv").write_text("spec,weight\n8q1s4k,3\n64q1s4k,1\n")
+    r = cli.invoke(app, ["study", "--backend", "TRITON_MLA", "--workload", "traffic:prod.csv", "--runner", "fake",
+                         "--objective", "mix", "--trials", "3"])
+    assert r.exit_code == 0 and "TRITON_MLA/mix:traffic:prod" in r.output
+    r = cli.invoke(app, ["show", "--workload", "traffic:prod.csv"])
+    assert "mix:traffic:prod" in r.output and "mix:spec:" not in r.output
+    for bad, words in (("spec:8q1s4k@0", "weight '0' is not a number > 0"), ("traffic:none.csv", "none.csv")):
+        r = cli.invoke(app, ["study", "--backend", "TRITON_MLA", "--workload", bad, "--runner", "fake"])
+        assert r.exit_code == 2 and words in error_line(r)
+
+
+def test_show_filters_by_tp_and_gpu_and_names_the_demo_storage(in_tmp):
+    for tp in ("1", "8"):
+        cli.invoke(app, ["study", "--backend", "TRITON_MLA", "--workload", "spec:64q1s4k", "--runner", "fake",
+                         "--tp", tp, "--trials", "2"])
+    out = cli.invoke(app, ["show", "--tp", "8", "--gpu", "Fake100"]).output
+    assert "deepseek-v3-tp8" in out and "deepseek-v3-tp1" not in out
+    assert "no studies" in cli.invoke(app, ["show", "--gpu", "H100"]).output
+    (in_tmp / "results/studies.journal").rename(in_tmp / "elsewhere.journal")
+    (in_tmp / "results/demo").mkdir()
+    (in_tmp / "results/demo/studies.journal").write_text("")
+    r = cli.invoke(app, ["show"])
+    assert "no study storage at results/studies.journal (pass one with --storage: results/demo/studies.journal)" \
+        in error_line(r)
+
+
+def test_study_traffic_is_the_workload_traffic_file(in_tmp):
+    (in_tmp / "prod.yaml").write_text("schema_version: 1\nkind: mla-tune/traffic\nshapes:\n"
+                                      "  - {spec: 8q1s4k, weight: 3}\n  - {spec: 64q1s4k, weight: 1}\n")
+    base = ["study", "--backend", "TRITON_MLA", "--runner", "fake", "--trials", "2"]
+    r = cli.invoke(app, [*base, "--traffic", "prod.yaml", "--export", "t.yaml"])
+    assert r.exit_code == 0, r.output
+    assert "TRITON_MLA/8q1s4k" in r.output and "TRITON_MLA/64q1s4k" in r.output
+    assert "traffic:prod" in (in_tmp / "t.yaml").read_text()  # the studies' workload, by the file's name
+    again = cli.invoke(app, [*base, "--workload", "traffic:prod.yaml"])
+    assert again.exit_code == 0 and "resumed: 2/2 configs measured" in again.output
+    for args, words in ((["--workload", "decode_4k", "--traffic", "prod.yaml"], "not both"),
+                        ([], "give --workload W or --traffic FILE"), (["--traffic", "nope.csv"], "nope.csv")):
+        r = cli.invoke(app, [*base, *args])
+        assert r.exit_code == 2 and words in error_line(r)

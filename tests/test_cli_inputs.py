@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from mla_tune import api
+from mla_tune import catalog
 from mla_tune.cli import app
 from mla_tune.errors import BatchSpecError, UsageError
 from mla_tune.export import write_atomic
@@ -124,7 +124,7 @@ def test_an_os_error_the_library_did_not_wrap_is_one_line(monkeypatch):
     def full(*_: object) -> None:
         raise OSError(28, "No space left on device", "results/t.yaml")
 
-    monkeypatch.setattr(api, "list_workloads", full)
+    monkeypatch.setattr(catalog, "list_workloads", full)
     r = cli.invoke(app, ["workloads"])
     assert r.exit_code == 1 and r.output.strip() == "mla-tune: error: No space left on device: results/t.yaml"
 

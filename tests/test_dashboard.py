@@ -89,3 +89,34 @@ def test_the_dashboard_page_shows_the_study_its_metric_and_params_in_a_real_brow
     [s] = [s for s in get(dashboard, "/api/studies")["study_summaries"] if s["study_name"] == STUDY]
     page = rendered(browser, f"{dashboard}/dashboard/studies/{s['study_id']}", tmp_path / "profile2")
     assert "latency_ms" in page and "num_kv_splits" in page
+
+
+def test_the_dashboard_serves_each_studys_plots_from_its_artifact_dir(tmp_path):
+    """`optuna-dashboard JOURNAL --artifact-dir JOURNAL.artifacts`, as the README says: the study lists its
+    pictures and the dashboard hands out the PNGs."""
+    pytest.importorskip("matplotlib")
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from mla_tune.artifacts import attach_plots
+
+    journal = tmp_path / "studies.journal"
+    api.run_study(backend="TRITON_MLA", workload="spec:8q1s4k,64q1s4k", tp=8,
+                  runner=FakeRunner(optimum={"num_kv_splits": 4}), storage=str(journal), confirm_rounds=3)
+    done = attach_plots(str(journal))
+    assert done.directory == tmp_path / "studies.journal.artifacts" and len(done.studies) == 2
+    app = optuna_dashboard.wsgi(open_storage(parse_storage(str(journal)), create=False),
+                                artifact_store=FileSystemArtifactStore(str(done.directory)))
+    server = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        [s] = [s for s in get(base, "/api/studies")["study_summaries"] if s["study_name"] == STUDY]
+        shown = get(base, f"/api/studies/{s['study_id']}")["artifacts"]
+        assert sorted(a["filename"] for a in shown) == ["Fake100-TRITON_MLA-deepseek-v3-tp8-heatmap-num_kv_splits.png",
+                                                        "Fake100-TRITON_MLA-deepseek-v3-tp8-landscape.png"]
+        for a in shown:
+            with urllib.request.urlopen(f"{base}/artifacts/{s['study_id']}/{a['artifact_id']}", timeout=30) as r:
+                assert r.headers["Content-Type"] == "image/png" and r.read().startswith(b"\x89PNG")
+    finally:
+        server.shutdown()
+        server.server_close()

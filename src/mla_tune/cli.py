@@ -21,7 +21,17 @@ _CLICK_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ ==
 
 
 class _OneLineErrors(TyperGroup):
-    """A command's bad option (out of range, missing, a directory as -o) is one line and exit 2, as every refusal."""
+    """A command's bad option (out of range, missing, a directory as -o) is one line and exit 2, as every refusal.
+
+    Help is Click's plain text (``rich_markup_mode=None``): no ``<bool>`` after flags, and ``--help`` does not
+    import rich. Each command's summary is its docstring's first sentence, wrapped rather than cut off."""
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        rows = [(name, cmd.get_short_help_str(limit=1000)) for name in self.list_commands(ctx)
+                if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -33,16 +43,19 @@ class _OneLineErrors(TyperGroup):
 
 
 app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
                   help="Measure vLLM's MLA attention settings for your GPU, model and traffic; export tuning tables.")
 
 RUNNER_HELP = "vllm (this GPU) or replay:PATH (recorded sweeps, e.g. replay:results/sweeps/h100)"
-STORAGE_HELP = "journal file path, sqlite:///FILE or postgresql://... [default: results/studies.journal]"
+STORAGE_HELP = ("journal file path, sqlite:///FILE or postgresql://... [default: $MLA_TUNE_STORAGE, else "
+                "results/studies.journal]")
+MODEL_HELP = "model preset (mla-tune spaces --models)"
 
 
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    console = Console(stderr=stderr, highlight=False, soft_wrap=True, markup=False)  # text as given: [vllm]
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = 200  # a log file or a pipe: whole study names and params, not 80-column ellipses
     return console
@@ -61,6 +74,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             typer.echo("mla-tune: interrupted; finished trials are kept, run the same command to resume", err=True)
             raise typer.Exit(130) from None
+        except BrokenPipeError:  # `mla-tune show | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+            raise typer.Exit(141) from None
         except OSError as e:  # a full disk or a vanished file under a write the library did not wrap
             where = f": {e.filename}" if e.filename else ""
             typer.echo(f"mla-tune: error: {e.strerror or e}{where}", err=True)
@@ -131,11 +147,14 @@ def _checked(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 
 def _spec_bounds(workload: str) -> None:
-    """``spec:...`` is bounded on its text (``spec:99999999q1s4k`` would build 10^8 requests before failing)."""
-    from .batch_spec import parse as bounded_shape
+    """``spec:...`` is bounded on its text (``spec:99999999q1s4k`` would build 10^8 requests before failing);
+    ``traffic:FILE`` must be a regular file (a FIFO would hang)."""
+    from .workloads import SPEC_PREFIX, TRAFFIC_PREFIX, parse_shapes
 
-    if workload.startswith("spec:"):
-        bounded_shape(workload[len("spec:"):])
+    if workload.startswith(SPEC_PREFIX):
+        parse_shapes(workload[len(SPEC_PREFIX):])
+    elif workload.startswith(TRAFFIC_PREFIX):
+        _readable(Path(workload[len(TRAFFIC_PREFIX):]))
 
 
 def _writable(path: Path) -> None:
@@ -160,11 +179,33 @@ def _quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
+TRAFFIC_HELP = "a traffic file (YAML or CSV, as deploy reads) as the workload: the same as --workload traffic:FILE"
+
+
+def _workload_or_traffic(workload: Any, traffic: Optional[Path]) -> Any:
+    """``--traffic FILE`` is ``--workload traffic:FILE``; one of the two is needed (several, where ``workload`` is
+    a list of them)."""
+    from .errors import UsageError
+
+    given = [] if workload is None else [workload] if isinstance(workload, str) else list(workload)
+    if traffic is not None:
+        given.append(f"traffic:{traffic}")
+    if not given:
+        raise UsageError("give --workload W or --traffic FILE", hint="`mla-tune workloads` lists the named ones")
+    if isinstance(workload, (str, type(None))):
+        if len(given) > 1:
+            raise UsageError("give --workload or --traffic, not both")
+        return given[0]
+    return given
+
+
 @app.command()
 @handle_errors
 def study(
     backend: str = typer.Option(..., help="decode backend, e.g. FLASH_ATTN_MLA"),
-    workload: str = typer.Option(..., callback=_workload, help="named workload (mla-tune workloads) or spec:64q1s4k"),
+    workload: Optional[str] = typer.Option(None, callback=_workload, help="named workload (mla-tune workloads), "
+                                           "spec:8q1s4k@3,64q1s4k (shapes @ relative weights) or traffic:FILE"),
+    traffic: Optional[Path] = typer.Option(None, callback=_input, help=TRAFFIC_HELP),
     model: str = typer.Option("deepseek-v3", help="model preset (mla-tune spaces --models)"),
     tp: int = typer.Option(1, min=1, max=1024, help="tensor parallelism: query heads per GPU = heads / tp"),
     kv_cache_dtype: str = typer.Option("auto", help="auto (bf16) or fp8"),
@@ -185,6 +226,7 @@ def study(
     from . import api
     from .render import ProgressView, print_outcome
 
+    workload = _workload_or_traffic(workload, traffic)
     _quiet_optuna()
     if gpus is not None:
         return _study_parallel(gpus, export, backend=backend, workload=workload, model=model, tp=tp,
@@ -226,11 +268,12 @@ def _study_parallel(gpus: str, export: Optional[Path], **kw: Any) -> None:
 @handle_errors
 def export_cmd(
     output: Path = typer.Option(..., "--output", "-o", callback=_output, help="YAML file to write"),
-    backend: str = typer.Option(..., help="decode backend"),
-    model: str = typer.Option("deepseek-v3"),
-    tp: int = typer.Option(1, min=1, max=1024),
-    kv_cache_dtype: str = typer.Option("auto"),
-    workload: Optional[str] = typer.Option(None, help="only this workload's shapes"),
+    backend: str = typer.Option(..., help="decode backend of the studies, e.g. FLASH_ATTN_MLA"),
+    model: str = typer.Option("deepseek-v3", help=MODEL_HELP),
+    tp: int = typer.Option(1, min=1, max=1024, help="tensor parallelism the studies ran at"),
+    kv_cache_dtype: str = typer.Option("auto", help="KV cache dtype of the studies: auto (bf16) or fp8"),
+    workload: Optional[str] = typer.Option(None, help="only this workload's shapes (a name, spec:... or "
+                                                      "traffic:FILE)"),
     gpu: Optional[str] = typer.Option(None, help="GPU part of the study names, e.g. H100 or H100-replay"),
     storage: Optional[str] = typer.Option(None, help=STORAGE_HELP),
 ) -> None:
@@ -249,18 +292,25 @@ def show(
     table: Optional[Path] = typer.Argument(None, callback=_input,
                                            help="a tuning table YAML; without it, the stored studies"),
     storage: Optional[str] = typer.Option(None, help=STORAGE_HELP),
-    backend: Optional[str] = typer.Option(None),
-    workload: Optional[str] = typer.Option(None),
+    backend: Optional[str] = typer.Option(None, help="only studies of this decode backend"),
+    workload: Optional[str] = typer.Option(None, help="only studies of this workload's shapes (a name, "
+                                                      "spec:... or traffic:FILE)"),
+    model: Optional[str] = typer.Option(None, help="only studies of this model preset"),
+    tp: Optional[int] = typer.Option(None, min=1, max=1024, help="only studies at this tensor parallelism"),
+    gpu: Optional[str] = typer.Option(None, help="only studies of this GPU, e.g. H100 or H100-replay"),
 ) -> None:
     """Print stored studies, or a tuning table, as a terminal table."""
-    from . import api
-    from .export import load_table
-    from .render import print_studies, print_table
-
     if table is not None:
+        from .export import load_table
+        from .render import print_table
+
         print_table(_console(), load_table(table), str(table))
         return
-    print_studies(_console(), api.find_studies(storage=storage, backend=backend, workload=workload))
+    from . import api
+    from .render import print_studies
+
+    print_studies(_console(), api.find_studies(storage=storage, backend=backend, workload=workload, model=model,
+                                               tp=tp, gpu=gpu))
 
 
 VLLM_HELP = "vLLM version to write settings for, e.g. 0.26.0 [default: the installed vLLM, else the table's]"
@@ -321,7 +371,8 @@ def deploy(
 def verify(
     target: Path = typer.Argument(..., callback=_input, help="a tuning table or a serving profile"),
     runner: str = typer.Option("vllm", help=RUNNER_HELP),
-    rounds: int = typer.Option(6, help="paired rounds per setting (default/tuned, then tuned/default, ...)"),
+    rounds: int = typer.Option(6, help="paired rounds per setting (default/tuned, then tuned/default, ...), 2 "
+                                       "or more"),
 ) -> None:
     """Re-measure each tuned setting against vLLM's default here; exit 1 if one is slower beyond noise or fails."""
     from . import api
@@ -339,34 +390,33 @@ def verify(
 @handle_errors
 def workloads() -> None:
     """List the named workloads and their shapes."""
-    from . import api
+    from .catalog import list_workloads
     from .render import print_workloads
 
-    print_workloads(_console(), api.list_workloads())
+    print_workloads(_console(), list_workloads())
 
 
 @app.command()
 @handle_errors
 def spaces(models: bool = typer.Option(False, "--models", help="list model presets instead")) -> None:
     """List the search space of every backend (or the model presets)."""
-    from . import api
+    from .catalog import list_models, list_spaces
     from .render import print_models, print_spaces
 
     if models:
-        print_models(_console(), api.list_models())
+        print_models(_console(), list_models())
     else:
-        print_spaces(_console(), api.list_spaces())
+        print_spaces(_console(), list_spaces())
 
 
 @app.command()
 @handle_errors
 def backends(runner: str = typer.Option("vllm", help=RUNNER_HELP)) -> None:
-    """Which decode and prefill backends can run here, and why not."""
-    from . import api
+    """Which decode and prefill backends can run here, and why not (also without torch or a GPU)."""
+    from .catalog import list_backends
     from .render import print_backends
 
-    env, statuses = api.list_backends(runner)
-    print_backends(_console(), env, statuses)
+    print_backends(_console(), list_backends(runner))
 
 
 @app.command()
@@ -435,6 +485,44 @@ def report(
     typer.echo(f"wrote {write_report([read_table(t) for t in tables], output)}")
 
 
+def _attach_plots(kw: dict[str, Any]) -> None:
+    """After ``study``: the plots of each confirmed study it ran as Optuna artifacts, for optuna-dashboard.
+    Studies that ran are not failed by a picture: a problem here is one warning line."""
+    from .artifacts import attach_plots, run_studies
+
+    try:
+        workload = _workload_or_traffic(kw.get("workload"), kw.get("traffic"))
+        done = attach_plots(kw.get("storage"), run_studies(kw.get("backend"), workload, kw.get("model"),
+                                                           kw.get("tp"), kw.get("kv_cache_dtype")))
+    except (MlaTuneError, OSError) as e:
+        typer.echo(f"mla-tune: warning: no plots attached to the studies: {e}", err=True)
+        return
+    if done.studies:
+        n = len(done.studies)
+        typer.echo(f"attached plots to {n} stud{'y' if n == 1 else 'ies'}; see them with: optuna-dashboard "
+                   f"{done.storage} --artifact-dir {done.directory}")
+
+
+def _after(command: str, step: Callable[[dict[str, Any]], None]) -> None:
+    """Run ``step(the command's arguments)`` when ``command`` has returned normally: a step of its own, so that
+    the command stays one library call and this one can be read (and fail) on its own."""
+    for info in app.registered_commands:
+        fn = info.callback
+        if fn is None or (info.name or fn.__name__) != command:
+            continue
+
+        @functools.wraps(fn)
+        def then(*args: Any, _fn: Callable[..., Any] = fn, **kwargs: Any) -> Any:
+            result = _fn(*args, **kwargs)
+            handle_errors(step)(kwargs)
+            return result
+
+        info.callback = then
+
+
+_after("study", _attach_plots)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"mla-tune {__version__}")
@@ -442,7 +530,8 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True)) -> None:
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print mla-tune's version and exit.")) -> None:
     """mla-tune: measure vLLM's MLA settings instead of trusting heuristics."""
 
 

@@ -1,19 +1,33 @@
-"""Terminal rendering for the CLI: progress bars and tables (rich). The only module that formats for people."""
+"""Terminal rendering for the CLI: progress bars and tables (rich). The only module that formats for people.
+
+rich, the tables and the study summaries are imported where they are drawn, so a listing does not pay for them.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-
-from .records import Confirmation
+from .records import Confirmation, StudyName
 from .space import format_config
 from .stats import round_sig
-from .summary import StudySummary
-from .table import table_rows
 from .verdict import judged, verdict_of
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .summary import StudySummary
+
+# In a log (stderr not a terminal), a study's progress is a line when it starts, when its budget is measured, when
+# something goes wrong, and otherwise at most every this many seconds: a few lines per study, not one per trial.
+LOG_EVERY_S = 30.0
+
+
+def _table(*headers: Any) -> Table:
+    from rich.table import Table
+
+    return Table(*headers)
 
 
 def _ms(x: float | None) -> str:
@@ -21,21 +35,26 @@ def _ms(x: float | None) -> str:
 
 
 class _Bars:
-    """A rich progress display with one bar per task name, each with a free-text ``info`` column."""
+    """A rich progress display with one bar per task name (``unit`` after its count), each with a free-text
+    ``info`` column. Not on a terminal (a log file, nohup, a CI job) a live bar would show only at the end, so the
+    subclasses print a few lines instead (``_log``)."""
 
-    def __init__(self, console: Console, title: str = "{task.description}") -> None:
-        self._progress = Progress(TextColumn(title), BarColumn(), MofNCompleteColumn(),
-                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
+    def __init__(self, console: Console, title: str = "{task.description}", unit: str = "") -> None:
+        self._title, self._unit = title, unit
+        self._progress: Any = None
         self._tasks: dict[str, Any] = {}
-        # Not a terminal (a log file, nohup, a CI job): a live bar would show only at the end, so print a line per
-        # step instead.
         self._console, self._lines = console, not console.is_terminal
         self._last: dict[str, str] = {}
+        self._said_at: dict[str, float] = {}
 
-    def _line(self, name: str, text: str) -> None:
-        if self._last.get(name) != text:
-            self._last[name] = text
-            self._console.print(f"{name}: {text}", highlight=False)
+    def _log(self, name: str, text: str, *, now: bool) -> None:
+        """Print ``name: text`` if ``now`` or nothing was said of ``name`` for ``LOG_EVERY_S``; never twice."""
+        if self._last.get(name) == text:
+            return
+        if not now and time.monotonic() - self._said_at.get(name, -LOG_EVERY_S) < LOG_EVERY_S:
+            return
+        self._last[name], self._said_at[name] = text, time.monotonic()
+        self._console.print(f"{name}: {text}", highlight=False)
 
     def __enter__(self) -> _Bars:
         return self  # the live display starts with the first bar: an early error prints only its own line
@@ -45,6 +64,12 @@ class _Bars:
             self._progress.__exit__(*exc)
 
     def _task(self, name: str, total: int | None) -> Any:
+        if self._progress is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            text = [TextColumn(t, markup=False) for t in (self._title, self._unit, "{task.fields[info]}")]
+            self._progress = Progress(text[0], BarColumn(), MofNCompleteColumn(), text[1], text[2],
+                                      TimeElapsedColumn(), console=self._console)
         if not self._tasks:
             self._progress.__enter__()
         if name not in self._tasks:
@@ -53,46 +78,70 @@ class _Bars:
 
 
 def _best_info(p: Any) -> str:
-    return f"best {_ms(p.best_ms)} ms" + (f"  x{p.speedup:.3f} vs default" if p.speedup else "")
+    """The best latency so far and its speedup over vLLM's default; empty while nothing is known (a resumed
+    study's first report), never ``best -``."""
+    if p.best_ms is None:
+        return ""
+    return f"best {_ms(p.best_ms)} ms" + (f" (x{p.speedup:.3f} vs default)" if p.speedup else "")
+
+
+def _trial_ref(message: str) -> str:
+    """``trial 13`` (an Optuna trial number, 0-based as optuna-dashboard shows it) as ``trial #13``, so it is not
+    read as a count like ``1/3``."""
+    word, _, number = message.partition(" ")
+    return f"trial #{number}" if word == "trial" and number.isdigit() else message
 
 
 class ProgressView(_Bars):
-    """One bar per study: trials done of the budget, best latency so far, speedup over vLLM's default."""
+    """One bar per study: distinct configs measured of the budget, best latency so far, speedup over vLLM's
+    default, then the confirmation. In a log: a line when a study starts, when its budget is measured, for each
+    new failure or wait, when its confirmation starts and ends, and otherwise every ``LOG_EVERY_S``."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__(console, unit="configs")
 
     def update(self, p: Any) -> None:
         if self._lines:
             return self._update_line(p)
         task = self._task(p.study, p.total)
+        info = self._progress.tasks[task].fields["info"]
         if p.phase == "trial":
-            self._progress.update(task, completed=p.done, total=p.total, info=_best_info(p))
+            self._progress.update(task, completed=p.done, total=p.total, info=_best_info(p) or info)
         elif p.phase == "confirm":
-            self._progress.update(task, info=f"confirming {p.done + 1}/{p.total} ({p.message})")
+            self._progress.update(task, info=f"{info.split('  confirming')[0]}  confirming candidate "
+                                             f"{p.done + 1} of {p.total} ({_trial_ref(p.message)})")
         else:
-            self._progress.update(task, info=self._progress.tasks[task].fields["info"].split("  confirming")[0]
-                                  + "  confirmed")
+            self._progress.update(task, info=info.split("  confirming")[0] + "  confirmed")
 
     def _update_line(self, p: Any) -> None:
+        first = p.study not in self._last
         if p.phase == "trial":
-            text = f"trial {p.done}/{p.total if p.total is not None else '?'}  {_best_info(p)}" + (
-                f"  ({p.message})" if p.message else "")
+            total = p.total if p.total is not None else "?"
+            text = f"{p.done}/{total} configs measured"
+            if first and not p.message:
+                text = f"measuring up to {total} configs" if p.done == 0 else f"resumed: {text}"
+            text += "".join(f", {x}" for x in (_best_info(p), p.message) if x)
+            self._log(p.study, text, now=first or bool(p.message) or p.done == p.total)
         elif p.phase == "confirm":
-            text = f"confirming {p.done + 1}/{p.total} ({p.message})"
+            self._log(p.study, f"confirming candidate {p.done + 1} of {p.total} ({_trial_ref(p.message)}) against "
+                               "vLLM's default", now=p.done == 0)
         else:
-            text = "confirmed"
-        self._line(p.study, text)
+            self._log(p.study, "confirmed", now=True)
 
 
 class SweepView(_Bars):
-    """One bar for a sweep: configs measured of the total, the last shape, status and median."""
+    """One bar for a sweep: configs measured of the total, the last shape, status and median. In a log: a line
+    for each failed measurement, the last one, and otherwise every ``LOG_EVERY_S``."""
 
     def __init__(self, console: Console, title: str) -> None:
-        super().__init__(console, title)
+        super().__init__(console, title, unit="measurements")
 
     def update(self, p: Any) -> None:
         info = (f"round {p.round}/{p.rounds} {p.shape} {p.status}"
                 + (f" {_ms(p.median_ms)} ms" if p.median_ms is not None else ""))
         if self._lines:
-            return self._line("sweep", f"{p.done}/{p.total} {info}")
+            return self._log("sweep", f"{p.done}/{p.total} measured, {info}",
+                             now=p.done in (1, p.total) or p.status != "ok")
         task = self._task("sweep", p.total)
         self._progress.update(task, completed=p.done, total=p.total, info=info)
 
@@ -121,7 +170,7 @@ def study_rows(summaries: list[StudySummary]) -> list[list[str]]:
             verdict, params = "every config failed", "-"
         elif win is not None:
             verdict = f"x{win.speedup:.3f} {_ci(win.ci)}"
-            params = format_config(win.configs[0]) if len(win.configs) == 1 else f"trial {win.trial}"
+            params = format_config(win.configs[0]) if len(win.configs) == 1 else f"trial #{win.trial}"
         elif conf is not None:
             verdict, params = _kept(conf), "-"
         else:
@@ -153,38 +202,58 @@ def _floor(conf: Confirmation | None) -> str:
     return f"x{conf.floor.speedup:.3f} {_ci(conf.floor.ci)}"
 
 
+_REPLAY_NOTE = "; replay: replayed from samples recorded elsewhere, not measured here"
+
+
+def _replayed(summary: StudySummary) -> bool:
+    return StudyName.parse(summary.name).gpu.endswith("-replay")
+
+
 def print_studies(console: Console, summaries: list[StudySummary]) -> None:
     if not summaries:
         console.print("no studies")
         return
-    t = Table("study", "measured", "failed", "default ms", "best ms", "confirmed speedup", "tuned params",
-              "noise floor")
+    from rich.table import Column
+
+    replay = all(_replayed(s) for s in summaries)  # each replayed study's name says so too (H100-replay/...)
+    name = Column("study", no_wrap=True, min_width=max(len(s.name) for s in summaries))  # never cut short
+    t = _table(name, "measured", "failed", "default ms", "best ms", "confirmed speedup", "tuned params",
+               "noise floor")
     for row in study_rows(summaries):
         t.add_row(*row)
     console.print(t)
+    console.print("measured: distinct configs, a trial each; default/best ms: trial medians; confirmed speedup: "
+                  "paired rounds against vLLM's default, 95% family-wise" + _REPLAY_NOTE * replay)
 
 
 def print_table(console: Console, table: dict[str, Any], source: str) -> None:
+    from .table import table_rows
+
     m = table["model"]
+    replay = table["provenance"].get("runner") == "replay"
+    mark = " (replay)" if replay else ""
     console.print(f"{source}: {table['backend']} on {m['model']} tp{m['tp']} ({m['num_q_heads']} heads), "
                   f"kv {table['kv_cache_dtype']}, block {table.get('block_size')}")
     console.print(f"source: {_env_line(table['provenance'])}, date {table['provenance'].get('date')}")
-    t = Table("shape", "kind", "tuned", "params", "default ms", "best ms", "speedup", "CI (95% family-wise)")
+    t = _table("shape", "kind", "tuned", "params", f"default ms{mark}", f"tuned ms{mark}", "speedup",
+               "CI (95% family-wise)")
     for row in table_rows(table):
         t.add_row(*row)
     console.print(t)
+    console.print("default/tuned ms: medians of the paired confirmation rounds" + _REPLAY_NOTE * replay)
 
 
 def print_workloads(console: Console, workloads: dict[str, Any]) -> None:
-    t = Table("workload", "shapes", "description")
+    t = _table("workload", "shapes (@weight)", "description")
     for name, w in workloads.items():
-        t.add_row(name, " ".join(s.spec if s.weight == 1 else f"{s.spec}*{s.weight:g}" for s in w.shapes),
+        t.add_row(name, " ".join(s.spec if s.weight == 1 else f"{s.spec}@{s.weight:g}" for s in w.shapes),
                   w.description)
     console.print(t)
+    console.print("ad hoc: --workload spec:8q1s4k@3,256q1s4k@1 (shapes with relative weights) or --traffic FILE")
 
 
 def print_spaces(console: Console, spaces: dict[str, Any]) -> None:
-    t = Table("backend", "parameter", "values", "vLLM default")
+    t = _table("backend", "parameter", "values", "vLLM default")
     for backend, space in spaces.items():
         for i, p in enumerate(space.parameters):
             t.add_row(backend if i == 0 else "", p.name, " ".join(map(str, p.values())), str(p.default))
@@ -192,7 +261,7 @@ def print_spaces(console: Console, spaces: dict[str, Any]) -> None:
 
 
 def print_models(console: Console, models: dict[str, Any]) -> None:
-    t = Table("model", "heads", "kv_lora_rank", "rope", "nope", "v", "aliases")
+    t = _table("model", "heads", "kv_lora_rank", "rope", "nope", "v", "aliases")
     for name, m in models.items():
         d = m.dims
         t.add_row(name, str(d.num_q_heads), str(d.kv_lora_rank), str(d.qk_rope_head_dim), str(d.qk_nope_head_dim),
@@ -200,9 +269,13 @@ def print_models(console: Console, models: dict[str, Any]) -> None:
     console.print(t)
 
 
-def print_backends(console: Console, env: Any, statuses: Any) -> None:
-    console.print(f"source: {_env_line(env.as_dict())}")
-    t = Table("backend", "kind", "available", "reason")
-    for s in statuses:
+def print_backends(console: Console, listing: Any) -> None:
+    """A ``catalog.BackendListing``: the runner's environment, or why it cannot start here, then every backend."""
+    if listing.environment is not None:
+        console.print(f"source: {_env_line(listing.environment.as_dict())}")
+    else:
+        console.print(f"runner {listing.runner} cannot start here: {listing.unavailable}")
+    t = _table("backend", "kind", "available", "reason")
+    for s in listing.statuses:
         t.add_row(s.name, s.kind, "yes" if s.available else "no", s.reason)
     console.print(t)

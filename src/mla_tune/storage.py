@@ -9,7 +9,6 @@ empty storage somewhere else. Every URL shown to a user goes through ``redact``.
 
 from __future__ import annotations
 
-import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -19,12 +18,13 @@ from urllib.parse import unquote_plus
 import optuna
 from optuna.storages.journal import BaseJournalBackend, JournalFileOpenLock
 
+from . import env
 from .errors import StorageError
 from .heartbeat import HeartbeatJournalStorage, grace_period_s, heartbeat_interval_s, retry_callback
 from .journal import JournalCorruptError, JournalFile, JournalWriteError
 
 DEFAULT_STORAGE = "results/studies.journal"
-STORAGE_ENV = "MLA_TUNE_STORAGE"
+STORAGE_ENV = env.STORAGE
 _RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
 # Scheme-like prefixes that are never meant as a file name (``sqlite:/x.db`` would be a journal in ``sqlite:/``).
 _URL_LIKE = _RDB_SCHEMES + ("postgres", "mariadb", "mssql", "oracle", "redis", "file", "http", "https")
@@ -55,9 +55,13 @@ class StorageSpec:
 
 def parse_storage(text: str | None) -> StorageSpec:
     """``text``, else ``$MLA_TUNE_STORAGE``, else the default journal, checked: a bad one is one StorageError."""
-    if text or not os.environ.get(STORAGE_ENV):
+    try:
+        raw = None if text else env.storage()
+    except env.EnvError:  # its message would show the value, and a URL's password with it
+        raise StorageError(f"{STORAGE_ENV}: not one line of at most {env.MAX_TEXT} characters",
+                           hint=f"fix or unset {STORAGE_ENV}") from None
+    if raw is None:
         return _checked(text or DEFAULT_STORAGE)
-    raw = os.environ[STORAGE_ENV]
     try:
         return _checked(raw)
     except StorageError as e:
@@ -132,8 +136,8 @@ def open_storage(spec: StorageSpec, *, create: bool) -> optuna.storages.BaseStor
     """
     if spec.kind == "journal":
         return _open_journal(spec, create=create)
-    if spec.target.lower().startswith("sqlite"):
-        db = Path(spec.target.split(":///", 1)[1].split("?", 1)[0])
+    db = storage_file(spec)
+    if db is not None:
         if not create and not db.is_file():
             raise StorageError(f"no SQLite database at {db}")
         if create:
@@ -168,7 +172,7 @@ class CheckedJournalStorage(HeartbeatJournalStorage):
 def _open_journal(spec: StorageSpec, *, create: bool) -> CheckedJournalStorage:
     path = Path(spec.target)
     if not create and not path.is_file():
-        raise StorageError(f"no study storage at {path}", hint="run `mla-tune study` first or pass --storage")
+        raise StorageError(f"no study storage at {path}", hint=_missing_hint(path))
     if create:
         _make_folder(path)
     try:
@@ -185,6 +189,54 @@ def _open_journal(spec: StorageSpec, *, create: bool) -> CheckedJournalStorage:
             from None
     journal.repair(required=create)
     return storage
+
+
+ARTIFACTS_SUFFIX = ".artifacts"
+
+
+def storage_file(spec: StorageSpec) -> Path | None:
+    """The file a storage lives in: the journal, or a SQLite database; None for a database server."""
+    if spec.kind == "journal":
+        return Path(spec.target)
+    if spec.target.lower().startswith("sqlite"):
+        return Path(spec.target.split(":///", 1)[1].split("?", 1)[0])
+    return None
+
+
+def artifact_dir(spec: StorageSpec) -> Path | None:
+    """Where a storage's Optuna artifacts (the plots optuna-dashboard shows) live: ``<journal>.artifacts/``, or
+    ``<database>.artifacts/`` next to a SQLite file; None for a database server, which has no folder here."""
+    path = storage_file(spec)
+    return None if path is None else path.with_name(path.name + ARTIFACTS_SUFFIX)
+
+
+def attach_file(store: optuna.storages.BaseStorage, study_name: str, path: Path, directory: Path) -> None:
+    """Attach ``path`` to a study as an Optuna artifact kept in ``directory``. A file of the same name attached
+    before is replaced in place (its artifact id kept), so attaching again never piles copies up."""
+    from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
+
+    directory.mkdir(parents=True, exist_ok=True)
+    artifacts = FileSystemArtifactStore(str(directory))
+    study = optuna.load_study(study_name=study_name, storage=store)
+    try:
+        attached = get_all_artifact_meta(study)
+    except (TypeError, KeyError):  # an artifact deleted in optuna-dashboard leaves a null record Optuna cannot read
+        attached = []
+    for meta in attached:
+        if meta.filename == path.name:
+            with open(path, "rb") as f:
+                artifacts.write(meta.artifact_id, f)
+            return
+    upload_artifact(artifact_store=artifacts, file_path=str(path), study_or_trial=study)
+
+
+def _missing_hint(path: Path) -> str:
+    """How to find the studies: the journals next to the missing one (the README's demo writes
+    results/demo/studies.journal), else run a study first."""
+    near = sorted(str(p) for p in path.parent.glob(f"*/{path.name}"))[:4] if path.parent.is_dir() else []
+    if near:
+        return f"pass one with --storage: {', '.join(near)}"
+    return "run `mla-tune study` first or pass --storage"
 
 
 def redact(url: str) -> str:

@@ -1,16 +1,20 @@
-"""Plain-data summaries of stored studies: what tables, ``show`` and the dashboard-minded user read."""
+"""Plain-data summaries of stored studies: what tables, ``show`` and the dashboard-minded user read.
+
+Optuna is imported by the functions that read a storage, not with ``StudySummary``: ``show TABLE`` and the
+listings render summaries' types without paying for it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import optuna
-from optuna.trial import FrozenTrial, TrialState
+from typing import TYPE_CHECKING, Any
 
 from .records import ATTRS_KEY, Confirmation, StudyName, TrialResult
-from .sampling import recorded_status
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
 
 
 @dataclass(frozen=True)
@@ -48,16 +52,26 @@ class StudySummary:
 
 def measured_count(study: optuna.Study) -> int:
     """Distinct configs measured: what the trial budget counts, since a repeated config costs no GPU time."""
+    from optuna.trial import TrialState
+
+    from .sampling import recorded_status
+
     return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
                if recorded_status(t) and TrialResult.from_trial(t).fresh)
 
 
 def best_ok_trial(study: optuna.Study) -> FrozenTrial | None:
+    from optuna.trial import TrialState
+
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
     return min(done, key=lambda t: t.value) if done else None
 
 
 def summarize(study: optuna.Study) -> StudySummary:
+    from optuna.trial import TrialState
+
+    from .sampling import recorded_status
+
     trials = [(t, TrialResult.from_trial(t)) for t in study.get_trials(deepcopy=False) if recorded_status(t)]
     fresh = [(t, r) for t, r in trials if r.fresh]
     base = next(((t, r) for t, r in fresh if r.role == "baseline"), None)
@@ -75,6 +89,8 @@ def summarize(study: optuna.Study) -> StudySummary:
 
 
 def _landscape(fresh: list[tuple[FrozenTrial, TrialResult]]) -> tuple[tuple[dict[str, Any], float], ...]:
+    from optuna.trial import TrialState
+
     points = [(dict(r.measurement.config), float(r.measurement.median_ms)) for t, r in fresh
               if t.state == TrialState.COMPLETE and r.measurement is not None and r.measurement.config is not None
               and r.measurement.median_ms is not None]
@@ -85,10 +101,13 @@ def load_summaries(storage: optuna.storages.BaseStorage,
                    keep: Callable[[str, dict[str, Any]], bool] = lambda name, attrs: True) -> list[StudySummary]:
     """Summaries of the mla-tune studies in ``storage`` that ``keep(name, attrs)`` accepts, sorted by name.
 
-    The filter sees only names and study attrs, so studies it rejects never have their trials loaded.
+    The filter sees only names and study attrs, so studies it rejects never have their trials loaded (nor copied:
+    Optuna's ``get_all_study_summaries`` would deep-copy every trial of every study just to count them).
     """
+    import optuna
+
     out = []
-    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
+    for s in storage.get_all_studies():
         attrs = s.user_attrs.get(ATTRS_KEY)
         if attrs is not None and keep(s.study_name, attrs):
             out.append(summarize(optuna.load_study(study_name=s.study_name, storage=storage)))
@@ -97,7 +116,9 @@ def load_summaries(storage: optuna.storages.BaseStorage,
 
 def summaries_of(storage: optuna.storages.BaseStorage, names: list[str]) -> list[StudySummary]:
     """Summaries of the studies ``names`` in that order, leaving out those not in ``storage``."""
-    stored = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    import optuna
+
+    stored = {s.study_name for s in storage.get_all_studies()}
     return [summarize(optuna.load_study(study_name=n, storage=storage)) for n in names if n in stored]
 
 
