@@ -264,3 +264,16 @@ def test_study_traffic_is_the_workload_traffic_file(in_tmp):
                         ([], "give --workload W or --traffic FILE"), (["--traffic", "nope.csv"], "nope.csv")):
         r = cli.invoke(app, [*base, *args])
         assert r.exit_code == 2 and words in error_line(r)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["workloads"], ["spaces"], ["backends", "--runner", "fake"],
+                                  ["show", str(ROOT / "results/h200/tables/FLASH_ATTN_MLA-deepseek-v3-tp1.yaml")]])
+def test_listings_and_help_import_neither_optuna_nor_numpy(args):
+    """What makes them answer at once (bench/cli_speed.py times them): Optuna and numpy only where studies are."""
+    code = ("import sys\nfrom mla_tune.cli import app\nfrom mla_tune.runners import register_runner\n"
+            "from tests.fakes import FakeRunner\nregister_runner('fake', lambda arg: FakeRunner())\n"
+            "try:\n    app(sys.argv[1:], prog_name='mla-tune')\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print(sorted(m for m in ('optuna', 'numpy', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines()[-1] == "[]"
