@@ -13,8 +13,8 @@ from .records import StudyName
 from .runners import Runner
 from .space import BACKENDS, SearchSpace, load_space
 from .storage import parse_storage
-from .study_setup import (NOT_TUNED, build_request, check_tunable, gpu_locked, open_runner, preflight,
-                          require_backend)
+from .study_setup import (NOT_TUNED, build_request, build_requests, check_tunable, gpu_locked, open_runner,
+                          preflight, require_backend)
 from .summary import StudySummary
 from .sweep import DEFAULT_ROUNDS
 from .types import BackendStatus, Environment
@@ -29,15 +29,17 @@ class StudyOutcome:
     excluded: dict[str, str] = field(default_factory=dict)  # prefill backends left out here, with reasons
 
 
-def run_study(*, backend: str, workload: str, model: str = "deepseek-v3", tp: int = 1,
-              kv_cache_dtype: str = "auto", objective: str = "per-shape", sampler: str = "auto",
-              n_trials: int | None = None, timeout_s: float | None = None, storage: str | None = None,
-              runner: str | Runner = "vllm", seed: int | None = 0, confirm_top: int = 3, confirm_rounds: int = 6,
-              progress: Callable[[Any], None] | None = None) -> StudyOutcome:
-    """Run (or resume) the studies of one workload, confirm their winners, and summarize them.
+def run_study(*, backend: str | Sequence[str], workload: str | Sequence[str], model: str = "deepseek-v3",
+              tp: int | Sequence[int] = 1, kv_cache_dtype: str = "auto", objective: str = "per-shape",
+              sampler: str = "auto", n_trials: int | None = None, timeout_s: float | None = None,
+              storage: str | None = None, runner: str | Runner = "vllm", seed: int | None = 0, confirm_top: int = 3,
+              confirm_rounds: int = 6, progress: Callable[[Any], None] | None = None) -> StudyOutcome:
+    """Run (or resume) the studies of one or several backends, workloads and TPs, confirm their winners, and
+    summarize them. Several go through one runner (vLLM imported, its worker started and the GPU locked once), a
+    backend at a time, TP by TP, workload by workload (``study_setup.build_requests``).
 
     Order matters for "bad input writes nothing": names are validated, the runner is made and asked whether
-    the backend runs here, and only then is the storage opened (created) and a study written.
+    every backend and shape runs here, and only then is the storage opened (created) and a study written.
 
     Ctrl-C and SIGTERM stop it at the next measurement or wait (``interrupts``) with nothing left RUNNING or
     WAITING; a study that ends with a config it needs unmeasured raises ``StudyIncompleteError`` saying why,
@@ -47,14 +49,14 @@ def run_study(*, backend: str, workload: str, model: str = "deepseek-v3", tp: in
     from .study_loop import Solo, run_studies
     from .summary import summaries_of
 
-    request, space = build_request(backend=backend, workload=workload, model=model, tp=tp,
-                                   kv_cache_dtype=kv_cache_dtype, objective=objective, sampler=sampler,
-                                   n_trials=n_trials, timeout_s=timeout_s, seed=seed, confirm_top=confirm_top,
-                                   confirm_rounds=confirm_rounds)
+    requests = build_requests(backend=backend, workload=workload, model=model, tp=tp,
+                              kv_cache_dtype=kv_cache_dtype, objective=objective, sampler=sampler,
+                              n_trials=n_trials, timeout_s=timeout_s, seed=seed, confirm_top=confirm_top,
+                              confirm_rounds=confirm_rounds)
     spec = parse_storage(storage)
     with open_runner(runner) as r, gpu_locked(r):
         with handled():
-            ran = run_studies(r, request, space, spec, Solo(), progress)
+            ran = run_studies(r, requests, spec, Solo(), progress)
         summaries = summaries_of(ran.storage, [t.name for t in ran.targets])
     return StudyOutcome(spec.display, ran.environment, summaries, ran.excluded)
 
@@ -181,12 +183,14 @@ class ParallelOutcome:
         return [w for w in self.workers if w.error is not None]
 
 
-def run_study_parallel(*, gpus: str | list[str], backend: str, workload: str, model: str = "deepseek-v3",
-                       tp: int = 1, kv_cache_dtype: str = "auto", objective: str = "per-shape",
+def run_study_parallel(*, gpus: str | list[str], backend: str | Sequence[str], workload: str | Sequence[str],
+                       model: str = "deepseek-v3", tp: int | Sequence[int] = 1, kv_cache_dtype: str = "auto",
+                       objective: str = "per-shape",
                        sampler: str = "auto", n_trials: int | None = None, timeout_s: float | None = None,
                        storage: str | None = None, runner: str = "vllm", seed: int | None = 0, confirm_top: int = 3,
                        confirm_rounds: int = 6, progress: Callable[[Any], None] | None = None) -> ParallelOutcome:
-    """``run_study`` with one worker process per GPU (``"0,1,2,3"``), all on one storage; see ``scale``.
+    """``run_study`` with one worker process per GPU (``"0,1,2,3"``), all on one storage; see ``scale``. Each
+    worker runs every study of the backends, workloads and TPs given, through one runner.
 
     Refuses a busy GPU and, with several workers, a storage unsafe for concurrent writers (SQLite). A failed
     worker is reported in ``workers``, not raised: the others' work is kept and summarized
@@ -198,7 +202,11 @@ def run_study_parallel(*, gpus: str | list[str], backend: str, workload: str, mo
     from .summary import summaries_of
 
     ids = parse_gpus(gpus if isinstance(gpus, str) else ",".join(gpus))
-    study = dict(backend=backend, workload=workload, model=model, tp=tp, kv_cache_dtype=kv_cache_dtype,
+    def listed(x: Any) -> Any:  # JSON for the workers' job files
+        return x if isinstance(x, (str, int)) else list(x)
+
+    study = dict(backend=listed(backend), workload=listed(workload), model=model, tp=listed(tp),
+                 kv_cache_dtype=kv_cache_dtype,
                  objective=objective, sampler=sampler, n_trials=n_trials, timeout_s=timeout_s, seed=seed,
                  confirm_top=confirm_top, confirm_rounds=confirm_rounds)
     launched = launch(study, gpus=ids, storage=storage, runner=runner, progress=progress)

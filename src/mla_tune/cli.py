@@ -202,12 +202,15 @@ def _workload_or_traffic(workload: Any, traffic: Optional[Path]) -> Any:
 @app.command()
 @handle_errors
 def study(
-    backend: str = typer.Option(..., help="decode backend, e.g. FLASH_ATTN_MLA"),
-    workload: Optional[str] = typer.Option(None, callback=_workload, help="named workload (mla-tune workloads), "
-                                           "spec:8q1s4k@3,64q1s4k (shapes @ relative weights) or traffic:FILE"),
+    backend: list[str] = typer.Option(..., help="decode backend, e.g. FLASH_ATTN_MLA; repeat for several (one "
+                                      "process: vLLM imported and its worker started once)"),
+    workload: Optional[list[str]] = typer.Option(None, callback=_workload, help="named workload (mla-tune "
+                                                 "workloads), spec:8q1s4k@3,64q1s4k (shapes @ relative weights) "
+                                                 "or traffic:FILE; repeatable"),
     traffic: Optional[Path] = typer.Option(None, callback=_input, help=TRAFFIC_HELP),
     model: str = typer.Option("deepseek-v3", help="model preset (mla-tune spaces --models)"),
-    tp: int = typer.Option(1, min=1, max=1024, help="tensor parallelism: query heads per GPU = heads / tp"),
+    tp: list[int] = typer.Option([1], min=1, max=1024, help="tensor parallelism: query heads per GPU = heads / tp; "
+                                 "repeatable"),
     kv_cache_dtype: str = typer.Option("auto", help="auto (bf16) or fp8"),
     trials: Optional[int] = typer.Option(None, min=1, max=MAX_TRIALS,
                                          help="trial budget per study, counting earlier runs [default 24]"),
@@ -222,11 +225,14 @@ def study(
     confirm_top: int = typer.Option(3, min=1, max=100, help="best configs re-measured against vLLM's default"),
     confirm_rounds: int = typer.Option(6, min=2, max=MAX_ROUNDS, help="paired rounds (A B / B A) per confirmed config"),
 ) -> None:
-    """Tune one backend on one workload; re-running the same command resumes."""
+    """Tune backends on workloads (one study per shape); re-running the same command resumes."""
     from . import api
     from .render import ProgressView, print_outcome
 
-    workload = _workload_or_traffic(workload, traffic)
+    # One workload keeps --workload/--traffic exclusive; several are a list, as the library takes them.
+    workload = _workload_or_traffic(workload[0] if len(workload or []) == 1 else workload or None, traffic)
+    workload = [workload] if isinstance(workload, str) else workload
+    _export_one_engine(export, backend, tp)
     _quiet_optuna()
     if gpus is not None:
         return _study_parallel(gpus, export, backend=backend, workload=workload, model=model, tp=tp,
@@ -240,10 +246,22 @@ def study(
                                 confirm_top=confirm_top, confirm_rounds=confirm_rounds, progress=view.update)
     print_outcome(_console(), outcome)
     if export is not None:
-        path, table = api.export_table(export, storage=storage, backend=backend, model=model, tp=tp,
-                                       kv_cache_dtype=kv_cache_dtype, workload=workload,
+        path, table = api.export_table(export, storage=storage, backend=backend[0], model=model, tp=tp[0],
+                                       kv_cache_dtype=kv_cache_dtype, workload=_one(workload),
                                        gpu=outcome.environment.fingerprint)
         typer.echo(f"wrote {path}")
+
+
+def _export_one_engine(export: Optional[Path], backend: list[str], tp: list[int]) -> None:
+    """A tuning table is one backend at one TP: ``--export`` with several is refused before anything runs."""
+    if export is not None and (len(set(backend)) > 1 or len(set(tp)) > 1):
+        raise typer.BadParameter("a table holds one backend at one TP; give one --backend and one --tp, or write "
+                                 "each table with `mla-tune export` after the study", param_hint="--export")
+
+
+def _one(workload: list[str]) -> Optional[str]:
+    """The workload a table is limited to: the one given, or none (every stored study of the engine) for several."""
+    return workload[0] if len(set(workload)) == 1 else None
 
 
 def _study_parallel(gpus: str, export: Optional[Path], **kw: Any) -> None:
@@ -257,9 +275,9 @@ def _study_parallel(gpus: str, export: Optional[Path], **kw: Any) -> None:
     if par.outcome is not None:
         print_outcome(_console(), par.outcome)
         if export is not None and not par.failed:
-            path, _ = api.export_table(export, storage=kw["storage"], backend=kw["backend"], model=kw["model"],
-                                       tp=kw["tp"], kv_cache_dtype=kw["kv_cache_dtype"], workload=kw["workload"],
-                                       gpu=par.outcome.environment.fingerprint)
+            path, _ = api.export_table(export, storage=kw["storage"], backend=kw["backend"][0], model=kw["model"],
+                                       tp=kw["tp"][0], kv_cache_dtype=kw["kv_cache_dtype"],
+                                       workload=_one(kw["workload"]), gpu=par.outcome.environment.fingerprint)
             typer.echo(f"wrote {path}")
     raise_for_failures(par)
 

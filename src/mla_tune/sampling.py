@@ -80,19 +80,29 @@ class ExhaustiveSampler(BaseSampler):
         self._late = list(late) if late is not None else [False] * len(targets)  # ``priors.late``: long shots
         self._auto_at: dict[str, Any] | None = None  # where "auto" landed, learned from the baseline
         self._twins: set[int] = set()  # targets that spell out what another target's "auto" ran
+        self._picks: dict[int, int] = {}  # trial id -> the target picked for it here
+        self._finished: dict[int, TrialResult | None] = {}  # trial id -> a finished trial's result (``_result``)
         self._rng = random.Random(seed)
         self._fallback = optuna.samplers.RandomSampler(seed=seed)
+
+    def _result(self, t: FrozenTrial) -> TrialResult | None:
+        """A finished trial's result, read once (finished trials never change), or None where it holds none to
+        count or reuse (``recorded_status``)."""
+        tid = trial_id(t)
+        if tid not in self._finished:
+            self._finished[tid] = TrialResult.from_trial(t) if recorded_status(t) else None
+        return self._finished[tid]
 
     def _unvisited(self, study: optuna.Study) -> list[int]:
         visited, now = set(), time.time()
         for t in study.get_trials(deepcopy=False):
-            if t.state == TrialState.RUNNING and dead_trial(t, now):
-                continue  # its process is gone: it will be failed and its config measured again
-            if t.state == TrialState.RUNNING and TARGET_ATTR in t.system_attrs:
-                visited.add(self._keys[t.system_attrs[TARGET_ATTR]])
-            elif t.state == TrialState.RUNNING or recorded_status(t):
-                # An interrupted trial (finished without a status) was never measured: visit it again.
-                visited.add(TrialResult.from_trial(t).key)
+            if t.state.is_finished():
+                r = self._result(t)  # an interrupted trial (finished without a status) was never measured: again
+                if r is not None:
+                    visited.add(r.key)
+            elif t.state == TrialState.RUNNING and not dead_trial(t, now):  # a dead one's config is measured again
+                pick = t.system_attrs.get(TARGET_ATTR, self._picks.get(trial_id(t)))
+                visited.add(self._keys[pick] if pick is not None else TrialResult.from_trial(t).key)
         return [i for i, k in enumerate(self._keys) if k not in visited]
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -108,11 +118,17 @@ class ExhaustiveSampler(BaseSampler):
             pick = self._nearest(unvisited, self._incumbent(study))
         else:
             pick = self._rng.choice(unvisited)
-        storage_of(study).set_trial_system_attr(trial_id(trial), TARGET_ATTR, pick)
+        self._picks[trial_id(trial)] = pick
+        # Other workers see the pick before the trial writes its key only if it is stored: a storage write per
+        # trial, worth it only while another trial of this study runs (concurrent workers). Alone, this process
+        # writes the key a few milliseconds later, and claims settle a collision in that window.
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if any(trial_id(t) != trial_id(trial) for t in running):
+            storage_of(study).set_trial_system_attr(trial_id(trial), TARGET_ATTR, pick)
 
     def _incumbent(self, study: optuna.Study) -> int:
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        done = [r for r in map(TrialResult.from_trial, complete) if r.key in self._index]
+        done = [r for r in map(self._result, complete) if r is not None and r.key in self._index]
         best = min(done, key=lambda r: r.value) if done else None
         return self._index[best.key] if best else 0
 
@@ -125,7 +141,7 @@ class ExhaustiveSampler(BaseSampler):
         if self._auto_at is not None:
             return
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        base = next((r for r in map(TrialResult.from_trial, complete) if r.role == "baseline"), None)
+        base = next((r for r in map(self._result, complete) if r is not None and r.role == "baseline"), None)
         if base is None:
             return
         details = (base.measurement.details if base.measurement is not None else None) or {}
@@ -192,7 +208,7 @@ class ExhaustiveSampler(BaseSampler):
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
-        idx = trial.system_attrs.get(TARGET_ATTR)
+        idx = trial.system_attrs.get(TARGET_ATTR, self._picks.get(trial_id(trial)))
         if idx is not None and param_name in self._targets[idx]:
             return self._targets[idx][param_name]
         return self._fallback.sample_independent(study, trial, param_name, param_distribution)

@@ -26,7 +26,7 @@ from .gpu_lock import GpuLock, acquire_all
 from .runners import factory_path
 from .storage import StorageSpec, open_storage, parse_storage
 from .study import Progress
-from .study_setup import build_request, open_runner, preflight
+from .study_setup import build_requests, open_runner, preflight
 from .types import Environment
 from .workers import WorkerJob
 
@@ -70,24 +70,26 @@ def check_storage(spec: StorageSpec, n_workers: int) -> None:
                               "postgresql://USER:PASS@HOST/DB")
 
 
-def _check_runner(runner: str, request: Any, space: Any) -> None:
+def _check_runner(runner: str, requests: list[Any]) -> None:
     """Refuse a runner that cannot work before storage is written. A replay is checked in full (cheap); the
     GPU runner only for what needs no GPU (torch, vLLM, CUDA visible): its workers check the backend."""
     with open_runner(runner) as r:
         if r.name != "vllm":
-            preflight(r, request, space)
+            for request, space in requests:
+                preflight(r, request, space)
 
 
 def launch(study: dict[str, Any], *, gpus: list[str], storage: str | None, runner: str,
            progress: Callable[[Any], None] | None = None) -> Launched:
-    """Start a worker per GPU on ``study`` (``api.run_study`` keywords), wait for all, report each.
+    """Start a worker per GPU on ``study`` (``api.run_study`` keywords: several backends, workloads and TPs run by
+    every worker through its one runner), wait for all, report each.
 
     ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM here) is forwarded to the workers as SIGINT, which record or fail
     their current trial and exit; it is re-raised once they are gone.
     """
-    request, space = build_request(**study)  # bad names and numbers: refused before anything is locked or written
+    requests = build_requests(**study)  # bad names and numbers: refused before anything is locked or written
     factory = factory_path(runner)  # a registered runner the workers cannot import: refused here, not in each one
-    _check_runner(runner, request, space)
+    _check_runner(runner, requests)
     spec = parse_storage(storage)
     check_storage(spec, len(gpus))
     locks = acquire_all(gpus)

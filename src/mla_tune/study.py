@@ -191,12 +191,14 @@ def run_trials(target: StudyTarget, storage: optuna.storages.BaseStorage, runner
     max_calls = 4 * limit + 10  # TPE can keep proposing measured configs once the good region is exhausted
     calls = 0
 
+    counted = _MeasuredCount()
+
     def on_trial(st: optuna.Study, t: FrozenTrial) -> None:
         nonlocal calls
         calls += 1
         objective.told()
         forget_trial()
-        done = measured_count(st)
+        done = counted(st)
         if (not _queued(st) and (done >= limit or past(deadline))) or calls >= max_calls \
                 or t.state == TrialState.PRUNED:
             st.stop()  # pruned: the budget is filled by trials in flight
@@ -278,6 +280,23 @@ def settle(target: StudyTarget, store: optuna.storages.BaseStorage, runner: Runn
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)) \
                 and measured_count(study) == before:
             return study  # nothing ran and nothing runs: nothing new can be proposed
+
+
+class _MeasuredCount:
+    """``summary.measured_count`` for a study asked after every trial: finished trials are read once (they never
+    change), so a trial costs one parse, not one per trial so far."""
+
+    def __init__(self) -> None:
+        self._fresh: dict[int, bool] = {}
+
+    def __call__(self, study: optuna.Study) -> int:
+        n = 0
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+            tid = trial_id(t)
+            if tid not in self._fresh:
+                self._fresh[tid] = bool(recorded_status(t)) and TrialResult.from_trial(t).fresh
+            n += self._fresh[tid]
+        return n
 
 
 def _enqueue_warm_start(study: optuna.Study, target: StudyTarget, env: Environment, baseline_key: str) -> None:

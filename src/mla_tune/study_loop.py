@@ -10,12 +10,13 @@ RUNNING or WAITING (``claim.release_studies``).
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .claim import release_studies
 from .confirm import StudyIncompleteError, await_confirmation, confirm, require_complete
-from .errors import StorageError
+from .errors import StorageError, UsageError
 from .interrupts import check, safe_point
 from .plan import StudyRequest, StudyTarget, plan
 from .runners import Runner
@@ -108,20 +109,27 @@ class StudiesRun:
     excluded: dict[str, str]  # prefill backends left out here, with reasons
 
 
-def run_studies(runner: Runner, request: StudyRequest, space: SearchSpace, spec: StorageSpec,
+def run_studies(runner: Runner, requests: Sequence[tuple[StudyRequest, SearchSpace]], spec: StorageSpec,
                 coordination: Coordination | None = None, progress: ProgressFn | None = None) -> StudiesRun:
-    """Run (or resume) the studies of ``request``; finished trials and confirmations are in the storage.
+    """Run (or resume) the studies of ``requests`` (``study_setup.build_requests``: several backends, workloads and
+    TPs) through one runner, in order; finished trials and confirmations are in the storage.
 
-    Order matters for "bad input writes nothing": the runner is asked whether the backend and shapes run here
+    Order matters for "bad input writes nothing": the runner is asked whether every backend and shape runs here
     before the storage is opened (created) and a study written.
     """
     coordination = coordination or Solo()
     runner = coordination.wrap(runner)
-    preflight(runner, request, space)
+    for request, space in requests:
+        preflight(runner, request, space)
     env = runner.environment()
-    space, excluded = check_space_available(space, runner)
+    targets: list[StudyTarget] = []
+    excluded: dict[str, str] = {}
+    for request, space in requests:
+        space, left_out = check_space_available(space, runner)
+        excluded.update(left_out)
+        targets += plan(request, env, space)
+    targets = _distinct(targets)
     store = open_storage(spec, create=True)
-    targets = plan(request, env, space)
     try:
         coordination.run(targets, store, runner, env, progress)
     except BaseException as e:  # Ctrl-C, SIGTERM, an error: leave nothing RUNNING or WAITING for others to wait on
@@ -134,6 +142,19 @@ def run_studies(runner: Runner, request: StudyRequest, space: SearchSpace, spec:
         raise StorageError(f"storage {spec.display} failed mid-study: {_first_line(lost)}",
                            hint="finished trials are kept; run the same command once the database is back") from e
     return StudiesRun(env, store, targets, excluded)
+
+
+def _distinct(targets: list[StudyTarget]) -> list[StudyTarget]:
+    """Each study once: two workloads of one call that share a shape share its per-shape study. Where they weigh
+    it differently the study could hold only one of them: refused before anything is written."""
+    first: dict[str, StudyTarget] = {}
+    for t in targets:
+        seen = first.setdefault(t.name, t)
+        if seen.shapes != t.shapes:
+            raise UsageError(f"workloads {seen.request.workload.name} and {t.request.workload.name} both have "
+                             f"{t.label} with different weights: one study cannot hold both",
+                             hint="run them in separate calls with separate --storage, or give one of them")
+    return list(first.values())
 
 
 def database_error(e: BaseException) -> BaseException | None:

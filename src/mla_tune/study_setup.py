@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .errors import RunnerUnavailableError, UnknownNameError, UsageError
@@ -63,6 +63,27 @@ def build_request(*, backend: str, workload: str, model: str = "deepseek-v3", tp
     dims = get_model(model, tp)
     return StudyRequest(backend, wl, dims, kv_cache_dtype, objective, sampler, n_trials, timeout_s, seed,
                         confirm_top, confirm_rounds), space
+
+
+def build_requests(*, backend: str | Sequence[str], workload: str | Sequence[str], tp: int | Sequence[int] = 1,
+                   **rest: Any) -> list[tuple[StudyRequest, SearchSpace]]:
+    """``build_request`` for every backend x TP x workload given (each a value or a list), in that order: a
+    backend's studies together, a TP's before the next, so that each study can warm-start from the ones before it.
+    Every name and number is checked before any is used; repeats are dropped."""
+    backends, workloads, tps = _listed(backend, "backend"), _listed(workload, "workload"), _listed(tp, "tp")
+    out: list[tuple[StudyRequest, SearchSpace]] = []
+    for b in dict.fromkeys(backends):
+        for t in dict.fromkeys(tps):
+            for w in dict.fromkeys(workloads):
+                out.append(build_request(backend=b, workload=w, tp=t, **rest))
+    return out
+
+
+def _listed(value: Any, what: str) -> list[Any]:
+    values = [value] if isinstance(value, (str, int)) else list(value)
+    if not values:
+        raise UsageError(f"a study needs at least one {what}", hint=f"give --{what}")
+    return values
 
 
 @contextlib.contextmanager
@@ -154,5 +175,5 @@ def _show(value: Any) -> str:
     return value.get("name", str(value)) if isinstance(value, dict) else str(value)
 
 
-__all__ = ["NOT_TUNED", "build_request", "check_same_source", "check_space_available", "check_tunable",
+__all__ = ["NOT_TUNED", "build_request", "build_requests", "check_same_source", "check_space_available", "check_tunable",
            "gpu_locked", "open_runner", "preflight", "require_backend"]

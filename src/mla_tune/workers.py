@@ -37,7 +37,7 @@ from .runners import Runner, register_runner
 from .storage import parse_storage
 from .study import ProgressFn, deadline_of, run_trials, settle
 from .study_loop import Coordination, Incomplete, run_studies
-from .study_setup import build_request, open_runner
+from .study_setup import build_requests, open_runner
 from .types import Environment
 
 
@@ -50,7 +50,7 @@ class WorkerJob:
     gpu: str
     storage: str
     runner: str
-    study: dict[str, Any] = field(default_factory=dict)  # backend, workload, model, tp, ... as in run_study
+    study: dict[str, Any] = field(default_factory=dict)  # backend(s), workload(s), model, tp(s), ... as in run_study
     result: str = ""  # where the worker writes its result (JSON)
     # How this process makes the runner: its factory's import path and the launcher's sys.path, as multiprocessing
     # hands a spawned process the parent's path (a runner registered in the launcher is not registered here).
@@ -75,10 +75,10 @@ def work(job: WorkerJob, progress: ProgressFn | None = None) -> WorkerResult:
     kw = dict(job.study)
     if kw.get("seed") is not None:  # the same seed in every worker would propose the same configs in lockstep
         kw["seed"] = kw["seed"] + job.index
-    request, space = build_request(**kw)
+    requests = build_requests(**kw)
     spec = parse_storage(job.storage)
     with open_runner(job.runner) as runner:
-        ran = run_studies(runner, request, space, spec, Shared(job.index), progress)
+        ran = run_studies(runner, requests, spec, Shared(job.index), progress)
     return WorkerResult(ran.environment.as_dict(), [t.name for t in ran.targets], ran.excluded)
 
 
