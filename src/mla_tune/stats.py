@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections.abc import Sequence
@@ -31,8 +32,12 @@ def _t_cdf(x: float, dof: int) -> float:
     return 0.5 + s * h / 3
 
 
+@functools.lru_cache(maxsize=1024)
 def t_quantile(p: float, dof: int) -> float:
-    """The ``p`` quantile (p > 0.5) of Student's t with ``dof`` degrees of freedom, by bisection."""
+    """The ``p`` quantile (p > 0.5) of Student's t with ``dof`` degrees of freedom, by bisection.
+
+    Cached: a few (level, dof) pairs recur in every confirmation, and each bisection integrates the density in
+    pure Python (``show`` of 100 studies spent 12 of its 13 s here)."""
     if not 0.5 < p < 1:
         raise ValueError("p must lie in (0.5, 1)")
     if abs(p - 0.975) < 1e-12:
