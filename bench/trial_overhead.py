@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 
@@ -67,8 +68,11 @@ def run(args: argparse.Namespace, storage: str) -> dict[str, list[float]]:
         marks.append((time.perf_counter(), runner.measure_s, p.study, p.phase))
 
     t0 = time.perf_counter()
-    api.run_study(backend=args.backend, workload=args.workload, tp=args.tp, storage=storage, runner=runner,
-                  progress=progress)
+    def one(xs: list) -> Any:  # a single value as one (as older versions of the API took them)
+        return xs[0] if len(xs) == 1 else xs
+
+    api.run_study(backend=one(args.backend), workload=one(args.workload), tp=one(args.tp), storage=storage,
+                  runner=runner, progress=progress)
     total = time.perf_counter() - t0
     out: dict[str, list[float]] = {"trial": [], "first": [], "confirm": [], "total": [total],
                                    "measure": [runner.measure_s]}

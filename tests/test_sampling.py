@@ -137,3 +137,26 @@ def test_eager_variants_come_late_and_spelled_out_autos_last():
     kinds = ["twin" if k.startswith("fa3") else "late" if "-False-" in k else "normal" for k in order]
     assert kinds == sorted(kinds, key=["normal", "late", "twin"].index)
     assert kinds.count("normal") == 6 and kinds.count("twin") == 6
+
+
+def test_the_pick_is_stored_only_while_another_trial_of_the_study_runs():
+    """A storage write per trial buys nothing alone: other workers are what the stored pick is for."""
+    from mla_tune.sampling import TARGET_ATTR
+
+    def objective(trial):
+        x = trial.suggest_categorical("x", VALUES["x"])
+        g = trial.suggest_categorical("g", VALUES["g"])
+        trial.set_user_attr("key", f"{x}-{g}")
+        trial.set_user_attr("status", "ok")
+        return float(x)
+
+    alone = optuna.create_study(sampler=ExhaustiveSampler(TARGETS, KEYS, seed=0, order="local", values=VALUES))
+    alone.optimize(objective, n_trials=3)
+    assert [TARGET_ATTR in t.system_attrs for t in alone.trials] == [False] * 3
+    assert len({t.user_attrs["key"] for t in alone.trials}) == 3  # the picks still steer the params
+
+    shared = optuna.create_study(sampler=ExhaustiveSampler(TARGETS, KEYS, seed=0, order="local", values=VALUES))
+    other = shared.ask()  # another worker's trial, running
+    shared.optimize(objective, n_trials=2)
+    mine = [t for t in shared.trials if t.number != other.number]
+    assert all(TARGET_ATTR in t.system_attrs for t in mine)
