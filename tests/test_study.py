@@ -334,3 +334,19 @@ def test_a_gain_inside_the_noise_floor_keeps_the_default_and_one_above_it_is_tun
     win = conf.candidates[conf.winner]
     assert win.speedup == pytest.approx(1.10, abs=0.005) and win.ci[0] > conf.floor.ci[1] > 1
     assert study_rows(large.summaries)[0][5].startswith("x1.10")
+
+
+def test_a_resume_with_nothing_to_do_writes_nothing_to_the_journal(tmp_path):
+    run(tmp_path, FakeRunner(optimum=OPT), n_trials=6)
+    journal = tmp_path / "s.journal"
+    size = journal.stat().st_size
+    runner = FakeRunner(optimum=OPT)
+    run(tmp_path, runner, n_trials=6)
+    assert runner.calls == [] and journal.stat().st_size == size  # no create-study record appended per resume
+
+
+def test_a_per_shape_study_resumes_under_a_workload_that_weighs_its_shape_differently(tmp_path):
+    """A per-shape study's value is its shape's latency: a weight (from a weighted list or `mixed`) changes nothing."""
+    run(tmp_path, FakeRunner(optimum=OPT), n_trials=6, workload="spec:64q1s4k@3")
+    out = run(tmp_path, FakeRunner(optimum=OPT), n_trials=8, workload="spec:64q1s4k")
+    assert out.summaries[0].measured == 8

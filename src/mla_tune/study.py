@@ -149,8 +149,11 @@ class Objective:
 def open_study(target: StudyTarget, storage: optuna.storages.BaseStorage, env: Environment,
                sampler: optuna.samplers.BaseSampler) -> optuna.Study:
     """Create the study or load it; refuse to mix trials from a different search space into it."""
-    study = optuna.create_study(study_name=target.name, storage=storage, sampler=sampler, direction="minimize",
-                                load_if_exists=True)
+    try:  # loading first: create_study(load_if_exists) appends a record to a journal on every resume
+        study = optuna.load_study(study_name=target.name, storage=storage, sampler=sampler)
+    except KeyError:
+        study = optuna.create_study(study_name=target.name, storage=storage, sampler=sampler,
+                                    direction="minimize", load_if_exists=True)
     attrs = study_attrs(target, env)
     existing = study.user_attrs.get(ATTRS_KEY)
     if existing is None:

@@ -161,7 +161,11 @@ def check_same_source(name: str, existing: dict, new: dict) -> None:
     if existing.get("space") != new["space"]:
         raise UsageError(f"study {name} was made with a different search space",
                          hint="restore the YAML, or use another --storage for the new space")
-    if existing.get("shapes") != new["shapes"]:
+    def shapes(attrs: dict) -> Any:  # a per-shape study's value is its one shape's: a weight changes nothing
+        listed = attrs.get("shapes") or []
+        return [s.get("spec") for s in listed] if attrs.get("objective") == "per-shape" else listed
+
+    if shapes(existing) != shapes(new):
         raise UsageError(f"study {name} was made with different workload shapes or weights",
                          hint="restore workloads.yaml, or use another --storage")
     old_env, env = existing.get("environment", {}), new["environment"]
