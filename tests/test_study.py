@@ -350,3 +350,21 @@ def test_a_per_shape_study_resumes_under_a_workload_that_weighs_its_shape_differ
     run(tmp_path, FakeRunner(optimum=OPT), n_trials=6, workload="spec:64q1s4k@3")
     out = run(tmp_path, FakeRunner(optimum=OPT), n_trials=8, workload="spec:64q1s4k")
     assert out.summaries[0].measured == 8
+
+
+def test_study_export_writes_the_studies_of_that_call_only(tmp_path):
+    """Several workloads in one call export their shapes, not every study of the backend the storage holds."""
+    from typer.testing import CliRunner
+
+    from mla_tune.cli import app
+    from mla_tune.runners import register_runner
+
+    register_runner("fake-export", lambda arg: FakeRunner(optimum=OPT))
+    run(tmp_path, FakeRunner(optimum=OPT), n_trials=4, workload="spec:8q1s4k")  # an earlier study in the storage
+    out = tmp_path / "t.yaml"
+    result = CliRunner().invoke(app, ["study", "--backend", "FLASH_ATTN_MLA", "--workload", "spec:64q1s4k",
+                                      "--workload", "spec:32q1s4k", "--trials", "4", "--confirm-rounds", "2",
+                                      "--storage", str(tmp_path / "s.journal"), "--runner", "fake-export",
+                                      "--export", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(e["shape"] for e in load_table(out)["entries"]) == ["32q1s4k", "64q1s4k"]

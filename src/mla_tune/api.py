@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,8 +87,9 @@ def find_studies(*, storage: str | None = None, backend: str | None = None, mode
 
 def export_table(output: Path, *, storage: str | None = None, backend: str, model: str = "deepseek-v3",
                  tp: int = 1, kv_cache_dtype: str = "auto", workload: str | None = None,
-                 gpu: str | None = None) -> tuple[Path, dict[str, Any]]:
-    """Write the tuning table of the matching studies to ``output`` (atomically); returns it too."""
+                 gpu: str | None = None, names: Collection[str] | None = None) -> tuple[Path, dict[str, Any]]:
+    """Write the tuning table of the matching studies to ``output`` (atomically); returns it too. ``names``
+    narrows them to those studies (what one `study` call ran, whatever else the storage holds)."""
     from .export import write_table
     from .table import build_table
 
@@ -96,6 +97,8 @@ def export_table(output: Path, *, storage: str | None = None, backend: str, mode
     get_model(model, tp)
     found = find_studies(storage=storage, backend=backend, model=model, tp=tp, kv_cache_dtype=kv_cache_dtype,
                          workload=workload, gpu=gpu)
+    if names is not None:
+        found = [s for s in found if s.name in set(names)]
     if not found:
         raise StudyNotFoundError(f"no {backend} studies for {model} tp{tp} (kv {kv_cache_dtype})"
                                  + (f" and workload {workload}" if workload else "") + " in this storage",

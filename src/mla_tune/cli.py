@@ -248,7 +248,8 @@ def study(
     if export is not None:
         path, table = api.export_table(export, storage=storage, backend=backend[0], model=model, tp=tp[0],
                                        kv_cache_dtype=kv_cache_dtype, workload=_one(workload),
-                                       gpu=outcome.environment.fingerprint)
+                                       gpu=outcome.environment.fingerprint,
+                                       names=[s.name for s in outcome.summaries])
         typer.echo(f"wrote {path}")
 
 
@@ -277,7 +278,8 @@ def _study_parallel(gpus: str, export: Optional[Path], **kw: Any) -> None:
         if export is not None and not par.failed:
             path, _ = api.export_table(export, storage=kw["storage"], backend=kw["backend"][0], model=kw["model"],
                                        tp=kw["tp"][0], kv_cache_dtype=kw["kv_cache_dtype"],
-                                       workload=_one(kw["workload"]), gpu=par.outcome.environment.fingerprint)
+                                       workload=_one(kw["workload"]), gpu=par.outcome.environment.fingerprint,
+                                       names=[s.name for s in par.outcome.summaries])
             typer.echo(f"wrote {path}")
     raise_for_failures(par)
 
