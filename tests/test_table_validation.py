@@ -154,3 +154,17 @@ def test_a_table_that_would_be_refused_is_not_written(tmp_path):
     with pytest.raises(MlaTuneError, match=r"not writing .*t\.yaml: entries\[2\]\.speedup: is nan"):
         write_table(edit(f"entries[{TUNED}].speedup", float("nan")), tmp_path / "t.yaml")
     assert not list(tmp_path.iterdir())
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    """mkstemp's 0600 would keep a table from the serving hosts' users and a report from its readers."""
+    import os
+
+    from mla_tune.export import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        path = write_atomic(tmp_path / "t.yaml", "x: 1\n")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644

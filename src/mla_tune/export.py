@@ -54,6 +54,12 @@ def check_output_path(path: Path) -> None:
         raise UsageError(f"cannot write {path}: {parent} is not a directory")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` so that readers see the old file or the new one, never half of it."""
     path = Path(path)
@@ -67,6 +73,9 @@ def write_atomic(path: Path, text: str) -> Path:
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
+            # mkstemp makes the file 0600: give it the mode any new file gets here (tables and profiles are
+            # shared with the serving hosts, reports with people)
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
