@@ -18,6 +18,7 @@ OPTUNA_HOMES = {
     "mla_tune._optuna_compat",  # Optuna's private names, used from here only
     "mla_tune.sampling",
     "mla_tune.study",
+    "mla_tune.objective",
     "mla_tune.confirm",
     "mla_tune.summary",
     "mla_tune.claim",

@@ -138,7 +138,7 @@ def this_process() -> dict[str, Any]:
 def stamp_owner(study: optuna.Study, trial: FrozenTrial) -> bool:
     """Record this process as the one running ``trial`` (called as the trial starts here). False when another
     worker failed the trial already (this process stalled past the grace period since the trial was created):
-    the objective then meets the finished trial and ``study.Objective.lost_trial`` handles it."""
+    the objective then meets the finished trial and ``objective.Objective.lost_trial`` handles it."""
     token = uuid.uuid4().hex[:12]
     _here["trial"] = token
     try:
