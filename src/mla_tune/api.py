@@ -8,17 +8,18 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StudyNotFoundError, UnknownNameError, UsageError
-from .models import get_model, load_models
+from .catalog import list_models, list_spaces, list_workloads  # the listings, without Optuna
+from .models import get_model
 from .records import StudyName
 from .runners import Runner
-from .space import BACKENDS, SearchSpace, load_space
+from .space import BACKENDS
 from .storage import parse_storage
 from .study_setup import (NOT_TUNED, build_request, build_requests, check_tunable, gpu_locked, open_runner,
                           preflight, require_backend)
 from .summary import StudySummary
 from .sweep import DEFAULT_ROUNDS
 from .types import BackendStatus, Environment
-from .workloads import Workload, get_workload, load_workloads
+from .workloads import Workload, get_workload
 
 
 @dataclass(frozen=True)
@@ -119,18 +120,6 @@ def export_table(output: Path, *, storage: str | None = None, backend: str, mode
         found.sort(key=lambda s: order.get(s.label, len(order)))
     table = build_table(found)
     return write_table(table, output), table
-
-
-def list_workloads() -> dict[str, Workload]:
-    return load_workloads()
-
-
-def list_spaces() -> dict[str, SearchSpace]:
-    return {b: load_space(b) for b in BACKENDS}
-
-
-def list_models() -> dict[str, Any]:
-    return load_models()
 
 
 def list_backends(runner: str | Runner = "vllm") -> tuple[Environment, tuple[BackendStatus, ...]]:
