@@ -235,10 +235,12 @@ def study(
     _export_one_engine(export, backend, tp)
     _quiet_optuna()
     if gpus is not None:
-        return _study_parallel(gpus, export, backend=backend, workload=workload, model=model, tp=tp,
-                               kv_cache_dtype=kv_cache_dtype, objective=objective, sampler=sampler,
-                               n_trials=trials, timeout_s=timeout, storage=storage, runner=runner, seed=seed,
-                               confirm_top=confirm_top, confirm_rounds=confirm_rounds)
+        _study_parallel(gpus, export, backend=backend, workload=workload, model=model, tp=tp,
+                        kv_cache_dtype=kv_cache_dtype, objective=objective, sampler=sampler,
+                        n_trials=trials, timeout_s=timeout, storage=storage, runner=runner, seed=seed,
+                        confirm_top=confirm_top, confirm_rounds=confirm_rounds)
+        _attach_plots(storage, backend, workload, model, tp, kv_cache_dtype)
+        return
     with ProgressView(_console(stderr=True)) as view:
         outcome = api.run_study(backend=backend, workload=workload, model=model, tp=tp,
                                 kv_cache_dtype=kv_cache_dtype, objective=objective, sampler=sampler,
@@ -251,6 +253,7 @@ def study(
                                        gpu=outcome.environment.fingerprint,
                                        names=[s.name for s in outcome.summaries])
         typer.echo(f"wrote {path}")
+    _attach_plots(storage, backend, workload, model, tp, kv_cache_dtype)
 
 
 def _export_one_engine(export: Optional[Path], backend: list[str], tp: list[int]) -> None:
@@ -505,15 +508,14 @@ def report(
     typer.echo(f"wrote {write_report([read_table(t) for t in tables], output)}")
 
 
-def _attach_plots(kw: dict[str, Any]) -> None:
+def _attach_plots(storage: Optional[str], backend: list[str], workload: list[str], model: str, tp: list[int],
+                  kv_cache_dtype: str) -> None:
     """After ``study``: the plots of each confirmed study it ran as Optuna artifacts, for optuna-dashboard.
     Studies that ran are not failed by a picture: a problem here is one warning line."""
     from .artifacts import attach_plots, run_studies
 
     try:
-        workload = _workload_or_traffic(kw.get("workload"), kw.get("traffic"))
-        done = attach_plots(kw.get("storage"), run_studies(kw.get("backend"), workload, kw.get("model"),
-                                                           kw.get("tp"), kw.get("kv_cache_dtype")))
+        done = attach_plots(storage, run_studies(backend, workload, model, tp, kv_cache_dtype))
     except (MlaTuneError, OSError) as e:
         typer.echo(f"mla-tune: warning: no plots attached to the studies: {e}", err=True)
         return
@@ -521,26 +523,6 @@ def _attach_plots(kw: dict[str, Any]) -> None:
         n = len(done.studies)
         typer.echo(f"attached plots to {n} stud{'y' if n == 1 else 'ies'}; see them with: optuna-dashboard "
                    f"{done.storage} --artifact-dir {done.directory}")
-
-
-def _after(command: str, step: Callable[[dict[str, Any]], None]) -> None:
-    """Run ``step(the command's arguments)`` when ``command`` has returned normally: a step of its own, so that
-    the command stays one library call and this one can be read (and fail) on its own."""
-    for info in app.registered_commands:
-        fn = info.callback
-        if fn is None or (info.name or fn.__name__) != command:
-            continue
-
-        @functools.wraps(fn)
-        def then(*args: Any, _fn: Callable[..., Any] = fn, **kwargs: Any) -> Any:
-            result = _fn(*args, **kwargs)
-            handle_errors(step)(kwargs)
-            return result
-
-        info.callback = then
-
-
-_after("study", _attach_plots)
 
 
 def _version(value: bool) -> None:
