@@ -28,7 +28,7 @@ import optuna
 
 from mla_tune import api
 from mla_tune.runners.replay import DELAY_ENV, ReplayRunner
-from mla_tune.storage import open_storage, parse_storage
+from mla_tune.storage.urls import open_storage, parse_storage
 
 WORKERS = (1, 2, 4)
 

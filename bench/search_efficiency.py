@@ -32,13 +32,13 @@ from pathlib import Path
 import optuna
 
 from mla_tune import batch_spec
-from mla_tune.budget import DEFAULT_TRIALS
-from mla_tune.plan import StudyRequest, StudyTarget, config_set_key
 from mla_tune.records import StudyName
 from mla_tune.runners.replay import ReplayRunner
-from mla_tune.sampling import detail_key
 from mla_tune.space import load_space
-from mla_tune.study import check_space_available, run_trials
+from mla_tune.study.budget import DEFAULT_TRIALS
+from mla_tune.study.engine import check_space_available, run_trials
+from mla_tune.study.plan import StudyRequest, StudyTarget, config_set_key
+from mla_tune.study.sampling import detail_key
 from mla_tune.types import MLADims
 from mla_tune.workloads import Workload, WorkloadShape, load_workloads
 

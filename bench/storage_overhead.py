@@ -18,7 +18,7 @@ import time
 
 import optuna
 
-from mla_tune.storage import open_storage, parse_storage
+from mla_tune.storage.urls import open_storage, parse_storage
 
 SAMPLES = [0.05 + i * 1e-4 for i in range(30)]
 

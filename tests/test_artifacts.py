@@ -10,11 +10,11 @@ import pytest
 from optuna.artifacts import get_all_artifact_meta
 from typer.testing import CliRunner
 
-from mla_tune import artifacts
-from mla_tune.artifacts import PLOTS_MARK, attach_plots
 from mla_tune.cli import app
 from mla_tune.runners import register_runner
-from mla_tune.storage import open_storage, parse_storage
+from mla_tune.storage.urls import open_storage, parse_storage
+from mla_tune.views import artifacts
+from mla_tune.views.artifacts import PLOTS_MARK, attach_plots
 
 from .fakes import FakeRunner
 

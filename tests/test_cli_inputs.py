@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from mla_tune import catalog
 from mla_tune.cli import app
 from mla_tune.errors import BatchSpecError, UsageError
-from mla_tune.export import write_atomic
+from mla_tune.tables.export import write_atomic
 from mla_tune.batch_spec import parse as bounded_shape
 
 cli = CliRunner()

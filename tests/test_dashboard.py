@@ -15,7 +15,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 import pytest
 
 from mla_tune import api
-from mla_tune.storage import open_storage, parse_storage
+from mla_tune.storage.urls import open_storage, parse_storage
 
 from .fakes import FakeRunner
 
@@ -97,7 +97,7 @@ def test_the_dashboard_serves_each_studys_plots_from_its_artifact_dir(tmp_path):
     pytest.importorskip("matplotlib")
     from optuna.artifacts import FileSystemArtifactStore
 
-    from mla_tune.artifacts import attach_plots
+    from mla_tune.views.artifacts import attach_plots
 
     journal = tmp_path / "studies.journal"
     api.run_study(backend="TRITON_MLA", workload="spec:8q1s4k,64q1s4k", tp=8,

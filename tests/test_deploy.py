@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 from mla_tune import api
 from mla_tune.cli import app
 from mla_tune.errors import UsageError
-from mla_tune.export import dump_yaml, write_table
 from mla_tune.serving import Match, PerBatchRule, Point, deploy, load_profile
-from mla_tune.table import TABLE_KIND
+from mla_tune.tables.export import dump_yaml, write_table
+from mla_tune.tables.table import TABLE_KIND
 from mla_tune.traffic import Traffic
 
 H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "sm_count": 132}
@@ -288,7 +288,7 @@ def test_cli_errors_are_one_line(tmp_path: Path):
 def test_a_value_is_priced_as_the_runner_resolved_it():
     """fa2 turns the split cap off (vLLM never reads it under FA2), so the recorded fa2 configs carry the idle cap
     32; a shape tuned to cap 1 must be priced at fa2 with that recorded config, not reported "not measured"."""
-    from mla_tune.export import load_table
+    from mla_tune.tables.export import load_table
 
     table = load_table(Path(__file__).resolve().parents[1] / "results/h200/tables/FLASH_ATTN_MLA-deepseek-v3-tp1.yaml")
     entry = next(e for e in table["entries"] if e["shape"] == "64q1s4k")

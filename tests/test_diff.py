@@ -9,9 +9,9 @@ import yaml
 from typer.testing import CliRunner
 
 from mla_tune.cli import app
-from mla_tune.diff import Disagreement, diff_tables
-from mla_tune.landscape import Verdict, freeze
-from mla_tune.landscape_io import read_table
+from mla_tune.tables.diff import Disagreement, diff_tables
+from mla_tune.tables.landscape import Verdict, freeze
+from mla_tune.tables.landscape_io import read_table
 
 ROOT = Path(__file__).resolve().parent.parent
 H100 = ROOT / "results/h100/tables/FLASH_ATTN_MLA-deepseek-v3-tp1.yaml"
@@ -53,7 +53,7 @@ def _verdict(*configs: dict, tuned: bool = True) -> Verdict:
 def test_mix_entries_compare_config_by_config():
     a = _verdict({"num_kv_splits": 2}, {"num_kv_splits": 4})
     b = _verdict({"num_kv_splits": 2}, {"num_kv_splits": 8})
-    from mla_tune.diff import _disagreements
+    from mla_tune.tables.diff import _disagreements
 
     assert _disagreements(a, b) == (Disagreement("[1].num_kv_splits", 4, 8),)
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from mla_tune import env, gpu_lock
+from mla_tune import env
 from mla_tune.cli import app
+from mla_tune.coordination import gpu_lock
 from mla_tune.data import search_spaces_dir
 from mla_tune.errors import UsageError
 from mla_tune.runners.replay import ReplayRunner

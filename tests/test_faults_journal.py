@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from mla_tune import journal as journal_module
 from mla_tune.cli import app
-from mla_tune.export import load_table
-from mla_tune.journal import JournalRepairedWarning
 from mla_tune.runners import register_runner
+from mla_tune.storage import journal as journal_module
+from mla_tune.storage.journal import JournalRepairedWarning
+from mla_tune.tables.export import load_table
 
 from .fakes import FakeRunner
 

@@ -26,9 +26,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from mla_tune.export import load_table
-from mla_tune.sampling import KEY_ATTR, recorded_status
-from mla_tune.storage import open_storage, parse_storage
+from mla_tune.storage.urls import open_storage, parse_storage
+from mla_tune.study.sampling import KEY_ATTR, recorded_status
+from mla_tune.tables.export import load_table
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = "H100-replay/deepseek-v3-tp1/FLASH_ATTN_MLA/64q1s4k"

@@ -18,11 +18,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from mla_tune import api, interrupts
-from mla_tune.confirm import StudyIncompleteError
-from mla_tune.heartbeat import OWNER_ATTR, HeartbeatJournalStorage, process_gone, this_process
-from mla_tune.sampling import KEY_ATTR, recorded_status
-from mla_tune.storage import open_storage, parse_storage
+from mla_tune import api
+from mla_tune.coordination import interrupts
+from mla_tune.coordination.heartbeat import OWNER_ATTR, HeartbeatJournalStorage, process_gone, this_process
+from mla_tune.storage.urls import open_storage, parse_storage
+from mla_tune.study.confirm import StudyIncompleteError
+from mla_tune.study.sampling import KEY_ATTR, recorded_status
 
 from .fakes import FakeRunner
 

@@ -20,8 +20,13 @@ import pytest
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
 from mla_tune.errors import StorageError
-from mla_tune.journal import JournalCorruptError, JournalFile, JournalRepairedWarning, JournalWriteError
-from mla_tune.storage import open_storage, parse_storage
+from mla_tune.storage.journal import (
+    JournalCorruptError,
+    JournalFile,
+    JournalRepairedWarning,
+    JournalWriteError,
+)
+from mla_tune.storage.urls import open_storage, parse_storage
 
 
 def record(op: int = 0, **kw) -> dict:
@@ -201,7 +206,7 @@ def test_a_file_size_limit_mid_record_leaves_whole_records_and_a_torn_one_the_ne
     child = textwrap.dedent(f"""
         import resource
         from optuna.storages.journal import JournalFileOpenLock
-        from mla_tune.journal import JournalFile, JournalWriteError
+        from mla_tune.storage.journal import JournalFile, JournalWriteError
         resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))
         j = JournalFile({str(path)!r}, JournalFileOpenLock({str(path)!r}), create=True)
         try:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from mla_tune.errors import DataFileError
-from mla_tune.landscape import freeze, latency_text, setting_text
-from mla_tune.landscape_io import read_inputs, read_sweeps, read_table
+from mla_tune.tables.landscape import freeze, latency_text, setting_text
+from mla_tune.tables.landscape_io import read_inputs, read_sweeps, read_table
 
 from .test_plots import sweep_subset
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 from optuna.storages import InMemoryStorage
 
-from mla_tune._optuna_compat import HeartbeatStorage, has_heartbeat, storage_of, study_id, trial_id
+from mla_tune.storage._optuna_compat import HeartbeatStorage, has_heartbeat, storage_of, study_id, trial_id
 
 
 def test_storage_and_ids_of_a_study_and_its_trials():

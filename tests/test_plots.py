@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from mla_tune.cli import app
 from mla_tune.errors import UsageError
-from mla_tune.landscape_io import read_sweeps, read_table
-from mla_tune.plotdata import heatmaps, shape_bars
+from mla_tune.tables.landscape_io import read_sweeps, read_table
+from mla_tune.views.plotdata import heatmaps, shape_bars
 
 ROOT = Path(__file__).resolve().parent.parent
 TRITON_H200 = ROOT / "results/h200/tables/TRITON_MLA-deepseek-v3-tp1.yaml"
@@ -106,7 +106,7 @@ def _png_size(data: bytes) -> tuple[int, int]:
 
 def test_pictures_are_pngs_titled_with_their_source(tmp_path):
     pytest.importorskip("matplotlib")
-    from mla_tune import plots
+    from mla_tune.views import plots
 
     pics = plots.pictures(read_table(TRITON_H200))
     assert [p.name for p in pics] == ["H200-TRITON_MLA-deepseek-v3-tp1-heatmap-num_kv_splits.png",
@@ -151,7 +151,7 @@ def test_cli_plot_refuses_a_file_as_the_folder_and_bad_inputs_in_one_line(tmp_pa
 
 
 def test_without_matplotlib_drawing_is_one_usage_error(monkeypatch):
-    from mla_tune import plots
+    from mla_tune.views import plots
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(UsageError, match=r"mla-tune\[plot\]"):
@@ -159,7 +159,7 @@ def test_without_matplotlib_drawing_is_one_usage_error(monkeypatch):
 
 
 def test_matplotlib_is_imported_only_inside_plots_and_never_at_import_time():
-    code = ("import sys, mla_tune.cli, mla_tune.plots, mla_tune.report, mla_tune.diff; "
+    code = ("import sys, mla_tune.cli, mla_tune.views.plots, mla_tune.views.report, mla_tune.tables.diff; "
             "print([m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'PIL')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False,
                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from mla_tune.errors import one_line
-from mla_tune.export import dump_yaml
 from mla_tune.serving import Match, PerBatchRule, Point, Profile, RunningEngine, plugin
+from mla_tune.tables.export import dump_yaml
 from mla_tune.vllm_adapters import _patches, adapter_for
 from mla_tune.vllm_adapters._patches import force_splits
 

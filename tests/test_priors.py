@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mla_tune.batch_spec import parse
-from mla_tune.priors import late, neighbours, shape_distance
+from mla_tune.study.priors import late, neighbours, shape_distance
 
 SPACE = {"max_num_splits": {"default": 32, "values": [1, 32]}}
 

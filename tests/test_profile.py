@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 
 from mla_tune.cli import app
 from mla_tune.errors import DataFileError
-from mla_tune.export import dump_yaml
 from mla_tune.serving import (
     PROFILE_KIND,
     Match,
@@ -23,6 +22,7 @@ from mla_tune.serving import (
     mismatch,
 )
 from mla_tune.serving.profile import padded_tokens
+from mla_tune.tables.export import dump_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden" / "profile.yaml"

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from mla_tune.cli import app
-from mla_tune.export import load_table
 from mla_tune.runners.replay import ReplayRunner
+from mla_tune.tables.export import load_table
 
 ROOT = Path(__file__).resolve().parent.parent
 cli = CliRunner()

@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from mla_tune.records import Candidate, Confirmation, Rounds, ShapeResult, StudyName, TrialResult
-from mla_tune.storage import open_storage, parse_storage
+from mla_tune.storage.urls import open_storage, parse_storage
 from mla_tune.types import Measurement, Status
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from mla_tune import api
-from mla_tune.render import study_rows
-from mla_tune.summary import StudySummary
+from mla_tune.tables.summary import StudySummary
+from mla_tune.views.render import study_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,10 +16,10 @@ import yaml
 from typer.testing import CliRunner
 
 from mla_tune.cli import app
-from mla_tune.landscape_io import read_table
+from mla_tune.tables.landscape_io import read_table
 
 pytest.importorskip("matplotlib")
-from mla_tune.report import render_report  # after the skip: drawing needs matplotlib
+from mla_tune.views.report import render_report  # after the skip: drawing needs matplotlib
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = [ROOT / "results/h200/tables/FLASH_ATTN_MLA-deepseek-v3-tp1.yaml",

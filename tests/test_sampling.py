@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from mla_tune.errors import UnknownNameError
-from mla_tune.sampling import LOCAL_MAX, ExhaustiveSampler, make_sampler
+from mla_tune.study.sampling import LOCAL_MAX, ExhaustiveSampler, make_sampler
 
 VALUES = {"x": [1, 2, 4, 8, 16, 32], "g": [False, True]}
 TARGETS = [{"x": 32, "g": True}] + [{"x": x, "g": g} for g in (False, True) for x in VALUES["x"]
@@ -141,7 +141,7 @@ def test_eager_variants_come_late_and_spelled_out_autos_last():
 
 def test_the_pick_is_stored_only_while_another_trial_of_the_study_runs():
     """A storage write per trial buys nothing alone: other workers are what the stored pick is for."""
-    from mla_tune.sampling import TARGET_ATTR
+    from mla_tune.study.sampling import TARGET_ATTR
 
     def objective(trial):
         x = trial.suggest_categorical("x", VALUES["x"])

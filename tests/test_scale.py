@@ -21,14 +21,15 @@ import pytest
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from mla_tune import api, gpu_lock
-from mla_tune.claim import CLAIM_ATTR, measured_by
+from mla_tune import api
 from mla_tune.cli import app
+from mla_tune.coordination import gpu_lock
+from mla_tune.coordination.claim import CLAIM_ATTR, measured_by
+from mla_tune.coordination.heartbeat import BEAT_ATTR, HeartbeatJournalStorage, retry_callback
 from mla_tune.errors import UsageError
-from mla_tune.heartbeat import BEAT_ATTR, HeartbeatJournalStorage, retry_callback
 from mla_tune.runners import register_runner
-from mla_tune.sampling import recorded_status
-from mla_tune.storage import open_storage, parse_storage
+from mla_tune.storage.urls import open_storage, parse_storage
+from mla_tune.study.sampling import recorded_status
 
 from .fakes import FakeRunner
 
@@ -66,9 +67,9 @@ def storage(request, tmp_path):
 
 def n_configs(sweep, backend=BACKEND, workload=f"spec:{SPEC}"):
     """Distinct configs per study of ``workload`` (what an exhaustive study measures)."""
-    from mla_tune.plan import plan
     from mla_tune.runners import make_runner
-    from mla_tune.study import check_space_available
+    from mla_tune.study.engine import check_space_available
+    from mla_tune.study.plan import plan
 
     runner = make_runner(sweep)
     request, space = api.build_request(backend=backend, workload=workload)
@@ -282,7 +283,7 @@ def test_a_crashing_worker_reports_its_error_in_one_line(tmp_path, monkeypatch, 
     """A bug in a worker is named in its result (the launcher's one line), with the traceback on stderr."""
     import json
 
-    from mla_tune import workers
+    from mla_tune.coordination import workers
 
     def boom(job, progress=None):
         raise RuntimeError("something broke\nsecond line")
@@ -304,8 +305,8 @@ def test_a_crashing_worker_reports_its_error_in_one_line(tmp_path, monkeypatch, 
 
 def _finished_study(tmp_path):
     """A finished single-shape study on a journal, with what ``confirm`` needs to run it again."""
-    from mla_tune.plan import plan
-    from mla_tune.study import check_space_available
+    from mla_tune.study.engine import check_space_available
+    from mla_tune.study.plan import plan
 
     runner = FakeRunner(optimum={"max_num_splits": 8})
     storage = str(tmp_path / "s.journal")
@@ -318,7 +319,7 @@ def _finished_study(tmp_path):
 
 
 def test_a_confirmation_claimed_by_a_live_worker_is_not_run_twice_and_a_dead_ones_is_taken_over(tmp_path):
-    from mla_tune.confirm import CONFIRMING_ATTR, confirm
+    from mla_tune.study.confirm import CONFIRMING_ATTR, confirm
 
     study, target, runner = _finished_study(tmp_path)
     storage = study._storage
@@ -350,7 +351,7 @@ def test_two_hosts_on_one_storage_share_studies_and_confirmations(sweep, tmp_pat
     for h in hosts:
         _, err = h.communicate(timeout=120)
         assert h.returncode == 0, err
-    from mla_tune.confirm import CONFIRMING_ATTR
+    from mla_tune.study.confirm import CONFIRMING_ATTR
 
     store = open_storage(parse_storage(storage), create=False)
     summaries = optuna.get_all_study_summaries(store, include_best_trial=False)
@@ -364,7 +365,7 @@ def test_two_hosts_on_one_storage_share_studies_and_confirmations(sweep, tmp_pat
 
 
 def test_a_confirmation_taken_over_stops_and_never_replaces_a_newer_one(tmp_path):
-    from mla_tune.confirm import CONFIRM_KEY, CONFIRMING_ATTR, confirm
+    from mla_tune.study.confirm import CONFIRM_KEY, CONFIRMING_ATTR, confirm
 
     study, target, runner = _finished_study(tmp_path)
     storage, real = study._storage, runner.measure

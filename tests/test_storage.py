@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from mla_tune.cli import app
 from mla_tune.errors import StorageError
 from mla_tune.runners import register_runner
-from mla_tune.storage import StorageSpec, open_storage, parse_storage, redact, scrub
+from mla_tune.storage.urls import StorageSpec, open_storage, parse_storage, redact, scrub
 
 from .fakes import FakeRunner
 

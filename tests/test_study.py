@@ -9,7 +9,7 @@ import pytest
 from optuna.trial import TrialState
 
 from mla_tune import api
-from mla_tune.export import load_table
+from mla_tune.tables.export import load_table
 
 from .fakes import FakeRunner, TwoBuildsRunner
 
@@ -25,7 +25,7 @@ def run(tmp_path, runner, **kw):
 
 def trials(tmp_path, name):
     storage = api.parse_storage(str(tmp_path / "s.journal"))
-    from mla_tune.storage import open_storage
+    from mla_tune.storage.urls import open_storage
 
     return optuna.load_study(study_name=name, storage=open_storage(storage, create=False)).trials
 
@@ -167,7 +167,7 @@ def test_trial_attrs_carry_provenance_and_stats(tmp_path):
 
 
 def test_a_gpu_measured_on_by_another_process_is_refused(tmp_path, monkeypatch):
-    from mla_tune.gpu_lock import GpuBusyError, acquire
+    from mla_tune.coordination.gpu_lock import GpuBusyError, acquire
 
     monkeypatch.setenv("MLA_TUNE_LOCK_DIR", str(tmp_path / "locks"))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
@@ -243,7 +243,7 @@ def test_a_retry_queued_after_the_budget_is_met_still_runs_and_costs_nothing(tmp
     must not leave it WAITING in the storage; its config was measured meanwhile, so it is reused."""
     run(tmp_path, FakeRunner(optimum=OPT), n_trials=5)
     name = "Fake100/deepseek-v3-tp1/FLASH_ATTN_MLA/64q1s4k"
-    from mla_tune.storage import open_storage
+    from mla_tune.storage.urls import open_storage
 
     study = optuna.load_study(study_name=name, storage=open_storage(api.parse_storage(str(tmp_path / "s.journal")),
                                                                      create=False))
@@ -261,7 +261,7 @@ def test_a_retry_queued_after_the_budget_is_met_still_runs_and_costs_nothing(tmp
 def test_after_a_lost_trial_a_later_error_and_ctrl_c_still_surface(tmp_path, monkeypatch):
     """Recovering from a trial failed under us must not swallow what comes after it: a bug elsewhere (here in
     the sampler) propagates, and so does Ctrl-C arriving in a trial that was failed under us."""
-    from mla_tune.sampling import ExhaustiveSampler
+    from mla_tune.study.sampling import ExhaustiveSampler
 
     real_attr, real_before = optuna.Trial.set_user_attr, ExhaustiveSampler.before_trial
 
@@ -310,8 +310,8 @@ def test_a_gain_inside_the_noise_floor_keeps_the_default_and_one_above_it_is_tun
     both. Without the floor the 1% would have counted."""
     from dataclasses import replace
 
-    from mla_tune.render import study_rows
-    from mla_tune.verdict import judge_candidates, verdict_of
+    from mla_tune.study.verdict import judge_candidates, verdict_of
+    from mla_tune.views.render import study_rows
 
     small = run(tmp_path / "small", TwoBuildsRunner(speedup=1.01, bias=0.012, noise=0.002))
     conf = small.summaries[0].confirmed

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from mla_tune.errors import DataFileError, UsageError
-from mla_tune.export import HEADER, dump_yaml, load_table, write_table
-from mla_tune.summary import StudySummary
-from mla_tune.table import build_table, table_rows
+from mla_tune.tables.export import HEADER, dump_yaml, load_table, write_table
+from mla_tune.tables.summary import StudySummary
+from mla_tune.tables.table import build_table, table_rows
 
 GOLDEN = Path(__file__).parent / "golden" / "table.yaml"
 ENV = {"runner": "vllm", "gpu": {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "sm_count": 132},

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from mla_tune.cli import app
 from mla_tune.errors import DataFileError, MlaTuneError
-from mla_tune.export import check_table, dump_yaml, load_table, write_table
+from mla_tune.tables.export import check_table, dump_yaml, load_table, write_table
 
 GOLDEN = Path(__file__).parent / "golden" / "table.yaml"
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,7 +160,7 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     """mkstemp's 0600 would keep a table from the serving hosts' users and a report from its readers."""
     import os
 
-    from mla_tune.export import write_atomic
+    from mla_tune.tables.export import write_atomic
 
     old = os.umask(0o022)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mla_tune.records import Candidate, Rounds
-from mla_tune.verdict import judge, judge_candidates, verdict_of
+from mla_tune.study.verdict import judge, judge_candidates, verdict_of
 
 DEFAULT = (1.000, 1.002, 0.999, 1.001, 1.000, 1.002)
 

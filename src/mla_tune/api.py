@@ -13,10 +13,10 @@ from .models import get_model
 from .records import StudyName
 from .runners import Runner
 from .space import BACKENDS
-from .storage import parse_storage
-from .study_setup import (NOT_TUNED, build_request, build_requests, check_tunable, gpu_locked, open_runner,
+from .storage.urls import parse_storage
+from .study.setup import (NOT_TUNED, build_request, build_requests, check_tunable, gpu_locked, open_runner,
                           preflight, require_backend)
-from .summary import StudySummary
+from .tables.summary import StudySummary
 from .sweep import DEFAULT_ROUNDS
 from .types import BackendStatus, Environment
 from .workloads import Workload, get_workload
@@ -46,9 +46,9 @@ def run_study(*, backend: str | Sequence[str], workload: str | Sequence[str], mo
     WAITING; a study that ends with a config it needs unmeasured raises ``StudyIncompleteError`` saying why,
     after the others are confirmed.
     """
-    from .interrupts import handled
-    from .study_loop import Solo, run_studies
-    from .summary import summaries_of
+    from .coordination.interrupts import handled
+    from .study.loop import Solo, run_studies
+    from .tables.summary import summaries_of
 
     requests = build_requests(backend=backend, workload=workload, model=model, tp=tp,
                               kv_cache_dtype=kv_cache_dtype, objective=objective, sampler=sampler,
@@ -66,8 +66,8 @@ def find_studies(*, storage: str | None = None, backend: str | None = None, mode
                  tp: int | None = None, kv_cache_dtype: str | None = None, workload: str | None = None,
                  gpu: str | None = None) -> list[StudySummary]:
     """Summaries of the stored studies that match every filter given."""
-    from .storage import open_storage
-    from .summary import load_summaries
+    from .storage.urls import open_storage
+    from .tables.summary import load_summaries
 
     if backend and backend not in BACKENDS:
         raise UnknownNameError("backend", backend, BACKENDS)
@@ -91,8 +91,8 @@ def export_table(output: Path, *, storage: str | None = None, backend: str, mode
                  gpu: str | None = None, names: Collection[str] | None = None) -> tuple[Path, dict[str, Any]]:
     """Write the tuning table of the matching studies to ``output`` (atomically); returns it too. ``names``
     narrows them to those studies (what one `study` call ran, whatever else the storage holds)."""
-    from .export import write_table
-    from .table import build_table
+    from .tables.export import write_table
+    from .tables.table import build_table
 
     check_tunable(backend)
     get_model(model, tp)
@@ -110,7 +110,7 @@ def export_table(output: Path, *, storage: str | None = None, backend: str, mode
     for s in found:  # a confirmation speaks for the configs measured when it ran, not for those measured since
         confirmed_at = s.confirmed.trials if s.confirmed is not None else s.measured
         if confirmed_at != s.measured:
-            from .confirm import StudyIncompleteError
+            from .study.confirm import StudyIncompleteError
 
             raise StudyIncompleteError(f"{s.name}: {s.measured} configs measured, but confirmed when {confirmed_at} "
                                        "were: the table would not be true", hint="run the same `mla-tune study` "
@@ -135,9 +135,9 @@ def run_sweep(*, backend: str | Sequence[str], workload: str | Sequence[str], ou
     vLLM is imported and its worker started once.
 
     Ctrl-C and SIGTERM stop it inside a measurement only, never while a line is written."""
-    from .interrupts import handled
-    from .study import check_space_available
-    from .study_loop import Interruptible
+    from .coordination.interrupts import handled
+    from .study.engine import check_space_available
+    from .study.loop import Interruptible
     from .sweep import run_sweep as _run
 
     backends = [backend] if isinstance(backend, str) else list(backend)
@@ -188,10 +188,10 @@ def run_study_parallel(*, gpus: str | list[str], backend: str | Sequence[str], w
     worker is reported in ``workers``, not raised: the others' work is kept and summarized
     (``scale.raise_for_failures`` turns failures into an error). Ctrl-C stops every worker, then propagates.
     """
-    from .gpu_lock import parse_gpus
-    from .scale import launch
-    from .storage import open_storage
-    from .summary import summaries_of
+    from .coordination.gpu_lock import parse_gpus
+    from .coordination.scale import launch
+    from .storage.urls import open_storage
+    from .tables.summary import summaries_of
 
     ids = parse_gpus(gpus if isinstance(gpus, str) else ",".join(gpus))
     def listed(x: Any) -> Any:  # JSON for the workers' job files
@@ -219,7 +219,7 @@ __all__ = ["NOT_TUNED", "ParallelOutcome", "StudyOutcome", "build_request", "exp
 def deploy_profile(tables: list[Path], output: Path, *, traffic: Path | None = None, workload: str | None = None,
                    vllm: str | None = None) -> Any:
     """Tables (+ traffic) -> a serving profile written atomically to ``output``; returns the ``Deployment``."""
-    from .export import dump_yaml, load_table, write_atomic
+    from .tables.export import dump_yaml, load_table, write_atomic
     from .serving import deploy
     from .traffic import load_traffic, workload_traffic
 
@@ -261,7 +261,7 @@ def verify_target(path: Path, *, runner: str | Runner = "vllm", rounds: int = 6,
                   progress: Callable[[str], None] | None = None) -> Verification:
     """Re-measure each tuned setting of a table or profile against vLLM's default on this host (paired rounds)."""
     from . import _yaml
-    from .export import load_table
+    from .tables.export import load_table
     from .serving import load_profile
     from .serving.profile import PROFILE_KIND
     from .serving.verify import profile_dims, profile_items, table_dims, table_items, verify

@@ -158,7 +158,7 @@ def _spec_bounds(workload: str) -> None:
 
 
 def _writable(path: Path) -> None:
-    from .export import check_output_path
+    from .tables.export import check_output_path
 
     check_output_path(path)
 
@@ -227,7 +227,7 @@ def study(
 ) -> None:
     """Tune backends on workloads (one study per shape); re-running the same command resumes."""
     from . import api
-    from .render import ProgressView, print_outcome
+    from .views.render import ProgressView, print_outcome
 
     # One workload keeps --workload/--traffic exclusive; several are a list, as the library takes them.
     workload = _workload_or_traffic(workload[0] if len(workload or []) == 1 else workload or None, traffic)
@@ -271,8 +271,8 @@ def _one(workload: list[str]) -> Optional[str]:
 def _study_parallel(gpus: str, export: Optional[Path], **kw: Any) -> None:
     """``study --gpus``: a worker per GPU; prints what finished, then fails if any worker did."""
     from . import api
-    from .render import ProgressView, print_outcome
-    from .scale import raise_for_failures
+    from .views.render import ProgressView, print_outcome
+    from .coordination.scale import raise_for_failures
 
     with ProgressView(_console(stderr=True)) as view:
         par = api.run_study_parallel(gpus=gpus, progress=view.update, **kw)
@@ -302,7 +302,7 @@ def export_cmd(
 ) -> None:
     """Write the confirmed best settings as a YAML tuning table."""
     from . import api
-    from .render import print_table
+    from .views.render import print_table
 
     path, table = api.export_table(output, storage=storage, backend=backend, model=model, tp=tp,
                                    kv_cache_dtype=kv_cache_dtype, workload=workload, gpu=gpu)
@@ -324,13 +324,13 @@ def show(
 ) -> None:
     """Print stored studies, or a tuning table, as a terminal table."""
     if table is not None:
-        from .export import load_table
-        from .render import print_table
+        from .tables.export import load_table
+        from .views.render import print_table
 
         print_table(_console(), load_table(table), str(table))
         return
     from . import api
-    from .render import print_studies
+    from .views.render import print_studies
 
     print_studies(_console(), api.find_studies(storage=storage, backend=backend, workload=workload, model=model,
                                                tp=tp, gpu=gpu))
@@ -348,8 +348,8 @@ def flags(
 ) -> None:
     """Each table entry's params as vLLM serving arguments, with what each value costs the other shapes."""
     from .errors import UnknownNameError
-    from .export import load_table
-    from .render_serving import flag_lines
+    from .tables.export import load_table
+    from .views.render_serving import flag_lines
     from .serving import table_flags
     from .vllm_adapters import default_adapter
 
@@ -382,7 +382,7 @@ def deploy(
 ) -> None:
     """Turn tables into a serving profile for mla-tune's vLLM plugin (MLA_TUNE_PROFILE=FILE vllm serve ...)."""
     from . import api
-    from .render_serving import deploy_lines
+    from .views.render_serving import deploy_lines
 
     result = api.deploy_profile(tables, output, traffic=traffic, workload=workload, vllm=vllm)
     for line in deploy_lines(result, str(output)):
@@ -399,7 +399,7 @@ def verify(
 ) -> None:
     """Re-measure each tuned setting against vLLM's default here; exit 1 if one is slower beyond noise or fails."""
     from . import api
-    from .render_serving import verify_lines
+    from .views.render_serving import verify_lines
 
     err = _console(stderr=True)
     result = api.verify_target(target, runner=runner, rounds=rounds, progress=lambda m: err.print(m))
@@ -414,7 +414,7 @@ def verify(
 def workloads() -> None:
     """List the named workloads and their shapes."""
     from .catalog import list_workloads
-    from .render import print_workloads
+    from .views.render import print_workloads
 
     print_workloads(_console(), list_workloads())
 
@@ -424,7 +424,7 @@ def workloads() -> None:
 def spaces(models: bool = typer.Option(False, "--models", help="list model presets instead")) -> None:
     """List the search space of every backend (or the model presets)."""
     from .catalog import list_models, list_spaces
-    from .render import print_models, print_spaces
+    from .views.render import print_models, print_spaces
 
     if models:
         print_models(_console(), list_models())
@@ -437,7 +437,7 @@ def spaces(models: bool = typer.Option(False, "--models", help="list model prese
 def backends(runner: str = typer.Option("vllm", help=RUNNER_HELP)) -> None:
     """Which decode and prefill backends can run here, and why not (also without torch or a GPU)."""
     from .catalog import list_backends
-    from .render import print_backends
+    from .views.render import print_backends
 
     print_backends(_console(), list_backends(runner))
 
@@ -458,7 +458,7 @@ def sweep(
 ) -> None:
     """Measure every config of a space (all raw samples, in interleaved rounds): what replay plays back."""
     from . import api
-    from .render import SweepView
+    from .views.render import SweepView
 
     title = f"{','.join(backend)} {','.join(workload)} {model} tp{tp}"
     with SweepView(_console(stderr=True), title) as view:
@@ -474,9 +474,9 @@ def diff(
     b: Path = typer.Argument(..., callback=_input, help="another tuning table YAML (B), e.g. another GPU or vLLM"),
 ) -> None:
     """Two tables side by side per shape: settings, confirmed latencies and speedups, where they disagree."""
-    from .diff import diff_tables
-    from .landscape_io import read_table
-    from .render_diff import print_diff
+    from .tables.diff import diff_tables
+    from .tables.landscape_io import read_table
+    from .views.render_diff import print_diff
 
     print_diff(_console(), diff_tables(read_table(a), read_table(b)))
 
@@ -488,8 +488,8 @@ def plot(
     output: Path = typer.Option(..., "--output", "-o", help="folder for the PNG files (made if missing)"),
 ) -> None:
     """PNG heatmaps (speedup over vLLM's default by batch size and context, per knob value) and per-shape charts."""
-    from .landscape_io import read_inputs
-    from .plots import write_pictures
+    from .tables.landscape_io import read_inputs
+    from .views.plots import write_pictures
 
     for path in write_pictures(read_inputs(inputs), output):
         typer.echo(f"wrote {path}")
@@ -502,8 +502,8 @@ def report(
     output: Path = typer.Option(..., "--output", "-o", callback=_output, help="the HTML file to write"),
 ) -> None:
     """One self-contained HTML page: provenance, what to deploy, the plots, what was not tuned and why."""
-    from .landscape_io import read_table
-    from .report import write_report
+    from .tables.landscape_io import read_table
+    from .views.report import write_report
 
     typer.echo(f"wrote {write_report([read_table(t) for t in tables], output)}")
 
@@ -512,7 +512,7 @@ def _attach_plots(storage: Optional[str], backend: list[str], workload: list[str
                   kv_cache_dtype: str) -> None:
     """After ``study``: the plots of each confirmed study it ran as Optuna artifacts, for optuna-dashboard.
     Studies that ran are not failed by a picture: a problem here is one warning line."""
-    from .artifacts import attach_plots, run_studies
+    from .views.artifacts import attach_plots, run_studies
 
     try:
         done = attach_plots(storage, run_studies(backend, workload, model, tp, kv_cache_dtype))

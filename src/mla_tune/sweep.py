@@ -33,7 +33,7 @@ from typing import Any
 from . import _yaml
 from .errors import DataFileError, UsageError
 from .knobs import knobs_for
-from .plan import dims_dict
+from .study.plan import dims_dict
 from .runners import Runner
 from .space import SearchSpace, config_key
 from .stats import round_sig

@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import env
 from ..errors import DataFileError, RunnerUnavailableError
-from ..plan import dims_dict
+from ..study.plan import dims_dict
 from ..space import BACKENDS, PREFILL_BACKENDS
 from ..sweep import read_sweep, record_key
 from ..types import BackendStatus, Case, Environment, Measurement, Status

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..knobs import Situation, knob
 from ..space import load_space
-from ..table import entry_label
+from ..tables.table import entry_label
 from ..vllm_adapters import Adapter
 from .deploy import Source, _sources
 from .settings import ServingSettings, serving_settings

@@ -1,0 +1,5 @@
+"""Coordination between processes: the multi-GPU launcher and its workers (``scale``, ``workers``), claims that let
+several workers share one study (``claim``), heartbeats that fail a dead worker's trial (``heartbeat``), one
+measuring process per GPU (``gpu_lock``), and Ctrl-C/SIGTERM handled at safe points only (``interrupts``).
+Nothing is imported here: the CLI's listings stay free of Optuna and numpy.
+"""

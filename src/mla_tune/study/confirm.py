@@ -1,0 +1,176 @@
+"""Paired confirmation: re-measure the best configs against vLLM's default, interleaved, so drift cannot fake a gain.
+
+Trials are measured minutes apart; clocks, temperature and neighbours drift in between, and a 2% "gain"
+between two trials can be drift. Here each candidate and the default are measured back to back for several
+rounds (A A' B, then B A' A, so that none always goes first) and the speedup is the geometric mean of the
+per-round ratios with an interval at the Bonferroni level over the candidates (``verdict.judge``). A' is the
+default measured a second time, separately: the A/A' ratios give the study's noise floor, and only an interval
+entirely above 1 and above the floor's counts as a gain.
+
+The study loops confirm a study only once every config it needs is measured (``require_complete``): a confirmation,
+and so a table, never speaks for a study that a crash, a dead worker or one still running left short.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from ..coordination.claim import CONFIRMING_ATTR, ClaimLost, ConfirmClaim, running_where
+from ..coordination.heartbeat import heartbeat_interval_s
+from ..coordination.interrupts import safe_point
+from ..errors import MlaTuneError
+from ..records import ATTRS_KEY, CONFIRM_KEY, Candidate, Confirmation, Rounds, TrialResult
+from ..runners import Runner
+from ..stats import median, round_sig
+from ..storage._optuna_compat import storage_of, study_id
+from ..tables.summary import measured_count
+from ..types import Environment
+from .budget import past, study_limit
+from .measure import measure_set
+from .plan import StudyTarget, config_set_key
+from .progress import Progress, ProgressFn
+from .sampling import recorded_status
+from .verdict import judged
+
+
+def candidates(study: optuna.Study, baseline_key: str, top: int) -> list[TrialResult]:
+    """The ``top`` fastest distinct configs other than the baseline."""
+    best: dict[str, TrialResult] = {}
+    for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value):
+        r = TrialResult.from_trial(t)
+        if r.key and r.key != baseline_key and r.key not in best:
+            best[r.key] = r
+    return list(best.values())[:top]
+
+
+class StudyIncompleteError(MlaTuneError):
+    """A study that cannot be confirmed or exported yet: a config it needs is not measured (what, and why)."""
+
+    def __init__(self, message: str, *, hint: str = "finished trials are kept; run the same command to measure "
+                                                      "the rest") -> None:
+        super().__init__(message, hint=hint)
+
+
+def require_complete(study: optuna.Study, target: StudyTarget, deadline: float | None = None) -> None:
+    """Refuse (``StudyIncompleteError``) a study with a config it needs unmeasured: a trial still running or
+    queued, vLLM's default not measured, or fewer configs than its budget (unless its --timeout ran out)."""
+    limit, done, r = study_limit(target), measured_count(study), target.request
+    timed_out = f" when --timeout {r.timeout_s:g} s ran out" if past(deadline) else ""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    head = f"{target.name}: {done} of {limit} configs measured"
+    hint = {"hint": "finished trials are kept; run the same command with a longer --timeout to measure the rest"} \
+        if timed_out else {}
+    # Once every config the study needs is measured, a trial another live worker just started (its sampler finding
+    # nothing left, a late duplicate) cannot change what is confirmed; should it measure something new, that makes
+    # the confirmation stale and it is confirmed again.
+    if running and done < limit:
+        raise StudyIncompleteError(f"{head}; {running_where(running)}{timed_out}: not confirmed", **hint)
+    if waiting:
+        raise StudyIncompleteError(f"{head}; {len(waiting)} queued trial(s) not run{timed_out}: not confirmed",
+                                   **hint)
+    baseline_key = config_set_key(target.default_configs())
+    if not any(recorded_status(t) and TrialResult.from_trial(t).key == baseline_key
+               for t in study.get_trials(deepcopy=False)):
+        why = f"--timeout {r.timeout_s:g} s ran out before measuring" if timed_out else "nothing measured"
+        raise StudyIncompleteError(f"{head}; {why} vLLM's default, so nothing can be confirmed", **hint)
+    if done < limit and not timed_out:
+        raise StudyIncompleteError(f"{head}; the {r.sampler} sampler proposed no other config: not confirmed")
+
+
+def confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Environment,
+            progress: ProgressFn | None = None, *, force: bool = False, shared: bool = False
+            ) -> dict[str, Any] | None:
+    """Confirm the best configs of a finished study; stores the ``Confirmation`` (study attr ``confirmation``) and
+    returns it as stored.
+
+    Skipped (the stored result returned) when no trial finished since the last confirmation, unless ``force``.
+    ``shared``: other workers (other hosts too) may confirm the same study; the first to claim it does the work and
+    the others get None (see ``ConfirmClaim``), so no GPU time goes into the same confirmation twice.
+    """
+    n_done = measured_count(study)  # distinct measurements: a late reused duplicate changes no candidate
+    stored = Confirmation.of_study(study.user_attrs)
+    if stored is not None and stored.trials == n_done and not force:
+        return stored.to_attrs()
+    held = ConfirmClaim(study, n_done) if shared else None
+    if held is not None and not held.take():
+        return None
+    try:
+        return _confirm(study, target, runner, env, n_done, progress, held)
+    except ClaimLost:
+        return None
+    finally:
+        if held is not None:
+            held.release()
+
+
+def await_confirmation(target: StudyTarget, store: optuna.storages.BaseStorage, runner: Runner, env: Environment,
+                       progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Wait until another process's confirmation of this study is stored; confirm it here if that process died."""
+    poll_s = min(1.0, heartbeat_interval_s() / 2)
+    while True:
+        study = optuna.load_study(study_name=target.name, storage=store)
+        result = confirm(study, target, runner, env, progress, shared=True)
+        if result is not None:  # stored, or done here
+            return result
+        with safe_point():
+            time.sleep(poll_s)
+
+
+def _confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Environment, n_done: int,
+             progress: ProgressFn | None, held: ConfirmClaim | None) -> dict[str, Any]:
+    r = target.request
+    default_configs = target.default_configs()
+    picks = candidates(study, config_set_key(default_configs), r.confirm_top)
+    results = []
+    for i, t in enumerate(picks):
+        if progress:
+            progress(Progress(target.name, "confirm", i, len(picks), message=f"trial {t.number}"))
+        results.append(_confirm_one(runner, target, default_configs, t, r.confirm_rounds,
+                                    held.check if held is not None else None))
+    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    result = judged(Confirmation(n_done, r.confirm_rounds, date, env.runner, tuple(default_configs),
+                                 tuple(results), None)).to_attrs()
+    if held is not None:  # shared: never replace a confirmation of a newer state of the study
+        newer = Confirmation.of_study(storage_of(study).get_study_user_attrs(study_id(study)))
+        if newer is not None and newer.trials > n_done:
+            return newer.to_attrs()
+    study.set_user_attr(CONFIRM_KEY, result)
+    if progress:
+        progress(Progress(target.name, "done", len(picks), len(picks)))
+    return result
+
+
+def _confirm_one(runner: Runner, target: StudyTarget, default_configs: list[dict], t: TrialResult, rounds: int,
+                 check: Callable[[], None] | None = None) -> Candidate:
+    """``rounds`` paired rounds of the default, the default built again, and the candidate; each round in the
+    reverse order of the one before (A A' B, then B A' A), so that none always goes first or last."""
+    cand_configs = t.configs([s.spec for s in target.shapes])
+    ms: dict[str, list[float]] = {"default": [], "again": [], "best": []}
+    samples = dict.fromkeys(ms, 0)
+    order = (("default", default_configs), ("again", default_configs), ("best", cand_configs))
+    for i in range(rounds):
+        if check is not None:
+            check()
+        for slot, configs in (order if i % 2 == 0 else order[::-1]):
+            got = measure_set(runner, target, configs)
+            if got.failure is not None:
+                ws, m = got.failure
+                return Candidate(t.number, tuple(cand_configs), "failed", message=f"{ws.spec}: {m.status.value}: "
+                                                                                  f"{m.message}")
+            ms[slot].append(got.total_ms)
+            samples[slot] += got.n_samples
+    return Candidate(t.number, tuple(cand_configs), "ok", default_ms=round_sig(median(ms["default"])),
+                     best_ms=round_sig(median(ms["best"])),
+                     samples={"default": samples["default"], "best": samples["best"]},
+                     rounds=Rounds(*(tuple(round_sig(x) for x in ms[k]) for k in ("default", "best", "again"))))
+
+
+__all__ = ["ATTRS_KEY", "CONFIRMING_ATTR", "CONFIRM_KEY", "StudyIncompleteError", "await_confirmation", "candidates",
+           "confirm", "require_complete"]

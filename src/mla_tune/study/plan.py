@@ -1,0 +1,124 @@
+"""What a study request turns into: one Optuna study per shape, or one for the workload mix; names and attrs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..records import StudyName
+from ..space import SearchSpace, config_key
+from ..types import Environment, MLADims, ParamValue
+from ..workloads import Workload, WorkloadShape
+
+OBJECTIVES = ("per-shape", "mix")
+KV_CACHE_DTYPES = ("auto", "fp8")
+
+
+@dataclass(frozen=True)
+class StudyRequest:
+    """Everything a user asks for with ``mla-tune study``, validated."""
+
+    backend: str
+    workload: Workload
+    dims: MLADims
+    kv_cache_dtype: str = "auto"
+    objective: str = "per-shape"
+    sampler: str = "auto"
+    n_trials: int | None = None  # total per study, counting trials from earlier runs
+    timeout_s: float | None = None
+    seed: int | None = 0
+    confirm_top: int = 3
+    confirm_rounds: int = 6
+
+
+@dataclass(frozen=True)
+class StudyTarget:
+    """One Optuna study: its name, the shapes its objective measures, and the space it searches."""
+
+    name: str
+    shapes: tuple[WorkloadShape, ...]
+    space: SearchSpace
+    request: StudyRequest
+
+    @property
+    def label(self) -> str:
+        """The shape (per-shape) or ``mix:<workload>`` part of the name."""
+        return StudyName.parse(self.name).label
+
+    def resolve(self, choose: Any) -> list[dict[str, ParamValue]]:
+        """The config each shape runs for one set of answers (shared answers across shapes in a mix)."""
+        memo: dict[str, ParamValue] = {}
+
+        def ask(p):
+            if p.name not in memo:
+                memo[p.name] = choose(p)
+            return memo[p.name]
+
+        return [self.space.resolve(s.shape, ask) for s in self.shapes]
+
+    def default_configs(self) -> list[dict[str, ParamValue]]:
+        return self.resolve(lambda p: p.default)
+
+    def enumerate(self) -> tuple[list[dict[str, ParamValue]], list[str]]:
+        """Every distinct set of answers and its key, the baseline first (what an exhaustive search visits)."""
+        if len(self.shapes) == 1:
+            configs = self.space.expand(self.shapes[0].shape)
+            return [dict(c) for c in configs], [config_set_key([c]) for c in configs]
+        answers, keys, seen = [], [], set()
+        for combo in _product(self.space):
+            key = config_set_key(self.resolve(lambda p, c=combo: c[p.name]))
+            if key not in seen:
+                seen.add(key)
+                answers.append(combo)
+                keys.append(key)
+        return answers, keys
+
+
+def _product(space: SearchSpace) -> list[dict[str, ParamValue]]:
+    combos: list[dict[str, ParamValue]] = [space.defaults()]
+    for p in space.parameters:
+        combos = [{**c, p.name: v} for c in combos for v in p.values()]
+    return [space.defaults()] + combos
+
+
+def config_set_key(configs: list[dict[str, ParamValue]]) -> str:
+    """Canonical JSON of the configs a trial runs: equal keys run the same kernels."""
+    return json.dumps([dict(config_key(c)) for c in configs], sort_keys=True)
+
+
+def dims_dict(dims: MLADims) -> dict[str, Any]:
+    return {"model": dims.model, "tp": dims.tp, "num_q_heads": dims.num_q_heads,
+            "kv_lora_rank": dims.kv_lora_rank, "qk_rope_head_dim": dims.qk_rope_head_dim,
+            "qk_nope_head_dim": dims.qk_nope_head_dim, "v_head_dim": dims.v_head_dim,
+            "q_lora_rank": dims.q_lora_rank}
+
+
+def study_name(env: Environment, request: StudyRequest, label: str) -> StudyName:
+    """``H100/deepseek-v3-tp1/FLASH_ATTN_MLA/<label>``: which GPU, model (TP, KV dtype), backend and shapes."""
+    kv = "" if request.kv_cache_dtype == "auto" else f"-kv{request.kv_cache_dtype}"
+    return StudyName(env.fingerprint, f"{request.dims.label}{kv}", request.backend, label)
+
+
+def plan(request: StudyRequest, env: Environment, space: SearchSpace) -> list[StudyTarget]:
+    if request.objective == "mix":
+        name = study_name(env, request, f"mix:{request.workload.name}")
+        return [StudyTarget(str(name), request.workload.shapes, space, request)]
+    return [StudyTarget(str(study_name(env, request, s.spec)), (s,), space, request)
+            for s in request.workload.shapes]
+
+
+def study_attrs(target: StudyTarget, env: Environment) -> dict[str, Any]:
+    """What a study records about itself (study user attrs), for export, show and the dashboard."""
+    r = target.request
+    return {
+        "schema_version": 1,
+        "backend": r.backend,
+        "model": dims_dict(r.dims),
+        "kv_cache_dtype": r.kv_cache_dtype,
+        "workload": r.workload.name,
+        "objective": r.objective,
+        "shapes": [{"spec": s.spec, "weight": s.weight} for s in target.shapes],
+        "space": {p.name: {"default": p.default, "values": list(p.values())} for p in target.space.parameters},
+        "environment": env.as_dict(),
+    }

@@ -1,0 +1,93 @@
+"""Which confirmed candidate (if any) beats vLLM's default: pure, shared by confirmation, tables and ``show``.
+
+Several candidates are confirmed per study and the best significant one wins, so each interval is taken at the
+Bonferroni level ``1 - 0.05/k``: the chance that noise alone crowns any of the ``k`` stays at 5%.
+
+A gain must also clear the study's noise floor: each confirmation round measures vLLM's default twice, separately
+built, and a candidate's interval must lie above that default-vs-default interval as well as above 1. Two builds
+of the same kernels can differ systematically (memory placement, clocks settling); a gain no larger than that
+difference is not the config's. Confirmations stored before the floor existed are judged against 1 alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from ..records import Candidate, Confirmation, NoiseFloor
+from ..stats import PairedSpeedup, familywise_level, paired_speedup, round_sig
+
+FAMILY_LEVEL = 0.95
+
+
+def judge_candidates(candidates: Sequence[Candidate]) -> tuple[list[Candidate], int | None, NoiseFloor | None]:
+    """Recompute every ok candidate's speedup and interval, and the noise floor, from the stored rounds.
+
+    Returns the candidates (``speedup``, ``ci``, ``ci_level``, ``significant`` set), the index of the one with the
+    best speedup among those whose whole interval lies above 1 and above the floor's interval (or None), and the
+    floor (None where no round measured the default twice).
+    """
+    ok = [c for c in candidates if c.status == "ok" and c.rounds is not None]
+    level = familywise_level(len(ok), FAMILY_LEVEL)
+    floor = _floor(ok, level)
+    out = []
+    for c in candidates:
+        if c.status == "ok" and c.rounds is not None:
+            ps = paired_speedup(c.rounds.default, c.rounds.best, level)
+            clears = ps.significant and (floor is None or ps.ci_low > floor.ci_high)
+            c = replace(c, speedup=round_sig(ps.speedup, 4), ci=(round_sig(ps.ci_low, 4), round_sig(ps.ci_high, 4)),
+                        ci_level=round_sig(level, 4), significant=clears)
+        elif c.status == "ok":  # no rounds kept: nothing to recompute, so nothing can be claimed
+            c = replace(c, ci=c.ci if c.ci is not None else (0.0, math.inf),
+                        ci_level=c.ci_level if c.ci_level is not None else level, significant=False)
+        out.append(c)
+    wins = [(c.speedup, i) for i, c in enumerate(out) if c.status == "ok" and c.significant]
+    stored_floor = None if floor is None else NoiseFloor(
+        floor.rounds, round_sig(floor.speedup, 4), (round_sig(floor.ci_low, 4), round_sig(floor.ci_high, 4)),
+        round_sig(level, 4))
+    return out, (max(wins)[1] if wins else None), stored_floor
+
+
+def _floor(ok: list[Candidate], level: float) -> PairedSpeedup | None:
+    """Default against default over every round of every candidate that measured it twice."""
+    first: list[float] = []
+    again: list[float] = []
+    for c in ok:
+        if c.rounds is not None and c.rounds.again:
+            first += c.rounds.default[:len(c.rounds.again)]
+            again += c.rounds.again
+    return paired_speedup(first, again, level) if len(again) >= 2 else None
+
+
+def judged(conf: Confirmation) -> Confirmation:
+    """``conf`` with its candidates, winner and floor recomputed from its rounds (current statistics, raw data)."""
+    cands, winner, floor = judge_candidates(conf.candidates)
+    return replace(conf, candidates=tuple(cands), winner=winner, floor=floor)
+
+
+def judge(candidates: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int | None]:
+    """``judge_candidates`` over stored candidates (``Candidate.to_attrs``): the candidates as stored attrs with
+    the verdict set, and the winner's index. The floor comes from the candidates' own rounds."""
+    cands, winner, _ = judge_candidates([Candidate.from_attrs(c) for c in candidates])
+    return [c.to_attrs() for c in cands], winner
+
+
+def verdict_of(c: Candidate, floor: NoiseFloor | None) -> str:
+    """What a judged candidate's confirmation says: ``tuned``, ``failed``, ``slower`` (its interval below 1),
+    ``under floor`` (above 1 but not above the noise floor's interval) or ``noise``."""
+    if c.status != "ok":
+        return "failed"
+    if c.significant:
+        return "tuned"
+    if c.ci is None:
+        return "noise"
+    if c.ci[1] < 1:
+        return "slower"
+    if floor is not None and c.ci[0] > 1:
+        return "under floor"
+    return "noise"
+
+
+__all__ = ["FAMILY_LEVEL", "judge", "judge_candidates", "judged", "verdict_of"]

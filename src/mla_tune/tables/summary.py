@@ -1,0 +1,125 @@
+"""Plain-data summaries of stored studies: what tables, ``show`` and the dashboard-minded user read.
+
+Optuna is imported by the functions that read a storage, not with ``StudySummary``: ``show TABLE`` and the
+listings render summaries' types without paying for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..records import ATTRS_KEY, Confirmation, StudyName, TrialResult
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """A study as tables and ``show`` read it. The trial and confirmation fields hold the stored attrs
+    (``TrialResult.to_attrs``, ``Confirmation.to_attrs``); ``confirmed`` is the confirmation as its record."""
+
+    name: str
+    attrs: dict[str, Any]  # the study's mla_tune attrs (backend, model, shapes, environment, ...)
+    measured: int  # trials that ran a measurement (duplicates excluded)
+    failed: int
+    duplicates: int
+    baseline: dict[str, Any] | None  # user attrs of the baseline trial, and its "value"
+    best_value: float | None
+    best_attrs: dict[str, Any] | None
+    best_number: int | None
+    confirmation: dict[str, Any] | None
+    # Every distinct config measured with its trial median (ms), fastest first: one recording each, not paired.
+    landscape: tuple[tuple[dict[str, Any], float], ...] = ()
+
+    @property
+    def label(self) -> str:
+        return StudyName.parse(self.name).label
+
+    @property
+    def confirmed(self) -> Confirmation | None:
+        """The stored confirmation (None: not confirmed yet)."""
+        return Confirmation.from_attrs(self.confirmation) if self.confirmation else None
+
+    @property
+    def baseline_value(self) -> float | None:
+        """vLLM's default's trial value (ms), None if it is not measured or failed."""
+        return self.baseline.get("value") if self.baseline else None
+
+
+def measured_count(study: optuna.Study) -> int:
+    """Distinct configs measured: what the trial budget counts, since a repeated config costs no GPU time."""
+    from optuna.trial import TrialState
+
+    from ..study.sampling import recorded_status
+
+    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+               if recorded_status(t) and TrialResult.from_trial(t).fresh)
+
+
+def best_ok_trial(study: optuna.Study) -> FrozenTrial | None:
+    from optuna.trial import TrialState
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    return min(done, key=lambda t: t.value) if done else None
+
+
+def summarize(study: optuna.Study) -> StudySummary:
+    from optuna.trial import TrialState
+
+    from ..study.sampling import recorded_status
+
+    trials = [(t, TrialResult.from_trial(t)) for t in study.get_trials(deepcopy=False) if recorded_status(t)]
+    fresh = [(t, r) for t, r in trials if r.fresh]
+    base = next(((t, r) for t, r in fresh if r.role == "baseline"), None)
+    best = best_ok_trial(study)
+    conf = Confirmation.of_study(study.user_attrs)
+    return StudySummary(
+        name=study.study_name, attrs=study.user_attrs.get(ATTRS_KEY, {}), measured=len(fresh),
+        failed=sum(1 for t, _ in fresh if t.state == TrialState.FAIL), duplicates=len(trials) - len(fresh),
+        baseline=base[1].to_attrs() | {"value": base[0].value} if base else None,
+        best_value=best.value if best else None,
+        best_attrs=TrialResult.from_trial(best).to_attrs() if best else None,
+        best_number=best.number if best else None,
+        confirmation=conf.to_attrs() if conf is not None else None,
+        landscape=_landscape(fresh))
+
+
+def _landscape(fresh: list[tuple[FrozenTrial, TrialResult]]) -> tuple[tuple[dict[str, Any], float], ...]:
+    from optuna.trial import TrialState
+
+    points = [(dict(r.measurement.config), float(r.measurement.median_ms)) for t, r in fresh
+              if t.state == TrialState.COMPLETE and r.measurement is not None and r.measurement.config is not None
+              and r.measurement.median_ms is not None]
+    return tuple(sorted(points, key=lambda p: (p[1], sorted(p[0].items(), key=str))))
+
+
+def load_summaries(storage: optuna.storages.BaseStorage,
+                   keep: Callable[[str, dict[str, Any]], bool] = lambda name, attrs: True) -> list[StudySummary]:
+    """Summaries of the mla-tune studies in ``storage`` that ``keep(name, attrs)`` accepts, sorted by name.
+
+    The filter sees only names and study attrs, so studies it rejects never have their trials loaded (nor copied:
+    Optuna's ``get_all_study_summaries`` would deep-copy every trial of every study just to count them).
+    """
+    import optuna
+
+    out = []
+    for s in storage.get_all_studies():
+        attrs = s.user_attrs.get(ATTRS_KEY)
+        if attrs is not None and keep(s.study_name, attrs):
+            out.append(summarize(optuna.load_study(study_name=s.study_name, storage=storage)))
+    return sorted(out, key=lambda s: s.name)
+
+
+def summaries_of(storage: optuna.storages.BaseStorage, names: list[str]) -> list[StudySummary]:
+    """Summaries of the studies ``names`` in that order, leaving out those not in ``storage``."""
+    import optuna
+
+    stored = {s.study_name for s in storage.get_all_studies()}
+    return [summarize(optuna.load_study(study_name=n, storage=storage)) for n in names if n in stored]
+
+
+__all__ = ["StudySummary", "best_ok_trial", "load_summaries", "measured_count", "summaries_of", "summarize"]

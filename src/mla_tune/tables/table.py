@@ -1,0 +1,191 @@
+"""Tuning tables: the best confirmed settings per shape, as plain data (pure functions over summaries)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .. import batch_spec
+from ..errors import UsageError
+from ..space import format_config
+from ..stats import round_sig
+from ..study.verdict import judge
+from .summary import StudySummary
+
+TABLE_KIND = "mla-tune/tuning-table"
+TABLE_SCHEMA_VERSION = 1
+
+def _provenance(summaries: list[StudySummary]) -> dict[str, Any]:
+    envs = {repr(s.attrs.get("environment")) for s in summaries}
+    if len(envs) != 1:
+        raise UsageError("the studies come from different GPUs or versions; export them separately",
+                         hint="pass --gpu to pick one")
+    env = dict(summaries[0].attrs["environment"])
+    dates = sorted(s.confirmation["date"] for s in summaries if s.confirmation)
+    env["date"] = dates[-1] if dates else None
+    return env
+
+
+def _block_size(summaries: list[StudySummary]) -> int | None:
+    for s in summaries:
+        details = (s.baseline or {}).get("details") or {}
+        if "block_size" in details:
+            return int(details["block_size"])
+    return None
+
+
+def _entry(s: StudySummary) -> dict[str, Any]:
+    shapes = s.attrs["shapes"]
+    entry: dict[str, Any] = {"trials": {"measured": s.measured, "failed": s.failed, "reused": s.duplicates}}
+    if len(shapes) == 1:
+        entry["shape"] = shapes[0]["spec"]
+        entry["kind"] = batch_spec.classify(batch_spec.parse(shapes[0]["spec"]))
+        if s.landscape:  # what `deploy` prices a global value with on this shape
+            entry["landscape"] = [{"params": c, "trial_ms": ms} for c, ms in s.landscape]
+    else:
+        entry["workload"] = s.attrs["workload"]
+        entry["shapes"] = [{"spec": x["spec"], "weight": x["weight"]} for x in shapes]
+    conf = s.confirmation or {}
+    defaults = conf.get("default", {}).get("configs")
+    if defaults is None:
+        entry.update(tuned=False, note="not confirmed yet: run the study to its end")
+        return entry
+    entry["default_params"] = _one_or_list(defaults)
+    base_failed = (s.baseline or {}).get("status") not in (None, "ok")
+    if s.best_value is None and s.failed and base_failed:  # nothing ran, vLLM's default included
+        why = ((s.baseline or {}).get("message") or "every config failed").splitlines()[0]
+        entry.update(tuned=False, params=_one_or_list(defaults), error=why[:300],
+                     note=f"fails here: all {s.failed} configs failed, vLLM's default included; do not serve this "
+                          "shape with this backend")
+        return entry
+    # Judged again from the stored rounds, so every table applies the current statistics to the raw data.
+    cands, winner = judge(conf.get("candidates") or [])
+    replayed = s.attrs.get("environment", {}).get("runner") == "replay"
+    ok = [c for c in cands if c["status"] == "ok"]
+    if winner is not None:
+        c = cands[winner]
+        params, same = _as_default_where_equivalent(c["configs"], defaults, s.baseline)
+        if params == defaults:  # the "winner" runs the default's kernels: its gain can only be noise
+            entry.update(tuned=False, params=_one_or_list(defaults), speedup=1.0,
+                         latency_ms={"default": c["default_ms"], "best": c["default_ms"]},
+                         samples={"default": c["samples"]["default"]},
+                         note=f"keeping vLLM's defaults: the confirmed config (prefill_backend {same}) runs the "
+                              f"same kernels as auto here, so its x{c['speedup']:.3f} is noise")
+            return entry
+        note = (f"confirmed x{c['speedup']:.3f} over vLLM's default in {conf['rounds']} "
+                + ("replayed rounds (resampled from one recording per config, not paired in time)" if replayed
+                   else "paired rounds"))
+        if same:
+            note += f"; prefill_backend {same} is what auto selects here, so the default is kept for it"
+        entry.update(tuned=True, params=_one_or_list(params), note=note,
+                     latency_ms={"default": c["default_ms"], "best": c["best_ms"]},
+                     speedup=c["speedup"], ci=c["ci"], ci_level=c["ci_level"], samples=dict(c["samples"]))
+        return entry
+    entry.update(tuned=False, params=_one_or_list(defaults), note=_why_default(cands))
+    if ok:
+        c = max(ok, key=lambda x: x["speedup"])
+        best = {"params": _one_or_list(c["configs"]), "latency_ms": c["best_ms"], "speedup": c["speedup"]}
+        if all(math.isfinite(x) for x in c["ci"]):  # a candidate kept without its rounds has no interval
+            best.update(ci=c["ci"], ci_level=c["ci_level"])
+        entry.update(latency_ms={"default": c["default_ms"], "best": c["default_ms"]}, speedup=1.0,
+                     samples={"default": c["samples"]["default"]}, best_candidate=best)
+    elif s.baseline and s.baseline.get("median_ms") is not None:
+        entry.update(latency_ms={"default": s.baseline["median_ms"], "best": s.baseline["median_ms"]},
+                     speedup=1.0, samples={"default": s.baseline.get("n_samples", 0)})
+    return entry
+
+
+def _as_default_where_equivalent(configs: list[dict], defaults: list[dict], baseline: dict[str, Any] | None
+                                  ) -> tuple[list[dict], str | None]:
+    """Write ``auto`` back where the winner's prefill backend is the one ``auto`` resolved to in the baseline.
+
+    On an H100 vLLM's ``auto`` picks FA3, so ``fa3`` and ``auto`` run the same kernels; a table saying
+    ``fa3`` would pin a choice serving makes anyway and that may differ on another GPU.
+    """
+    resolved = ((baseline or {}).get("details") or {}).get("prefill")
+    out, same = [], None
+    for config, default in zip(configs, defaults):
+        config = dict(config)
+        value = config.get("prefill_backend")
+        if resolved and value == resolved and default.get("prefill_backend") == "auto" and value != "auto":
+            config["prefill_backend"], same = "auto", value
+        out.append(config)
+    return out, same
+
+
+def _why_default(cands: list[dict[str, Any]]) -> str:
+    ok = [c for c in cands if c["status"] == "ok"]
+    if not cands:
+        return "keeping vLLM's defaults: no other config completed"
+    if not ok:
+        return "keeping vLLM's defaults: every candidate failed confirmation"
+    c = max(ok, key=lambda x: x["speedup"])
+    lo, hi = c["ci"]
+    if hi < 1:
+        return (f"keeping vLLM's defaults: every candidate is slower (best x{c['speedup']:.3f} "
+                f"[{lo:.3f}, {hi:.3f}])")
+    return (f"keeping vLLM's defaults: best candidate ({format_config(c['configs'][0]) if len(c['configs']) == 1 else 'trial ' + str(c['trial'])})"
+            f" x{c['speedup']:.3f} [{lo:.3f}, {hi:.3f}] is not distinguishable from noise")
+
+
+def _one_or_list(configs: list[dict]) -> Any:
+    return configs[0] if len(configs) == 1 else configs
+
+
+def build_table(summaries: list[StudySummary]) -> dict[str, Any]:
+    """One table for one (GPU, model dims, kv dtype, backend): an entry per study, in workload order."""
+    if not summaries:
+        raise UsageError("no studies to export")
+    first = summaries[0].attrs
+    for s in summaries:
+        for key in ("backend", "model", "kv_cache_dtype"):
+            if s.attrs.get(key) != first.get(key):
+                raise UsageError(f"studies differ in {key}: {summaries[0].name} vs {s.name}")
+    return {
+        "kind": TABLE_KIND,
+        "schema_version": TABLE_SCHEMA_VERSION,
+        "provenance": _provenance(summaries),
+        "backend": first["backend"],
+        "model": first["model"],
+        "kv_cache_dtype": first["kv_cache_dtype"],
+        "block_size": _block_size(summaries),
+        "objective": "+".join(sorted({s.attrs["objective"] for s in summaries})),  # per-shape, mix or both
+        "workloads": sorted({s.attrs["workload"] for s in summaries}),
+        "entries": [_entry(s) for s in sorted(summaries, key=_reading_order)],
+    }
+
+
+def _reading_order(s: StudySummary) -> tuple:
+    """Workload, then batch size, tokens and context: q1s16k, 8q1s16k, ..., 256q1s16k (names sort 128 < 32)."""
+    shapes = s.attrs["shapes"]
+    if len(shapes) != 1:
+        return (s.attrs["workload"], 1, 0, 0, 0, s.name)
+    shape = batch_spec.parse(shapes[0]["spec"])
+    return (s.attrs["workload"], 0, len(shape.requests), shape.num_tokens, shape.max_kv_len, s.name)
+
+
+def entry_label(entry: dict[str, Any]) -> str:
+    """How an entry is named: its shape, or ``mix:<workload>`` for a mix study."""
+    return entry.get("shape") or f"mix:{entry.get('workload')}"
+
+
+def table_rows(table: dict[str, Any]) -> list[list[str]]:
+    """Rows for a terminal rendering of a table: shape, kind, tuned, params, default/best ms, speedup, CI."""
+    rows = []
+    for e in table["entries"]:
+        lat = e.get("latency_ms") or {}
+        ci = e.get("ci")
+        params = e.get("params")
+        rows.append([
+            entry_label(e), e.get("kind", "mix"),
+            "FAILS" if "error" in e else ("yes" if e.get("tuned") else "no"),
+            format_config(params) if isinstance(params, dict) else ("per shape" if params else "-"),
+            _ms(lat.get("default")), _ms(lat.get("best")),
+            f"x{e['speedup']:.3f}" if e.get("speedup") is not None else "-",
+            f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-",
+        ])
+    return rows
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{round_sig(x, 4):g}"
