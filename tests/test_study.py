@@ -238,6 +238,31 @@ def test_a_trial_failed_as_stale_while_it_ran_here_is_measured_again_and_the_stu
     assert "trial 2 was failed as stale" in caplog.text
 
 
+def test_a_trial_another_process_also_ran_and_stored_keeps_its_result_and_the_study_goes_on(tmp_path, monkeypatch,
+                                                                                          caplog):
+    """On SQLite two processes can both take one queued trial (no row lock): the first stores its result, and
+    Optuna refuses the second's tell ("Cannot tell a COMPLETE trial"), as seen when three identical studies start
+    at once. The second process must go on, not die."""
+    from mla_tune.study.objective import Objective
+
+    real = Objective._evaluate
+
+    def completed_by_another_process(self, trial):
+        value = real(self, trial)
+        if trial.number == 2:  # the other process measured the same config and stored it first
+            trial.study._storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, values=[value])
+        return value
+
+    monkeypatch.setattr(Objective, "_evaluate", completed_by_another_process)
+    seen = []
+    out = run(tmp_path, FakeRunner(optimum=OPT), progress=seen.append)
+    [s] = out.summaries
+    assert s.measured == 18 and s.failed == 0 and s.confirmation["winner"] is not None
+    assert trials(tmp_path, s.name)[2].state == TrialState.COMPLETE
+    assert any("trial 2 was also run and stored by another process" in p.message for p in seen)
+    assert "trial 2 was also run and stored" in caplog.text
+
+
 def test_a_retry_queued_after_the_budget_is_met_still_runs_and_costs_nothing(tmp_path):
     """A dead worker's retry can be enqueued (by a stale heartbeat) once the others met the budget: the next run
     must not leave it WAITING in the storage; its config was measured meanwhile, so it is reused."""

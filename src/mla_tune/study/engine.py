@@ -129,7 +129,9 @@ def run_trials(target: StudyTarget, storage: optuna.storages.BaseStorage, runner
                 if lost is None:
                     raise
                 calls += 1
-                why = (f"trial {lost.number} was failed as stale by another worker while it ran here (late "
+                why = (f"trial {lost.number} was also run and stored by another process (two took one queued "
+                       "trial); its result stands" if lost.state == TrialState.COMPLETE else
+                       f"trial {lost.number} was failed as stale by another worker while it ran here (late "
                        "heartbeats: an overloaded host or a skewed clock?); its retry measures it again")
                 _log.warning("%s: %s", target.name, why)
                 if progress:

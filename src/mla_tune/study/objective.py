@@ -103,17 +103,23 @@ class Objective:
         self._current = None
 
     def lost_trial(self) -> FrozenTrial | None:
-        """This worker's current trial if another worker failed it as stale while it ran here, else None (also
-        when the objective itself raised: that is a bug to surface, not a lost trial).
+        """This worker's current trial if another worker finished it while it ran here, else None (also when the
+        objective itself raised: that is a bug to surface, not a lost trial). Optuna then refuses to store the
+        value here.
 
-        That happens when this host's heartbeats came late (an overloaded host, a stalled shared file system, a
-        skewed clock): Optuna then refuses to store the value. The trial holds no result (see
-        ``recorded_status``) and its retry measures the config again, so it is forgotten here too.
+        FAIL: another worker failed it as stale, because this host's heartbeats came late (an overloaded host, a
+        stalled shared file system, a skewed clock). The trial holds no result (see ``recorded_status``) and its
+        retry measures the config again, so it is forgotten here too.
+        COMPLETE: another worker ran the same trial and stored its result. On SQLite two processes can both take
+        one queued trial (Optuna's RDB storage checks WAITING before RUNNING in Python, and SQLite has no row lock),
+        so the other's result stands and this measurement is dropped.
         """
         if self._current is None or self._bug:
             return None
         t = storage_of(self.study).get_trial(self._current)
         self._current = None  # answered once: a later error elsewhere must not be taken for this trial again
+        if t.state == TrialState.COMPLETE:
+            return t
         if t.state != TrialState.FAIL:
             return None
         key = TrialResult.from_trial(t).key
