@@ -27,28 +27,19 @@ from typing import Any
 import optuna
 
 from mla_tune import api
-from mla_tune.runners import Runner
+from mla_tune.runners import Runner, Wrapper
 from mla_tune.runners.replay import ReplayRunner
-from mla_tune.types import BackendStatus, Case, Environment, Measurement
+from mla_tune.types import Case, Measurement
 
 TARGET_MS = 10.0
 
 
-class TimedRunner(Runner):
+class TimedRunner(Wrapper):
     """The replay runner, with the time spent inside ``measure`` added up."""
 
     def __init__(self, inner: Runner) -> None:
-        self.inner, self.name, self.gpu = inner, inner.name, inner.gpu
+        super().__init__(inner)
         self.measure_s, self.calls = 0.0, 0
-
-    def environment(self) -> Environment:
-        return self.inner.environment()
-
-    def backends(self) -> tuple[BackendStatus, ...]:
-        return self.inner.backends()
-
-    def unanswerable(self, case: Case) -> str | None:
-        return self.inner.unanswerable(case)
 
     def measure(self, case: Case) -> Measurement:
         t0 = time.perf_counter()

@@ -56,6 +56,23 @@ class Runner(abc.ABC):
         return BackendStatus(name, kind, False, f"{self.name} runner does not know {kind} backend {name}")
 
 
+class Wrapper(Runner):
+    """A runner around another that changes only how it measures: provenance, backends and refusals are the
+    inner runner's, and closing it stays its owner's business."""
+
+    def __init__(self, inner: Runner) -> None:
+        self.inner, self.name, self.gpu = inner, inner.name, inner.gpu
+
+    def environment(self) -> Environment:
+        return self.inner.environment()
+
+    def backends(self) -> tuple[BackendStatus, ...]:
+        return self.inner.backends()
+
+    def unanswerable(self, case: Case) -> str | None:
+        return self.inner.unanswerable(case)
+
+
 RunnerFactory = Callable[[str | None], Runner]
 # A runner's factory, or its import path "package.module:attr" (imported when the runner is first made).
 _REGISTRY: dict[str, RunnerFactory | str] = {}

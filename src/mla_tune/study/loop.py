@@ -17,10 +17,10 @@ from typing import Any
 from ..coordination.claim import release_studies
 from ..coordination.interrupts import check, safe_point
 from ..errors import StorageError, UsageError
-from ..runners import Runner
+from ..runners import Runner, Wrapper
 from ..space import SearchSpace
 from ..storage.urls import StorageSpec, open_storage
-from ..types import BackendStatus, Case, Environment, Measurement
+from ..types import Case, Environment, Measurement
 from .confirm import StudyIncompleteError, await_confirmation, confirm, require_complete
 from .engine import ProgressFn, check_space_available, deadline_of, run_trials, settle
 from .plan import StudyRequest, StudyTarget, plan
@@ -81,20 +81,8 @@ class Incomplete:
             raise StudyIncompleteError(first.message + more, hint=first.hint or "")
 
 
-class Interruptible(Runner):
+class Interruptible(Wrapper):
     """A runner whose measurements are safe points: a held Ctrl-C or SIGTERM is raised when one starts or runs."""
-
-    def __init__(self, inner: Runner) -> None:
-        self.inner, self.name, self.gpu = inner, inner.name, inner.gpu
-
-    def environment(self) -> Environment:
-        return self.inner.environment()
-
-    def backends(self) -> tuple[BackendStatus, ...]:
-        return self.inner.backends()
-
-    def unanswerable(self, case: Case) -> str | None:
-        return self.inner.unanswerable(case)
 
     def measure(self, case: Case) -> Measurement:
         with safe_point():

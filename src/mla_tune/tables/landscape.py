@@ -13,13 +13,12 @@ from typing import Any
 
 from .. import batch_spec
 from ..stats import round_sig
-from ..types import ParamValue, Shape, gpu_short_name
+from ..types import ParamValue, Shape, freeze_params, gpu_short_name
 
 Config = tuple[tuple[str, ParamValue], ...]  # sorted (knob, value) pairs: hashable, comparable
 
 
-def freeze(config: dict[str, Any]) -> Config:
-    return tuple(sorted(config.items()))
+freeze = freeze_params  # a config as its sorted (knob, value) pairs, as cases hold them
 
 
 @dataclass(frozen=True)
