@@ -4,7 +4,8 @@ A measurement: engine (cached per EngineKey) -> inputs (cached per shape/dims/kv
 (cached per threshold and split cap) -> one eager call on fixed inputs for the numerics gate -> warm-up until
 JIT compiles are over (and a minimum count and time) -> timed samples of ``layers`` calls over distinct KV
 caches, replayed from a CUDA graph when the case says ``cuda_graphs``, until a minimum count and GPU time, re-taken
-while the recording drifts (``_timing_policy``), with the GPU's clocks read around it through NVML. ``step`` names the phase in progress for failure messages.
+while the recording drifts (``_timing_policy``), with the GPU's clocks read around it through NVML. ``step``
+names the phase in progress for failure messages.
 """
 
 from __future__ import annotations

@@ -107,7 +107,7 @@ class ReplayRunner(Runner):
         return tuple(out)
 
     def unanswerable(self, case: Case) -> str | None:
-        if self.lookup(case) is None:
+        if not self.recordings(case):
             from .. import batch_spec
 
             return (f"{case.backend} {case.dims.label} kv {case.kv_cache_dtype} {batch_spec.format(case.shape)} "

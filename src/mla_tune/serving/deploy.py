@@ -5,8 +5,8 @@ over the measured shapes, priced from each entry's measured configs (``landscape
 shape that carries traffic is not chosen. Per-batch knobs are decided after those, under them: each measured
 decode batch's tuned value (or vLLM's default) is re-priced with the chosen global values in its config, as the
 deployment will run it, and a tuned value that was not measured that way, or loses to the default that way, is
-not applied (a split cap tuned with FA3 prefill says nothing once FA2 prefill is chosen globally). Shapes that fail on every config are left
-out; traffic shapes no table measured are reported and get vLLM's defaults.
+not applied (a split cap tuned with FA3 prefill says nothing once FA2 prefill is chosen globally). Shapes that
+fail on every config are left out; traffic shapes no table measured are reported and get vLLM's defaults.
 """
 
 from __future__ import annotations
@@ -41,18 +41,21 @@ class Source:
     def latency(self, config: Mapping[str, ParamValue]) -> float | None:
         return dict(self.latencies).get(tuple(sorted(config.items())))
 
+    def changed(self, values: Mapping[str, ParamValue], space: SearchSpace) -> dict[str, ParamValue]:
+        """This shape's chosen config with ``values`` set, re-resolved the way the runner ran it (a knob that stops
+        mattering takes its idle value, as in the recorded configs)."""
+        wanted = {**self.chosen, **values}
+        return space.resolve(self.shape, lambda p: wanted.get(p.name, p.default))
+
     def under(self, globals_: Mapping[str, ParamValue], space: SearchSpace) -> Source:
-        """This shape as the deployment runs it: the global choices in its config, re-resolved."""
-        wanted = {**self.chosen, **{k: v for k, v in globals_.items() if k in self.chosen}}
-        chosen = space.resolve(self.shape, lambda p: wanted.get(p.name, p.default))
+        """This shape as the deployment runs it: the global choices in its config."""
+        chosen = self.changed({k: v for k, v in globals_.items() if k in self.chosen}, space)
         return Source(self.spec, self.shape, chosen, self.default, self.tuned and chosen != self.default,
                       self.speedup, self.latencies)
 
     def priced(self, name: str, value: ParamValue, space: SearchSpace) -> float | None:
-        """The measured latency of this shape's chosen config with ``name`` set to ``value``, re-resolved the way
-        the runner ran it (a knob that stops mattering takes its idle value, as in the recorded configs)."""
-        wanted = {**self.chosen, name: value}
-        return self.latency(space.resolve(self.shape, lambda p: wanted.get(p.name, p.default)))
+        """The measured latency of this shape's chosen config with ``name`` set to ``value``."""
+        return self.latency(self.changed({name: value}, space))
 
 
 @dataclass(frozen=True)

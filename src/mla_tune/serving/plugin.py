@@ -30,7 +30,7 @@ EVENTS: list[str] = []
 
 def _say(level: int, msg: str, *args: object) -> None:
     EVENTS.append(msg % args if args else msg)
-    logging.getLogger("vllm.mla_tune").log(level, msg, *args)
+    log.log(level, msg, *args)
 
 
 def _failure(exc: BaseException) -> str:
