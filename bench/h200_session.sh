@@ -8,12 +8,15 @@
 #   bench/h200_session.sh tests         (GPU)    gpu tests on 0.20 (GPU 0) and 0.26 (GPU 1), a 0.26 study,
 #                                                the H100 tables verified here, interleaved sweeps
 #   bench/h200_session.sh e2e-fa|e2e-triton (GPU) vLLM's engine, plugin off and on, crossed over both GPUs
-#   bench/h200_session.sh serve         (GPU)    `vllm serve` with MLA_TUNE_PROFILE: the plugin's log lines and one
-#                                                completion (needs the serve kit in /opt/mla-kit/site:
-#                                                bench/kit-requirements-vllm-0.20.0-serve.txt; not yet run)
+#   bench/h200_session.sh serve-tests   (GPU)    `vllm serve` with MLA_TUNE_PROFILE (a matching profile on GPU 0, a
+#                                                mismatched one on GPU 1): the plugin's log lines and one completion
+#                                                each; the 0.20 GPU tests; the sweeps left over (needs the serve kit
+#                                                in /opt/mla-kit/site: bench/kit-requirements-vllm-0.20.0-serve.txt)
+#   bench/h200_session.sh studies "1 8" (GPU)    studies of FLASHMLA, TRITON_MLA, FLASH_ATTN_MLA over the evidence
+#                                                workloads at the TPs given, --gpus 0,1; re-running resumes
 # Results go to $OUT as tar files (at most 8 files come back).
 set -uo pipefail
-cmd=${1:?usage: h200_session.sh pack|tests|e2e-fa|e2e-triton}
+cmd=${1:?usage: h200_session.sh pack|tests|e2e-fa|e2e-triton|serve-tests|studies TPS}
 
 if [[ $cmd == pack ]]; then
   rm -rf .gpurun && mkdir -p .gpurun
@@ -69,17 +72,68 @@ e2e-triton)
   PYTHONPATH=/tmp/mt:$K20 lim 560 python3 bench/e2e.py drive --gpus 0,1 --layers 32 --hidden 2048 --intermediate 4096 --steps 30 \
     --warmup 6 --backend TRITON_MLA --phases 64x4096,128x4096,32x32768 --variant 'default:' \
     --variant 'profile:profile=results/h200/profile-TRITON_MLA.yaml' -o "$OUT/e2e-triton.json" 2>&1 | tail -n 30 ;;
-serve)
+serve-tests)
+  # GPU 0: `vllm serve` with the FLASH_ATTN_MLA profile (the plugin's log lines, one completion), then FLASHMLA's
+  # spec/mixed/prefill sweep (cut at the last session's time limit). GPU 1: `vllm serve` with a TRITON_MLA profile on
+  # a FLASH_ATTN_MLA server (the plugin must refuse it and keep vLLM's defaults), the GPU tests, then
+  # FLASH_ATTN_MLA's decode_64k sweep. Needs the serve kit in /opt/mla-kit/site.
   MD=$(python3 -c "import sys; sys.path.insert(0, 'bench'); import e2e; print(e2e.model_dir(4, 2048, 4096))")
-  MLA_TUNE_PROFILE=$PWD/results/h200/profile-FLASH_ATTN_MLA.yaml CUDA_VISIBLE_DEVICES=0 PYTHONPATH=/tmp/mt:$K20 \
-    VLLM_LOGGING_LEVEL=INFO lim 400 python3 -m vllm.entrypoints.cli.main serve "$MD" --load-format dummy \
-    --skip-tokenizer-init --attention-config '{"backend": "FLASH_ATTN_MLA"}' --max-model-len 8192 --port 8000 \
-    --compilation-config '{"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}' > logs/serve.log 2>&1 &
-  server=$!
-  for _ in $(seq 240); do curl -sf localhost:8000/health >/dev/null && break; sleep 1; done
-  curl -s localhost:8000/v1/completions -H 'Content-Type: application/json' \
-    -d "{\"model\": \"$MD\", \"prompt\": [11, 22, 33, 44, 55, 66, 77, 88], \"max_tokens\": 16}" | tee logs/completion.json
-  kill $server; wait $server
-  grep -E "mla-tune|Traceback|Error" logs/serve.log | head -n 40
-  tar -czf "$OUT/serve.tgz" logs ;;
+  serve() {  # serve GPU PORT PROFILE LOG: start, wait for health, one completion, stop
+    MLA_TUNE_PROFILE=$3 CUDA_VISIBLE_DEVICES=$1 PYTHONPATH=/tmp/mt:$K20 VLLM_LOGGING_LEVEL=INFO \
+      timeout -s INT 300 python3 -m vllm.entrypoints.cli.main serve "$MD" --load-format dummy --skip-tokenizer-init \
+      --attention-config '{"backend": "FLASH_ATTN_MLA"}' --max-model-len 8192 --port $2 --gpu-memory-utilization 0.85 \
+      --compilation-config '{"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}' > "$4" 2>&1 &
+    local server=$! t0=$SECONDS
+    python3 - "$2" "$MD" "$4.completion.json" <<'PY'
+import json, sys, time, urllib.request
+port, model, out = sys.argv[1:]
+base = f"http://127.0.0.1:{port}"
+for _ in range(280):
+    try:
+        urllib.request.urlopen(base + "/health", timeout=2); break
+    except Exception:
+        time.sleep(1)
+body = json.dumps({"model": model, "prompt": [11, 22, 33, 44, 55, 66, 77, 88], "max_tokens": 16}).encode()
+req = urllib.request.Request(base + "/v1/completions", body, {"Content-Type": "application/json"})
+try:
+    text = urllib.request.urlopen(req, timeout=60).read().decode()
+except Exception as e:
+    text = json.dumps({"error": repr(e)})
+open(out, "w").write(text); print(text[:400])
+PY
+    echo "serve on GPU $1: answered after $((SECONDS - t0)) s" >> "$4"
+    kill -INT $server; wait $server
+  }
+  (
+    serve 0 8000 $PWD/results/h200/profile-FLASH_ATTN_MLA.yaml logs/serve.log
+    v20 0 300 python3 -m mla_tune.cli sweep --backend FLASHMLA --workload spec_decode --workload mixed \
+      --workload prefill_4k --rounds 3 -o sweeps/FLASHMLA-deepseek-v3-tp1-spec_mixed_prefill.jsonl \
+      > logs/sweep-flashmla-other.log 2>&1; echo "rc $?" >> logs/sweep-flashmla-other.log
+  ) &
+  (
+    serve 1 8001 $PWD/results/h200/profile-TRITON_MLA.yaml logs/serve-mismatch.log
+    v20 1 200 python3 -m pytest -q -p no:cacheprovider -m "gpu or not gpu" $GPU_TESTS > logs/pytest-gpu-020.log 2>&1
+    echo "0.20 tests rc $?" >> logs/pytest-gpu-020.log
+    v20 1 400 python3 -m mla_tune.cli sweep --backend FLASH_ATTN_MLA --workload decode_64k --rounds 3 \
+      -o sweeps/FLASH_ATTN_MLA-deepseek-v3-tp1-decode_64k.jsonl > logs/sweep-fa-64k.log 2>&1
+    echo "rc $?" >> logs/sweep-fa-64k.log
+  ) &
+  wait
+  grep -hE "mla.tune|Traceback|Error" logs/serve*.log | head -n 40
+  tar -czf "$OUT/serve-tests.tgz" logs sweeps ;;
+studies)
+  # Every backend x workload of the H200 evidence at the TPs given, one worker per GPU on one journal (kept in
+  # /tmp/w/studies across calls on this machine: the same command resumes). Stopped by SIGINT before the call's
+  # limit, so that the workers record their current trial.
+  TPS=(); for t in ${2:-1}; do TPS+=(--tp "$t"); done
+  mkdir -p studies; [[ -f /tmp/studies-keep/h200.journal ]] && cp -n /tmp/studies-keep/h200.journal studies/
+  left=$((DEADLINE - SECONDS - 30))
+  PYTHONPATH=/tmp/mt:$K20 timeout -s INT -k 75 $left python3 -m mla_tune.cli study --backend FLASHMLA \
+    --backend TRITON_MLA --backend FLASH_ATTN_MLA --workload decode_4k --workload spec_decode --workload mixed \
+    --workload prefill_4k --workload decode_1k --workload decode_16k --workload decode_64k "${TPS[@]}" \
+    --gpus 0,1 --storage studies/h200.journal > logs/studies-tp${2// /_}.log 2>&1
+  echo "rc $?" >> logs/studies-tp${2// /_}.log
+  mkdir -p /tmp/studies-keep && cp studies/h200.journal /tmp/studies-keep/
+  tail -n 40 logs/studies-tp${2// /_}.log
+  tar -czf "$OUT/studies.tgz" logs studies ;;
 esac
