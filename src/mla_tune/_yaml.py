@@ -164,16 +164,17 @@ def parse(name: str, text: str) -> Any:
         loader.dispose()
 
 
-def load(path: Path) -> dict[str, Any]:
-    """Parse ``path`` into a mapping and check its ``schema_version``."""
+def load(path: Path, versions: tuple[int, ...] = (SCHEMA_VERSION,)) -> dict[str, Any]:
+    """Parse ``path`` into a mapping and check its ``schema_version`` is one of ``versions`` (a format that grew a
+    version, tuning tables, passes those it reads)."""
     name = str(path)
     data = parse(name, decode_text(name, read_bytes(Path(path), what="a YAML file"), "YAML text"))
     if not isinstance(data, dict):
         raise DataFileError(name, "", "expected a mapping at the top level")
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION or isinstance(version, bool):
-        raise DataFileError(name, "schema_version",
-                            f"is {short(version)}, this mla-tune reads schema_version {SCHEMA_VERSION}")
+    if version not in versions or isinstance(version, bool):
+        raise DataFileError(name, "schema_version", f"is {short(version)}, this mla-tune reads schema_version "
+                            f"{' or '.join(map(str, versions))}")
     return data
 
 

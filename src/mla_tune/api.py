@@ -13,6 +13,7 @@ from .models import get_model
 from .records import StudyName
 from .runners import Runner
 from .space import BACKENDS
+from .space_auto import AUTO
 from .storage.urls import parse_storage
 from .study.setup import (NOT_TUNED, build_request, build_requests, check_tunable, gpu_locked, open_runner,
                           preflight, require_backend)
@@ -69,8 +70,8 @@ def find_studies(*, storage: str | None = None, backend: str | None = None, mode
     from .storage.urls import open_storage
     from .tables.summary import load_summaries
 
-    if backend and backend not in BACKENDS:
-        raise UnknownNameError("backend", backend, BACKENDS)
+    if backend and backend not in BACKENDS and backend != AUTO:
+        raise UnknownNameError("backend", backend, (*BACKENDS, AUTO))
     store = open_storage(parse_storage(storage), create=False)
     wl: Workload | None = get_workload(workload) if workload else None
 
@@ -144,6 +145,8 @@ def run_sweep(*, backend: str | Sequence[str], workload: str | Sequence[str], ou
     workloads = [workload] if isinstance(workload, str) else list(workload)
     if not backends or not workloads:
         raise UsageError("a sweep needs at least one backend and one workload")
+    if AUTO in backends:  # a recording is of one backend; an auto study replays each backend's
+        raise UsageError("a sweep records named backends, not auto", hint="give each --backend to record by name")
     if not 1 <= rounds <= 100:
         raise UsageError(f"--rounds {rounds} is out of range: 1 to 100")
     requests = [(b, *build_request(backend=b, workload=w, model=model, tp=tp, kv_cache_dtype=kv_cache_dtype))
@@ -264,11 +267,12 @@ def verify_target(path: Path, *, runner: str | Runner = "vllm", rounds: int = 6,
     from .tables.export import load_table
     from .serving import load_profile
     from .serving.profile import PROFILE_KIND
-    from .serving.verify import profile_dims, profile_items, table_dims, table_items, verify
+    from .tables.table import SCHEMA_VERSIONS
+    from .serving.verify import item_backends, profile_dims, profile_items, table_dims, table_items, verify
 
     if rounds < 2:
         raise UsageError(f"--rounds {rounds}: need at least 2 paired rounds for an interval")
-    if _yaml.load(path).get("kind") == PROFILE_KIND:
+    if _yaml.load(path, SCHEMA_VERSIONS).get("kind") == PROFILE_KIND:
         profile = load_profile(path)
         kind, backend, kv = "profile", profile.match.backend, profile.match.kv_cache_dtype
         items, dims = profile_items(profile), profile_dims(profile)
@@ -280,7 +284,8 @@ def verify_target(path: Path, *, runner: str | Runner = "vllm", rounds: int = 6,
         prov = table["provenance"]
         source = f"{prov['gpu']['name']}, vLLM {prov.get('vllm')}, runner {prov.get('runner')}"
     with open_runner(runner) as r:
-        require_backend(r, backend)
+        for b in item_backends(backend, items):  # auto: vLLM's default backend and every one a config chose
+            require_backend(r, b)
         with gpu_locked(r):
             results = verify(items, r, backend, dims, kv, rounds, progress)
         return Verification(str(path), kind, source, r.environment(), results)

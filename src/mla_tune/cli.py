@@ -203,7 +203,8 @@ def _workload_or_traffic(workload: Any, traffic: Optional[Path]) -> Any:
 @handle_errors
 def study(
     backend: list[str] = typer.Option(..., help="decode backend, e.g. FLASH_ATTN_MLA; repeat for several (one "
-                                      "process: vLLM imported and its worker started once)"),
+                                      "process: vLLM imported and its worker started once); auto searches the "
+                                      "backend itself, among those that run here, from vLLM's own choice"),
     workload: Optional[list[str]] = typer.Option(None, callback=_workload, help="named workload (mla-tune "
                                                  "workloads), spec:8q1s4k@3,64q1s4k (shapes @ relative weights) "
                                                  "or traffic:FILE; repeatable"),
@@ -291,7 +292,7 @@ def _study_parallel(gpus: str, export: Optional[Path], **kw: Any) -> None:
 @handle_errors
 def export_cmd(
     output: Path = typer.Option(..., "--output", "-o", callback=_output, help="YAML file to write"),
-    backend: str = typer.Option(..., help="decode backend of the studies, e.g. FLASH_ATTN_MLA"),
+    backend: str = typer.Option(..., help="decode backend of the studies, e.g. FLASH_ATTN_MLA, or auto"),
     model: str = typer.Option("deepseek-v3", help=MODEL_HELP),
     tp: int = typer.Option(1, min=1, max=1024, help="tensor parallelism the studies ran at"),
     kv_cache_dtype: str = typer.Option("auto", help="KV cache dtype of the studies: auto (bf16) or fp8"),
@@ -315,7 +316,7 @@ def show(
     table: Optional[Path] = typer.Argument(None, callback=_input,
                                            help="a tuning table YAML; without it, the stored studies"),
     storage: Optional[str] = typer.Option(None, help=STORAGE_HELP),
-    backend: Optional[str] = typer.Option(None, help="only studies of this decode backend"),
+    backend: Optional[str] = typer.Option(None, help="only studies of this decode backend (or auto)"),
     workload: Optional[str] = typer.Option(None, help="only studies of this workload's shapes (a name, "
                                                       "spec:... or traffic:FILE)"),
     model: Optional[str] = typer.Option(None, help="only studies of this model preset"),

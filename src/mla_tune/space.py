@@ -155,6 +155,21 @@ class SearchSpace:
             nxt = asked[len(prefix)]
             stack.extend(prefix + (v,) for v in reversed(nxt.values()))
 
+    def answers(self, config: dict[str, ParamValue]) -> dict[str, ParamValue]:
+        """The answers (parameter name -> value) that make ``resolve`` run ``config``: here its own values."""
+        return dict(config)
+
+    def product(self) -> list[dict[str, ParamValue]]:
+        """Every combination of answers, the defaults first (what a ``mix`` study's exhaustive walk starts from)."""
+        combos: list[dict[str, ParamValue]] = [self.defaults()]
+        for p in self.parameters:
+            combos = [{**c, p.name: v} for c in combos for v in p.values()]
+        return [self.defaults()] + combos
+
+    def openings(self) -> list[dict[str, ParamValue]]:
+        """Answers worth measuring first besides vLLM's default: none within one backend (see ``AutoSpace``)."""
+        return []
+
     def restrict(self, name: str, allowed: Iterable[ParamValue], why: str = "") -> SearchSpace:
         """The space without the values of ``name`` outside ``allowed`` (e.g. prefill kernels this GPU lacks).
 

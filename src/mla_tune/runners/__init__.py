@@ -40,6 +40,14 @@ class Runner(abc.ABC):
         """Why this runner can tell up front that it cannot measure ``case`` (None: it will try)."""
         return None
 
+    def default_backend(self, kv_cache_dtype: str = "auto") -> str | None:
+        """The MLA decode backend vLLM picks here unasked (the baseline of ``--backend auto``): the first of its
+        priority list for this GPU that is valid with this KV cache dtype (see the vLLM adapter); None: none is."""
+        from ..vllm_adapters import adapter_for
+
+        env = self.environment()
+        return adapter_for(env.vllm).default_decode_backend(env.compute_capability, kv_cache_dtype)
+
     def close(self) -> None:
         """Release GPU memory, worker processes, files."""
 

@@ -19,6 +19,7 @@ from .. import batch_spec
 from ..errors import UsageError
 from ..knobs import ServingApply, Situation, knob, knobs_for
 from ..space import SearchSpace, load_space
+from ..space_auto import AUTO, BACKEND
 from ..traffic import Traffic, uniform_traffic
 from ..types import ParamValue, Shape, gpu_short_name
 from ..vllm_adapters import Adapter, adapter_for
@@ -188,6 +189,9 @@ def deploy(tables: Sequence[Mapping[str, Any]], traffic: Traffic | None = None, 
     """A profile for the engine the tables were measured on, for ``vllm`` (default: the tables' version)."""
     if not tables:
         raise UsageError("deploy needs at least one table")
+    for t in tables:
+        if t["backend"] == AUTO:
+            raise UsageError(_auto_refusal(t))
     adapter = adapter_for(vllm or str(tables[0]["provenance"].get("vllm", "")))
     match = _match(tables, adapter)
     sources, skipped = [], []
@@ -223,6 +227,21 @@ def deploy(tables: Sequence[Mapping[str, Any]], traffic: Traffic | None = None, 
                                      for t in tables}), "rule": "nearest measured decode token count"}
     profile = Profile(match, tuple(rules), tuple(at_build), tuple(sorted(global_values.items())), prov)
     return Deployment(profile, settings, tuple(globals_), unmeasured, tuple(skipped))
+
+
+def _auto_refusal(table: Mapping[str, Any]) -> str:
+    """Why an ``auto`` table is not deployed: vLLM runs one decode backend per deployment (``--attention-config``'s
+    backend), and every rule of a profile is priced within one backend's landscape; the backends it chose say which
+    backend's own table to deploy."""
+    chosen: dict[str, int] = {}
+    for e in table["entries"]:
+        configs = e.get("params") if isinstance(e.get("params"), list) else [e.get("params") or {}]
+        for c in configs:
+            if c.get(BACKEND):
+                chosen[str(c[BACKEND])] = chosen.get(str(c[BACKEND]), 0) + 1
+    picks = ", ".join(f"{b} on {n} shape{'s' * (n != 1)}" for b, n in sorted(chosen.items(), key=lambda x: -x[1]))
+    return (f"a backend: auto table chooses the decode backend per shape ({picks}), but a vLLM deployment runs one "
+            "backend: deploy that backend's own table (mla-tune study --backend NAME ... --export)")
 
 
 def _table_label(t: Mapping[str, Any]) -> str:

@@ -11,8 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .. import batch_spec
 from ..knobs import Situation, knob
 from ..space import load_space
+from ..space_auto import AUTO, BACKEND, split_config
 from ..tables.table import entry_label
 from ..vllm_adapters import Adapter
 from .deploy import Source, _sources
@@ -53,6 +55,8 @@ def _cost(name: str, value: object, me: str, sources: list[Source], space: Any) 
 
 
 def table_flags(table: Mapping[str, Any], adapter: Adapter) -> list[EntryFlags]:
+    if table["backend"] == AUTO:
+        return _auto_flags(table, adapter)
     space = load_space(table["backend"]).for_kv(table["kv_cache_dtype"])
     sources, _ = _sources(table)
     out = []
@@ -66,4 +70,25 @@ def table_flags(table: Mapping[str, Any], adapter: Adapter) -> list[EntryFlags]:
         costs = tuple(_cost(k, v, e.get("shape", ""), sources, space) for k, v in sorted(changed.items()))
         out.append(EntryFlags(entry_label(e), e, serving_settings(table["backend"], params, defaults, adapter),
                               costs))
+    return out
+
+
+def _auto_flags(table: Mapping[str, Any], adapter: Adapter) -> list[EntryFlags]:
+    """An ``auto`` table: each config's settings on the backend it names, a setting only where it differs from
+    that backend's own default on the shape. No costs: those price one knob within one backend's landscape, and the
+    backend itself is one setting per deployment (``deploy`` takes one backend's table)."""
+    out = []
+    for e in table["entries"]:
+        params, defaults = e.get("params"), e.get("default_params")
+        if isinstance(params, dict):
+            specs, params, defaults = [e.get("shape", "")], [params], [defaults or {}]
+        else:
+            specs = [x["spec"] for x in e.get("shapes", [])]
+        for spec, p, d in zip(specs, params or [], defaults or []):
+            backend, own = split_config(AUTO, p)
+            if d.get(BACKEND) != backend:  # vLLM's default is another backend's: its own defaults need no setting
+                d = {BACKEND: backend, **load_space(backend).for_kv(table["kv_cache_dtype"]).default_config(
+                    batch_spec.parse(spec))}
+            label = spec if len(specs) > 1 else entry_label(e)
+            out.append(EntryFlags(label, e, serving_settings(backend, own, split_config(AUTO, d)[1], adapter), ()))
     return out

@@ -17,6 +17,7 @@ from .. import batch_spec
 from ..models import get_model
 from ..runners import Runner
 from ..space import load_space
+from ..space_auto import AUTO, split_config
 from ..stats import familywise_level, median, paired_speedup, round_sig
 from ..types import Case, MLADims, freeze_params
 from .profile import Profile
@@ -77,8 +78,19 @@ def profile_dims(profile: Profile) -> MLADims:
     return get_model(str(prov["model"]), int(prov["tp"]))
 
 
+def _case(backend: str, params: Mapping[str, Any], shape: Any, dims: MLADims, kv_cache_dtype: str) -> Case:
+    on, own = split_config(backend, dict(params))
+    return Case(on, shape, dims, freeze_params(own), kv_cache_dtype)
+
+
 def table_dims(table: Mapping[str, Any]) -> MLADims:
     return get_model(table["model"]["model"], int(table["model"]["tp"]))
+
+
+def item_backends(backend: str, items: list[VerifyItem]) -> list[str]:
+    """The decode backends verifying ``items`` runs: the table's, or (``auto``) each config's own."""
+    return sorted({split_config(backend, dict(c))[0] for i in items for c in (i.default, i.tuned)}) or \
+        ([backend] if backend != AUTO else [])
 
 
 def verify(items: list[VerifyItem], runner: Runner, backend: str, dims: MLADims, kv_cache_dtype: str = "auto",
@@ -87,7 +99,8 @@ def verify(items: list[VerifyItem], runner: Runner, backend: str, dims: MLADims,
     out = []
     for n, item in enumerate(items, 1):
         shape = batch_spec.parse(item.shape)
-        cases = {k: Case(backend, shape, dims, freeze_params(p), kv_cache_dtype)
+        # an auto table's tuned config may run on another backend than vLLM's default: each on its own
+        cases = {k: _case(backend, p, shape, dims, kv_cache_dtype)
                  for k, p in (("default", item.default), ("tuned", item.tuned))}
         rows: dict[str, list[float]] = {"default": [], "tuned": []}
         failure = ""

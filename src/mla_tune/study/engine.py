@@ -80,11 +80,15 @@ def run_trials(target: StudyTarget, storage: optuna.storages.BaseStorage, runner
     study = open_study(target, storage, env, sampler)
     fail_dead_trials(study)
     if not past(deadline):
-        if not study.get_trials(deepcopy=False):  # a new study: its neighbours' optima first (see warm_start)
+        new = not study.get_trials(deepcopy=False)
+        if new:  # a new study: its neighbours' optima first (see warm_start)
             _enqueue_warm_start(study, target, env, keys[0])
         if not _baseline_pending_or_done(study, keys[0]):
             enqueue(study, answers[0], user_attrs=TrialResult(role="baseline").to_attrs(),
                     system_attrs={ENQUEUED_ATTR: this_process()})
+        if new:  # --backend auto: every other backend's defaults next, within the budget
+            for a in target.space.openings()[:max(0, limit - 1)]:
+                enqueue(study, a, user_attrs={}, system_attrs={ENQUEUED_ATTR: this_process()})
     objective = Objective(target, runner, env, study)
     objective.limit = limit
     max_calls = 4 * limit + 10  # TPE can keep proposing measured configs once the good region is exhausted

@@ -18,7 +18,7 @@ from ..coordination.claim import release_studies
 from ..coordination.interrupts import check, safe_point
 from ..errors import StorageError, UsageError
 from ..runners import Runner, Wrapper
-from ..space import SearchSpace
+from ..space_auto import AnySpace
 from ..storage.urls import StorageSpec, open_storage
 from ..types import Case, Environment, Measurement
 from .confirm import StudyIncompleteError, await_confirmation, confirm, require_complete
@@ -94,10 +94,10 @@ class StudiesRun:
     environment: Environment
     storage: Any  # the open Optuna storage the studies are in
     targets: list[StudyTarget]
-    excluded: dict[str, str]  # prefill backends left out here, with reasons
+    excluded: dict[str, str]  # prefill backends (and decode backends of --backend auto) left out here, with reasons
 
 
-def run_studies(runner: Runner, requests: Sequence[tuple[StudyRequest, SearchSpace]], spec: StorageSpec,
+def run_studies(runner: Runner, requests: Sequence[tuple[StudyRequest, AnySpace]], spec: StorageSpec,
                 coordination: Coordination | None = None, progress: ProgressFn | None = None) -> StudiesRun:
     """Run (or resume) the studies of ``requests`` (``study_setup.build_requests``: several backends, workloads and
     TPs) through one runner, in order; finished trials and confirmations are in the storage.
@@ -113,7 +113,7 @@ def run_studies(runner: Runner, requests: Sequence[tuple[StudyRequest, SearchSpa
     targets: list[StudyTarget] = []
     excluded: dict[str, str] = {}
     for request, space in requests:
-        space, left_out = check_space_available(space, runner)
+        space, left_out = check_space_available(space, runner, request)
         excluded.update(left_out)
         targets += plan(request, env, space)
     targets = _distinct(targets)

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..records import ShapeResult, TrialResult
 from ..runners import Runner
+from ..space_auto import split_config
 from ..stats import round_sig
 from ..types import Case, Measurement, freeze_params
 from ..workloads import WorkloadShape
@@ -56,7 +57,8 @@ def measure_set(runner: Runner, target: StudyTarget, configs: Sequence[dict[str,
     r = target.request
     out = []
     for ws, config in zip(target.shapes, configs):
-        m = runner.measure(Case(r.backend, ws.shape, r.dims, freeze_params(config), r.kv_cache_dtype))
+        backend, params = split_config(r.backend, config)  # an auto config names the backend it runs on
+        m = runner.measure(Case(backend, ws.shape, r.dims, freeze_params(params), r.kv_cache_dtype))
         out.append((ws, config, m))
         if not m.ok:
             break

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..records import StudyName
-from ..space import SearchSpace, config_key
+from ..space import config_key
+from ..space_auto import AnySpace
 from ..types import Environment, MLADims, ParamValue
 from ..workloads import Workload, WorkloadShape
 
@@ -38,7 +39,7 @@ class StudyTarget:
 
     name: str
     shapes: tuple[WorkloadShape, ...]
-    space: SearchSpace
+    space: AnySpace  # one backend's, or the composite of ``--backend auto``
     request: StudyRequest
 
     @property
@@ -64,22 +65,15 @@ class StudyTarget:
         """Every distinct set of answers and its key, the baseline first (what an exhaustive search visits)."""
         if len(self.shapes) == 1:
             configs = self.space.expand(self.shapes[0].shape)
-            return [dict(c) for c in configs], [config_set_key([c]) for c in configs]
+            return [self.space.answers(c) for c in configs], [config_set_key([c]) for c in configs]
         answers, keys, seen = [], [], set()
-        for combo in _product(self.space):
+        for combo in self.space.product():
             key = config_set_key(self.resolve(lambda p, c=combo: c[p.name]))
             if key not in seen:
                 seen.add(key)
                 answers.append(combo)
                 keys.append(key)
         return answers, keys
-
-
-def _product(space: SearchSpace) -> list[dict[str, ParamValue]]:
-    combos: list[dict[str, ParamValue]] = [space.defaults()]
-    for p in space.parameters:
-        combos = [{**c, p.name: v} for c in combos for v in p.values()]
-    return [space.defaults()] + combos
 
 
 def config_set_key(configs: list[dict[str, ParamValue]]) -> str:
@@ -100,7 +94,7 @@ def study_name(env: Environment, request: StudyRequest, label: str) -> StudyName
     return StudyName(env.fingerprint, f"{request.dims.label}{kv}", request.backend, label)
 
 
-def plan(request: StudyRequest, env: Environment, space: SearchSpace) -> list[StudyTarget]:
+def plan(request: StudyRequest, env: Environment, space: AnySpace) -> list[StudyTarget]:
     if request.objective == "mix":
         name = study_name(env, request, f"mix:{request.workload.name}")
         return [StudyTarget(str(name), request.workload.shapes, space, request)]

@@ -28,7 +28,9 @@ TARGET_ATTR = "mla_tune:target"
 
 def detail_key(param: str) -> str:
     """Where a measurement's details say what a parameter's ``auto`` resolved to (``prefill`` for the prefill
-    backend, the parameter's own name otherwise, e.g. ``num_kv_splits``)."""
+    backend, the parameter's own name otherwise, e.g. ``num_kv_splits``). A ``--backend auto`` parameter is named
+    after its backend (``TRITON_MLA.num_kv_splits``): the measurement reports it by its own name."""
+    param = param.rpartition(".")[2]
     return "prefill" if param == "prefill_backend" else param
 
 

@@ -15,6 +15,7 @@ from ..errors import RunnerUnavailableError, UnknownNameError, UsageError
 from ..models import get_model
 from ..runners import Runner, make_runner
 from ..space import BACKENDS, SearchSpace, load_space
+from ..space_auto import AUTO, AnySpace, AutoSpace, split_config, unsettled
 from ..types import Case, freeze_params
 from ..workloads import get_workload
 from .plan import KV_CACHE_DTYPES, OBJECTIVES, StudyRequest
@@ -29,17 +30,19 @@ NOT_TUNED = {
 
 def check_tunable(backend: str) -> None:
     """Refuse a backend that is deliberately not tuned (saying why) or unknown (listing the valid ones)."""
+    if backend == AUTO:
+        return
     if backend in NOT_TUNED:
         raise UsageError(f"backend {backend} is not tuned by mla-tune: {NOT_TUNED[backend]}",
                          hint=f"tunable backends: {', '.join(sorted(BACKENDS))}")
     if backend not in BACKENDS:
-        raise UnknownNameError("backend", backend, BACKENDS)
+        raise UnknownNameError("backend", backend, (*BACKENDS, AUTO))
 
 
 def build_request(*, backend: str, workload: str, model: str = "deepseek-v3", tp: int = 1,
                   kv_cache_dtype: str = "auto", objective: str = "per-shape", sampler: str = "auto",
                   n_trials: int | None = None, timeout_s: float | None = None, seed: int | None = 0,
-                  confirm_top: int = 3, confirm_rounds: int = 6) -> tuple[StudyRequest, SearchSpace]:
+                  confirm_top: int = 3, confirm_rounds: int = 6) -> tuple[StudyRequest, AnySpace]:
     """Validate every name and number of a study request; nothing is opened or written."""
     check_tunable(backend)
     if sampler not in SAMPLERS:
@@ -58,7 +61,8 @@ def build_request(*, backend: str, workload: str, model: str = "deepseek-v3", tp
         raise UsageError(f"confirmation needs at least 1 candidate, got {confirm_top}")
     if confirm_rounds < 2:
         raise UsageError(f"confirmation needs at least 2 rounds, got {confirm_rounds}")
-    space = load_space(backend).for_kv(kv_cache_dtype)  # knobs that matter only with an fp8 cache see it
+    # knobs that matter only with an fp8 cache see it; auto: every backend until a runner says which run (settle_auto)
+    space = unsettled(kv_cache_dtype) if backend == AUTO else load_space(backend).for_kv(kv_cache_dtype)
     wl = get_workload(workload)
     dims = get_model(model, tp)
     return StudyRequest(backend, wl, dims, kv_cache_dtype, objective, sampler, n_trials, timeout_s, seed,
@@ -66,12 +70,12 @@ def build_request(*, backend: str, workload: str, model: str = "deepseek-v3", tp
 
 
 def build_requests(*, backend: str | Sequence[str], workload: str | Sequence[str], tp: int | Sequence[int] = 1,
-                   **rest: Any) -> list[tuple[StudyRequest, SearchSpace]]:
+                   **rest: Any) -> list[tuple[StudyRequest, AnySpace]]:
     """``build_request`` for every backend x TP x workload given (each a value or a list), in that order: a
     backend's studies together, a TP's before the next, so that each study can warm-start from the ones before it.
     Every name and number is checked before any is used; repeats are dropped."""
     backends, workloads, tps = _listed(backend, "backend"), _listed(workload, "workload"), _listed(tp, "tp")
-    out: list[tuple[StudyRequest, SearchSpace]] = []
+    out: list[tuple[StudyRequest, AnySpace]] = []
     for b in dict.fromkeys(backends):
         for t in dict.fromkeys(tps):
             for w in dict.fromkeys(workloads):
@@ -121,21 +125,84 @@ def require_backend(runner: Runner, backend: str) -> None:
                                      hint="`mla-tune backends` lists what can")
 
 
-def preflight(runner: Runner, request: StudyRequest, space: SearchSpace) -> None:
+def preflight(runner: Runner, request: StudyRequest, space: AnySpace) -> None:
     """Refuse before anything is written: a backend that cannot run here, or shapes the runner cannot answer
-    (e.g. a replay of shapes, TP or model dims that were never recorded)."""
-    require_backend(runner, request.backend)
+    (e.g. a replay of shapes, TP or model dims that were never recorded). ``auto``: vLLM's own choice must run."""
+    if isinstance(space, AutoSpace):
+        space, _ = settle_auto(runner, request, space)
+    else:
+        require_backend(runner, request.backend)
     for ws in request.workload.shapes:
-        case = Case(request.backend, ws.shape, request.dims, freeze_params(space.default_config(ws.shape)),
-                    request.kv_cache_dtype)
-        why = runner.unanswerable(case)
+        why = runner.unanswerable(_default_case(request, space, ws.shape))
         if why:
             raise RunnerUnavailableError(why, hint="record it with `mla-tune sweep` on a GPU, or pick a recorded "
                                                    "workload, --tp and --model")
 
 
-def check_space_available(space: SearchSpace, runner: Runner) -> tuple[SearchSpace, dict[str, str]]:
-    """Drop prefill backends the runner cannot run here (trials spent on them would only fail)."""
+def _default_case(request: StudyRequest, space: AnySpace, shape: Any) -> Case:
+    backend, params = split_config(request.backend, space.default_config(shape))
+    return Case(backend, shape, request.dims, freeze_params(params), request.kv_cache_dtype)
+
+
+def settle_auto(runner: Runner, request: StudyRequest, space: AutoSpace) -> tuple[AutoSpace, dict[str, str]]:
+    """``--backend auto`` here: the decode backends that run (with every shape answerable: a backend that cannot
+    is simply not a choice, its reason kept), vLLM's own choice the default. Refused when vLLM's choice cannot run:
+    the baseline every config is judged against would be missing."""
+    from ..vllm_adapters import adapter_for
+
+    default = runner.default_backend(request.kv_cache_dtype)
+    env = runner.environment()
+    if default is None:
+        raise RunnerUnavailableError(f"--backend auto: vLLM {env.vllm} picks no MLA decode backend on "
+                                     f"{env.gpu_name} (SM {env.compute_capability})",
+                                     hint="tune a backend by name; `mla-tune backends` lists what can run")
+    adapter = adapter_for(env.vllm)
+    keep, excluded = [], {}
+    for m in space.members:
+        why = _cannot_run(runner, request, m, adapter)
+        if why:
+            excluded[m.backend] = why
+        else:
+            keep.append(m.backend)
+    if default not in keep:
+        raise RunnerUnavailableError(f"--backend auto: {default}, the backend vLLM picks here, cannot run: "
+                                     f"{excluded.get(default, 'not a tuned backend')}",
+                                     hint="tune the backends that can run by name (--backend NAME); "
+                                          "`mla-tune backends` lists them")
+    return space.settled(tuple(keep), default), excluded
+
+
+def _cannot_run(runner: Runner, request: StudyRequest, space: SearchSpace, adapter: Any) -> str:
+    """Why ``space``'s backend is no choice here ('' if it is one): the runner lacks it, this vLLM does not run it
+    with this KV cache dtype, or a shape of the request cannot be answered with its defaults."""
+    st = runner.backend_status(space.backend, "decode")
+    if not st.available:
+        return st.reason
+    facts = adapter.backend(space.backend)
+    if facts is not None and not facts.fp8_kv and request.kv_cache_dtype.startswith("fp8"):
+        return f"{space.backend} takes no fp8 KV cache in {adapter.label}"
+    for ws in request.workload.shapes:
+        why = runner.unanswerable(Case(space.backend, ws.shape, request.dims,
+                                       freeze_params(space.default_config(ws.shape)), request.kv_cache_dtype))
+        if why:
+            return why
+    return ""
+
+
+def check_space_available(space: AnySpace, runner: Runner, request: StudyRequest | None = None
+                          ) -> tuple[AnySpace, dict[str, str]]:
+    """Drop prefill backends the runner cannot run here (trials spent on them would only fail); ``auto`` (which
+    needs its ``request``): the decode backends too (``settle_auto``), and each one's prefill backends."""
+    if isinstance(space, AutoSpace):
+        if request is None:
+            raise ValueError("an auto space is settled for a request")
+        space, excluded = settle_auto(runner, request, space)
+        members = []
+        for m in space.members:
+            m, left_out = check_space_available(m, runner)
+            members.append(m)
+            excluded.update(left_out)
+        return space.with_members(tuple(members)), excluded
     if "prefill_backend" not in space:
         return space, {}
     excluded: dict[str, str] = {}
@@ -180,4 +247,4 @@ def _show(value: Any) -> str:
 
 
 __all__ = ["NOT_TUNED", "build_request", "build_requests", "check_same_source", "check_space_available", "check_tunable",
-           "gpu_locked", "open_runner", "preflight", "require_backend"]
+           "gpu_locked", "open_runner", "preflight", "require_backend", "settle_auto"]

@@ -15,9 +15,10 @@ from .._yaml import short
 from ..errors import BatchSpecError, DataFileError, MlaTuneError, UsageError
 from ..knobs import BACKENDS, check_params
 from ..study.plan import KV_CACHE_DTYPES
-from ..space import load_space
+from ..space import SearchSpace, load_space
+from ..space_auto import AUTO, BACKEND, split_config
 from ..batch_spec import parse as bounded_shape
-from .table import TABLE_KIND
+from .table import AUTO_TABLE_SCHEMA_VERSION, SCHEMA_VERSIONS, TABLE_KIND
 from ..types import Shape
 
 HEADER = ("# mla-tune tuning table: vLLM MLA attention settings measured per batch shape.\n"
@@ -97,7 +98,7 @@ def write_table(table: dict[str, Any], path: Path) -> Path:
 def load_table(path: Path) -> dict[str, Any]:
     """Read a tuning table, every value checked once (types, bounds, knobs of its backend); a file that is not
     one says which key is wrong, in one line. Callers may then read its entries by key."""
-    return check_table(path, _yaml.load(Path(path)))
+    return check_table(path, _yaml.load(Path(path), SCHEMA_VERSIONS))
 
 
 def check_table(path: Path, data: dict[str, Any]) -> dict[str, Any]:
@@ -148,9 +149,17 @@ def _check_provenance(path: Path, prov: Any) -> None:
 
 def _check_header(path: Path, data: dict[str, Any]) -> str:
     """The table-wide values; returns the backend."""
+    version = data["schema_version"]
+    if version not in SCHEMA_VERSIONS or isinstance(version, bool):
+        raise DataFileError(str(path), "schema_version", f"is {short(version)}; this mla-tune reads "
+                            f"{', '.join(map(str, SCHEMA_VERSIONS))}")
     backend = _name(path, "backend", data["backend"])
-    if backend not in BACKENDS:
-        raise DataFileError(str(path), "backend", f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if backend not in BACKENDS and backend != AUTO:
+        raise DataFileError(str(path), "backend", f"unknown backend {backend!r}; known: "
+                            f"{', '.join((*BACKENDS, AUTO))}")
+    if backend == AUTO and version < AUTO_TABLE_SCHEMA_VERSION:
+        raise DataFileError(str(path), "schema_version", f"is {version}, but a backend: auto table is version "
+                            f"{AUTO_TABLE_SCHEMA_VERSION} or later")
     if data["kv_cache_dtype"] not in KV_CACHE_DTYPES:
         raise DataFileError(str(path), "kv_cache_dtype", f"is {short(data['kv_cache_dtype'])}; known: "
                             f"{', '.join(KV_CACHE_DTYPES)}")
@@ -171,11 +180,17 @@ def _name(path: Path, key: str, value: Any) -> str:
 
 
 class _TableCheck:
-    """The values of one table's entries, against its backend's knobs."""
+    """The values of one table's entries, against its backend's knobs (``auto``: each config's own backend's)."""
 
     def __init__(self, path: Path, backend: str) -> None:
         self.path, self.backend = path, backend
-        self.space = load_space(backend)  # serving prices values within it (flags, deploy resolve with it)
+        self._spaces: dict[str, SearchSpace] = {}
+
+    def space(self, backend: str) -> SearchSpace:
+        """Serving prices values within it (flags, deploy resolve with it)."""
+        if backend not in self._spaces:
+            self._spaces[backend] = load_space(backend)
+        return self._spaces[backend]
 
     def entry(self, where: str, e: dict[str, Any]) -> str:
         """Checks ``e``; returns its label (shape, or mix:workload)."""
@@ -267,13 +282,26 @@ class _TableCheck:
         for i, config in enumerate(value):
             self.params(f"{key}[{i}]", config)
 
+    def backend_of(self, key: str, config: dict[str, Any]) -> str:
+        """The decode backend ``config`` runs on: the table's, or (``auto``) the one it names."""
+        if self.backend != AUTO:
+            return self.backend
+        named = config.get(BACKEND)
+        if named not in BACKENDS:
+            raise DataFileError(str(self.path), f"{key}.{BACKEND}", f"is {short(named)}: a config of an auto table "
+                                f"names its decode backend ({', '.join(BACKENDS)})")
+        return str(named)
+
     def params(self, key: str, value: Any) -> None:
         _yaml.expect(self.path, key, value, dict, f"a mapping of {self.backend} parameters")
+        backend = self.backend_of(key, value)
+        value = split_config(self.backend, value)[1]  # an auto config's other keys are its backend's knobs
+        space = self.space(backend)
         for name, v in value.items():
-            problems = check_params(self.backend, {str(name): v}) if isinstance(name, str) else ["not a name"]
-            if not problems and name in self.space and not self.space[name].contains(v):
-                values = self.space[name].values()
-                problems = [f"{name}={short(v)} is outside the {self.backend} search space "
+            problems = check_params(backend, {str(name): v}) if isinstance(name, str) else ["not a name"]
+            if not problems and name in space and not space[name].contains(v):
+                values = space[name].values()
+                problems = [f"{name}={short(v)} is outside the {backend} search space "
                             f"({', '.join(map(str, values[:12]))}{' ...' if len(values) > 12 else ''})"]
             if problems:
                 raise DataFileError(str(self.path), f"{key}.{short(name) if not isinstance(name, str) else name}",
@@ -291,6 +319,8 @@ class _TableCheck:
             if configs is None:
                 continue
             for i, (config, default) in enumerate(zip(configs if listed else [configs], defaults)):
+                if self.backend == AUTO and config.get(BACKEND) != default.get(BACKEND):  # another backend's knobs
+                    default = {BACKEND: None, **dict.fromkeys(self.space(self.backend_of(key, config)).names)}
                 if set(config) != set(default):
                     name = sorted(set(config) ^ set(default))[0]
                     at = f"{where}.{key}{f'[{i}]' if listed else ''}.{name}"

@@ -8,12 +8,18 @@ from typing import Any
 from .. import batch_spec
 from ..errors import UsageError
 from ..space import format_config
+from ..space_auto import AUTO
 from ..stats import round_sig
 from ..study.verdict import judge
 from .summary import StudySummary
 
 TABLE_KIND = "mla-tune/tuning-table"
 TABLE_SCHEMA_VERSION = 1
+# Version 2 adds ``backend: auto`` tables (``--backend auto`` studies), each of whose configs names its decode
+# backend (a ``backend`` key). A table of one backend is the same in both, so it is still written as version 1,
+# which older mla-tune reads.
+AUTO_TABLE_SCHEMA_VERSION = 2
+SCHEMA_VERSIONS = (TABLE_SCHEMA_VERSION, AUTO_TABLE_SCHEMA_VERSION)
 
 def _provenance(summaries: list[StudySummary]) -> dict[str, Any]:
     envs = {repr(s.attrs.get("environment")) for s in summaries}
@@ -143,7 +149,7 @@ def build_table(summaries: list[StudySummary]) -> dict[str, Any]:
                 raise UsageError(f"studies differ in {key}: {summaries[0].name} vs {s.name}")
     return {
         "kind": TABLE_KIND,
-        "schema_version": TABLE_SCHEMA_VERSION,
+        "schema_version": AUTO_TABLE_SCHEMA_VERSION if first["backend"] == AUTO else TABLE_SCHEMA_VERSION,
         "provenance": _provenance(summaries),
         "backend": first["backend"],
         "model": first["model"],

@@ -157,7 +157,10 @@ def print_outcome(console: Console, outcome: Any) -> None:
     console.print(f"storage: {outcome.storage}")
     console.print(f"source:  {_env_line(outcome.environment.as_dict())}")
     if outcome.excluded:
-        console.print("left out here: " + "; ".join(f"prefill {k} ({v})" for k, v in outcome.excluded.items()))
+        from ..knobs import BACKENDS  # decode backends are left out only by --backend auto, prefill ones by any
+
+        console.print("left out here: " + "; ".join(f"{'decode' if k in BACKENDS else 'prefill'} {k} ({v})"
+                                                    for k, v in outcome.excluded.items()))
     print_studies(console, outcome.summaries)
 
 
@@ -257,6 +260,9 @@ def print_spaces(console: Console, spaces: dict[str, Any]) -> None:
     for backend, space in spaces.items():
         for i, p in enumerate(space.parameters):
             t.add_row(backend if i == 0 else "", p.name, " ".join(map(str, p.values())), str(p.default))
+    # --backend auto has no file: its first parameter is the backend, then the chosen backend's own parameters
+    t.add_row("auto", "backend", " ".join(b for b in spaces if b != "auto") + " (those that run here)",
+              "vLLM's choice here")
     console.print(t)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..space_auto import AUTO
 from .render import _env_line
 
 
@@ -56,6 +57,9 @@ def flag_lines(table: dict[str, Any], flags: list[Any], adapter: Any, only_shape
     if lines:
         lines.append("# vLLM's settings are global per deployment; `mla-tune deploy` picks values per batch size "
                      "and one value per global knob for your traffic")
+    if lines and table["backend"] == AUTO:
+        lines.append("# backend: auto chose the decode backend per shape, but a deployment runs one: serve the one "
+                     "that wins your traffic, with its own table (mla-tune study --backend NAME --export)")
     return [head, *lines] if lines else []
 
 

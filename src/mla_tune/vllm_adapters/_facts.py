@@ -22,6 +22,7 @@ class BackendFacts:
     cuda_graph_support: str  # AttentionCGSupport level: never | uniform_single_token_decode | uniform_batch | always
     builder_class: str  # "module:Class" of its metadata builder
     impl_class: str  # "module:Class" of its impl
+    fp8_kv: bool = True  # runs with an fp8 KV cache (its supported_kv_cache_dtypes list fp8)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,9 @@ class Adapter:
     # _run_prefill_new_tokens_*) or "backend_object" (0.21+: mla_prefill_backend -> an MLAPrefillBackend held by
     # the attention layer and the metadata builder)
     prefill_api: str = "switches"
+    # vLLM's MLA decode backend priority (platforms/cuda.py ``_get_backend_priorities``): capability major -> the
+    # backends it tries in order; key 0 is every other GPU. vLLM runs the first that is valid here.
+    mla_priority: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
     # Can the vllm runner drive this family's internals (impls, builders, prefill selection) to measure kernels?
     runner_supported: bool = False
     notes: tuple[str, ...] = field(default=())
@@ -113,6 +117,18 @@ class Adapter:
             return None
         need = " or ".join(f"{m}.x" for m in facts.capability_majors)
         return f"{backend} needs compute capability {need} (this GPU: {compute_capability})"
+
+    def default_decode_backend(self, compute_capability: str, kv_cache_dtype: str = "auto") -> str | None:
+        """The MLA decode backend this vLLM picks unasked on a GPU of ``compute_capability`` with this KV cache
+        dtype: the first of its priority list that runs there (None: none does, or the family lists none)."""
+        major = int(str(compute_capability).split(".")[0])
+        fp8 = str(kv_cache_dtype).startswith("fp8")
+        for name in self.mla_priority.get(major, self.mla_priority.get(0, ())):
+            facts = self.backends.get(name)
+            if facts is not None and self.capability_refusal(name, compute_capability) is None \
+                    and (facts.fp8_kv or not fp8):
+                return name
+        return None
 
     def prefill_refusal(self, prefill: str, compute_capability: str) -> str | None:
         if prefill != "auto" and prefill not in self.prefill_settings:

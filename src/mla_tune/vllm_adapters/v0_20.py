@@ -6,6 +6,8 @@ switches: it selects prefill through MLAPrefillBackend objects (``mla_prefill_ba
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ._facts import Adapter, BackendFacts, GlobalSetting, TritonKernelCall
 
 _MLA = "vllm.v1.attention.backends.mla"
@@ -21,7 +23,9 @@ BACKENDS = {
     "CUTLASS_MLA": backend("CUTLASS_MLA", "cutlass_mla", "CutlassMLA", (10,), "uniform_single_token_decode"),
     "FLASHINFER_MLA": backend("FLASHINFER_MLA", "flashinfer_mla", "FlashInferMLA", (10,), "uniform_batch"),
     "FLASHMLA": backend("FLASHMLA", "flashmla", "FlashMLA", (9,), "uniform_batch"),
-    "FLASH_ATTN_MLA": backend("FLASH_ATTN_MLA", "flashattn_mla", "FlashAttnMLA", (9,), "uniform_batch"),
+    # FlashAttnMLABackend.supported_kv_cache_dtypes: auto, float16, bfloat16 (no fp8)
+    "FLASH_ATTN_MLA": replace(backend("FLASH_ATTN_MLA", "flashattn_mla", "FlashAttnMLA", (9,), "uniform_batch"),
+                              fp8_kv=False),
     # TRITON_MLA uses the common MLA builder and runs outside full graphs (AttentionCGSupport.NEVER).
     "TRITON_MLA": BackendFacts("TRITON_MLA", None, "never", COMMON_BUILDER, f"{_MLA}.triton_mla:TritonMLAImpl"),
 }
@@ -63,6 +67,14 @@ IMPL_ATTRS = {"CUTLASS_MLA": {"num_kv_splits": "_num_kv_splits"}}
 TRITON_KERNEL = TritonKernelCall(f"{_MLA}.triton_mla", "decode_attention_fwd", 7, "attn_logits", 8,
                                  "num_kv_splits")
 
+# vllm/platforms/cuda.py _get_backend_priorities(use_mla=True): Blackwell (major 10) tries FlashInfer first, every
+# other GPU FlashAttention MLA (so an H100/H200 runs FLASH_ATTN_MLA unasked, FLASHMLA with an fp8 KV cache, where
+# FA MLA is invalid). The sparse backends that close both lists are not dense MLA and not tuned here.
+MLA_PRIORITY = {
+    10: ("FLASHINFER_MLA", "CUTLASS_MLA", "FLASH_ATTN_MLA", "FLASHMLA", "TRITON_MLA"),
+    0: ("FLASH_ATTN_MLA", "FLASHMLA", "FLASHINFER_MLA", "TRITON_MLA"),
+}
+
 ADAPTER = Adapter(
     family="0.20", first=(0, 20), last=(0, 20), torch="2.11.0",
     gpu_validated="0.20.0: runner gpu tests and studies on H100 and H200, plugin end to end on H200",
@@ -70,4 +82,5 @@ ADAPTER = Adapter(
     global_settings=GLOBAL, builder_attrs=BUILDER_ATTRS, impl_attrs=IMPL_ATTRS,
     common_builder=COMMON_BUILDER, builder_decode_method="_build_decode", triton_kernel=TRITON_KERNEL, cudagraph_max_tokens=512,
     cutlass_auto_splits=-1, triton_min_work_per_split=512, triton_occupancy=2, runner_supported=True,
+    mla_priority=MLA_PRIORITY,
     notes=("TRITON_MLA's split count and the reorder threshold have no vLLM setting: the plugin applies them",))

@@ -39,6 +39,8 @@ PREFILL = {
     "trtllm": {"mla_prefill_backend": "TRTLLM_RAGGED"},
 }
 
+# mla_priority (which decode backend vLLM picks unasked, for --backend auto) is 0.20's, inherited unchecked: it was
+# not re-read from the 0.21-0.26 sources.
 ADAPTER = replace(
     BASE, family="0.21-0.26", first=(0, 21), last=(0, 26),
     # The runner builds the layer's MLAPrefillBackend as vLLM's MLAAttention does (see notes-0.21-0.33.md)
