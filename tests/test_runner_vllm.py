@@ -280,6 +280,9 @@ def fake_worker(conn, options) -> None:
                 conn.send(("ok", (Measurement.failed(
                     Status.ERROR, "reference (default config): RuntimeError: illegal memory access"), {}), True))
                 os._exit(3)
+            elif n == 8:  # torch/vLLM cannot start here (the H200's "CUDA driver initialization failed")
+                conn.send(("unusable", "import torch/vllm: RuntimeError: CUDA driver initialization failed", True))
+                os._exit(3)
             conn.send(("ok", (OK, {"total_s": 0.01}), False))
 
 
@@ -455,3 +458,26 @@ def test_every_backend_has_facts_in_every_vllm_family() -> None:
 
     for family in FAMILIES:
         assert set(family.backends) == set(BACKENDS), family.family
+
+
+@pytest.mark.slow
+def test_a_gpu_that_cannot_start_stops_the_runner_instead_of_failing_the_config(fake_runner) -> None:
+    with pytest.raises(RunnerUnavailableError, match="GPU cannot be used here: import torch/vllm.*CUDA driver"):
+        fake_runner.measure(_case(8))
+    assert fake_runner.measure(_case(1)).ok  # a fresh worker, once the host recovers
+
+
+def test_the_worker_answers_unusable_when_torch_or_vllm_cannot_start(monkeypatch) -> None:
+    import types as pytypes
+
+    from mla_tune.runners import _vllm_worker
+    from mla_tune.runners._vllm_plan import RunnerOptions
+
+    class Broken:
+        def __init__(self, options):
+            raise RuntimeError("CUDA driver initialization failed, you might not have a CUDA gpu.")
+
+    monkeypatch.setitem(sys.modules, "mla_tune.runners._vllm_session", pytypes.SimpleNamespace(Session=Broken))
+    status, message, exiting = _vllm_worker._Worker(RunnerOptions()).handle("measure", _case(1))
+    assert (status, exiting) == ("unusable", True)
+    assert message == "import torch/vllm: RuntimeError: CUDA driver initialization failed, you might not have a CUDA gpu."

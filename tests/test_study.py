@@ -393,3 +393,36 @@ def test_study_export_writes_the_studies_of_that_call_only(tmp_path):
                                       "--export", str(out)])
     assert result.exit_code == 0, result.output
     assert sorted(e["shape"] for e in load_table(out)["entries"]) == ["32q1s4k", "64q1s4k"]
+
+
+class HostDiesAfter(FakeRunner):
+    """Measures ``n`` cases, then nothing can start here any more (as the H200 did after TRITON_MLA's illegal memory
+    accesses: every new worker failed "CUDA driver initialization")."""
+
+    def __init__(self, n: int, **kw) -> None:
+        super().__init__(**kw)
+        self.left = n
+
+    def measure(self, case):
+        from mla_tune.errors import RunnerUnavailableError
+
+        if self.left == 0:
+            raise RunnerUnavailableError("the GPU cannot be used here: import torch/vllm: CUDA driver "
+                                         "initialization failed")
+        self.left -= 1
+        return super().measure(case)
+
+
+def test_a_gpu_that_stops_working_stops_the_study_and_fails_no_config(tmp_path):
+    from mla_tune.errors import RunnerUnavailableError
+    from mla_tune.study.sampling import recorded_status
+
+    with pytest.raises(RunnerUnavailableError, match="CUDA driver initialization failed"):
+        run(tmp_path, HostDiesAfter(5, optimum=OPT))
+    ts = trials(tmp_path, "Fake100/deepseek-v3-tp1/FLASH_ATTN_MLA/64q1s4k")
+    assert sum(t.state == TrialState.COMPLETE for t in ts) == 5
+    assert not [t for t in ts if t.state == TrialState.FAIL and recorded_status(t)]  # no config marked failed
+    assert not [t for t in ts if t.state == TrialState.RUNNING]
+    out = run(tmp_path, FakeRunner(optimum=OPT))  # the host is back: the study finishes where it stopped
+    assert out.summaries[0].measured == 18 and out.summaries[0].failed == 0
+    assert out.summaries[0].confirmation["winner"] is not None

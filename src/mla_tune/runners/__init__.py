@@ -34,7 +34,9 @@ class Runner(abc.ABC):
 
     @abc.abstractmethod
     def measure(self, case: Case) -> Measurement:
-        """Measure one case: raw per-call latencies, or a failure status with its reason."""
+        """Measure one case: raw per-call latencies, or a failure status with its reason (a failure of this case
+        is data). Raises ``RunnerUnavailableError`` only when nothing can be measured here at all (the GPU or its
+        libraries cannot start): that is no config's result, and the study stops instead of recording it."""
 
     def unanswerable(self, case: Case) -> str | None:
         """Why this runner can tell up front that it cannot measure ``case`` (None: it will try)."""

@@ -4,8 +4,9 @@ The parent (``runners/vllm.py``) owns the watchdog. This side imports torch and 
 ``_vllm_session``/``vllm_adapters._engine``) on its first request, turns every exception into a ``Measurement`` and exits after a CUDA
 error that poisons the context, so that the parent starts a fresh process for the next case.
 
-Protocol: the parent sends ``(op, payload)``; the worker answers ``("ok", value, exiting)`` or
-``("fail", message, exiting)``. Ops: ``environment``, ``backends``, ``measure`` (payload: Case; value:
+Protocol: the parent sends ``(op, payload)``; the worker answers ``("ok", value, exiting)``,
+``("fail", message, exiting)``, or ``("unusable", message, True)`` when torch/vLLM cannot even start here (no
+config is to blame: the parent stops measuring instead of failing every config with the same message). Ops: ``environment``, ``backends``, ``measure`` (payload: Case; value:
 ``(Measurement, phases)``), ``stats``, ``close``.
 """
 
@@ -85,19 +86,22 @@ class _Worker:
             plan = make_plan(case)
         except PlanError as exc:
             return "ok", (Measurement.failed(exc.status, one_line(str(exc))), {}), False
-        session = None
         try:
             session = self.session
+        except BaseException as exc:  # noqa: BLE001 - the host, not the case: see the module docstring
+            log.error("import torch/vllm failed:\n%s", traceback.format_exc())
+            return "unusable", one_line(f"import torch/vllm: {type(exc).__name__}: {exc}"), True
+        try:
             measurement, phases = session.measure(case, plan)
             return "ok", (measurement, phases), False
         except BaseException as exc:  # noqa: BLE001 - every failure becomes data
-            step = getattr(session, "step", "") if session is not None else "import torch/vllm"
+            step = getattr(session, "step", "")
             measurement, poisoned = _failure(exc, step)
             if measurement.status is Status.UNSUPPORTED:
                 log.info("measure %s unsupported at %s: %s", case.backend, step, measurement.message)
             else:
                 log.error("measure %s failed at %s:\n%s", case.backend, step, traceback.format_exc())
-            if session is not None and measurement.status is Status.OOM:
+            if measurement.status is Status.OOM:
                 session.recover_from_oom()
             phases = {"total_s": time.perf_counter() - started}
             return "ok", (measurement, phases), poisoned

@@ -287,6 +287,8 @@ class VllmRunner(Runner):
             if m.status is Status.ERROR and m.message.startswith(REFERENCE_STEP):
                 self._reference_failures.setdefault(shape_key, []).append(m.message)
             return m
+        except RunnerUnavailableError:
+            raise  # the GPU cannot be used at all: not a result of this config (see _measure_in_worker)
         except Exception as exc:  # noqa: BLE001 - measure never raises
             log.exception("vllm runner failed on %s", case.backend)
             return Measurement.failed(Status.ERROR, one_line(f"runner: {type(exc).__name__}: {exc}"))
@@ -338,6 +340,14 @@ class VllmRunner(Runner):
             self._kill_worker()
         else:
             worker.seen |= keys
+        if status == "unusable":
+            # torch/vLLM could not start (on the H200, after TRITON_MLA's illegal memory accesses, every new
+            # process failed "CUDA driver initialization"): recording that as each config's failure would mark
+            # every later config of every study failed. Stop instead; the trial is measured again on resume.
+            self._keep_log = True
+            raise RunnerUnavailableError(f"the GPU cannot be used here: {value}",
+                                         hint="check the GPU (nvidia-smi); finished trials are kept, run the same "
+                                              "command again to resume")
         if status != "ok":
             return Measurement.failed(Status.ERROR, one_line(str(value)))
         measurement, phases = value
