@@ -2,8 +2,8 @@
 """The end-to-end table: decode step time per variant and phase, speedup over vLLM's defaults, and the gain the
 kernel table predicts (no GPU needed: reads what ``bench/e2e.py`` wrote on the GPU machine).
 
-    python bench/e2e_report.py results/h200/e2e-triton.json --table results/h200/tables/TRITON_MLA-deepseek-v3-tp1.yaml
-    python bench/e2e_report.py results/h200/e2e-fa.log --table results/h200/tables/FLASH_ATTN_MLA-deepseek-v3-tp1.yaml
+    python bench/e2e_report.py results/h200/e2e-triton.json --table results/h200/run1/tables/TRITON_MLA-deepseek-v3-tp1.yaml
+    python bench/e2e_report.py results/h200/e2e-fa.log --table results/h200/run1/tables/FLASH_ATTN_MLA-deepseek-v3-tp1.yaml
 
 Per GPU, a variant's step time is the median of its timed steps; a speedup is the geometric mean over the GPUs of
 default/variant (each variant ran once on each GPU, crossed). Predicted: the attention time per layer that the

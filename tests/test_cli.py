@@ -267,7 +267,7 @@ def test_study_traffic_is_the_workload_traffic_file(in_tmp):
 
 
 @pytest.mark.parametrize("args", [["--help"], ["workloads"], ["spaces"], ["backends", "--runner", "fake"],
-                                  ["show", str(ROOT / "results/h200/tables/FLASH_ATTN_MLA-deepseek-v3-tp1.yaml")]])
+                                  ["show", str(ROOT / "results/h200/run1/tables/FLASH_ATTN_MLA-deepseek-v3-tp1.yaml")]])
 def test_listings_and_help_import_neither_optuna_nor_numpy(args):
     """What makes them answer at once (bench/cli_speed.py times them): Optuna and numpy only where studies are."""
     code = ("import sys\nfrom mla_tune.cli import app\nfrom mla_tune.runners import register_runner\n"

@@ -290,7 +290,7 @@ def test_a_value_is_priced_as_the_runner_resolved_it():
     32; a shape tuned to cap 1 must be priced at fa2 with that recorded config, not reported "not measured"."""
     from mla_tune.tables.export import load_table
 
-    table = load_table(Path(__file__).resolve().parents[1] / "results/h200/tables/FLASH_ATTN_MLA-deepseek-v3-tp1.yaml")
+    table = load_table(Path(__file__).resolve().parents[1] / "results/h200/run1/tables/FLASH_ATTN_MLA-deepseek-v3-tp1.yaml")
     entry = next(e for e in table["entries"] if e["shape"] == "64q1s4k")
     entry.update(tuned=True, params={**entry["default_params"], "prefill_backend": "fa2"})  # a candidate to price
     d = deploy([table], None, "0.20.0")

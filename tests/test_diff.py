@@ -15,7 +15,7 @@ from mla_tune.tables.landscape_io import read_table
 
 ROOT = Path(__file__).resolve().parent.parent
 H100 = ROOT / "results/h100/tables/FLASH_ATTN_MLA-deepseek-v3-tp1.yaml"
-H200 = ROOT / "results/h200/tables/FLASH_ATTN_MLA-deepseek-v3-tp1.yaml"
+H200 = ROOT / "results/h200/run1/tables/FLASH_ATTN_MLA-deepseek-v3-tp1.yaml"
 cli = CliRunner()
 
 

@@ -15,7 +15,7 @@ from mla_tune.tables.landscape_io import read_inputs, read_sweeps, read_table
 from .test_plots import sweep_subset
 
 ROOT = Path(__file__).resolve().parent.parent
-FA_H200 = ROOT / "results/h200/tables/FLASH_ATTN_MLA-deepseek-v3-tp1.yaml"
+FA_H200 = ROOT / "results/h200/run1/tables/FLASH_ATTN_MLA-deepseek-v3-tp1.yaml"
 
 
 def test_a_table_reads_into_verdicts_and_trial_medians():

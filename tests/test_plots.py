@@ -21,8 +21,8 @@ from mla_tune.tables.landscape_io import read_sweeps, read_table
 from mla_tune.views.plotdata import heatmaps, shape_bars
 
 ROOT = Path(__file__).resolve().parent.parent
-TRITON_H200 = ROOT / "results/h200/tables/TRITON_MLA-deepseek-v3-tp1.yaml"
-FA_H200 = ROOT / "results/h200/tables/FLASH_ATTN_MLA-deepseek-v3-tp1.yaml"
+TRITON_H200 = ROOT / "results/h200/run1/tables/TRITON_MLA-deepseek-v3-tp1.yaml"
+FA_H200 = ROOT / "results/h200/run1/tables/FLASH_ATTN_MLA-deepseek-v3-tp1.yaml"
 LONG_SWEEP = ROOT / "results/sweeps/h100/deepseek-v3-tp1-long.jsonl"
 cli = CliRunner()
 

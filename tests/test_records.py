@@ -33,7 +33,8 @@ def test_what_is_not_a_study_name_is_refused_naming_it(text):
         StudyName.parse(text)
 
 
-@pytest.mark.parametrize("journal", ["results/h200/studies.journal", "results/h100/studies.journal",
+@pytest.mark.parametrize("journal", ["results/h200/studies.journal", "results/h200/run1/studies.journal",
+                                     "results/h100/studies.journal",
                                      "results/h100/gpus0.journal", "results/h100/plain-s3.journal"])
 def test_the_committed_journals_read_and_write_back_unchanged(journal):
     store = open_storage(parse_storage(str(ROOT / journal)), create=False)

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_confirmations_stored_before_the_noise_floor_still_render():
-    summaries = api.find_studies(storage=str(ROOT / "results/h200/studies.journal"))
+    summaries = api.find_studies(storage=str(ROOT / "results/h200/run1/studies.journal"))
     rows = {r[0]: r for r in study_rows(summaries)}
     assert len(rows) == 12 and {r[7] for r in rows.values()} == {"not measured"}
     assert rows["H200/deepseek-v3-tp1/FLASH_ATTN_MLA/64q1s4k"][5] == "x1.055 [1.050, 1.060]"

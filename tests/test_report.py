@@ -22,8 +22,8 @@ pytest.importorskip("matplotlib")
 from mla_tune.views.report import render_report  # after the skip: drawing needs matplotlib
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLES = [ROOT / "results/h200/tables/FLASH_ATTN_MLA-deepseek-v3-tp1.yaml",
-          ROOT / "results/h200/tables/TRITON_MLA-deepseek-v3-tp1.yaml"]
+TABLES = [ROOT / "results/h200/run1/tables/FLASH_ATTN_MLA-deepseek-v3-tp1.yaml",
+          ROOT / "results/h200/run1/tables/TRITON_MLA-deepseek-v3-tp1.yaml"]
 cli = CliRunner()
 
 
