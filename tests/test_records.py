@@ -38,7 +38,7 @@ def test_what_is_not_a_study_name_is_refused_naming_it(text):
                                      "results/h100/gpus0.journal", "results/h100/plain-s3.journal"])
 def test_the_committed_journals_read_and_write_back_unchanged(journal):
     store = open_storage(parse_storage(str(ROOT / journal)), create=False)
-    n = 0
+    n = confirmed = 0
     for s in optuna.get_all_study_summaries(store, include_best_trial=False):
         study = optuna.load_study(study_name=s.study_name, storage=store)
         for t in study.get_trials(deepcopy=False):
@@ -46,8 +46,12 @@ def test_the_committed_journals_read_and_write_back_unchanged(journal):
             assert r.to_attrs() == t.user_attrs and (r.number, r.value) == (t.number, t.value)
             n += 1
         conf = Confirmation.of_study(study.user_attrs)
+        if "confirmation" not in study.user_attrs:  # trials only (the H200 TP8 studies: their rounds never ran)
+            assert conf is None
+            continue
         assert conf is not None and conf.to_attrs() == study.user_attrs["confirmation"]
-    assert n > 0
+        confirmed += 1
+    assert n > 0 and confirmed > 0
 
 
 def test_a_one_shape_measurement_is_stored_flat_and_a_failure_by_spec():
