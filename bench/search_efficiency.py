@@ -13,8 +13,12 @@ finished shape, as a real one does. No confirmation. Per landscape, median over 
     there within its budget counts budget + 1.
   - gain: the default's recorded median over the optimum's; "found" says whether the default budget got within 1%
     of the optimum in every seed (asked where the sweep shows a gain of 3% or more).
+  - grid: the configs an exhaustive grid over the space as declared would run (every value of every parameter,
+    prefill kernels this GPU lacks left out), before mla-tune drops those that cannot run the shape differently.
 Targets (issue 11): median ratio <= 0.10 over the landscapes, and no missed gain. Landscapes of fewer than 4
 configs are left out (nothing to search). The floor line is an oracle that measures the optimum first.
+``auto`` landscapes (``--backend auto``): for each shape recorded for two or more backends at one TP, the union of
+their configs, each config with its backend; vLLM's choice (the adapter's priority list) is the default.
 
     python bench/search_efficiency.py results/sweeps/h200 [--seeds 5] [--samplers auto,tpe] [--budget N] [--isolated]
 """
@@ -36,7 +40,9 @@ from mla_tune.records import StudyName
 from mla_tune.runners.replay import ReplayRunner
 from mla_tune.space import load_space
 from mla_tune.study.budget import DEFAULT_TRIALS
+from mla_tune.space_auto import AUTO, AutoSpace
 from mla_tune.study.engine import check_space_available, run_trials
+from mla_tune.study.setup import build_request
 from mla_tune.study.plan import StudyRequest, StudyTarget, config_set_key
 from mla_tune.study.sampling import detail_key
 from mla_tune.types import MLADims
@@ -69,9 +75,39 @@ def landscapes(runner: ReplayRunner) -> dict[tuple, dict[str, float]]:
             for land, keys in kernels.items()}
 
 
+def auto_landscapes(lands: dict[tuple, dict[str, float]]) -> dict[tuple, dict[str, float]]:
+    """The ``--backend auto`` landscape of each shape recorded for two or more backends: their union, each config
+    keyed with its backend (as an auto study keys its trials)."""
+    by_shape: dict[tuple, dict[str, float]] = defaultdict(dict)
+    backends: dict[tuple, set[str]] = defaultdict(set)
+    for (backend, dims_json, kv, spec), truth in lands.items():
+        for key, ms in truth.items():
+            [config] = json.loads(key)
+            by_shape[(AUTO, dims_json, kv, spec)][config_set_key([{"backend": backend, **config}])] = ms
+        backends[(AUTO, dims_json, kv, spec)].add(backend)
+    return {land: truth for land, truth in by_shape.items() if len(backends[land]) >= 2}
+
+
+def grid_size(space) -> int:
+    """Configs in an exhaustive grid over the declared space (one backend, or the sum over auto's backends)."""
+    if isinstance(space, AutoSpace):
+        return sum(grid_size(m) for m in space.members)
+    n = 1
+    for p in space.parameters:
+        n *= len(p.values())
+    return n
+
+
 def target_of(runner: ReplayRunner, land: tuple, sampler: str, seed: int, budget: int | None) -> StudyTarget:
     backend, dims_json, kv, spec = land
     d = json.loads(dims_json)
+    if backend == AUTO:
+        request, space = build_request(backend=AUTO, workload=f"spec:{spec}", model=d["model"], tp=d["tp"],
+                                       kv_cache_dtype=kv, sampler=sampler, n_trials=budget, seed=seed)
+        space, _ = check_space_available(space, runner, request)
+        name = StudyName(runner.environment().fingerprint, f"{request.dims.label}{'' if kv == 'auto' else '-kv' + kv}",
+                         AUTO, spec)
+        return StudyTarget(str(name), request.workload.shapes, space, request)
     dims = MLADims(d["model"], d["tp"], d["num_q_heads"], d["kv_lora_rank"], d["qk_rope_head_dim"],
                    d["qk_nope_head_dim"], d["v_head_dim"], d.get("q_lora_rank"))
     wl = Workload(f"spec:{spec}", "", (WorkloadShape(spec, batch_spec.parse(spec)),))
@@ -114,7 +150,8 @@ def main() -> int:
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     runner = ReplayRunner.open(args.sweeps, seed=0)
-    lands = {k: v for k, v in landscapes(runner).items() if len(v) >= 4}
+    single = landscapes(runner)
+    lands = {k: v for k, v in {**single, **auto_landscapes(single)}.items() if len(v) >= 4}
     env = runner.environment()
     budget = args.budget or DEFAULT_TRIALS
     print(f"landscapes: {len(lands)} with 4 or more configs from {args.sweeps} ({env.gpu_name}, vLLM {env.vllm}, "
@@ -141,16 +178,17 @@ def main() -> int:
         base = truth.get(config_set_key(target_of(runner, land, sampler, 0, None).default_configs()))
         gain = base / min(truth.values()) if base else float("nan")
         found = all(h is not None for h in per_seed)
+        grid = grid_size(target_of(runner, land, sampler, 0, None).space)
         rows.append({"sampler": sampler, "backend": land[0], "tp": json.loads(land[1])["tp"], "shape": land[3],
-                     "configs": n, "trials": trials, "ratio": trials / n, "gain": gain, "found": found,
-                     "missed": gain >= GAIN and not found})
+                     "configs": n, "grid": grid, "trials": trials, "ratio": trials / n, "grid_ratio": trials / grid,
+                     "gain": gain, "found": found, "missed": gain >= GAIN and not found})
     rows.sort(key=lambda r: (r["sampler"], r["backend"], r["tp"], r["shape"]))
-    print(f"\n{'backend':<15}{'tp':>3} {'shape':<18}{'configs':>8} {'sampler':<8}{'trials to 1%':>13}{'ratio':>7}"
-          f"{'gain':>8}  found")
+    print(f"\n{'backend':<15}{'tp':>3} {'shape':<18}{'configs':>8}{'grid':>6} {'sampler':<8}{'trials to 1%':>13}"
+          f"{'ratio':>7}{'/grid':>7}{'gain':>8}  found")
     for r in rows:
         found = ("yes" if r["found"] else "MISSED") if r["gain"] >= GAIN else "-"
-        print(f"{r['backend']:<15}{r['tp']:>3} {r['shape']:<18}{r['configs']:>8} {r['sampler']:<8}"
-              f"{r['trials']:>13g}{r['ratio']:>7.2f}{100 * (r['gain'] - 1):>7.1f}%  {found}")
+        print(f"{r['backend']:<15}{r['tp']:>3} {r['shape']:<18}{r['configs']:>8}{r['grid']:>6} {r['sampler']:<8}"
+              f"{r['trials']:>13g}{r['ratio']:>7.2f}{r['grid_ratio']:>7.3f}{100 * (r['gain'] - 1):>7.1f}%  {found}")
     print(f"\nmedian over {len(lands)} landscapes, {args.seeds} seeds each ({time.time() - t0:.0f} s):")
     summary = {}
     for sampler in samplers:
@@ -160,6 +198,13 @@ def main() -> int:
         summary[sampler] = {"efficiency": eff, "missed": missed}
         print(f"  {sampler:<8} {eff:.3f} trials/exhaustive, {missed} missed of "
               f"{sum(r['gain'] >= GAIN for r in mine)} gains of {100 * (GAIN - 1):.0f}% or more")
+        for kind, sub in (("one backend", [r for r in mine if r["backend"] != AUTO]),
+                          ("--backend auto", [r for r in mine if r["backend"] == AUTO])):
+            if sub:
+                print(f"    {kind:<15} {statistics.median(r['ratio'] for r in sub):.3f} over {len(sub)} landscapes, "
+                      f"{sum(r['missed'] for r in sub)} missed")
+        print(f"    against the declared grid (before pruning): median "
+              f"{statistics.median(r['grid_ratio'] for r in mine):.3f} trials/grid configs")
     floor = statistics.median(1 / len(t) for t in lands.values())
     print(f"  floor    {floor:.3f} (an oracle whose first trial is the optimum)")
     main_sampler = "auto" if "auto" in summary else samplers[0]
