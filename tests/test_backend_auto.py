@@ -219,9 +219,15 @@ def test_the_cli_runs_an_auto_study_and_says_which_backends_were_no_choice(tmp_p
 # -- bad input -------------------------------------------------------------------------------------------------------
 
 def test_auto_is_refused_in_one_line_where_vllms_own_choice_cannot_run(tmp_path):
-    # FA MLA, what vLLM runs on an H200, was not recorded at 64k: the baseline would be missing
+    # FA MLA, what vLLM runs on an H200, is not in these recordings (TRITON_MLA's and FLASHMLA's alone): the
+    # baseline would be missing
+    import shutil
+
+    sweeps = tmp_path / "sweeps"
+    sweeps.mkdir()
+    shutil.copy(ROOT / "results/sweeps/h200/TRITON_FLASHMLA-deepseek-v3-tp1-decode_4k.jsonl", sweeps)
     storage = tmp_path / "s.journal"
-    r = cli.invoke(app, ["study", "--backend", AUTO, "--workload", "spec:q1s64k", "--runner", REPLAY,
+    r = cli.invoke(app, ["study", "--backend", AUTO, "--workload", "spec:q1s4k", "--runner", f"replay:{sweeps}",
                          "--storage", str(storage)])
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
     assert r.exit_code != 0 and len(lines) == 1, r.output
