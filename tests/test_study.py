@@ -426,3 +426,71 @@ def test_a_gpu_that_stops_working_stops_the_study_and_fails_no_config(tmp_path):
     out = run(tmp_path, FakeRunner(optimum=OPT))  # the host is back: the study finishes where it stopped
     assert out.summaries[0].measured == 18 and out.summaries[0].failed == 0
     assert out.summaries[0].confirmation["winner"] is not None
+
+
+class ClockDrift(FakeRunner):
+    """Each measurement runs at its own clock, as the H200's heavy shapes did under the power cap: its whole
+    recording is off by up to +-``drift`` (the samples' own jitter stays small)."""
+
+    def __init__(self, drift: float, **kw) -> None:
+        super().__init__(noise=0.002, **kw)
+        self.drift, self.clock = drift, __import__("random").Random(7)
+
+    def factor(self, case):
+        return super().factor(case) * (1 + self.clock.uniform(-self.drift, self.drift))
+
+
+def _rounds_of(tmp_path, name="Fake100/deepseek-v3-tp1/FLASH_ATTN_MLA/64q1s4k"):
+    storage = api.parse_storage(str(tmp_path / "s.journal"))
+    from mla_tune.storage.urls import open_storage
+
+    conf = optuna.load_study(study_name=name, storage=open_storage(storage, create=False)).user_attrs["confirmation"]
+    return conf["rounds"], [len(c["round_ms"]["best"]) for c in conf["candidates"] if c["status"] == "ok"], conf
+
+
+def test_a_wide_noise_floor_gets_more_rounds_and_a_narrow_one_does_not(tmp_path):
+    from mla_tune.study.confirm import FLOOR_TARGET
+
+    run(tmp_path / "quiet", FakeRunner(optimum=OPT, noise=0.001), confirm_rounds=6)
+    rounds, per_candidate, conf = _rounds_of(tmp_path / "quiet")
+    assert rounds == 6 and set(per_candidate) == {6}
+    assert (conf["floor"]["ci"][1] - conf["floor"]["ci"][0]) / 2 <= FLOOR_TARGET
+
+    run(tmp_path / "drift", ClockDrift(0.05, optimum=OPT), confirm_rounds=6)
+    rounds, per_candidate, conf = _rounds_of(tmp_path / "drift")
+    half = (conf["floor"]["ci"][1] - conf["floor"]["ci"][0]) / 2
+    assert rounds in (12, 18) and set(per_candidate) == {rounds}  # extended by 6 at a time, up to 3 x 6 ...
+    assert rounds == 18 or half <= FLOOR_TARGET  # ... until the floor is narrow enough
+    assert conf["candidates"][conf["winner"]]["configs"][0] | OPT == conf["candidates"][conf["winner"]]["configs"][0]
+
+    run(tmp_path / "capped", ClockDrift(0.05, optimum=OPT), confirm_rounds=6, confirm_max_rounds=6)
+    rounds, per_candidate, _ = _rounds_of(tmp_path / "capped")
+    assert rounds == 6 and set(per_candidate) == {6}
+
+
+def test_whether_to_extend_looks_at_the_default_against_itself_only():
+    from mla_tune.records import Candidate, Rounds
+    from mla_tune.study.confirm import floor_too_wide
+
+    default, again = (1.0, 1.06, 0.95, 1.04, 0.97, 1.02), (1.03, 0.98, 1.01, 0.96, 1.05, 0.99)
+    for best in ((0.8,) * 6, (1.2,) * 6, (0.7, 1.3, 0.7, 1.3, 0.7, 1.3)):
+        c = Candidate(1, ({"x": 1},), "ok", rounds=Rounds(default, best, again))
+        assert floor_too_wide([c]) == pytest.approx(floor_too_wide([Candidate(1, ({"x": 1},), "ok",
+                                                                              rounds=Rounds(default, (1.0,) * 6,
+                                                                                            again))]))
+    assert floor_too_wide([Candidate(1, ({"x": 1},), "ok", rounds=Rounds((1.0,) * 6, (0.9,) * 6, (1.0,) * 6))]) \
+        is None
+
+
+def test_confirm_max_rounds_below_confirm_rounds_is_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from mla_tune.cli import app
+
+    r = CliRunner().invoke(app, ["study", "--backend", "FLASH_ATTN_MLA", "--workload", "spec:64q1s4k", "--runner",
+                                 "replay:results/sweeps/h200", "--confirm-rounds", "6", "--confirm-max-rounds", "4",
+                                 "--storage", str(tmp_path / "s.journal")])
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code != 0 and len(lines) == 1 and "--confirm-max-rounds (4) must be at least --confirm-rounds (6)" \
+        in lines[0], r.output
+    assert not (tmp_path / "s.journal").exists()

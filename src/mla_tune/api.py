@@ -35,7 +35,8 @@ def run_study(*, backend: str | Sequence[str], workload: str | Sequence[str], mo
               tp: int | Sequence[int] = 1, kv_cache_dtype: str = "auto", objective: str = "per-shape",
               sampler: str = "auto", n_trials: int | None = None, timeout_s: float | None = None,
               storage: str | None = None, runner: str | Runner = "vllm", seed: int | None = 0, confirm_top: int = 3,
-              confirm_rounds: int = 6, progress: Callable[[Any], None] | None = None) -> StudyOutcome:
+              confirm_rounds: int = 6, confirm_max_rounds: int | None = None,
+              progress: Callable[[Any], None] | None = None) -> StudyOutcome:
     """Run (or resume) the studies of one or several backends, workloads and TPs, confirm their winners, and
     summarize them. Several go through one runner (vLLM imported, its worker started and the GPU locked once), a
     backend at a time, TP by TP, workload by workload (``study_setup.build_requests``).
@@ -54,7 +55,7 @@ def run_study(*, backend: str | Sequence[str], workload: str | Sequence[str], mo
     requests = build_requests(backend=backend, workload=workload, model=model, tp=tp,
                               kv_cache_dtype=kv_cache_dtype, objective=objective, sampler=sampler,
                               n_trials=n_trials, timeout_s=timeout_s, seed=seed, confirm_top=confirm_top,
-                              confirm_rounds=confirm_rounds)
+                              confirm_rounds=confirm_rounds, confirm_max_rounds=confirm_max_rounds)
     spec = parse_storage(storage)
     with open_runner(runner) as r, gpu_locked(r):
         with handled():
@@ -183,7 +184,8 @@ def run_study_parallel(*, gpus: str | list[str], backend: str | Sequence[str], w
                        objective: str = "per-shape",
                        sampler: str = "auto", n_trials: int | None = None, timeout_s: float | None = None,
                        storage: str | None = None, runner: str = "vllm", seed: int | None = 0, confirm_top: int = 3,
-                       confirm_rounds: int = 6, progress: Callable[[Any], None] | None = None) -> ParallelOutcome:
+                       confirm_rounds: int = 6, confirm_max_rounds: int | None = None,
+                       progress: Callable[[Any], None] | None = None) -> ParallelOutcome:
     """``run_study`` with one worker process per GPU (``"0,1,2,3"``), all on one storage; see ``scale``. Each
     worker runs every study of the backends, workloads and TPs given, through one runner.
 
@@ -203,7 +205,7 @@ def run_study_parallel(*, gpus: str | list[str], backend: str | Sequence[str], w
     study = dict(backend=listed(backend), workload=listed(workload), model=model, tp=listed(tp),
                  kv_cache_dtype=kv_cache_dtype,
                  objective=objective, sampler=sampler, n_trials=n_trials, timeout_s=timeout_s, seed=seed,
-                 confirm_top=confirm_top, confirm_rounds=confirm_rounds)
+                 confirm_top=confirm_top, confirm_rounds=confirm_rounds, confirm_max_rounds=confirm_max_rounds)
     launched = launch(study, gpus=ids, storage=storage, runner=runner, progress=progress)
     if launched.environment is None:
         return ParallelOutcome(None, launched.workers)

@@ -225,6 +225,9 @@ def study(
     gpus: Optional[str] = typer.Option(None, help="one worker process per GPU, e.g. 0,1,2,3, sharing --storage"),
     confirm_top: int = typer.Option(3, min=1, max=100, help="best configs re-measured against vLLM's default"),
     confirm_rounds: int = typer.Option(6, min=2, max=MAX_ROUNDS, help="paired rounds (A B / B A) per confirmed config"),
+    confirm_max_rounds: Optional[int] = typer.Option(
+        None, min=2, max=MAX_ROUNDS, help="rounds a confirmation extends to while its noise floor is wider than "
+                                          "±1.5% [default: 3 x --confirm-rounds]"),
 ) -> None:
     """Tune backends on workloads (one study per shape); re-running the same command resumes."""
     from . import api
@@ -239,14 +242,16 @@ def study(
         _study_parallel(gpus, export, backend=backend, workload=workload, model=model, tp=tp,
                         kv_cache_dtype=kv_cache_dtype, objective=objective, sampler=sampler,
                         n_trials=trials, timeout_s=timeout, storage=storage, runner=runner, seed=seed,
-                        confirm_top=confirm_top, confirm_rounds=confirm_rounds)
+                        confirm_top=confirm_top, confirm_rounds=confirm_rounds,
+                        confirm_max_rounds=confirm_max_rounds)
         _attach_plots(storage, backend, workload, model, tp, kv_cache_dtype)
         return
     with ProgressView(_console(stderr=True)) as view:
         outcome = api.run_study(backend=backend, workload=workload, model=model, tp=tp,
                                 kv_cache_dtype=kv_cache_dtype, objective=objective, sampler=sampler,
                                 n_trials=trials, timeout_s=timeout, storage=storage, runner=runner, seed=seed,
-                                confirm_top=confirm_top, confirm_rounds=confirm_rounds, progress=view.update)
+                                confirm_top=confirm_top, confirm_rounds=confirm_rounds,
+                                confirm_max_rounds=confirm_max_rounds, progress=view.update)
     print_outcome(_console(), outcome)
     if export is not None:
         path, table = api.export_table(export, storage=storage, backend=backend[0], model=model, tp=tp[0],

@@ -7,6 +7,11 @@ per-round ratios with an interval at the Bonferroni level over the candidates (`
 default measured a second time, separately: the A/A' ratios give the study's noise floor, and only an interval
 entirely above 1 and above the floor's counts as a gain.
 
+Where the floor itself comes out wide (on the H200, heavy shapes under the power cap moved by ±3-6% between
+rounds), every candidate gets more rounds, up to ``confirm_max_rounds``, until the floor is within ±1.5%. Whether to
+go on depends only on the default measured against itself, never on how a candidate looks, so the extra rounds
+cannot favour a candidate (an internal-pilot design: the candidates' intervals keep their level).
+
 The study loops confirm a study only once every config it needs is measured (``require_complete``): a confirmation,
 and so a table, never speaks for a study that a crash, a dead worker or one still running left short.
 """
@@ -36,7 +41,10 @@ from .measure import measure_set
 from .plan import StudyTarget, config_set_key
 from .progress import Progress, ProgressFn
 from .sampling import recorded_status
-from .verdict import judged
+from .verdict import judge_candidates, judged
+
+FLOOR_TARGET = 0.015  # a floor wider than ±1.5% gets more rounds (up to confirm_max_rounds)
+EXTEND_FACTOR = 3  # confirm_max_rounds when not given: this many times confirm_rounds
 
 
 def candidates(study: optuna.Study, baseline_key: str, top: int) -> list[TrialResult]:
@@ -123,20 +131,42 @@ def await_confirmation(target: StudyTarget, store: optuna.storages.BaseStorage, 
             time.sleep(poll_s)
 
 
+def max_rounds(r: Any) -> int:
+    """The rounds a confirmation may extend to (``StudyRequest.confirm_max_rounds``, else 3 x confirm_rounds)."""
+    return r.confirm_max_rounds if r.confirm_max_rounds is not None else EXTEND_FACTOR * r.confirm_rounds
+
+
+def floor_too_wide(results: list[Candidate]) -> float | None:
+    """The noise floor's half-width where it is wider than ``FLOOR_TARGET`` (None: narrow enough, or no floor)."""
+    _, _, floor = judge_candidates(results)
+    if floor is None:
+        return None
+    half = (floor.ci[1] - floor.ci[0]) / 2
+    return half if half > FLOOR_TARGET else None
+
+
 def _confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Environment, n_done: int,
              progress: ProgressFn | None, held: ConfirmClaim | None) -> dict[str, Any]:
     r = target.request
     default_configs = target.default_configs()
     picks = candidates(study, config_set_key(default_configs), r.confirm_top)
-    results = []
-    for i, t in enumerate(picks):
+    check = held.check if held is not None else None
+    runs = [_Rounds(t, t.configs([s.spec for s in target.shapes]), default_configs) for t in picks]
+    rounds, limit = r.confirm_rounds, max(r.confirm_rounds, max_rounds(r))
+    for i, run in enumerate(runs):
         if progress:
-            progress(Progress(target.name, "confirm", i, len(picks), message=f"trial {t.number}"))
-        results.append(_confirm_one(runner, target, default_configs, t, r.confirm_rounds,
-                                    held.check if held is not None else None))
+            progress(Progress(target.name, "confirm", i, len(picks), message=f"trial {run.trial.number}"))
+        run.measure_to(runner, target, rounds, check)
+    while rounds < limit and (half := floor_too_wide([run.candidate() for run in runs])) is not None:
+        rounds = min(limit, rounds + r.confirm_rounds)
+        for i, run in enumerate(runs):
+            if progress:
+                progress(Progress(target.name, "confirm", i, len(picks), message=f"trial {run.trial.number}, "
+                                  f"{rounds} rounds: noise floor ±{100 * half:.1f}%"))
+            run.measure_to(runner, target, rounds, check)
     date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    result = judged(Confirmation(n_done, r.confirm_rounds, date, env.runner, tuple(default_configs),
-                                 tuple(results), None)).to_attrs()
+    result = judged(Confirmation(n_done, rounds, date, env.runner, tuple(default_configs),
+                                 tuple(run.candidate() for run in runs), None)).to_attrs()
     if held is not None:  # shared: never replace a confirmation of a newer state of the study
         newer = Confirmation.of_study(storage_of(study).get_study_user_attrs(study_id(study)))
         if newer is not None and newer.trials > n_done:
@@ -147,30 +177,43 @@ def _confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Envi
     return result
 
 
-def _confirm_one(runner: Runner, target: StudyTarget, default_configs: list[dict], t: TrialResult, rounds: int,
-                 check: Callable[[], None] | None = None) -> Candidate:
-    """``rounds`` paired rounds of the default, the default built again, and the candidate; each round in the
-    reverse order of the one before (A A' B, then B A' A), so that none always goes first or last."""
-    cand_configs = t.configs([s.spec for s in target.shapes])
-    ms: dict[str, list[float]] = {"default": [], "again": [], "best": []}
-    samples = dict.fromkeys(ms, 0)
-    order = (("default", default_configs), ("again", default_configs), ("best", cand_configs))
-    for i in range(rounds):
-        if check is not None:
-            check()
-        for slot, configs in (order if i % 2 == 0 else order[::-1]):
-            got = measure_set(runner, target, configs)
-            if got.failure is not None:
-                ws, m = got.failure
-                return Candidate(t.number, tuple(cand_configs), "failed", message=f"{ws.spec}: {m.status.value}: "
-                                                                                  f"{m.message}")
-            ms[slot].append(got.total_ms)
-            samples[slot] += got.n_samples
-    return Candidate(t.number, tuple(cand_configs), "ok", default_ms=round_sig(median(ms["default"])),
-                     best_ms=round_sig(median(ms["best"])),
-                     samples={"default": samples["default"], "best": samples["best"]},
-                     rounds=Rounds(*(tuple(round_sig(x) for x in ms[k]) for k in ("default", "best", "again"))))
+class _Rounds:
+    """One candidate's paired rounds against the default, extendable: round ``i`` measures the default, the default
+    built again and the candidate (A A' B), every other round in reverse (B A' A), so that none always goes first
+    or last. A failed measurement ends the candidate (``failed``); its rounds are not used."""
+
+    def __init__(self, trial: TrialResult, cand_configs: list[dict], default_configs: list[dict]) -> None:
+        self.trial, self.cand_configs = trial, cand_configs
+        self.order = (("default", default_configs), ("again", default_configs), ("best", cand_configs))
+        self.ms: dict[str, list[float]] = {"default": [], "again": [], "best": []}
+        self.samples = dict.fromkeys(self.ms, 0)
+        self.failed: str | None = None
+
+    def measure_to(self, runner: Runner, target: StudyTarget, rounds: int,
+                   check: Callable[[], None] | None = None) -> None:
+        while self.failed is None and len(self.ms["best"]) < rounds:
+            if check is not None:
+                check()
+            i = len(self.ms["best"])
+            for slot, configs in (self.order if i % 2 == 0 else self.order[::-1]):
+                got = measure_set(runner, target, configs)
+                if got.failure is not None:
+                    ws, m = got.failure
+                    self.failed = f"{ws.spec}: {m.status.value}: {m.message}"
+                    return
+                self.ms[slot].append(got.total_ms)
+                self.samples[slot] += got.n_samples
+
+    def candidate(self) -> Candidate:
+        t, ms = self.trial, self.ms
+        if self.failed is not None:
+            return Candidate(t.number, tuple(self.cand_configs), "failed", message=self.failed)
+        n = len(ms["best"])  # whole rounds only
+        return Candidate(t.number, tuple(self.cand_configs), "ok", default_ms=round_sig(median(ms["default"][:n])),
+                         best_ms=round_sig(median(ms["best"])),
+                         samples={"default": self.samples["default"], "best": self.samples["best"]},
+                         rounds=Rounds(*(tuple(round_sig(x) for x in ms[k][:n]) for k in ("default", "best", "again"))))
 
 
-__all__ = ["ATTRS_KEY", "CONFIRMING_ATTR", "CONFIRM_KEY", "StudyIncompleteError", "await_confirmation", "candidates",
-           "confirm", "require_complete"]
+__all__ = ["ATTRS_KEY", "CONFIRMING_ATTR", "CONFIRM_KEY", "FLOOR_TARGET", "StudyIncompleteError",
+           "await_confirmation", "candidates", "confirm", "floor_too_wide", "max_rounds", "require_complete"]

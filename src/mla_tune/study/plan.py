@@ -31,6 +31,7 @@ class StudyRequest:
     seed: int | None = 0
     confirm_top: int = 3
     confirm_rounds: int = 6
+    confirm_max_rounds: int | None = None  # rounds a noisy confirmation may extend to (None: 3 x confirm_rounds)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,8 @@ def check_tunable(backend: str) -> None:
 def build_request(*, backend: str, workload: str, model: str = "deepseek-v3", tp: int = 1,
                   kv_cache_dtype: str = "auto", objective: str = "per-shape", sampler: str = "auto",
                   n_trials: int | None = None, timeout_s: float | None = None, seed: int | None = 0,
-                  confirm_top: int = 3, confirm_rounds: int = 6) -> tuple[StudyRequest, AnySpace]:
+                  confirm_top: int = 3, confirm_rounds: int = 6, confirm_max_rounds: int | None = None
+                  ) -> tuple[StudyRequest, AnySpace]:
     """Validate every name and number of a study request; nothing is opened or written."""
     check_tunable(backend)
     if sampler not in SAMPLERS:
@@ -61,12 +62,15 @@ def build_request(*, backend: str, workload: str, model: str = "deepseek-v3", tp
         raise UsageError(f"confirmation needs at least 1 candidate, got {confirm_top}")
     if confirm_rounds < 2:
         raise UsageError(f"confirmation needs at least 2 rounds, got {confirm_rounds}")
+    if confirm_max_rounds is not None and confirm_max_rounds < confirm_rounds:
+        raise UsageError(f"--confirm-max-rounds ({confirm_max_rounds}) must be at least --confirm-rounds "
+                         f"({confirm_rounds})")
     # knobs that matter only with an fp8 cache see it; auto: every backend until a runner says which run (settle_auto)
     space = unsettled(kv_cache_dtype) if backend == AUTO else load_space(backend).for_kv(kv_cache_dtype)
     wl = get_workload(workload)
     dims = get_model(model, tp)
     return StudyRequest(backend, wl, dims, kv_cache_dtype, objective, sampler, n_trials, timeout_s, seed,
-                        confirm_top, confirm_rounds), space
+                        confirm_top, confirm_rounds, confirm_max_rounds), space
 
 
 def build_requests(*, backend: str | Sequence[str], workload: str | Sequence[str], tp: int | Sequence[int] = 1,
