@@ -126,14 +126,15 @@ studies)
   # /tmp/w/studies across calls on this machine: the same command resumes). Stopped by SIGINT before the call's
   # limit, so that the workers record their current trial.
   TPS=(); for t in ${2:-1}; do TPS+=(--tp "$t"); done
-  mkdir -p studies; [[ -f /tmp/studies-keep/h200.journal ]] && cp -n /tmp/studies-keep/h200.journal studies/
+  # A fresh machine starts from the committed journal, so that the same command resumes what an earlier session
+  # left (on 2026-11-30: the TP8 confirmations and FLASH_ATTN_MLA at TP8)
+  mkdir -p studies; [[ -f studies/h200.journal ]] || cp results/h200/studies.journal studies/h200.journal
   left=$((DEADLINE - SECONDS - 30))
   PYTHONPATH=/tmp/mt:$K20 timeout -s INT -k 75 $left python3 -m mla_tune.cli study --backend FLASHMLA \
     --backend TRITON_MLA --backend FLASH_ATTN_MLA --workload decode_4k --workload spec_decode --workload mixed \
     --workload prefill_4k --workload decode_1k --workload decode_16k --workload decode_64k "${TPS[@]}" \
     --gpus 0,1 --storage studies/h200.journal > logs/studies-tp${2// /_}.log 2>&1
   echo "rc $?" >> logs/studies-tp${2// /_}.log
-  mkdir -p /tmp/studies-keep && cp studies/h200.journal /tmp/studies-keep/
   tail -n 40 logs/studies-tp${2// /_}.log
   # The journal and logs only (the plots attached as artifacts are rebuilt from it), in parts under $OUT's 16 MB cap
   tar -cf - logs studies/h200.journal | xz -T0 -6 | split -b 15M - "$OUT/studies.tar.xz." ;;
