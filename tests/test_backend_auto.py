@@ -284,3 +284,35 @@ def test_failed_measurements_of_one_backend_stay_data_in_an_auto_study(tmp_path)
 
     [s] = fake_study(tmp_path, runner=TritonFails(), n_trials=40).summaries
     assert s.failed == 8 and s.best_attrs["config"][BACKEND] == "FLASHMLA"
+
+
+# -- resume -----------------------------------------------------------------------------------------------------------
+
+class GpuGoneAt(FakeRunner):
+    """The GPU becomes unusable at measurement ``at`` (counted from 1): the runner raises, as VllmRunner now does."""
+
+    def __init__(self, at: int, **kw) -> None:
+        super().__init__(**kw)
+        self.at = at
+
+    def measure(self, case):
+        if len(self.calls) + 1 == self.at:
+            self.calls.append(case)
+            raise RunnerUnavailableError("the GPU cannot be used here: import torch/vllm: CUDA driver initialization")
+        return super().measure(case)
+
+
+def test_an_auto_study_stopped_by_an_unusable_gpu_still_tries_every_backend_on_resume(tmp_path):
+    # The GPU goes at measurement 2 (the first opening): the stopped run fails the queued openings unmeasured, so
+    # the resume must queue them again, or the whole budget goes to vLLM's own backend.
+    storage = str(tmp_path / "s.journal")
+    args = dict(backend=AUTO, workload="spec:64q1s4k", storage=storage, n_trials=8, confirm_rounds=2)
+    try:
+        api.run_study(runner=GpuGoneAt(2), **args)
+    except RunnerUnavailableError:
+        pass
+    api.run_study(runner=FakeRunner(), **args)
+    store = open_storage(api.parse_storage(storage), create=False)
+    study = optuna.load_study(study_name="Fake100/deepseek-v3-tp1/auto/64q1s4k", storage=store)
+    measured = {t.params.get("backend") for t in study.trials if t.user_attrs.get("status") == "ok"}
+    assert measured >= {"FLASH_ATTN_MLA", "FLASHMLA", "TRITON_MLA"}, measured

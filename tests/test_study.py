@@ -494,3 +494,30 @@ def test_confirm_max_rounds_below_confirm_rounds_is_one_line(tmp_path):
     assert r.exit_code != 0 and len(lines) == 1 and "--confirm-max-rounds (4) must be at least --confirm-rounds (6)" \
         in lines[0], r.output
     assert not (tmp_path / "s.journal").exists()
+
+
+class FailsInRound(ClockDrift):
+    """Clock drift that forces extra rounds, and one failed measurement of the planted optimum in its 9th round."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(0.05, **kw)
+        self.optimum_runs = 0
+
+    def measure(self, case):
+        from mla_tune.types import Measurement, Status
+
+        if self.optimum and all(case.param_dict.get(k) == v for k, v in self.optimum.items()):
+            self.optimum_runs += 1
+            if self.optimum_runs == 1 + 9:  # its trial, then 8 rounds pass, then the 9th fails
+                self.calls.append(case)
+                return Measurement.failed(Status.TIMEOUT, "no result within 60 s")
+        return super().measure(case)
+
+
+def test_a_failure_in_the_extra_rounds_judges_every_candidate_on_the_rounds_all_completed(tmp_path):
+    run(tmp_path, FailsInRound(optimum=OPT), confirm_rounds=6)
+    rounds, per_candidate, conf = _rounds_of(tmp_path)
+    assert rounds == 6 and set(per_candidate) == {6}  # the extension to 12 is dropped for all of them
+    win = conf["candidates"][conf["winner"]]
+    assert win["configs"][0] | OPT == win["configs"][0] and win["status"] == "ok"
+    assert "judged on 6 rounds; round 9 failed" in win["message"] and "timeout" in win["message"]

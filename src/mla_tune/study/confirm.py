@@ -158,12 +158,20 @@ def _confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Envi
             progress(Progress(target.name, "confirm", i, len(picks), message=f"trial {run.trial.number}"))
         run.measure_to(runner, target, rounds, check)
     while rounds < limit and (half := floor_too_wide([run.candidate() for run in runs])) is not None:
-        rounds = min(limit, rounds + r.confirm_rounds)
+        before, rounds = rounds, min(limit, rounds + r.confirm_rounds)
         for i, run in enumerate(runs):
             if progress:
                 progress(Progress(target.name, "confirm", i, len(picks), message=f"trial {run.trial.number}, "
                                   f"{rounds} rounds: noise floor ±{100 * half:.1f}%"))
             run.measure_to(runner, target, rounds, check)
+        if any(run.failed_after(before) for run in runs):
+            # A measurement failed in the extra rounds: every candidate is judged on the rounds all of them
+            # completed, so that the extension (up to 12 more chances to fail, more for a flaky config) never
+            # decides which candidate stands. The failure is noted on its candidate.
+            for run in runs:
+                run.truncate(before)
+            rounds = before
+            break
     date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     result = judged(Confirmation(n_done, rounds, date, env.runner, tuple(default_configs),
                                  tuple(run.candidate() for run in runs), None)).to_attrs()
@@ -188,6 +196,8 @@ class _Rounds:
         self.ms: dict[str, list[float]] = {"default": [], "again": [], "best": []}
         self.samples = dict.fromkeys(self.ms, 0)
         self.failed: str | None = None
+        self.failed_round: int | None = None  # the round (from 0) its failure came in
+        self.note: str | None = None  # a failure in rounds dropped by ``truncate``
 
     def measure_to(self, runner: Runner, target: StudyTarget, rounds: int,
                    check: Callable[[], None] | None = None) -> None:
@@ -199,17 +209,30 @@ class _Rounds:
                 got = measure_set(runner, target, configs)
                 if got.failure is not None:
                     ws, m = got.failure
-                    self.failed = f"{ws.spec}: {m.status.value}: {m.message}"
+                    self.failed, self.failed_round = f"{ws.spec}: {m.status.value}: {m.message}", i
                     return
                 self.ms[slot].append(got.total_ms)
                 self.samples[slot] += got.n_samples
+
+    def failed_after(self, rounds: int) -> bool:
+        return self.failed is not None and self.failed_round is not None and self.failed_round >= rounds
+
+    def truncate(self, rounds: int) -> None:
+        """Back to the first ``rounds`` rounds; a failure after them becomes a note (samples counts stay: they say
+        what was measured, not what was judged)."""
+        for k in self.ms:
+            del self.ms[k][rounds:]
+        if self.failed_after(rounds):
+            self.note = f"judged on {rounds} rounds; round {self.failed_round + 1} failed: {self.failed}"
+            self.failed = self.failed_round = None
 
     def candidate(self) -> Candidate:
         t, ms = self.trial, self.ms
         if self.failed is not None:
             return Candidate(t.number, tuple(self.cand_configs), "failed", message=self.failed)
         n = len(ms["best"])  # whole rounds only
-        return Candidate(t.number, tuple(self.cand_configs), "ok", default_ms=round_sig(median(ms["default"][:n])),
+        return Candidate(t.number, tuple(self.cand_configs), "ok", message=self.note,
+                         default_ms=round_sig(median(ms["default"][:n])),
                          best_ms=round_sig(median(ms["best"])),
                          samples={"default": self.samples["default"], "best": self.samples["best"]},
                          rounds=Rounds(*(tuple(round_sig(x) for x in ms[k][:n]) for k in ("default", "best", "again"))))

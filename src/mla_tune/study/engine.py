@@ -86,9 +86,7 @@ def run_trials(target: StudyTarget, storage: optuna.storages.BaseStorage, runner
         if not _baseline_pending_or_done(study, keys[0]):
             enqueue(study, answers[0], user_attrs=TrialResult(role="baseline").to_attrs(),
                     system_attrs={ENQUEUED_ATTR: this_process()})
-        if new:  # --backend auto: every other backend's defaults next, within the budget
-            for a in target.space.openings()[:max(0, limit - 1)]:
-                enqueue(study, a, user_attrs={}, system_attrs={ENQUEUED_ATTR: this_process()})
+        _enqueue_openings(study, target, limit)  # --backend auto: every other backend's defaults next
     objective = Objective(target, runner, env, study)
     objective.limit = limit
     max_calls = 4 * limit + 10  # TPE can keep proposing measured configs once the good region is exhausted
@@ -213,6 +211,31 @@ def _enqueue_warm_start(study: optuna.Study, target: StudyTarget, env: Environme
                    for p in target.space.parameters}
         if config_set_key(target.resolve(lambda p, a=answers: a[p.name])) != baseline_key:
             enqueue(study, answers, user_attrs={}, system_attrs={ENQUEUED_ATTR: this_process()})
+
+
+def _enqueue_openings(study: optuna.Study, target: StudyTarget, limit: int) -> None:
+    """``--backend auto``: queue each other backend's defaults that no trial measured, runs or waits for, within the
+    budget. Also on resume: an opening queued by a run that stopped (Ctrl-C, a GPU that could not start) was failed
+    unmeasured, and without it the local walk would spend the budget on vLLM's own backend."""
+    openings = getattr(target.space, "openings", None)
+    if openings is None:
+        return
+    have: set[str] = set()
+    for t in study.get_trials(deepcopy=False):
+        r = TrialResult.from_trial(t)
+        if recorded_status(t) and r.key is not None:
+            have.add(r.key)
+        elif t.state in (TrialState.WAITING, TrialState.RUNNING):
+            fixed = t.system_attrs.get("fixed_params") or t.params
+            if r.key is not None:
+                have.add(r.key)
+            elif fixed:
+                have.add(config_set_key(target.resolve(lambda p, f=fixed: f.get(p.name, p.default))))
+    room = max(0, limit - measured_count(study) - 1)  # the baseline comes first
+    for a in openings():
+        if room and config_set_key(target.resolve(lambda p, a=a: a[p.name])) not in have:
+            enqueue(study, a, user_attrs={}, system_attrs={ENQUEUED_ATTR: this_process()})
+            room -= 1
 
 
 def _enqueue_missing(study: optuna.Study, answers: list[dict], keys: list[str], limit: int) -> int:

@@ -88,8 +88,9 @@ def _best_info(p: Any) -> str:
 def _trial_ref(message: str) -> str:
     """``trial 13`` (an Optuna trial number, 0-based as optuna-dashboard shows it) as ``trial #13``, so it is not
     read as a count like ``1/3``."""
-    word, _, number = message.partition(" ")
-    return f"trial #{number}" if word == "trial" and number.isdigit() else message
+    word, _, rest = message.partition(" ")
+    number, sep, more = rest.partition(",")  # "trial 13, 12 rounds: ..." when a confirmation extends
+    return f"trial #{number}{sep}{more}" if word == "trial" and number.isdigit() else message
 
 
 class ProgressView(_Bars):
