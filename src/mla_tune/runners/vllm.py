@@ -302,10 +302,7 @@ class VllmRunner(Runner):
             plan = make_plan(case)
         except PlanError as exc:
             return Measurement.failed(exc.status, one_line(str(exc)))
-        try:
-            cc = self.environment().compute_capability
-        except RunnerUnavailableError as exc:
-            return Measurement.failed(Status.ERROR, one_line(str(exc)))
+        cc = self.environment().compute_capability  # unavailable here: raised, no config's failure (see measure)
         reason = capability_refusal(case.backend, cc) or prefill_capability_refusal(
             plan.engine.prefill_backend, cc)
         if not reason and plan.engine.prefill_backend != "auto":
