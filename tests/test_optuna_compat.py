@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import optuna
+import pytest
 from optuna.storages import InMemoryStorage
 
 from mla_tune.storage._optuna_compat import HeartbeatStorage, has_heartbeat, storage_of, study_id, trial_id
@@ -36,3 +37,30 @@ def test_the_heartbeat_hooks_reach_their_public_names():
     storage = _Beating()
     assert storage._get_stale_trial_ids(3) == [3, 7]  # what Optuna's fail_stale_trials calls
     assert has_heartbeat(storage) and not has_heartbeat(InMemoryStorage())
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite", "memory"])
+def test_set_user_attrs_writes_them_all_and_in_one_journal_append(tmp_path, kind, monkeypatch):
+    from mla_tune.storage._optuna_compat import set_user_attrs
+    from mla_tune.storage.urls import open_storage, parse_storage
+
+    url = {"journal": str(tmp_path / "s.journal"), "sqlite": f"sqlite:///{tmp_path / 's.db'}"}.get(kind)
+    storage = open_storage(parse_storage(url), create=True) if url else optuna.storages.InMemoryStorage()
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial = study.ask()
+    appends = []
+    if kind == "journal":
+        backend = storage._backend
+        real = backend.append_logs
+        monkeypatch.setattr(backend, "append_logs", lambda logs: (appends.append(len(logs)), real(logs))[1])
+    attrs = {"status": "ok", "key": "[{}]", "median_ms": 0.25, "details": {"drift": "+0.1%"}}
+    set_user_attrs(trial, attrs)
+    assert trial.user_attrs == attrs  # the trial's own copy, as Trial.set_user_attr keeps it
+    if kind == "journal":
+        assert appends == [len(attrs)]
+        storage = open_storage(parse_storage(url), create=False)  # read back from the file
+    assert optuna.load_study(study_name="s", storage=storage).trials[0].user_attrs == attrs if kind != "memory" \
+        else study.trials[0].user_attrs == attrs
+    study.tell(trial, 1.0)
+    with pytest.raises(RuntimeError):  # UpdateFinishedTrialError: a finished trial takes no more attrs
+        set_user_attrs(trial, {"late": 1, "later": 2})

@@ -187,21 +187,36 @@ def test_a_gpu_measured_on_by_another_process_is_refused(tmp_path, monkeypatch):
     acquire("0").release()
 
 
+
+def after_attr(monkeypatch, key: str, number: int, then) -> object:
+    """Call ``then(trial)`` right after trial ``number``'s attr ``key`` is stored (the objective writes a result's attrs
+    in one batch: ``set_user_attrs``); returns the real writer."""
+    from mla_tune.study import objective
+
+    real = objective.set_user_attrs
+
+    def hooked(trial, attrs):
+        real(trial, attrs)
+        if key in attrs and trial.number == number:
+            then(trial)
+
+    monkeypatch.setattr(objective, "set_user_attrs", hooked)
+    return real
+
+
 def test_a_trial_killed_after_recording_its_measurement_is_measured_again_not_reused_as_failed(tmp_path,
                                                                                                  monkeypatch):
     """The worker dies in the window after writing an ok measurement and before Optuna stores its value: the trial
     ends FAIL with ``status: ok``. Resuming must measure that config again, not reuse it as "failed before"."""
-    real = optuna.Trial.set_user_attr
+    from mla_tune.study import objective
 
-    def die_before_tell(self, key, value):
-        real(self, key, value)
-        if key == "speedup_vs_default" and self.number == 2:
-            raise KeyboardInterrupt
+    def die(trial):
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(optuna.Trial, "set_user_attr", die_before_tell)
+    real = after_attr(monkeypatch, "speedup_vs_default", 2, die)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, FakeRunner(optimum=OPT))
-    monkeypatch.setattr(optuna.Trial, "set_user_attr", real)
+    monkeypatch.setattr(objective, "set_user_attrs", real)
     name = "Fake100/deepseek-v3-tp1/FLASH_ATTN_MLA/64q1s4k"
     [dead] = [t for t in trials(tmp_path, name) if t.number == 2]
     assert dead.state == TrialState.FAIL and dead.user_attrs["status"] == "ok"
@@ -217,14 +232,10 @@ def test_a_trial_failed_as_stale_while_it_ran_here_is_measured_again_and_the_stu
                                                                                            caplog):
     """Late heartbeats (an overloaded host) let another worker fail this worker's running trial; Optuna then
     refuses to store its value. The study must go on, and the config be measured again."""
-    real = optuna.Trial.set_user_attr
+    def failed_by_another_worker(trial):  # once its measurement is stored, nothing more can be written
+        trial.study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
 
-    def failed_by_another_worker(self, key, value):
-        real(self, key, value)
-        if key == "status" and self.number == 2:  # the rest of its attrs can no longer be written
-            self.study._storage.set_trial_state_values(self._trial_id, TrialState.FAIL)
-
-    monkeypatch.setattr(optuna.Trial, "set_user_attr", failed_by_another_worker)
+    after_attr(monkeypatch, "status", 2, failed_by_another_worker)
     seen = []
     out = run(tmp_path, FakeRunner(optimum=OPT), progress=seen.append)
     [s] = out.summaries
@@ -288,31 +299,30 @@ def test_after_a_lost_trial_a_later_error_and_ctrl_c_still_surface(tmp_path, mon
     the sampler) propagates, and so does Ctrl-C arriving in a trial that was failed under us."""
     from mla_tune.study.sampling import ExhaustiveSampler
 
-    real_attr, real_before = optuna.Trial.set_user_attr, ExhaustiveSampler.before_trial
+    from mla_tune.study import objective
 
-    def failed_by_another_worker(self, key, value):
-        real_attr(self, key, value)
-        if key == "status" and self.number == 2:
-            self.study._storage.set_trial_state_values(self._trial_id, TrialState.FAIL)
+    real_before = ExhaustiveSampler.before_trial
+
+    def failed_by_another_worker(trial):
+        trial.study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
 
     def broken_sampler(self, study, trial):
         if trial.number == 4:
             raise RuntimeError("sampler bug")
         return real_before(self, study, trial)
 
-    monkeypatch.setattr(optuna.Trial, "set_user_attr", failed_by_another_worker)
+    real_attrs = after_attr(monkeypatch, "status", 2, failed_by_another_worker)
     monkeypatch.setattr(ExhaustiveSampler, "before_trial", broken_sampler)
     with pytest.raises(RuntimeError, match="sampler bug"):
         run(tmp_path, FakeRunner(optimum=OPT))
 
-    def interrupted_after_failed_under_us(self, key, value):
-        real_attr(self, key, value)
-        if key == "status" and self.number == 1:
-            self.study._storage.set_trial_state_values(self._trial_id, TrialState.FAIL)
-            raise KeyboardInterrupt
+    def interrupted_after_failed_under_us(trial):
+        trial.study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        raise KeyboardInterrupt
 
     monkeypatch.setattr(ExhaustiveSampler, "before_trial", real_before)
-    monkeypatch.setattr(optuna.Trial, "set_user_attr", interrupted_after_failed_under_us)
+    monkeypatch.setattr(objective, "set_user_attrs", real_attrs)
+    after_attr(monkeypatch, "status", 1, interrupted_after_failed_under_us)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "second", FakeRunner(optimum=OPT))
 

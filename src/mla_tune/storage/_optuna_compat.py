@@ -40,6 +40,28 @@ def enqueue(study: optuna.Study, params: dict[str, Any], *, user_attrs: dict[str
                                               system_attrs={**system_attrs, "fixed_params": params}))
 
 
+def set_user_attrs(trial: Trial, attrs: dict[str, Any]) -> None:
+    """``trial.set_user_attr`` for each of ``attrs``, in one append where the storage is a journal: one lock and one
+    fsync for a trial's result (about 15 attrs) instead of one each, which was half of a trial's overhead on a
+    2-core host. The records are the ones ``JournalStorage.set_trial_user_attr`` writes (one attr each, as Optuna's
+    replay asserts), and the trial's cached copy is updated as ``Trial.set_user_attr`` does."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal._storage import JournalOperation
+
+    storage = trial.storage
+    if not isinstance(storage, JournalStorage) or len(attrs) < 2:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        return
+    worker_id = storage._replay_result.worker_id
+    logs = [{"op_code": JournalOperation.SET_TRIAL_USER_ATTR, "worker_id": worker_id, "trial_id": trial._trial_id,
+             "user_attr": {key: value}} for key, value in attrs.items()]
+    with storage._thread_lock:
+        storage._backend.append_logs(logs)
+        storage._sync_with_backend()  # raises UpdateFinishedTrialError as one write would, if the trial is finished
+    trial._cached_frozen_trial.user_attrs.update(attrs)
+
+
 class HeartbeatStorage(BaseHeartbeat):
     """Optuna's heartbeat interface, with its private hook ``_get_stale_trial_ids`` under a public name."""
 
@@ -56,4 +78,4 @@ def has_heartbeat(storage: BaseStorage) -> bool:
     return isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval() is not None
 
 
-__all__ = ["HeartbeatStorage", "enqueue", "has_heartbeat", "storage_of", "study_id", "trial_id"]
+__all__ = ["HeartbeatStorage", "enqueue", "has_heartbeat", "set_user_attrs", "storage_of", "study_id", "trial_id"]

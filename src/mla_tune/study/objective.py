@@ -18,7 +18,7 @@ from ..records import TrialResult
 from ..runners import Runner
 from ..space import Parameter
 from ..stats import round_sig
-from ..storage._optuna_compat import storage_of, trial_id
+from ..storage._optuna_compat import set_user_attrs, storage_of, trial_id
 from ..types import Environment
 from .measure import measure_set
 from .plan import StudyTarget, config_set_key
@@ -40,9 +40,8 @@ def suggest(trial: Trial, p: Parameter) -> Any:
 
 
 def write(trial: Trial, result: TrialResult) -> None:
-    """Store ``result`` (or the step of it that is set) in the trial's user attrs, one key at a time."""
-    for k, v in result.to_attrs().items():
-        trial.set_user_attr(k, v)
+    """Store ``result`` (or the step of it that is set) in the trial's user attrs (one journal append)."""
+    set_user_attrs(trial, result.to_attrs())
 
 
 class Objective:
