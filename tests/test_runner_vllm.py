@@ -248,11 +248,15 @@ OK = Measurement(Status.OK, (1.0, 1.1, 0.9, 1.0, 1.05))
 
 def fake_worker(conn, options) -> None:
     """Answers like the real worker; the request count of a case's shape picks a misbehaviour."""
+    started = False
     while True:
         try:
             op, payload = conn.recv()
         except EOFError:
             return
+        if not started and op in ("environment", "backends", "measure"):  # "torch and vLLM are up"
+            conn.send(("started", None, False))
+            started = True
         if op == "close":
             conn.send(("ok", None, True))
             return
@@ -481,3 +485,25 @@ def test_the_worker_answers_unusable_when_torch_or_vllm_cannot_start(monkeypatch
     status, message, exiting = _vllm_worker._Worker(RunnerOptions()).handle("measure", _case(1))
     assert (status, exiting) == ("unusable", True)
     assert message == "import torch/vllm: RuntimeError: CUDA driver initialization failed, you might not have a CUDA gpu."
+
+
+def never_starts(conn, options) -> None:
+    """A worker on a host where CUDA no longer comes up: it crashes, or hangs, before torch/vLLM are up."""
+    op, payload = conn.recv()
+    if options.seed == 1:
+        time.sleep(3600)
+    os._exit(11)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed, what", [(0, "worker exited with code 11"), (1, "no answer")])
+def test_a_worker_that_dies_or_hangs_before_torch_is_up_stops_the_runner(seed, what) -> None:
+    runner = VllmRunner(worker_target=never_starts, timeout_s=1.0, first_timeout_s=1.0, seed=seed)
+    runner._env = FAKE_ENV  # an earlier worker answered: this one is a restart, after a crash, on a broken host
+    try:
+        with pytest.raises(RunnerUnavailableError, match=f"while starting torch/vLLM \\({what}\\)"):
+            runner.measure(_case(1))
+    finally:
+        runner.close()
+    if os.path.exists(runner.log_path):
+        os.unlink(runner.log_path)

@@ -6,7 +6,9 @@ error that poisons the context, so that the parent starts a fresh process for th
 
 Protocol: the parent sends ``(op, payload)``; the worker answers ``("ok", value, exiting)``,
 ``("fail", message, exiting)``, or ``("unusable", message, True)`` when torch/vLLM cannot even start here (no
-config is to blame: the parent stops measuring instead of failing every config with the same message). Ops: ``environment``, ``backends``, ``measure`` (payload: Case; value:
+config is to blame: the parent stops measuring instead of failing every config with the same message). A worker
+sends ``("started", None, False)`` once torch/vLLM are up in it, before the answer that needed them: a crash or
+hang of a worker that never sent it is the host's (CUDA that no longer initializes), not a config's. Ops: ``environment``, ``backends``, ``measure`` (payload: Case; value:
 ``(Measurement, phases)``), ``stats``, ``close``.
 """
 
@@ -57,9 +59,10 @@ def _failure(exc: BaseException, step: str) -> tuple[Measurement, bool]:
 class _Worker:
     """Request dispatch; the engine session is created on first use (the torch/vLLM import)."""
 
-    def __init__(self, options: RunnerOptions) -> None:
+    def __init__(self, options: RunnerOptions, on_start: Any = None) -> None:
         self.options = options
         self._session: Any = None
+        self._on_start = on_start  # called once torch/vLLM are up in this process (see the protocol)
 
     @property
     def session(self) -> Any:
@@ -67,6 +70,8 @@ class _Worker:
             from ._vllm_session import Session  # the heavy import: torch, vLLM
 
             self._session = Session(self.options)
+            if self._on_start is not None:
+                self._on_start()
         return self._session
 
     def handle(self, op: str, payload: Any) -> tuple[str, Any, bool]:
@@ -110,7 +115,7 @@ class _Worker:
 def serve(conn: Any, options: RunnerOptions) -> None:
     """The default worker target: answer requests until ``close``, EOF, or a poisoned CUDA context."""
     _setup_process(options)
-    worker = _Worker(options)
+    worker = _Worker(options, on_start=lambda: conn.send(("started", None, False)))
     while True:
         try:
             op, payload = conn.recv()

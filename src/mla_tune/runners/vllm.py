@@ -122,15 +122,22 @@ class _WorkerHandle:
         self.proc.start()
         child.close()
         self.seen: set[EngineKey] = set()
+        self.started = False  # torch/vLLM came up in this process (its "started" message)
 
     def request(self, op: str, payload: Any, timeout_s: float) -> tuple[str, Any, bool]:
+        deadline = time.monotonic() + timeout_s
         try:
             self.conn.send((op, payload))
-            if not self.conn.poll(timeout_s):
-                if not self.proc.is_alive():
-                    raise _WorkerDied()
-                raise _WorkerTimeout()
-            return self.conn.recv()
+            while True:
+                if not self.conn.poll(max(0.0, deadline - time.monotonic())):
+                    if not self.proc.is_alive():
+                        raise _WorkerDied()
+                    raise _WorkerTimeout()
+                answer = self.conn.recv()
+                if answer[0] == "started":
+                    self.started = True
+                    continue
+                return answer
         except (EOFError, BrokenPipeError, ConnectionResetError, OSError) as exc:
             raise _WorkerDied() from exc
 
@@ -323,14 +330,20 @@ class VllmRunner(Runner):
         timeout_s = self._timeout_for(worker, keys)
         try:
             status, value, exiting = worker.request("measure", case, timeout_s)
-        except _WorkerTimeout:
+        except (_WorkerTimeout, _WorkerDied) as exc:
+            hung = isinstance(exc, _WorkerTimeout)
+            why = "no answer" if hung else worker.exit_description()
             self._kill_worker()
             self._keep_log = True
-            return Measurement.failed(Status.TIMEOUT, f"no result within {timeout_s:.0f} s; worker killed "
-                                      "(the next case starts a fresh one)", worker_log=self.log_path)
-        except _WorkerDied:
-            why = worker.exit_description()
-            self._kill_worker()
+            if not worker.started:  # it never got torch/vLLM up: the host, not this config (see _vllm_worker)
+                raise RunnerUnavailableError(
+                    one_line(f"the GPU cannot be used here: a new vllm worker stopped while starting torch/vLLM "
+                             f"({why}): {self._log_tail()}"),
+                    hint=f"check the GPU (nvidia-smi); see {self.log_path}; finished trials are kept, run the same "
+                         "command again to resume") from None
+            if hung:
+                return Measurement.failed(Status.TIMEOUT, f"no result within {timeout_s:.0f} s; worker killed "
+                                          "(the next case starts a fresh one)", worker_log=self.log_path)
             return Measurement.failed(Status.ERROR, one_line(f"{why} while measuring: {self._log_tail()}"),
                                       worker_log=self.log_path)
         if exiting:
