@@ -316,3 +316,20 @@ def test_an_auto_study_stopped_by_an_unusable_gpu_still_tries_every_backend_on_r
     study = optuna.load_study(study_name="Fake100/deepseek-v3-tp1/auto/64q1s4k", storage=store)
     measured = {t.params.get("backend") for t in study.trials if t.user_attrs.get("status") == "ok"}
     assert measured >= {"FLASH_ATTN_MLA", "FLASHMLA", "TRITON_MLA"}, measured
+
+
+def test_an_auto_table_diffed_against_its_backends_own_differs_only_where_settings_do(replayed, tmp_path):
+    from mla_tune.tables.diff import diff_tables
+    from mla_tune.tables.landscape_io import read_table
+
+    _, storage, _ = replayed
+    auto_path, _ = api.export_table(tmp_path / "auto.yaml", storage=str(storage), backend=AUTO)
+    one = tmp_path / "one.journal"
+    api.run_study(backend="FLASH_ATTN_MLA", workload=f"spec:{SHAPE}", storage=str(one), runner=REPLAY, confirm_rounds=4)
+    fa_path, _ = api.export_table(tmp_path / "fa.yaml", storage=str(one), backend="FLASH_ATTN_MLA")
+    d = diff_tables(read_table(fa_path), read_table(auto_path))
+    [row] = d.rows
+    assert row.b is not None and dict(row.b.params[0])[BACKEND] == "FLASH_ATTN_MLA"  # vLLM's choice wins here
+    assert not [x for x in row.disagreements if x.knob == BACKEND], row.disagreements
+    same = diff_tables(read_table(auto_path), read_table(auto_path))
+    assert same.count("same") == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..space_auto import AUTO, BACKEND
 from ..types import ParamValue
 from .landscape import Landscape, Source, Verdict
 
@@ -68,23 +69,34 @@ def diff_tables(a: Landscape, b: Landscape) -> TableDiff:
     a_rows = {s.label: s.verdict for s in a.shapes}
     b_rows = {s.label: s.verdict for s in b.shapes}
     labels = list(a_rows) + [x for x in b_rows if x not in a_rows]
-    rows = tuple(ShapeDiff(x, a_rows.get(x), b_rows.get(x), _disagreements(a_rows.get(x), b_rows.get(x)))
+    # Against an ``--backend auto`` table, a one-backend table's settings name their backend too, so that the same
+    # backend with the same settings compares equal.
+    implied = (a.backend, b.backend) if AUTO in (a.backend, b.backend) else (None, None)
+    rows = tuple(ShapeDiff(x, a_rows.get(x), b_rows.get(x), _disagreements(a_rows.get(x), b_rows.get(x), *implied))
                  for x in labels)
     return TableDiff(Side(a.source, a.backend, a.engine), Side(b.source, b.backend, b.engine), rows, _header(a, b))
 
 
-def _disagreements(a: Verdict | None, b: Verdict | None) -> tuple[Disagreement, ...]:
+def _disagreements(a: Verdict | None, b: Verdict | None, a_backend: str | None = None,
+                   b_backend: str | None = None) -> tuple[Disagreement, ...]:
     if a is None or b is None:
         return ()
     out = []
     many = max(len(a.params), len(b.params)) > 1
     for i in range(max(len(a.params), len(b.params))):
-        ca = dict(a.params[i]) if i < len(a.params) else {}
-        cb = dict(b.params[i]) if i < len(b.params) else {}
+        ca = _with_backend(dict(a.params[i]) if i < len(a.params) else {}, a_backend)
+        cb = _with_backend(dict(b.params[i]) if i < len(b.params) else {}, b_backend)
         for knob in sorted(set(ca) | set(cb)):
             if ca.get(knob) != cb.get(knob):
                 out.append(Disagreement(f"[{i}].{knob}" if many else knob, ca.get(knob), cb.get(knob)))
     return tuple(out)
+
+
+def _with_backend(config: dict, backend: str | None) -> dict:
+    """``config`` naming its decode backend, where it does not and its table is one backend's."""
+    if backend is None or backend == AUTO or BACKEND in config:
+        return config
+    return {BACKEND: backend, **config}
 
 
 def _header(a: Landscape, b: Landscape) -> tuple[Disagreement, ...]:
