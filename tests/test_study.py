@@ -531,3 +531,12 @@ def test_a_failure_in_the_extra_rounds_judges_every_candidate_on_the_rounds_all_
     win = conf["candidates"][conf["winner"]]
     assert win["configs"][0] | OPT == win["configs"][0] and win["status"] == "ok"
     assert "judged on 6 rounds; round 9 failed" in win["message"] and "timeout" in win["message"]
+
+
+def test_past_the_studys_timeout_a_wide_floor_gets_no_extra_rounds(tmp_path, monkeypatch):
+    from mla_tune.study import confirm as confirm_mod
+
+    monkeypatch.setattr(confirm_mod, "past", lambda deadline: deadline is not None)  # every deadline has passed
+    run(tmp_path, ClockDrift(0.05, optimum=OPT), confirm_rounds=6, timeout_s=3600)
+    rounds, per_candidate, _ = _rounds_of(tmp_path)
+    assert rounds == 6 and set(per_candidate) == {6}

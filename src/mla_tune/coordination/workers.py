@@ -110,7 +110,7 @@ class Shared(Coordination):
         for target in settled:
             check()
             study = optuna.load_study(study_name=target.name, storage=store)
-            if confirm(study, target, runner, env, progress, shared=True) is None:
+            if confirm(study, target, runner, env, progress, shared=True, deadline=deadlines[target.name]) is None:
                 claimed.append(target)
         for target in claimed:
             check()

@@ -93,14 +93,15 @@ def require_complete(study: optuna.Study, target: StudyTarget, deadline: float |
 
 
 def confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Environment,
-            progress: ProgressFn | None = None, *, force: bool = False, shared: bool = False
-            ) -> dict[str, Any] | None:
+            progress: ProgressFn | None = None, *, force: bool = False, shared: bool = False,
+            deadline: float | None = None) -> dict[str, Any] | None:
     """Confirm the best configs of a finished study; stores the ``Confirmation`` (study attr ``confirmation``) and
     returns it as stored.
 
     Skipped (the stored result returned) when no trial finished since the last confirmation, unless ``force``.
     ``shared``: other workers (other hosts too) may confirm the same study; the first to claim it does the work and
     the others get None (see ``ConfirmClaim``), so no GPU time goes into the same confirmation twice.
+    ``deadline`` (the study's --timeout): past it, a wide noise floor gets no extra rounds.
     """
     n_done = measured_count(study)  # distinct measurements: a late reused duplicate changes no candidate
     stored = Confirmation.of_study(study.user_attrs)
@@ -110,7 +111,7 @@ def confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Envir
     if held is not None and not held.take():
         return None
     try:
-        return _confirm(study, target, runner, env, n_done, progress, held)
+        return _confirm(study, target, runner, env, n_done, progress, held, deadline)
     except ClaimLost:
         return None
     finally:
@@ -146,7 +147,8 @@ def floor_too_wide(results: list[Candidate]) -> float | None:
 
 
 def _confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Environment, n_done: int,
-             progress: ProgressFn | None, held: ConfirmClaim | None) -> dict[str, Any]:
+             progress: ProgressFn | None, held: ConfirmClaim | None, deadline: float | None = None
+             ) -> dict[str, Any]:
     r = target.request
     default_configs = target.default_configs()
     picks = candidates(study, config_set_key(default_configs), r.confirm_top)
@@ -157,7 +159,7 @@ def _confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Envi
         if progress:
             progress(Progress(target.name, "confirm", i, len(picks), message=f"trial {run.trial.number}"))
         run.measure_to(runner, target, rounds, check)
-    while rounds < limit and (half := floor_too_wide([run.candidate() for run in runs])) is not None:
+    while rounds < limit and not past(deadline) and (half := floor_too_wide([run.candidate() for run in runs])):
         before, rounds = rounds, min(limit, rounds + r.confirm_rounds)
         for i, run in enumerate(runs):
             if progress:

@@ -55,7 +55,7 @@ class Solo(Coordination):
             run_trials(target, store, runner, env, progress, deadline)
             study = settle(target, store, runner, env, progress, deadline)
             if incomplete.check(study, target, deadline) and confirm(study, target, runner, env, progress,
-                                                                     shared=True) is None:
+                                                                     shared=True, deadline=deadline) is None:
                 await_confirmation(target, store, runner, env, progress)
         incomplete.raise_any()
 
