@@ -101,7 +101,7 @@ except Exception as e:
     text = json.dumps({"error": repr(e)})
 open(out, "w").write(text); print(text[:400])
 PY
-    echo "serve on GPU $1: answered after $((SECONDS - t0)) s" >> "$4"
+    echo "serve on GPU $1: answered after $((SECONDS - t0)) s" > "$4.timing"  # not into the log: the server writes it at its own offset
     kill -INT $server; wait $server
   }
   (
