@@ -131,3 +131,17 @@ def test_a_table_of_per_shape_and_mix_studies_says_both_objectives():
     b = StudySummary(b.name, b.attrs | {"objective": "mix"}, *list(b.__dict__.values())[2:])
     assert build_table([a, b])["objective"] == "mix+per-shape"
     assert build_table([a])["objective"] == "per-shape"
+
+
+def test_a_table_says_which_entries_are_not_confirmed_rather_than_not_tuned():
+    from pathlib import Path
+
+    from mla_tune.tables.export import load_table
+    from mla_tune.tables.table import table_rows
+
+    root = Path(__file__).resolve().parents[1]
+    # the H200 TP8 studies: trials measured, their confirmation never ran (the GPU stopped starting CUDA)
+    rows = table_rows(load_table(root / "results/h200/tables/TRITON_MLA-deepseek-v3-tp8.yaml"))
+    assert {r[2] for r in rows} == {"not confirmed"}
+    rows = table_rows(load_table(root / "results/h200/tables/TRITON_MLA-deepseek-v3-tp1.yaml"))
+    assert {r[2] for r in rows} <= {"yes", "no", "FAILS"} and "yes" in {r[2] for r in rows}

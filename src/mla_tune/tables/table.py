@@ -13,6 +13,9 @@ from ..stats import round_sig
 from ..study.verdict import judge
 from .summary import StudySummary
 
+# An entry of a study whose confirmation has not run: its trials are there, its verdict is not.
+UNCONFIRMED_NOTE = "not confirmed yet: run the study to its end"
+
 TABLE_KIND = "mla-tune/tuning-table"
 TABLE_SCHEMA_VERSION = 1
 # Version 2 adds ``backend: auto`` tables (``--backend auto`` studies), each of whose configs names its decode
@@ -54,7 +57,7 @@ def _entry(s: StudySummary) -> dict[str, Any]:
     conf = s.confirmation or {}
     defaults = conf.get("default", {}).get("configs")
     if defaults is None:
-        entry.update(tuned=False, note="not confirmed yet: run the study to its end")
+        entry.update(tuned=False, note=UNCONFIRMED_NOTE)
         return entry
     entry["default_params"] = _one_or_list(defaults)
     base_failed = (s.baseline or {}).get("status") not in (None, "ok")
@@ -175,6 +178,14 @@ def entry_label(entry: dict[str, Any]) -> str:
     return entry.get("shape") or f"mix:{entry.get('workload')}"
 
 
+def _tuned_cell(e: dict[str, Any]) -> str:
+    if "error" in e:
+        return "FAILS"
+    if e.get("tuned"):
+        return "yes"
+    return "not confirmed" if e.get("note") == UNCONFIRMED_NOTE else "no"
+
+
 def table_rows(table: dict[str, Any]) -> list[list[str]]:
     """Rows for a terminal rendering of a table: shape, kind, tuned, params, default/best ms, speedup, CI."""
     rows = []
@@ -184,7 +195,7 @@ def table_rows(table: dict[str, Any]) -> list[list[str]]:
         params = e.get("params")
         rows.append([
             entry_label(e), e.get("kind", "mix"),
-            "FAILS" if "error" in e else ("yes" if e.get("tuned") else "no"),
+            _tuned_cell(e),
             format_config(params) if isinstance(params, dict) else ("per shape" if params else "-"),
             _ms(lat.get("default")), _ms(lat.get("best")),
             f"x{e['speedup']:.3f}" if e.get("speedup") is not None else "-",

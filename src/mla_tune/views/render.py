@@ -238,7 +238,7 @@ def print_table(console: Console, table: dict[str, Any], source: str) -> None:
     mark = " (replay)" if replay else ""
     console.print(f"{source}: {table['backend']} on {m['model']} tp{m['tp']} ({m['num_q_heads']} heads), "
                   f"kv {table['kv_cache_dtype']}, block {table.get('block_size')}")
-    console.print(f"source: {_env_line(table['provenance'])}, date {table['provenance'].get('date')}")
+    console.print(f"source: {_env_line(table['provenance'])}, date {table['provenance'].get('date') or '-'}")
     t = _table("shape", "kind", "tuned", "params", f"default ms{mark}", f"tuned ms{mark}", "speedup",
                "CI (95% family-wise)")
     for row in table_rows(table):
