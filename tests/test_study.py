@@ -540,3 +540,16 @@ def test_past_the_studys_timeout_a_wide_floor_gets_no_extra_rounds(tmp_path, mon
     run(tmp_path, ClockDrift(0.05, optimum=OPT), confirm_rounds=6, timeout_s=3600)
     rounds, per_candidate, _ = _rounds_of(tmp_path)
     assert rounds == 6 and set(per_candidate) == {6}
+
+
+def test_a_budget_too_small_for_the_warm_start_still_measures_vllms_default(tmp_path):
+    """A warm start queued ahead of vLLM's default must not take the last place in the budget: the default is what
+    every confirmation needs, so one place is kept for it until it is measured."""
+    run(tmp_path, FakeRunner(optimum=OPT), n_trials=40)  # 64q1s4k: finds the planted optimum, a neighbour's prior
+    out = run(tmp_path, FakeRunner(optimum=OPT), workload="spec:128q1s4k", n_trials=1)
+    [s] = out.summaries
+    assert s.measured == 1
+    ts = trials(tmp_path, s.name)
+    measured = [t for t in ts if t.state == TrialState.COMPLETE]
+    assert [t.user_attrs.get("role") for t in measured] == ["baseline"]
+    assert any(t.state == TrialState.PRUNED for t in ts)  # the warm start, out of budget

@@ -51,18 +51,24 @@ class BudgetSpent(optuna.TrialPruned):
     """Measured plus in-flight trials already fill the budget: this trial ends pruned, without a measurement."""
 
 
-def claim(study: optuna.Study, trial: Trial, key: str, limit: int | None) -> FrozenTrial | None:
+def claim(study: optuna.Study, trial: Trial, key: str, limit: int | None,
+          baseline_key: str | None = None) -> FrozenTrial | None:
     """Returns ``None`` when this trial may measure ``key`` now (the claim stays until the trial ends), or the
-    finished trial that measured ``key`` (to reuse). Raises ``BudgetSpent`` when ``limit`` is reached."""
+    finished trial that measured ``key`` (to reuse). Raises ``BudgetSpent`` when ``limit`` is reached.
+
+    vLLM's default (``baseline_key``) is never out of budget, since nothing can be confirmed without it; until it is
+    measured or being measured, one place in the budget is kept for it. (Two workers could otherwise fill a small
+    budget with other configs while the queued baseline waited, and leave the study unconfirmable.)"""
     storage = storage_of(study)
     backoff = 0.05
     mine = {"key": key, "worker": worker_id()}  # also replaces the claim a retry inherits from its dead original
     while True:
         storage.set_trial_system_attr(trial_id(trial), CLAIM_ATTR, mine)
-        done, rivals, in_flight, measured = _scan(study, trial.number, key)
+        done, rivals, in_flight, measured, baseline_taken = _scan(study, trial.number, key, baseline_key)
         if done is not None:
             return done
-        if limit is not None and measured + in_flight >= limit:
+        kept = 0 if baseline_key is None or baseline_taken else 1
+        if limit is not None and key != baseline_key and measured + in_flight + kept >= limit:
             raise BudgetSpent(f"budget of {limit} filled by measured and in-flight trials")
         if not rivals:
             return None
@@ -97,21 +103,26 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{os.environ.get('CUDA_VISIBLE_DEVICES', '')}"
 
 
-def _scan(study: optuna.Study, number: int, key: str) -> tuple[FrozenTrial | None, int, int, int]:
-    """(a finished trial that measured ``key``, live rivals on ``key``, claims in flight, distinct measured)."""
+def _scan(study: optuna.Study, number: int, key: str, baseline_key: str | None = None
+          ) -> tuple[FrozenTrial | None, int, int, int, bool]:
+    """(a finished trial that measured ``key``, live rivals on ``key``, claims in flight, distinct measured, whether
+    ``baseline_key`` is measured or being measured by another trial)."""
     done, rivals, in_flight, measured, now = None, 0, 0, 0, time.time()
+    baseline_taken = False
     for t in study.get_trials(deepcopy=False):
         if t.number == number or (t.state == TrialState.RUNNING and dead_trial(t, now)):
             continue  # a dead process's claim holds nothing: its trial is failed and its config measured again
         if recorded_status(t):  # finished with a result
             r = TrialResult.from_trial(t)
             measured += r.fresh
+            baseline_taken = baseline_taken or r.key == baseline_key
             if r.fresh and r.key == key and (done is None or t.number < done.number):
                 done = t
         elif t.state == TrialState.RUNNING and t.system_attrs.get(CLAIM_ATTR):
             in_flight += 1
             rivals += t.system_attrs[CLAIM_ATTR]["key"] == key
-    return done, rivals, in_flight, measured
+            baseline_taken = baseline_taken or t.system_attrs[CLAIM_ATTR]["key"] == baseline_key
+    return done, rivals, in_flight, measured, baseline_taken
 
 
 def running_where(running: list[FrozenTrial]) -> str:

@@ -83,7 +83,7 @@ class Objective:
         write(trial, TrialResult(key=key, role="baseline" if key == self.baseline_key else None))
         earlier = self._seen.get(key)
         if earlier is None:  # other workers may have measured it, or be measuring it: see claim.py
-            found = claim(self.study, trial, key, self.limit)
+            found = claim(self.study, trial, key, self.limit, self.baseline_key)
             earlier = TrialResult.from_trial(found) if found is not None else None
         if earlier is not None:  # same kernels as an earlier trial: reuse, don't spend GPU time
             return self._reuse(trial, earlier)
