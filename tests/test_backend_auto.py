@@ -333,3 +333,12 @@ def test_an_auto_table_diffed_against_its_backends_own_differs_only_where_settin
     assert not [x for x in row.disagreements if x.knob == BACKEND], row.disagreements
     same = diff_tables(read_table(auto_path), read_table(auto_path))
     assert same.count("same") == 1
+
+
+def test_resuming_an_auto_study_where_other_backends_run_says_so(tmp_path):
+    storage = str(tmp_path / "s.journal")
+    args = dict(backend=AUTO, workload="spec:64q1s4k", storage=storage, n_trials=4, confirm_rounds=2)
+    api.run_study(runner=FakeRunner(), **args)
+    with pytest.raises(UsageError, match="chose among the decode backends .*FLASHMLA.*here FLASH_ATTN_MLA, "
+                                         "TRITON_MLA can run"):
+        api.run_study(runner=FakeRunner(unavailable=("CUTLASS_MLA", "FLASHINFER_MLA", "FLASHMLA")), **args)

@@ -230,6 +230,12 @@ def check_same_source(name: str, existing: dict, new: dict) -> None:
     """A resumed study must measure the same thing the same way: same space, shapes and software (its stored
     ``plan.study_attrs`` against this run's)."""
     if existing.get("space") != new["space"]:
+        was = ((existing.get("space") or {}).get("backend") or {}).get("values")
+        now = ((new.get("space") or {}).get("backend") or {}).get("values")
+        if was != now:  # --backend auto: which decode backends run here changed (a GPU, a vLLM, a kernel package)
+            raise UsageError(f"study {name} chose among the decode backends {', '.join(map(str, was or []))}; "
+                             f"here {', '.join(map(str, now or []))} can run",
+                             hint="run it where the same backends run, or use another --storage")
         raise UsageError(f"study {name} was made with a different search space",
                          hint="restore the YAML, or use another --storage for the new space")
     def shapes(attrs: dict) -> Any:  # a per-shape study's value is its one shape's: a weight changes nothing
