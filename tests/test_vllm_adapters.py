@@ -173,3 +173,24 @@ def test_the_installed_vllm_has_every_name_its_adapter_gives():
     for backend in ("CUTLASS_MLA", "TRITON_MLA"):  # the plugin wraps their forward_mqa
         impl = _load(a.backends[backend].impl_class)
         assert callable(getattr(impl, "forward_mqa", None)), impl
+
+
+@pytest.mark.parametrize("version, cc, kv, expected", [
+    ("0.20.0", "9.0", "auto", "FLASH_ATTN_MLA"), ("0.20.0", "9.0", "fp8", "FLASHMLA"),
+    ("0.20.0", "10.0", "auto", "FLASHINFER_MLA"), ("0.20.0", "8.0", "auto", "TRITON_MLA"),
+    ("0.26.0", "9.0", "auto", "FLASH_ATTN_MLA"), ("0.26.0", "10.0", "auto", "FLASHINFER_MLA"),
+    ("0.26.0", "12.0", "auto", "TRITON_MLA"), ("0.33.0", "9.0", "fp8", "FLASHMLA"),
+])
+def test_the_backend_vllm_picks_unasked_follows_its_priority_list(version, cc, kv, expected):
+    # read from vLLM's platforms/cuda.py _get_backend_priorities of each release (see the adapters)
+    assert adapter_for(version).default_decode_backend(cc, kv) == expected
+
+
+def test_a_backend_mla_tune_does_not_model_ahead_in_vllms_list_leaves_the_default_unknown():
+    from dataclasses import replace
+
+    a = adapter_for("0.26.0")
+    assert "TOKENSPEED_MLA" not in a.backends and a.mla_priority[10][1] == "TOKENSPEED_MLA"
+    # where FLASHINFER_MLA cannot run, vLLM would try TOKENSPEED_MLA next: no baseline is claimed
+    no_flashinfer = replace(a, backends={k: v for k, v in a.backends.items() if k != "FLASHINFER_MLA"})
+    assert no_flashinfer.default_decode_backend("10.0") is None

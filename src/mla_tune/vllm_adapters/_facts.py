@@ -120,13 +120,16 @@ class Adapter:
 
     def default_decode_backend(self, compute_capability: str, kv_cache_dtype: str = "auto") -> str | None:
         """The MLA decode backend this vLLM picks unasked on a GPU of ``compute_capability`` with this KV cache
-        dtype: the first of its priority list that runs there (None: none does, or the family lists none)."""
+        dtype: the first of its priority list that runs there (None: none does, the family lists none, or a
+        backend mla-tune does not model comes first, e.g. 0.21's TOKENSPEED_MLA: whether vLLM would take it is
+        unknown here, so no baseline is claimed)."""
         major = int(str(compute_capability).split(".")[0])
         fp8 = str(kv_cache_dtype).startswith("fp8")
         for name in self.mla_priority.get(major, self.mla_priority.get(0, ())):
             facts = self.backends.get(name)
-            if facts is not None and self.capability_refusal(name, compute_capability) is None \
-                    and (facts.fp8_kv or not fp8):
+            if facts is None:
+                return None
+            if self.capability_refusal(name, compute_capability) is None and (facts.fp8_kv or not fp8):
                 return name
         return None
 

@@ -39,13 +39,21 @@ PREFILL = {
     "trtllm": {"mla_prefill_backend": "TRTLLM_RAGGED"},
 }
 
-# mla_priority (which decode backend vLLM picks unasked, for --backend auto) is 0.20's, inherited unchecked: it was
-# not re-read from the 0.21-0.26 sources.
+# Which decode backend vLLM picks unasked (--backend auto), read from platforms/cuda.py _get_backend_priorities of
+# 0.21.0, 0.22.0 and 0.26.0: SM100 puts TOKENSPEED_MLA (not modelled here) after FLASHINFER_MLA; 0.26 gives SM12x
+# its own list (TRITON_MLA first), where 0.21-0.22 fall through to the general list, whose first backend that runs
+# on SM12x is TRITON_MLA as well; every other GPU (Hopper) is unchanged from 0.20.
+MLA_PRIORITY = {
+    10: ("FLASHINFER_MLA", "TOKENSPEED_MLA", "CUTLASS_MLA", "FLASH_ATTN_MLA", "FLASHMLA", "TRITON_MLA"),
+    12: ("TRITON_MLA",),
+    0: ("FLASH_ATTN_MLA", "FLASHMLA", "FLASHINFER_MLA", "TRITON_MLA"),
+}
+
 ADAPTER = replace(
     BASE, family="0.21-0.26", first=(0, 21), last=(0, 26),
     # The runner builds the layer's MLAPrefillBackend as vLLM's MLAAttention does (see notes-0.21-0.33.md)
     gpu_validated="0.26.0: runner gpu tests and a study on H200 (not the plugin)", prefill_api="backend_object", runner_supported=True,
-    backends=BACKENDS, prefill_settings=PREFILL, prefill_needs_sm100=("flashinfer", "trtllm"),
+    backends=BACKENDS, prefill_settings=PREFILL, prefill_needs_sm100=("flashinfer", "trtllm"), mla_priority=MLA_PRIORITY,
     notes=("TRITON_MLA runs inside full decode graphs: its split count is fixed per captured batch size "
            "(mla-tune still measures it eagerly on this family)",
            "the reorder threshold has no vLLM setting: the plugin applies it"))

@@ -24,7 +24,8 @@ BACKENDS = {
                                    f"{_MLA}.flashinfer_mla:FlashInferMLAImpl"),
 }
 
-# mla_priority is 0.20's through 0.21-0.26, not re-read from the 0.33 source.
+# mla_priority: 0.33.0's _get_backend_priorities lists the dense MLA backends as 0.26 does (sparse ones aside), so
+# the 0.21-0.26 family's list (inherited through BASE) holds.
 ADAPTER = replace(
     BASE, family="0.33", first=(0, 33), last=(0, 33), torch="2.14",
     # 0.33 reads the MLA dims off the layer and drops two CommonAttentionMetadata fields the runner passes; it needs
