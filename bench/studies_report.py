@@ -66,6 +66,8 @@ def main() -> int:
         floor = conf.get("floor") or {}
         if floor.get("ci"):
             g["floors"].append((name.label, floor["ci"]))
+        if conf:
+            g["confirmed"].append(name.label)
         winner = conf.get("winner")
         if winner is not None:
             c = conf["candidates"][winner]
@@ -73,7 +75,7 @@ def main() -> int:
             changed = {k: v for k, v in c["configs"][0].items() if conf["default"]["configs"][0].get(k) != v}
             gains.append((name, c["speedup"], c["ci"], floor.get("ci"), changed))
     print(f"{'GPU':<6}{'model':<18}{'backend':<16}{'studies':>8}{'measured':>9}{'failed':>7}{'tuned':>6}"
-          f"  {'noise floor: median width':<26}{'widest':<18}{'excl. 1':>8}{'clock events':>13}  SM MHz")
+          f"  {'noise floor: median ±':<26}{'widest':<18}{'excl. 1':>8}{'clock events':>13}  SM MHz")
     for (gpu, model, backend), g in sorted(groups.items()):
         widths = [hi - lo for _, (lo, hi) in g["floors"]]
         widest = max(g["floors"], key=lambda f: f[1][1] - f[1][0]) if g["floors"] else None
@@ -83,7 +85,7 @@ def main() -> int:
         med = f"±{50 * statistics.median(widths):.1f}% ({len(widths)} floors)" if widths else "not measured"
         wide = f"[{widest[1][0]:.3f}, {widest[1][1]:.3f}] {widest[0]}" if widest else "-"
         print(f"{gpu:<6}{model:<18}{backend:<16}{len(g['studies']):>8}{len(g['measured']):>9}{len(g['failed']):>7}"
-              f"{len(g['tuned']):>6}  {med:<26}{wide:<18}{off:>8}{ev:>13}  {mhz}")
+              f"{len(g['tuned']) if g['confirmed'] else '-':>6}  {med:<26}{wide:<18}{off:>8}{ev:>13}  {mhz}")
     print("\nconfirmed gains (paired rounds against vLLM's default; the floor is the same study's default vs itself):")
     for name, speedup, ci, floor, changed in sorted(gains, key=lambda x: (x[0].model, x[0].backend, x[0].label)):
         fl = f"[{floor[0]:.3f}, {floor[1]:.3f}]" if floor else "not measured"
