@@ -33,3 +33,9 @@ def test_search_efficiency_runs_on_a_small_recording(tmp_path):
                   runner=FakeRunner(optimum={"num_kv_splits": 2}))
     out = bench("bench/search_efficiency.py", str(tmp_path), "--seeds", "2", "--samplers", "auto,grid")
     assert "landscapes:" in out and "  auto " in out and "  grid " in out
+
+
+def test_studies_report_reprints_the_committed_h200_report():
+    out = bench("bench/studies_report.py", "results/h200/studies.journal")
+    assert out == (ROOT / "results/h200/studies_report.txt").read_text()
+    assert "H200  deepseek-v3-tp1   TRITON_MLA            35      256     32     9" in out
