@@ -130,12 +130,7 @@ class SearchSpace:
 
     def expand(self, shape: Shape) -> list[dict[str, ParamValue]]:
         """Every distinct config that runs differently for ``shape``; the baseline first."""
-        seen: dict[tuple, dict[str, ParamValue]] = {}
-        base = self.default_config(shape)
-        seen[config_key(base)] = base
-        for config in self._walk(shape):
-            seen.setdefault(config_key(config), config)
-        return list(seen.values())
+        return distinct_configs([self.default_config(shape), *self._walk(shape)])
 
     def _walk(self, shape: Shape) -> Iterator[dict[str, ParamValue]]:
         # Enumerate by replaying `resolve` with every combination of answers to the questions it asks.
@@ -187,6 +182,14 @@ class SearchSpace:
 
 def config_key(config: dict[str, ParamValue]) -> tuple:
     return tuple(sorted(config.items()))
+
+
+def distinct_configs(configs: Iterable[dict[str, ParamValue]]) -> list[dict[str, ParamValue]]:
+    """``configs`` without repeats (equal ``config_key``), each at its first place."""
+    seen: dict[tuple, dict[str, ParamValue]] = {}
+    for config in configs:
+        seen.setdefault(config_key(config), config)
+    return list(seen.values())
 
 
 def format_config(config: dict[str, ParamValue]) -> str:

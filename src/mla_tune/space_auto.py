@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from .space import Parameter, SearchSpace, config_key
+from .space import Parameter, SearchSpace, distinct_configs
 from .types import ParamValue, Shape
 
 AUTO = "auto"  # the --backend value
@@ -97,14 +97,8 @@ class AutoSpace:
 
     def expand(self, shape: Shape) -> list[dict[str, ParamValue]]:
         """Every distinct config of every backend for ``shape``; the baseline first."""
-        seen: dict[tuple, dict[str, ParamValue]] = {}
-        base = self.default_config(shape)
-        seen[config_key(base)] = base
-        for m in self.members:
-            for config in m.expand(shape):
-                tagged = {BACKEND: m.backend, **config}
-                seen.setdefault(config_key(tagged), tagged)
-        return list(seen.values())
+        return distinct_configs([self.default_config(shape),
+                                 *({BACKEND: m.backend, **c} for m in self.members for c in m.expand(shape))])
 
     def answers(self, config: dict[str, ParamValue]) -> dict[str, ParamValue]:
         """The answers that run ``config``: its backend, and its params under that backend's prefix."""
