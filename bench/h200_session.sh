@@ -13,7 +13,9 @@
 #                                                each; the 0.20 GPU tests; the sweeps left over (needs the serve kit
 #                                                in /opt/mla-kit/site: bench/kit-requirements-vllm-0.20.0-serve.txt)
 #   bench/h200_session.sh studies "1 8" (GPU)    studies of FLASHMLA, TRITON_MLA, FLASH_ATTN_MLA over the evidence
-#                                                workloads at the TPs given, --gpus 0,1; re-running resumes
+#                                                workloads at the TPs given, a worker per GPU; re-running resumes
+#   bench/h200_session.sh adaptive      (GPU)    the 0.20 GPU tests, then FLASH_ATTN_MLA decode_4k at TP1 studied
+#                                                afresh: its confirmations with the rounds extended to the floor
 # Results go to $OUT as tar files (at most 8 files come back).
 set -uo pipefail
 cmd=${1:?usage: h200_session.sh pack|tests|e2e-fa|e2e-triton|serve-tests|studies TPS}
@@ -37,6 +39,7 @@ DEADLINE=$((SECONDS + ${BUDGET_S:-560}))  # the call's 10 minutes, less the pack
 lim() { local left=$((DEADLINE - SECONDS)) l=$1; ((left < l)) && l=$left; ((l < 5)) && { echo "skipped: no time"; return 124; }; timeout "$l" "${@:2}"; }
 v20() { CUDA_VISIBLE_DEVICES=$1 PYTHONPATH=/tmp/mt:$K20 lim "${@:2}"; }
 v26() { CUDA_VISIBLE_DEVICES=$1 PYTHONPATH=/tmp/mt:$K26 lim "${@:2}"; }
+GPUS=$(nvidia-smi --query-gpu=index --format=csv,noheader | paste -sd, -)  # "0" or "0,1": a worker per GPU
 GPU_TESTS="tests/test_runner_vllm.py tests/test_runner_fake.py tests/test_vllm_adapters.py"
 
 case $cmd in
@@ -121,6 +124,16 @@ PY
   wait
   grep -hE "mla.tune|Traceback|Error" logs/serve*.log | head -n 40
   tar -czf "$OUT/serve-tests.tgz" logs sweeps ;;
+adaptive)
+  v20 0 200 python3 -m pytest -q -p no:cacheprovider -m "gpu or not gpu" $GPU_TESTS > logs/pytest-gpu-020.log 2>&1
+  echo "0.20 tests rc $?" >> logs/pytest-gpu-020.log; tail -n 3 logs/pytest-gpu-020.log
+  mkdir -p studies
+  left=$((DEADLINE - SECONDS - 30))
+  PYTHONPATH=/tmp/mt:$K20 timeout -s INT -k 60 $left python3 -m mla_tune.cli study --backend FLASH_ATTN_MLA \
+    --workload decode_4k --tp 1 --storage studies/fa-decode_4k-adaptive.journal \
+    --export logs/FLASH_ATTN_MLA-tp1-decode_4k-adaptive.yaml > logs/study-adaptive.log 2>&1
+  echo "rc $?" >> logs/study-adaptive.log; tail -n 25 logs/study-adaptive.log
+  tar -cf - logs studies/fa-decode_4k-adaptive.journal | xz -T0 -6 | split -b 15M - "$OUT/adaptive.tar.xz." ;;
 studies)
   # Every backend x workload of the H200 evidence at the TPs given, one worker per GPU on one journal (kept in
   # /tmp/w/studies across calls on this machine: the same command resumes). Stopped by SIGINT before the call's
@@ -133,7 +146,7 @@ studies)
   PYTHONPATH=/tmp/mt:$K20 timeout -s INT -k 75 $left python3 -m mla_tune.cli study --backend FLASHMLA \
     --backend TRITON_MLA --backend FLASH_ATTN_MLA --workload decode_4k --workload spec_decode --workload mixed \
     --workload prefill_4k --workload decode_1k --workload decode_16k --workload decode_64k "${TPS[@]}" \
-    --gpus 0,1 --storage studies/h200.journal > logs/studies-tp${2// /_}.log 2>&1
+    --gpus "$GPUS" --storage studies/h200.journal > logs/studies-tp${2// /_}.log 2>&1
   echo "rc $?" >> logs/studies-tp${2// /_}.log
   tail -n 40 logs/studies-tp${2// /_}.log
   # The journal and logs only (the plots attached as artifacts are rebuilt from it), in parts under $OUT's 16 MB cap

@@ -439,10 +439,23 @@ def test_spec_decode_through_both_pipelines(gpu_runner, threshold, decode_tokens
 @pytest.mark.gpu
 def test_oom_is_data(gpu_runner) -> None:
     # 1024 x 160k tokens of latent cache (193 GB): beyond what a batch spec accepts, so built by hand
-    huge = Case("TRITON_MLA", Shape((Request(1, 160 * 1024),) * 1024), get_model("deepseek-v3", 1))
+    # (not TRITON_MLA: vLLM <= 0.24 refuses a cache this large before allocating it, see the next test)
+    huge = Case("FLASHMLA", Shape((Request(1, 160 * 1024),) * 1024), get_model("deepseek-v3", 1))
     m = gpu_runner.measure(huge)
     assert m.status is Status.OOM, m.message
-    assert gpu_runner.measure(make_case("TRITON_MLA", "8q1s1k")).ok  # memory was given back
+    assert gpu_runner.measure(make_case("FLASHMLA", "8q1s1k")).ok  # memory was given back
+
+
+@pytest.mark.gpu
+def test_triton_mla_past_its_int32_kv_offsets_is_refused_not_run(gpu_runner) -> None:
+    from mla_tune.vllm_adapters import installed_version, parse_version
+
+    if parse_version(installed_version()) > (0, 24):
+        pytest.skip("vLLM 0.25 and later address the KV cache in int64")
+    # On the H200 with vLLM 0.20 this shape's kernel faulted, and the CUDA contexts of later workers failed
+    m = gpu_runner.measure(make_case("TRITON_MLA", "256q1s16k"))
+    assert m.status is Status.UNSUPPORTED and "int32" in m.message, m.message
+    assert gpu_runner.measure(make_case("TRITON_MLA", "128q1s16k")).ok  # the largest that fits still runs
 
 
 @pytest.mark.gpu
@@ -453,6 +466,19 @@ def test_timeout_is_data() -> None:
         runner.options = replace(runner.options, timeout_s=0.5, first_timeout_s=0.5)
         m = runner.measure(make_case("FLASHMLA", "8q1s1k"))  # engine build + JIT take longer
         assert m.status is Status.TIMEOUT, m.message
+    finally:
+        runner.close()
+
+
+@pytest.mark.gpu
+def test_a_worker_that_cannot_start_cuda_stops_the_run_instead_of_failing_the_config(monkeypatch) -> None:
+    # The H200 case: after TRITON_MLA faults, new processes failed "CUDA driver initialization". Here the worker is
+    # started without a visible GPU: no measurement may come back (it would be recorded as this config's failure).
+    runner = VllmRunner(warmup=3, samples=5)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    try:
+        with pytest.raises(RunnerUnavailableError):
+            runner.measure(make_case("FLASHMLA", "8q1s1k"))
     finally:
         runner.close()
 

@@ -194,3 +194,29 @@ def test_a_backend_mla_tune_does_not_model_ahead_in_vllms_list_leaves_the_defaul
     # where FLASHINFER_MLA cannot run, vLLM would try TOKENSPEED_MLA next: no baseline is claimed
     no_flashinfer = replace(a, backends={k: v for k, v in a.backends.items() if k != "FLASHINFER_MLA"})
     assert no_flashinfer.default_decode_backend("10.0") is None
+
+
+@pytest.mark.parametrize("version, spec, refused", [
+    # 256 x 16k tokens x 576 = 2.4e9 elements: the H200 runs of 0.20 faulted on exactly these shapes
+    ("0.20.0", "256q1s16k", True), ("0.20.0", "64q1s64k", True), ("0.24.1", "256q1s16k", True),
+    # 128 x 16k and 32 x 64k (1.2e9 elements) ran on the H200; 0.25 cast the page number to int64
+    ("0.20.0", "128q1s16k", False), ("0.20.0", "32q1s64k", False), ("0.25.0", "256q1s16k", False),
+    ("0.26.0", "256q1s64k", False), ("0.33.0", "256q1s64k", False),
+])
+def test_triton_mla_is_refused_where_its_int32_kv_offsets_would_wrap(version, spec, refused):
+    from mla_tune.batch_spec import parse
+    from mla_tune.runners._vllm_plan import kv_offset_refusal
+
+    requests = parse(spec).requests
+    reason = kv_offset_refusal("TRITON_MLA", requests, 64, 576, version)
+    assert (reason is not None) == refused
+    if refused:
+        assert "int32" in reason and "0.25" in reason and "illegal memory access" not in reason  # not "poisoned"
+    assert kv_offset_refusal("FLASHMLA", requests, 64, 576, version) is None
+    assert kv_offset_refusal("TRITON_MLA", requests, 64, 576, None) is None  # no vLLM here: nothing to refuse
+
+
+def test_the_int32_boundary_is_two_to_the_31_elements():
+    a = adapter_for("0.20.0")
+    assert a.triton_kv_offset_refusal((0, 20), 2**31) is None  # the last offset is 2**31 - 1
+    assert a.triton_kv_offset_refusal((0, 20), 2**31 + 1) is not None

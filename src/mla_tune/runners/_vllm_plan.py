@@ -16,7 +16,7 @@ from ..knobs import BACKENDS, PREFILL_BACKENDS, RunnerApply, knobs_for
 from ..knobs import check_params
 from ..space import SearchSpace, load_space
 from ..types import Case, MLADims, ParamValue, Request, Status
-from ..vllm_adapters import Adapter, default_adapter
+from ..vllm_adapters import Adapter, adapter_for, default_adapter, parse_version
 from ._timing_policy import SamplingPolicy, WarmupPolicy
 
 KV_CACHE_DTYPES = {"auto": "auto", "bfloat16": "auto", "bf16": "auto", "fp8": "fp8", "fp8_e4m3": "fp8"}
@@ -278,6 +278,16 @@ def block_size_for(sizes: Sequence[object], preferred: int = 64) -> int:
     if exact:
         return exact[0]
     return multiples[0] if multiples else preferred
+
+
+def kv_offset_refusal(backend: str, requests: Sequence[Request], block_size: int, head_size: int,
+                      version: str | None) -> str | None:
+    """Why the KV cache this runner builds for ``requests`` (every request its own blocks) is out of reach of the
+    installed vLLM's TRITON_MLA decode kernel, or None (see ``Adapter.triton_int32_kv_offsets_through``)."""
+    if backend != "TRITON_MLA" or version is None:
+        return None
+    slots = sum(math.ceil(r.kv_len / block_size) for r in requests) * block_size
+    return adapter_for(version).triton_kv_offset_refusal(parse_version(version), slots * head_size)
 
 
 _POISON_MARKERS = ("illegal memory access", "device-side assert", "unspecified launch failure",

@@ -23,11 +23,13 @@ import torch
 from .. import __version__
 from ..types import Case, Environment, Measurement, MLADims, Status
 from ..vllm_adapters import _engine as eng
+from ..vllm_adapters import installed_version
 from . import _vllm_timing as tm
 from ..errors import one_line
 from ._nvml import Clocks
 from ._timing_policy import timing_details
-from ._vllm_plan import Plan, RunnerOptions, capability_refusal, classify_failure, default_case, make_plan
+from ._vllm_plan import (Plan, RunnerOptions, capability_refusal, classify_failure, default_case, kv_offset_refusal,
+                         make_plan)
 
 log = logging.getLogger("mla_tune.runners.vllm.session")
 MAX_ENGINES = 16
@@ -127,6 +129,10 @@ class Session:
     def inputs(self, case: Case, engine: eng.Engine) -> tm.Inputs:
         key = (case.shape, case.dims, engine.key.kv_cache_dtype, engine.block_size)
         if self._inputs is None or self._inputs[0] != key:
+            refusal = kv_offset_refusal(engine.key.backend, case.shape.requests, engine.block_size,
+                                        case.dims.head_size, installed_version())
+            if refusal:  # refused before the kernel faults: a fault also spoils every later CUDA context
+                raise eng.UnsupportedCase(refusal)
             self._inputs = None  # free the old caches before allocating new ones
             torch.cuda.empty_cache()
             dtype = torch.bfloat16 if engine.key.kv_cache_dtype == "auto" else eng.fp8_dtype()

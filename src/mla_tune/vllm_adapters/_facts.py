@@ -86,6 +86,11 @@ class Adapter:
     mla_priority: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
     # Can the vllm runner drive this family's internals (impls, builders, prefill selection) to measure kernels?
     runner_supported: bool = False
+    # The newest release of the family whose TRITON_MLA decode kernel (triton_decode_attention.py, stage 1) computes
+    # KV cache offsets, page number x page stride, in int32: past 2**31 elements of one cache it reads a wrapped
+    # address (an illegal memory access that also leaves the GPU's CUDA contexts unusable). vLLM PR #47671 cast the
+    # page number to int64 in 0.25.0; None: no release of the family has the overflow.
+    triton_int32_kv_offsets_through: tuple[int, int] | None = None
     notes: tuple[str, ...] = field(default=())
 
     def covers(self, version: tuple[int, int]) -> bool:
@@ -132,6 +137,15 @@ class Adapter:
             if self.capability_refusal(name, compute_capability) is None and (facts.fp8_kv or not fp8):
                 return name
         return None
+
+    def triton_kv_offset_refusal(self, version: tuple[int, int], cache_elements: int) -> str | None:
+        """Why TRITON_MLA decode cannot run over a KV cache of ``cache_elements`` elements in vLLM ``version``
+        (the 0.25 fix aside, the kernel addresses one cache in int32), or None."""
+        last = self.triton_int32_kv_offsets_through
+        if last is None or version > last or cache_elements <= 2**31:
+            return None
+        return (f"TRITON_MLA decode in vLLM {version[0]}.{version[1]} addresses its KV cache in int32 and faults on "
+                f"caches over 2**31 elements (this one: {cache_elements:,}); fixed in vLLM 0.25 (PR #47671)")
 
     def prefill_refusal(self, prefill: str, compute_capability: str) -> str | None:
         if prefill != "auto" and prefill not in self.prefill_settings:

@@ -82,5 +82,5 @@ ADAPTER = Adapter(
     global_settings=GLOBAL, builder_attrs=BUILDER_ATTRS, impl_attrs=IMPL_ATTRS,
     common_builder=COMMON_BUILDER, builder_decode_method="_build_decode", triton_kernel=TRITON_KERNEL, cudagraph_max_tokens=512,
     cutlass_auto_splits=-1, triton_min_work_per_split=512, triton_occupancy=2, runner_supported=True,
-    mla_priority=MLA_PRIORITY,
+    mla_priority=MLA_PRIORITY, triton_int32_kv_offsets_through=(0, 20),
     notes=("TRITON_MLA's split count and the reorder threshold have no vLLM setting: the plugin applies them",))

@@ -54,6 +54,8 @@ ADAPTER = replace(
     # The runner builds the layer's MLAPrefillBackend as vLLM's MLAAttention does (see notes-0.21-0.33.md)
     gpu_validated="0.26.0: runner gpu tests and a study on H200 (not the plugin)", prefill_api="backend_object", runner_supported=True,
     backends=BACKENDS, prefill_settings=PREFILL, prefill_needs_sm100=("flashinfer", "trtllm"), mla_priority=MLA_PRIORITY,
+    # read in the released sources: the int32 offsets are in 0.21.0-0.24.0, the int64 cast in 0.25.0 and 0.26.0
+    triton_int32_kv_offsets_through=(0, 24),
     notes=("TRITON_MLA runs inside full decode graphs: its split count is fixed per captured batch size "
            "(mla-tune still measures it eagerly on this family)",
            "the reorder threshold has no vLLM setting: the plugin applies it"))

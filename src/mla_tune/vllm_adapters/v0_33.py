@@ -30,4 +30,5 @@ ADAPTER = replace(
     BASE, family="0.33", first=(0, 33), last=(0, 33), torch="2.14",
     # 0.33 reads the MLA dims off the layer and drops two CommonAttentionMetadata fields the runner passes; it needs
     # torch 2.14 as well, so the runner is not offered for it
-    gpu_validated="", backends=BACKENDS, runner_supported=False)
+    gpu_validated="", backends=BACKENDS, runner_supported=False,
+    triton_int32_kv_offsets_through=None)
