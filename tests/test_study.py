@@ -553,3 +553,35 @@ def test_a_budget_too_small_for_the_warm_start_still_measures_vllms_default(tmp_
     measured = [t for t in ts if t.state == TrialState.COMPLETE]
     assert [t.user_attrs.get("role") for t in measured] == ["baseline"]
     assert any(t.state == TrialState.PRUNED for t in ts)  # the warm start, out of budget
+
+
+def test_confirmation_candidates_are_configs_that_ran_differently():
+    """On the H200, auto prefill resolves to fa3: run 3's 64q1s4k spent two of its three candidates on a twin of
+    vLLM's default (fa3, cap 32) and on cap 1 twice (auto and fa3). Candidates are told apart by what ran."""
+    from mla_tune.records import ShapeResult, TrialResult
+    from mla_tune.study.confirm import candidates, ran_as_key
+    from mla_tune.study.plan import config_set_key
+
+    def cfg(prefill, cap):
+        return {"reorder_batch_threshold": 512, "prefill_backend": prefill, "cuda_graphs": True, "max_num_splits": cap}
+
+    study = optuna.create_study()
+    for ms, prefill, resolved, cap in [(0.1391, "auto", "fa3", 32), (0.1349, "fa3", "fa3", 32),
+                                       (0.1353, "auto", "fa3", 1), (0.1355, "fa3", "fa3", 1),
+                                       (0.1360, "fa2", "fa2", 32), (0.1362, "auto", "fa3", 64),
+                                       (0.1370, "fa3", "fa3", 64), (0.1380, "auto", "fa3", 8)]:
+        shape = ShapeResult("ok", cfg(prefill, cap), median_ms=ms, details={"prefill": resolved})
+        attrs = TrialResult(key=config_set_key([cfg(prefill, cap)]), status="ok", measurement=shape).to_attrs()
+        study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=ms, user_attrs=attrs))
+    baseline = config_set_key([cfg("auto", 32)])
+    picks = candidates(study, baseline, 3)
+    assert [(r.measurement.config["prefill_backend"], r.measurement.config["max_num_splits"]) for r in picks] == \
+        [("auto", 1), ("fa2", 32), ("auto", 64)]
+    assert len({ran_as_key(r) for r in picks}) == 3
+    # where nothing says what ran (replayed recordings without details), the configs themselves tell them apart
+    bare = optuna.create_study()
+    for ms, prefill in [(1.0, "auto"), (0.9, "fa3")]:
+        shape = ShapeResult("ok", cfg(prefill, 32), median_ms=ms)
+        attrs = TrialResult(key=config_set_key([cfg(prefill, 32)]), status="ok", measurement=shape).to_attrs()
+        bare.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=ms, user_attrs=attrs))
+    assert [r.measurement.config["prefill_backend"] for r in candidates(bare, baseline, 3)] == ["fa3"]

@@ -30,6 +30,7 @@ from ..coordination.claim import CONFIRMING_ATTR, ClaimLost, ConfirmClaim, runni
 from ..coordination.heartbeat import heartbeat_interval_s
 from ..coordination.interrupts import safe_point
 from ..errors import MlaTuneError
+from ..knobs import PREFILL_BACKENDS
 from ..records import ATTRS_KEY, CONFIRM_KEY, Candidate, Confirmation, Rounds, TrialResult
 from ..runners import Runner
 from ..stats import median, round_sig
@@ -47,14 +48,36 @@ FLOOR_TARGET = 0.015  # a floor wider than ±1.5% gets more rounds (up to confir
 EXTEND_FACTOR = 3  # confirm_max_rounds when not given: this many times confirm_rounds
 
 
+def ran_as_key(r: TrialResult) -> str | None:
+    """The configs of ``r`` as they ran: each ``prefill_backend`` replaced by the prefill path vLLM resolved it to
+    (the measurement's ``prefill`` detail). Where ``auto`` resolves to ``fa3`` (Hopper), ``fa3`` and ``auto`` run
+    the same kernels and get one key. None where a shape stores no config."""
+    results = [r.measurement] if r.shapes is None else [r.shapes[spec] for spec in sorted(r.shapes)]
+    configs = []
+    for shape in results:
+        if shape is None or shape.config is None:
+            return None
+        config = dict(shape.config)
+        resolved = (shape.details or {}).get("prefill")
+        if "prefill_backend" in config and resolved in PREFILL_BACKENDS:
+            config["prefill_backend"] = resolved
+        configs.append(config)
+    return config_set_key(configs)
+
+
 def candidates(study: optuna.Study, baseline_key: str, top: int) -> list[TrialResult]:
-    """The ``top`` fastest distinct configs other than the baseline."""
-    best: dict[str, TrialResult] = {}
-    for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value):
-        r = TrialResult.from_trial(t)
-        if r.key and r.key != baseline_key and r.key not in best:
-            best[r.key] = r
-    return list(best.values())[:top]
+    """The ``top`` fastest configs that ran differently from each other and from the baseline (``ran_as_key``):
+    a twin of vLLM's default can only confirm a bias, and two twins would take two of the ``top`` places."""
+    trials = [TrialResult.from_trial(t) for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+                                                         key=lambda t: t.value)]
+    seen = {ran_as_key(r) or r.key for r in trials if r.key == baseline_key}
+    best: list[TrialResult] = []
+    for r in trials:
+        ran_as = ran_as_key(r) or r.key
+        if r.key and r.key != baseline_key and ran_as not in seen:
+            seen.add(ran_as)
+            best.append(r)
+    return best[:top]
 
 
 class StudyIncompleteError(MlaTuneError):
