@@ -14,6 +14,8 @@
 #                                                in /opt/mla-kit/site: bench/kit-requirements-vllm-0.20.0-serve.txt)
 #   bench/h200_session.sh studies "1 8" (GPU)    studies of FLASHMLA, TRITON_MLA, FLASH_ATTN_MLA over the evidence
 #                                                workloads at the TPs given, a worker per GPU; re-running resumes
+#   bench/h200_session.sh twins         (GPU)    FLASH_ATTN_MLA 64q1s4k and 256q1s4k at TP1: the candidates told apart
+#                                                by what ran (no twin of the default, no two twins)
 #   bench/h200_session.sh adaptive      (GPU)    the 0.20 GPU tests, then FLASH_ATTN_MLA decode_4k at TP1 studied
 #                                                afresh: its confirmations with the rounds extended to the floor
 # Results go to $OUT as tar files (at most 8 files come back).
@@ -124,6 +126,13 @@ PY
   wait
   grep -hE "mla.tune|Traceback|Error" logs/serve*.log | head -n 40
   tar -czf "$OUT/serve-tests.tgz" logs sweeps ;;
+twins)
+  mkdir -p studies
+  PYTHONPATH=/tmp/mt:$K20 timeout -s INT -k 20 $((DEADLINE - SECONDS - 10)) python3 -m mla_tune.cli study \
+    --backend FLASH_ATTN_MLA --workload spec:64q1s4k --workload spec:256q1s4k --tp 1 \
+    --storage studies/fa-twins.journal > logs/study-twins.log 2>&1
+  echo "rc $?" >> logs/study-twins.log; tail -n 20 logs/study-twins.log
+  tar -cf - logs studies/fa-twins.journal | xz -T0 -6 | split -b 15M - "$OUT/twins.tar.xz." ;;
 adaptive)
   v20 0 200 python3 -m pytest -q -p no:cacheprovider -m "gpu or not gpu" $GPU_TESTS > logs/pytest-gpu-020.log 2>&1
   echo "0.20 tests rc $?" >> logs/pytest-gpu-020.log; tail -n 3 logs/pytest-gpu-020.log
