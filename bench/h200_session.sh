@@ -20,7 +20,7 @@
 #                                                afresh: its confirmations with the rounds extended to the floor
 # Results go to $OUT as tar files (at most 8 files come back).
 set -uo pipefail
-cmd=${1:?usage: h200_session.sh pack|tests|e2e-fa|e2e-triton|serve-tests|studies TPS}
+cmd=${1:?usage: h200_session.sh pack|tests|e2e-fa|e2e-triton|serve-tests|twins|adaptive|studies TPS}
 
 if [[ $cmd == pack ]]; then
   rm -rf .gpurun && mkdir -p .gpurun
@@ -128,7 +128,8 @@ PY
   tar -czf "$OUT/serve-tests.tgz" logs sweeps ;;
 twins)
   mkdir -p studies
-  PYTHONPATH=/tmp/mt:$K20 timeout -s INT -k 20 $((DEADLINE - SECONDS - 10)) python3 -m mla_tune.cli study \
+  left=$((DEADLINE - SECONDS - 10)); ((left < 30)) && { echo "skipped: no time"; exit 1; }
+  PYTHONPATH=/tmp/mt:$K20 timeout -s INT -k 20 $left python3 -m mla_tune.cli study \
     --backend FLASH_ATTN_MLA --workload spec:64q1s4k --workload spec:256q1s4k --tp 1 \
     --storage studies/fa-twins.journal > logs/study-twins.log 2>&1
   echo "rc $?" >> logs/study-twins.log; tail -n 20 logs/study-twins.log

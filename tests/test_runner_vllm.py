@@ -452,7 +452,9 @@ def test_triton_mla_past_its_int32_kv_offsets_is_refused_not_run(gpu_runner) -> 
 
     if parse_version(installed_version()) > (0, 24):
         pytest.skip("vLLM 0.25 and later address the KV cache in int64")
-    # On the H200 with vLLM 0.20 this shape's kernel faulted, and the CUDA contexts of later workers failed
+    # On the H200 with vLLM 0.20 this shape's kernel faulted, and the CUDA contexts of later workers failed.
+    # FLASHMLA first: its inputs for the shape are then there already, and must not let TRITON_MLA through.
+    assert gpu_runner.measure(make_case("FLASHMLA", "256q1s16k")).ok
     m = gpu_runner.measure(make_case("TRITON_MLA", "256q1s16k"))
     assert m.status is Status.UNSUPPORTED and "int32" in m.message, m.message
     assert gpu_runner.measure(make_case("TRITON_MLA", "128q1s16k")).ok  # the largest that fits still runs
@@ -533,3 +535,31 @@ def test_a_worker_that_dies_or_hangs_before_torch_is_up_stops_the_runner(seed, w
         runner.close()
     if os.path.exists(runner.log_path):
         os.unlink(runner.log_path)
+
+
+def test_the_int32_refusal_holds_when_another_backend_built_the_shapes_inputs():
+    """The inputs of a shape are cached across backends: TRITON_MLA must be refused even when FLASHMLA built them.
+    Run in a subprocess with torch stubbed (the session module imports torch), so nothing leaks into other tests."""
+    code = """
+import sys, types, collections
+from unittest import mock
+sys.modules["torch"] = mock.MagicMock()
+from mla_tune.runners import _vllm_session as vs
+from mla_tune.batch_spec import parse
+from mla_tune.models import get_model
+from mla_tune.types import Case
+vs.installed_version = lambda: "0.20.0"
+vs.tm.make_inputs = lambda *a, **k: object()
+s = object.__new__(vs.Session); s._inputs = None; s.counters = collections.Counter(); s.device = None
+s.options = types.SimpleNamespace(seed=0, layers=4, l2_factor=1, mem_fraction=.9)
+shape, dims = parse("256q1s16k"), get_model("deepseek-v3", 1)
+def engine(b): return types.SimpleNamespace(key=types.SimpleNamespace(backend=b, kv_cache_dtype="auto"), block_size=64)
+s.inputs(Case("FLASHMLA", shape, dims), engine("FLASHMLA"))
+try:
+    s.inputs(Case("TRITON_MLA", shape, dims), engine("TRITON_MLA"))
+except vs.eng.UnsupportedCase as e:
+    print("refused:", e)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("refused:") and "int32" in out.stdout

@@ -585,3 +585,19 @@ def test_confirmation_candidates_are_configs_that_ran_differently():
         attrs = TrialResult(key=config_set_key([cfg(prefill, 32)]), status="ok", measurement=shape).to_attrs()
         bare.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=ms, user_attrs=attrs))
     assert [r.measurement.config["prefill_backend"] for r in candidates(bare, baseline, 3)] == ["fa3"]
+
+
+def test_a_split_count_that_spells_out_what_auto_ran_is_a_twin_of_the_default():
+    """TRITON_MLA: vLLM's heuristic ran 8 splits in the baseline, so num_kv_splits=8 is the default again."""
+    from mla_tune.records import ShapeResult, TrialResult
+    from mla_tune.study.confirm import candidates
+    from mla_tune.study.plan import config_set_key
+
+    study = optuna.create_study()
+    for ms, splits, ran in [(1.0, "auto", 8), (0.95, 8, 8), (0.97, 4, 4), (0.99, 16, 16)]:
+        config = {"prefill_backend": "auto", "num_kv_splits": splits}
+        shape = ShapeResult("ok", config, median_ms=ms, details={"prefill": "fa3", "num_kv_splits": str(ran)})
+        attrs = TrialResult(key=config_set_key([config]), status="ok", measurement=shape).to_attrs()
+        study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=ms, user_attrs=attrs))
+    picks = candidates(study, config_set_key([{"prefill_backend": "auto", "num_kv_splits": "auto"}]), 3)
+    assert [r.measurement.config["num_kv_splits"] for r in picks] == [4, 16]

@@ -127,12 +127,14 @@ class Session:
         return engine
 
     def inputs(self, case: Case, engine: eng.Engine) -> tm.Inputs:
+        # Asked on every call, not only when the inputs are built: another backend may have built them for this
+        # shape already. Refused before the kernel faults, since a fault also spoils every later CUDA context.
+        refusal = kv_offset_refusal(engine.key.backend, case.shape.requests, engine.block_size, case.dims.head_size,
+                                    installed_version())
+        if refusal:
+            raise eng.UnsupportedCase(refusal)
         key = (case.shape, case.dims, engine.key.kv_cache_dtype, engine.block_size)
         if self._inputs is None or self._inputs[0] != key:
-            refusal = kv_offset_refusal(engine.key.backend, case.shape.requests, engine.block_size,
-                                        case.dims.head_size, installed_version())
-            if refusal:  # refused before the kernel faults: a fault also spoils every later CUDA context
-                raise eng.UnsupportedCase(refusal)
             self._inputs = None  # free the old caches before allocating new ones
             torch.cuda.empty_cache()
             dtype = torch.bfloat16 if engine.key.kv_cache_dtype == "auto" else eng.fp8_dtype()

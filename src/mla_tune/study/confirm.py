@@ -30,7 +30,7 @@ from ..coordination.claim import CONFIRMING_ATTR, ClaimLost, ConfirmClaim, runni
 from ..coordination.heartbeat import heartbeat_interval_s
 from ..coordination.interrupts import safe_point
 from ..errors import MlaTuneError
-from ..knobs import PREFILL_BACKENDS
+from ..knobs import detail_key, knob, knob_names
 from ..records import ATTRS_KEY, CONFIRM_KEY, Candidate, Confirmation, Rounds, TrialResult
 from ..runners import Runner
 from ..stats import median, round_sig
@@ -44,23 +44,27 @@ from .progress import Progress, ProgressFn
 from .sampling import recorded_status
 from .verdict import judge_candidates, judged
 
+KNOB_NAMES = frozenset(knob_names())
 FLOOR_TARGET = 0.015  # a floor wider than ±1.5% gets more rounds (up to confirm_max_rounds)
 EXTEND_FACTOR = 3  # confirm_max_rounds when not given: this many times confirm_rounds
 
 
 def ran_as_key(r: TrialResult) -> str | None:
-    """The configs of ``r`` as they ran: each ``prefill_backend`` replaced by the prefill path vLLM resolved it to
-    (the measurement's ``prefill`` detail). Where ``auto`` resolves to ``fa3`` (Hopper), ``fa3`` and ``auto`` run
-    the same kernels and get one key. None where a shape stores no config."""
+    """The configs of ``r`` as they ran: each knob that has an ``auto`` (the prefill backend, TRITON_MLA's split
+    count) replaced by what its measurement reports it ran (``detail_key``), so that a config spelling out what
+    ``auto`` resolved to here (``fa3`` on Hopper, the 8 splits vLLM's heuristic picked) and the ``auto`` config get
+    one key, as the sampler's twins do. None where a shape stores no config."""
     results = [r.measurement] if r.shapes is None else [r.shapes[spec] for spec in sorted(r.shapes)]
     configs = []
     for shape in results:
         if shape is None or shape.config is None:
             return None
+        details = shape.details or {}
         config = dict(shape.config)
-        resolved = (shape.details or {}).get("prefill")
-        if "prefill_backend" in config and resolved in PREFILL_BACKENDS:
-            config["prefill_backend"] = resolved
+        for name, value in config.items():
+            bare = name.rpartition(".")[2]  # --backend auto names a parameter after its backend
+            if bare in KNOB_NAMES and knob(bare).auto and details.get(detail_key(bare)) is not None:
+                config[name] = str(details[detail_key(bare)])
         configs.append(config)
     return config_set_key(configs)
 

@@ -125,7 +125,7 @@ def _as_default_where_equivalent(configs: list[dict], defaults: list[dict], base
 def _why_default(cands: list[dict[str, Any]]) -> str:
     ok = [c for c in cands if c["status"] == "ok"]
     if not cands:
-        return "keeping vLLM's defaults: no other config completed"
+        return "keeping vLLM's defaults: no other config completed that runs differently from them"
     if not ok:
         return "keeping vLLM's defaults: every candidate failed confirmation"
     c = max(ok, key=lambda x: x["speedup"])
