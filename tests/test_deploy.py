@@ -314,3 +314,18 @@ def test_per_batch_points_are_priced_under_the_chosen_global_values():
     kept = deploy([t], traffic(_64q1s4k=1, _256q1s4k=10))  # auto prefill wins: the cap point stands
     assert dict(kept.profile.global_).get("prefill_backend", "auto") == "auto"
     assert kept.profile.rule("max_num_splits").select(256).value == 1
+
+
+def test_a_triton_deployment_on_a_vllm_with_int32_kv_offsets_says_what_to_keep_below(tmp_path: Path):
+    """vLLM 0.20-0.24's TRITON_MLA decode faults past 2**31 elements of one layer's KV cache (fixed in 0.25)."""
+    tri = table("TRITON_MLA", [entry("8q1s4k", TRITON, [({}, 0.20), ({"num_kv_splits": 4}, 0.18)],
+                                     best={"num_kv_splits": 4})])
+    (caution,) = deploy([tri], vllm="0.20.0").cautions
+    assert "3,728,270 token slots" in caution and "--num-gpu-blocks-override 58254" in caution  # 2**31 // 576
+    assert len(deploy([tri], vllm="0.24.0").cautions) == 1
+    assert deploy([tri], vllm="0.25.0").cautions == () and deploy([tri], vllm="0.26.0").cautions == ()
+    assert deploy([fa_table()], vllm="0.20.0").cautions == ()  # a TRITON_MLA fact
+    out = tmp_path / "p.yaml"
+    r = CliRunner().invoke(app, ["deploy", str(write_table(tri, tmp_path / "t.yaml")), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert [ln for ln in r.output.splitlines() if ln.startswith("  caution: ")] == [f"  caution: {caution}"]

@@ -22,7 +22,7 @@ from ..space import SearchSpace, load_space
 from ..space_auto import AUTO, BACKEND
 from ..traffic import Traffic, uniform_traffic
 from ..types import ParamValue, Shape, gpu_short_name
-from ..vllm_adapters import Adapter, adapter_for
+from ..vllm_adapters import Adapter, adapter_for, parse_version
 from .profile import Match, PerBatchRule, Point, Profile
 from .settings import ServingSettings, serving_settings
 
@@ -76,6 +76,7 @@ class Deployment:
     globals_: tuple[GlobalChoice, ...]
     unmeasured: tuple[str, ...]  # traffic shapes no table measured (vLLM's defaults serve them)
     skipped: tuple[str, ...]  # table shapes left out, with why
+    cautions: tuple[str, ...] = ()  # known faults of the target vLLM that this deployment must stay clear of
 
 
 def _sources(table: Mapping[str, Any]) -> tuple[list[Source], list[str]]:
@@ -226,7 +227,16 @@ def deploy(tables: Sequence[Mapping[str, Any]], traffic: Traffic | None = None, 
             "measured_with": sorted({f"{t['provenance'].get('vllm')} on {t['provenance']['gpu']['name']}"
                                      for t in tables}), "rule": "nearest measured decode token count"}
     profile = Profile(match, tuple(rules), tuple(at_build), tuple(sorted(global_values.items())), prov)
-    return Deployment(profile, settings, tuple(globals_), unmeasured, tuple(skipped))
+    return Deployment(profile, settings, tuple(globals_), unmeasured, tuple(skipped),
+                      _cautions(match.backend, adapter, vllm or str(tables[0]["provenance"].get("vllm", "")),
+                                tables[0]["model"]))
+
+
+def _cautions(backend: str, adapter: Adapter, version: str, model: Mapping[str, Any]) -> tuple[str, ...]:
+    """The target vLLM's known faults on this backend (by release, not family: 0.25 fixed one inside 0.21-0.26)."""
+    head_size = int(model.get("kv_lora_rank", 512)) + int(model.get("qk_rope_head_dim", 64))
+    caution = adapter.triton_serving_caution(parse_version(version), head_size) if backend == "TRITON_MLA" else None
+    return (caution,) if caution else ()
 
 
 def _auto_refusal(table: Mapping[str, Any]) -> str:

@@ -88,6 +88,8 @@ def deploy_lines(d: Any, output: str) -> list[str]:
         lines.append(f"  not measured (vLLM's defaults serve them): {', '.join(d.unmeasured)}")
     if d.skipped:
         lines.append(f"  left out: {'; '.join(d.skipped)}")
+    for caution in d.cautions:
+        lines.append(f"  caution: {caution}")
     lines.append(f"wrote {output}")
     lines.append(f"serve with: MLA_TUNE_PROFILE={output} vllm serve MODEL {d.settings.args()}".rstrip())
     return lines

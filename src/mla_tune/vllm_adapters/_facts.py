@@ -138,14 +138,29 @@ class Adapter:
                 return name
         return None
 
+    def triton_int32_kv_offsets(self, version: tuple[int, int]) -> bool:
+        """Does TRITON_MLA decode in vLLM ``version`` address a KV cache in int32 (see the field above)?"""
+        last = self.triton_int32_kv_offsets_through
+        return last is not None and version <= last
+
     def triton_kv_offset_refusal(self, version: tuple[int, int], cache_elements: int) -> str | None:
         """Why TRITON_MLA decode cannot run over a KV cache of ``cache_elements`` elements in vLLM ``version``
         (the 0.25 fix aside, the kernel addresses one cache in int32), or None."""
-        last = self.triton_int32_kv_offsets_through
-        if last is None or version > last or cache_elements <= 2**31:
+        if not self.triton_int32_kv_offsets(version) or cache_elements <= 2**31:
             return None
         return (f"TRITON_MLA decode in vLLM {version[0]}.{version[1]} addresses its KV cache in int32 and faults on "
                 f"caches over 2**31 elements (this one: {cache_elements:,}); fixed in vLLM 0.25 (PR #47671)")
+
+    def triton_serving_caution(self, version: tuple[int, int], head_size: int) -> str | None:
+        """What a TRITON_MLA deployment on vLLM ``version`` must keep below, or None: each layer's KV cache is one
+        tensor of num_gpu_blocks x block_size token slots of ``head_size`` elements, addressed in int32."""
+        if not self.triton_int32_kv_offsets(version):
+            return None
+        tokens = 2**31 // head_size
+        return (f"vLLM {version[0]}.{version[1]}'s TRITON_MLA decode faults (illegal memory access) once a layer's "
+                f"KV cache holds more than {tokens:,} token slots ({head_size} elements each, addressed in int32; "
+                f"fixed in vLLM 0.25, PR #47671): keep num_gpu_blocks x block_size at or below that "
+                f"(--num-gpu-blocks-override {tokens // 64} at block size 64) or serve with vLLM 0.25+")
 
     def prefill_refusal(self, prefill: str, compute_capability: str) -> str | None:
         if prefill != "auto" and prefill not in self.prefill_settings:
