@@ -329,3 +329,6 @@ def test_a_triton_deployment_on_a_vllm_with_int32_kv_offsets_says_what_to_keep_b
     r = CliRunner().invoke(app, ["deploy", str(write_table(tri, tmp_path / "t.yaml")), "-o", str(out)])
     assert r.exit_code == 0, r.output
     assert [ln for ln in r.output.splitlines() if ln.startswith("  caution: ")] == [f"  caution: {caution}"]
+    flags_out = CliRunner().invoke(app, ["flags", str(tmp_path / "t.yaml"), "--vllm", "0.20.0"]).output
+    assert flags_out.splitlines()[-1] == f"# caution: {caution}"
+    assert "caution" not in CliRunner().invoke(app, ["flags", str(tmp_path / "t.yaml"), "--vllm", "0.26.0"]).output

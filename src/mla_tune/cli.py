@@ -357,12 +357,15 @@ def flags(
     from .tables.export import load_table
     from .views.render_serving import flag_lines
     from .serving import table_flags
+    from .serving.deploy import cautions_for
     from .vllm_adapters import default_adapter
 
     data = load_table(table)
-    adapter = default_adapter(vllm or _installed_or(str(data["provenance"].get("vllm", ""))))
+    version = vllm or _installed_or(str(data["provenance"].get("vllm", "")))
+    adapter = default_adapter(version)
     entries = table_flags(data, adapter)
-    lines = flag_lines(data, entries, adapter, shape)
+    cautions = cautions_for(data["backend"], adapter, version, data["model"]) if version else ()
+    lines = flag_lines(data, entries, adapter, shape, cautions)
     if not lines:
         raise UnknownNameError("shape", shape or "", [f.label for f in entries])
     for line in lines:

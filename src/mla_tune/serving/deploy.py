@@ -228,11 +228,11 @@ def deploy(tables: Sequence[Mapping[str, Any]], traffic: Traffic | None = None, 
                                      for t in tables}), "rule": "nearest measured decode token count"}
     profile = Profile(match, tuple(rules), tuple(at_build), tuple(sorted(global_values.items())), prov)
     return Deployment(profile, settings, tuple(globals_), unmeasured, tuple(skipped),
-                      _cautions(match.backend, adapter, vllm or str(tables[0]["provenance"].get("vllm", "")),
-                                tables[0]["model"]))
+                      cautions_for(match.backend, adapter, vllm or str(tables[0]["provenance"].get("vllm", "")),
+                                   tables[0]["model"]))
 
 
-def _cautions(backend: str, adapter: Adapter, version: str, model: Mapping[str, Any]) -> tuple[str, ...]:
+def cautions_for(backend: str, adapter: Adapter, version: str, model: Mapping[str, Any]) -> tuple[str, ...]:
     """The target vLLM's known faults on this backend (by release, not family: 0.25 fixed one inside 0.21-0.26)."""
     head_size = int(model.get("kv_lora_rank", 512)) + int(model.get("qk_rope_head_dim", 64))
     caution = adapter.triton_serving_caution(parse_version(version), head_size) if backend == "TRITON_MLA" else None

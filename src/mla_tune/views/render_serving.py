@@ -35,9 +35,10 @@ def _cost_line(c: Any) -> str:
     return text
 
 
-def flag_lines(table: dict[str, Any], flags: list[Any], adapter: Any, only_shape: str | None = None) -> list[str]:
+def flag_lines(table: dict[str, Any], flags: list[Any], adapter: Any, only_shape: str | None = None,
+               cautions: tuple[str, ...] = ()) -> list[str]:
     """Per entry: shape, verdict, the serving arguments of ``adapter``'s vLLM, and what each changed value costs
-    on the table's other shapes if set globally."""
+    on the table's other shapes if set globally; then the target vLLM's known faults to stay clear of."""
     m = table["model"]
     head = (f"# {table['backend']} on {m['model']} tp{m['tp']}, kv {table['kv_cache_dtype']}: "
             f"{_env_line(table['provenance'])}; flags for {adapter.label}")
@@ -57,6 +58,8 @@ def flag_lines(table: dict[str, Any], flags: list[Any], adapter: Any, only_shape
     if lines:
         lines.append("# vLLM's settings are global per deployment; `mla-tune deploy` picks values per batch size "
                      "and one value per global knob for your traffic")
+    if lines:
+        lines += [f"# caution: {c}" for c in cautions]
     if lines and table["backend"] == AUTO:
         lines.append("# backend: auto chose the decode backend per shape, but a deployment runs one: serve the one "
                      "that wins your traffic, with its own table (mla-tune study --backend NAME --export)")
