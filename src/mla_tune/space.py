@@ -61,8 +61,27 @@ class Parameter:
         return isinstance(value, int) and self.low <= value <= self.high and (value - self.low) % self.step == 0
 
 
+class ParameterLookup:
+    """Lookup by name over a space's ``parameters`` (one backend's, or ``--backend auto``'s prefixed union)."""
+
+    parameters: tuple[Parameter, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.parameters)
+
+    def __getitem__(self, name: str) -> Parameter:
+        for p in self.parameters:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        return any(p.name == name for p in self.parameters)
+
+
 @dataclass(frozen=True)
-class SearchSpace:
+class SearchSpace(ParameterLookup):
     backend: str
     description: str
     cuda_graph_support: str
@@ -75,18 +94,6 @@ class SearchSpace:
         """This space for a KV cache of ``kv_cache_dtype`` ("fp8"/"fp8_e4m3" count as fp8, the rest as "auto")."""
         return replace(self, kv_cache_dtype="fp8" if str(kv_cache_dtype).startswith("fp8") else "auto")
 
-    def __getitem__(self, name: str) -> Parameter:
-        for p in self.parameters:
-            if p.name == name:
-                return p
-        raise KeyError(name)
-
-    def __contains__(self, name: object) -> bool:
-        return any(p.name == name for p in self.parameters)
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(p.name for p in self.parameters)
 
     def defaults(self) -> dict[str, ParamValue]:
         """vLLM's own settings: the baseline every tuned config is compared against."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from .space import Parameter, SearchSpace, distinct_configs
+from .space import Parameter, ParameterLookup, SearchSpace, distinct_configs
 from .types import ParamValue, Shape
 
 AUTO = "auto"  # the --backend value
@@ -26,7 +26,7 @@ def prefixed(backend: str, p: Parameter) -> Parameter:
 
 
 @dataclass(frozen=True)
-class AutoSpace:
+class AutoSpace(ParameterLookup):
     """The decode backends that can run here, each with its own space; ``default_backend`` is vLLM's choice here.
 
     Built unsettled (every backend, no default) from the request alone; ``settled`` narrows it once a runner says
@@ -62,19 +62,6 @@ class AutoSpace:
     @property
     def parameters(self) -> tuple[Parameter, ...]:
         return (self.choice, *(prefixed(m.backend, p) for m in self.members for p in m.parameters))
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(p.name for p in self.parameters)
-
-    def __getitem__(self, name: str) -> Parameter:
-        for p in self.parameters:
-            if p.name == name:
-                return p
-        raise KeyError(name)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.names
 
     def member(self, backend: str) -> SearchSpace:
         for m in self.members:
