@@ -280,13 +280,18 @@ def block_size_for(sizes: Sequence[object], preferred: int = 64) -> int:
     return multiples[0] if multiples else preferred
 
 
+def block_counts(requests: Sequence[Request], block_size: int) -> list[int]:
+    """KV blocks per request in the runner's cache: every request its own blocks, none shared."""
+    return [math.ceil(r.kv_len / block_size) for r in requests]
+
+
 def kv_offset_refusal(backend: str, requests: Sequence[Request], block_size: int, head_size: int,
                       version: str | None) -> str | None:
     """Why the KV cache this runner builds for ``requests`` (every request its own blocks) is out of reach of the
     installed vLLM's TRITON_MLA decode kernel, or None (see ``Adapter.triton_int32_kv_offsets_through``)."""
     if backend != "TRITON_MLA" or version is None:
         return None
-    slots = sum(math.ceil(r.kv_len / block_size) for r in requests) * block_size
+    slots = sum(block_counts(requests, block_size)) * block_size
     return adapter_for(version).triton_kv_offset_refusal(parse_version(version), slots * head_size)
 
 

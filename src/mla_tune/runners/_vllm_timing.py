@@ -14,7 +14,6 @@ when the reorder threshold changes still compares against the same reference.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ import torch
 
 from ..types import MLADims, Request
 from ._timing_policy import SamplingPolicy, WarmupPolicy, enough_samples, stationary, warmup_done
-from ._vllm_plan import choose_layers
+from ._vllm_plan import block_counts, choose_layers
 
 FP8_MAX = 448.0  # float8_e4m3fn
 _CHUNK = 1 << 26  # elements per random-fill chunk: bounds the bf16 temporary of an fp8 cache
@@ -113,7 +112,7 @@ def make_inputs(requests: Sequence[Request], dims: MLADims, block_size: int, cac
                 mem_fraction: float) -> Inputs:
     """Seeded inputs for a shape; the number of KV caches (layers) is chosen from L2 and free memory."""
     cpu = torch.Generator().manual_seed(seed)
-    counts = [math.ceil(r.kv_len / block_size) for r in requests]
+    counts = block_counts(requests, block_size)
     perm = torch.randperm(sum(counts), generator=cpu).to(torch.int32)
     blocks = list(torch.split(perm, counts))
     shape = (sum(counts), block_size, dims.head_size)
