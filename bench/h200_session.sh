@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The H200 evidence of one device session (2x H200), after both GPU kits are installed (see README, "H200"):
+# The H200 evidence of one device session (2x H200), after both GPU kits are installed (see results/h200/README.md):
 #   vLLM 0.20.0 in /opt/mla-kit/site, vLLM 0.26.0 in /opt/mla-kit26/site.
 # Runs from a clean export of one commit (.gpurun/tree.tar, made by `bench/h200_session.sh pack` here) so that
 # uncommitted edits never reach a measurement; mla-tune itself is installed from the wheel built from it.
