@@ -1,5 +1,6 @@
 """The README as a newcomer reads it: the demo, then `show`, then the dashboard, run as written; the no-GPU line
-it quotes is the real one; every environment variable mla-tune reads is in its table."""
+it quotes is the real one; every environment variable mla-tune reads is in its table. It stays a user's
+document (under 400 lines, the evidence in results/<gpu>/README.md), and its links lead somewhere."""
 
 from __future__ import annotations
 
@@ -111,3 +112,33 @@ def test_the_commands_table_names_every_command():
 
     for name in typer.main.get_command(app).commands:
         assert re.search(rf"`mla-tune {name}\b|, `{name} ", table), name
+
+
+def test_the_readme_stays_a_users_document_under_400_lines():
+    lines = len(README.splitlines())
+    assert lines < 400, f"README.md has {lines} lines: move measurements to results/<gpu>/README.md"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _links(path: Path) -> list[str]:
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)  # code blocks, then inline code
+    return re.findall(r"\]\(([^)\s]+)\)", re.sub(r"`[^`]*`", "", text))
+
+
+@pytest.mark.parametrize("doc", ["README.md", "results/h200/README.md", "results/h100/README.md"])
+def test_every_relative_link_points_at_a_file_and_heading_that_exist(doc):
+    path = ROOT / doc
+    links = [link for link in _links(path) if not re.match(r"[a-z]+:", link)]
+    for link in links:
+        target, _, anchor = link.partition("#")
+        file = (path.parent / target).resolve() if target else path
+        assert file.exists(), f"{doc}: {link}"
+        if anchor and file.suffix == ".md":
+            prose = re.sub(r"```.*?```", "", file.read_text(), flags=re.S)
+            assert anchor in {_slug(h) for h in re.findall(r"^#+ (.*)$", prose, re.M)}, f"{doc}: {link}"
+    if doc == "README.md":  # the evidence is one click away
+        assert {"results/h200/README.md", "results/h100/README.md"} <= set(links)
