@@ -29,7 +29,7 @@ import optuna
 from mla_tune import api
 from mla_tune.runners import Runner, Wrapper
 from mla_tune.runners.replay import ReplayRunner
-from mla_tune.types import Case, Measurement
+from mla_tune.types import Case, Measurement, PairedMeasurement
 
 TARGET_MS = 10.0
 
@@ -45,6 +45,14 @@ class TimedRunner(Wrapper):
         t0 = time.perf_counter()
         try:
             return self.inner.measure(case)
+        finally:
+            self.measure_s += time.perf_counter() - t0
+            self.calls += 1
+
+    def measure_paired(self, cases) -> PairedMeasurement:
+        t0 = time.perf_counter()
+        try:
+            return self.inner.measure_paired(cases)
         finally:
             self.measure_s += time.perf_counter() - t0
             self.calls += 1

@@ -8,7 +8,8 @@ import pytest
 
 from mla_tune.runners import Runner
 from mla_tune.space import BACKENDS, PREFILL_BACKENDS
-from mla_tune.types import BackendStatus, Case, Environment, Measurement, Status
+from mla_tune.space import load_space
+from mla_tune.types import BackendStatus, Case, Environment, Measurement, PairedMeasurement, Status, freeze_params
 
 
 class RunnerContract:
@@ -58,3 +59,24 @@ class RunnerContract:
         m = runner.measure(refused_case)
         assert m.status is not Status.OK
         assert m.message and not m.samples_ms
+
+    @pytest.fixture
+    def refused_arm(self, ok_case: Case) -> Case:
+        """A case of ``ok_case``'s shape the runner must refuse (CUTLASS_MLA: no runner here runs it)."""
+        return Case("CUTLASS_MLA", ok_case.shape, ok_case.dims)
+
+    def test_a_paired_recording_compares_each_arm_with_the_first(self, runner: Runner, ok_case: Case,
+                                                                 refused_arm: Case) -> None:
+        default = ok_case.with_params(load_space(ok_case.backend).default_config(ok_case.shape))
+        pm = runner.measure_paired([default, ok_case, default, refused_arm])
+        assert isinstance(pm, PairedMeasurement) and len(pm.arms) == 4
+        assert [m.ok for m in pm.arms] == [True, True, True, False], [m.message for m in pm.arms]
+        assert pm.arms[3].message and pm.pairs[3] is None
+        assert pm.pairs[0].speedup == 1.0 and all(p.reference_ms > 0 for p in pm.pairs[:3])
+        assert all(math.isfinite(p.speedup) and p.speedup > 0 for p in pm.pairs[:3])
+        assert 0.8 < pm.pairs[2].speedup < 1.25  # the default against its second build
+        assert all(len(m.samples_ms) >= 5 and all(x > 0 for x in m.samples_ms) for m in pm.arms[:3])
+
+    def test_a_refused_reference_fails_every_arm(self, runner: Runner, ok_case: Case, refused_arm: Case) -> None:
+        pm = runner.measure_paired([refused_arm, ok_case])
+        assert not any(m.ok for m in pm.arms) and all(m.message for m in pm.arms)

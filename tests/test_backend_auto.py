@@ -116,7 +116,11 @@ def test_a_replayed_auto_study_spans_the_backends_from_vllms_choice_to_the_recor
     assert {c[BACKEND] for c in configs[1:3]} == {"FLASHMLA", "TRITON_MLA"}  # each backend's default comes next
     assert s.measured == len(recorded)  # exhaustive: every recorded config of every backend
     optimum = min(recorded, key=recorded.get)
-    assert freeze_params(s.best_attrs["config"]) == optimum
+
+    def ran(config):  # on the H200 auto prefill runs fa3: the two are twins, apart only by noise
+        return freeze_params({k: ("fa3" if (k, v) == ("prefill_backend", "auto") else v) for k, v in dict(config).items()})
+
+    assert ran(s.best_attrs["config"]) == ran(optimum)
     assert s.attrs["backend"] == AUTO and s.attrs["space"][BACKEND]["default"] == "FLASH_ATTN_MLA"
     conf = s.confirmed
     assert conf is not None and conf.candidates and all(c.status == "ok" for c in conf.candidates)
@@ -276,11 +280,10 @@ def test_an_auto_table_is_validated_against_each_configs_own_backend(fake_table,
 
 def test_failed_measurements_of_one_backend_stay_data_in_an_auto_study(tmp_path):
     class TritonFails(OtherBackendWins):
-        def measure(self, case: Case) -> Measurement:
+        def refusal(self, case: Case) -> Measurement | None:
             if case.backend == "TRITON_MLA":
-                self.calls.append(case)
                 return Measurement.failed(Status.ERROR, "planted failure")
-            return super().measure(case)
+            return super().refusal(case)
 
     [s] = fake_study(tmp_path, runner=TritonFails(), n_trials=40).summaries
     assert s.failed == 8 and s.best_attrs["config"][BACKEND] == "FLASHMLA"
@@ -295,11 +298,9 @@ class GpuGoneAt(FakeRunner):
         super().__init__(**kw)
         self.at = at
 
-    def measure(self, case):
-        if len(self.calls) + 1 == self.at:
-            self.calls.append(case)
+    def on_measure(self):
+        if self.events == self.at:
             raise RunnerUnavailableError("the GPU cannot be used here: import torch/vllm: CUDA driver initialization")
-        return super().measure(case)
 
 
 def test_an_auto_study_stopped_by_an_unusable_gpu_still_tries_every_backend_on_resume(tmp_path):

@@ -211,8 +211,10 @@ def test_a_log_gets_a_few_lines_per_study_with_labelled_counts(in_tmp):
     lines = [ln for ln in r.output.splitlines() if ln.startswith(name + ":")]
     assert lines[0] == f"{name}: measuring up to 8 configs"
     assert re.fullmatch(rf"{name}: 8/8 configs measured, best [\d.]+ ms \(x[\d.]+ vs default\)", lines[1])
-    assert re.fullmatch(rf"{name}: confirming candidate 1 of 3 \(trial #\d+\) against vLLM's default", lines[2])
-    assert lines[3:] == [f"{name}: confirmed"]
+    assert re.fullmatch(rf"{name}: confirming 3 candidate\(s\): trial #\d+, trial #\d+, trial #\d+ against "
+                        "vLLM's default", lines[2])
+    assert re.fullmatch(rf"{name}: (confirmed x[\d.]+ \[[\d.]+, [\d.]+\] \(trial #\d+|vLLM's default kept: ).*"
+                        r"\d+ rounds, [\d.]+ GPU s\)", lines[-1])
     again = cli.invoke(app, ["study", "--backend", "TRITON_MLA", "--workload", "spec:64q1s4k", "--runner", "fake"])
     lines = [ln for ln in again.output.splitlines() if ln.startswith(name + ":")]
     assert lines == [f"{name}: resumed: 8/8 configs measured"]  # never "best - ms"

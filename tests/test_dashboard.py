@@ -56,7 +56,7 @@ def test_dashboard_lists_studies_with_metric_and_attrs(dashboard):
     studies = get(dashboard, "/api/studies")["study_summaries"]
     [s] = [s for s in studies if s["study_name"] == STUDY]
     detail = get(dashboard, f"/api/studies/{s['study_id']}")
-    assert detail["objective_names"] == ["latency_ms"]
+    assert detail["objective_names"] == ["latency_vs_default"]
     trial = detail["trials"][1]
     attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
     assert {"median_ms", "spread", "n_samples", "provenance", "config"} <= set(attrs)

@@ -114,13 +114,13 @@ def test_timeout_before_anything_ran_confirms_nothing_and_queues_nothing(tmp_pat
 
 def test_timeout_mid_study_confirms_what_was_measured(tmp_path):
     runner = FakeRunner(optimum=OPT)
-    real = runner.measure
+    real = runner.measure_paired
 
-    def slow(case):
+    def slow(cases):
         time.sleep(0.05)
-        return real(case)
+        return real(cases)
 
-    runner.measure = slow
+    runner.measure_paired = slow
     out = run(tmp_path, runner, timeout_s=0.3)
     [s] = out.summaries
     assert 1 < s.measured < N_CONFIGS and s.confirmation["trials"] == s.measured
@@ -158,10 +158,9 @@ from mla_tune import api
 from tests.fakes import FakeRunner
 
 class Dies(FakeRunner):
-    def measure(self, case):
-        if len(self.calls) == {at}:
+    def on_measure(self):
+        if self.events == {at} + 1:
             os.kill(os.getpid(), signal.SIGKILL)  # kill -9 mid-trial
-        return super().measure(case)
 
 api.run_study(backend="FLASH_ATTN_MLA", workload="spec:64q1s4k", storage={storage!r}, runner=Dies(optimum={opt!r}))
 """

@@ -47,6 +47,10 @@ class TestReplayContract(RunnerContract):
     def refused_case(self):
         return case(spec="16q1s1k")
 
+    @pytest.fixture
+    def refused_arm(self):
+        return case(backend="FLASHMLA", config={})  # not in these sweeps
+
 
 def test_samples_are_drawn_from_one_recording_of_the_config(sweep_dir):
     r = ReplayRunner.open(str(sweep_dir), seed=1)
@@ -168,3 +172,63 @@ def test_backends_say_why_they_were_not_recorded(sweep_dir):
     assert st[("decode", "FLASHINFER_MLA")].reason == "unavailable when recorded: needs compute capability 10.x"
     assert st[("prefill", "flashinfer")].reason == "unavailable when recorded: needs SM100"
     assert not st[("decode", "FLASHMLA")].available and "not recorded in" in st[("decode", "FLASHMLA")].reason
+
+
+def test_recorded_pairs_replay_with_the_gpus_pairing(tmp_path):
+    """A sweep records each config against vLLM's default in one recording; on a GPU whose clock moves by +-5% from
+    one recording to the next, the replayed ratio keeps the pairing's precision, and the composition from separate
+    recordings (what older sweeps hold) does not."""
+    out = tmp_path / "s.jsonl"
+    api.run_sweep(backend="FLASH_ATTN_MLA", workload="spec:8q1s1k", output=out, tp=8,
+                  runner=FakeRunner(optimum={"max_num_splits": 8}, clock_noise=0.05, noise=0.002, blocks=20))
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert lines[0]["schema_version"] == 2
+    rec = next(x for x in lines[1:] if x["config"]["max_num_splits"] == 8)
+    assert rec["reference"]["config"]["max_num_splits"] == 32 and len(rec["order"]) == 4 * 20
+    assert rec["recording"]["paired"] == "interleaved"
+    runner = ReplayRunner.open(str(out), seed=1)
+    default = case(config=OK_CONFIG | {"max_num_splits": 32})
+    ratios = []
+    for _ in range(20):
+        pm = runner.measure_paired([default, case(), default])
+        assert pm.ok and dict(pm.details)["paired"] == "replayed pairs" and pm.pairs[1].interleaved
+        assert pm.pairs[2].speedup == pytest.approx(1.0, abs=0.005)  # the default against its second build
+        ratios.append(pm.pairs[1].speedup)
+    assert max(ratios) / min(ratios) < 1.01 and sum(ratios) / len(ratios) == pytest.approx(1.25, rel=0.01)
+    apart = [runner.measure(default).median_ms / runner.measure(case()).median_ms for _ in range(20)]
+    assert max(apart) / min(apart) > 1.03  # one recording against another carries the clock between them
+
+
+def test_sweeps_recorded_before_pairing_compose_their_pairs_and_say_so():
+    runner = ReplayRunner.open("results/sweeps/h100")
+    dims = get_model("deepseek-v3", 1)
+    shape = batch_spec.parse("64q1s4k")
+    default = {"cuda_graphs": True, "max_num_splits": 32, "prefill_backend": "auto", "reorder_batch_threshold": 512}
+    pm = runner.measure_paired([Case("FLASH_ATTN_MLA", shape, dims, freeze_params(default)),
+                                Case("FLASH_ATTN_MLA", shape, dims, freeze_params(default | {"max_num_splits": 1}))])
+    assert pm.ok and not pm.pairs[1].interleaved and pm.pairs[1].ci is None
+    assert dict(pm.details)["paired"].startswith("no: 1 arm(s) composed from separate recordings")
+
+
+def test_a_pair_whose_order_does_not_match_its_samples_is_refused(tmp_path):
+    out = tmp_path / "s.jsonl"
+    api.run_sweep(backend="FLASH_ATTN_MLA", workload="spec:8q1s1k", output=out, tp=8, runner=FakeRunner())
+    header, first, *rest = out.read_text().splitlines()
+    rec = json.loads(first)
+    rec["order"] = rec["order"][:-4]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join([header, json.dumps(rec), *rest]) + "\n")
+    with pytest.raises(DataFileError, match=r"line 2\.order: does not match the samples"):
+        ReplayRunner.open(str(bad))
+
+
+def test_a_sweep_of_separate_recordings_is_not_resumed_with_pairs(tmp_path):
+    from mla_tune.errors import UsageError
+
+    out = tmp_path / "old.jsonl"
+    api.run_sweep(backend="FLASHMLA", workload="spec:8q4s1k", output=out, runner=FakeRunner())
+    lines = out.read_text().splitlines()
+    header = json.loads(lines[0]) | {"schema_version": 1}
+    out.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    with pytest.raises(UsageError, match="holds separate recordings"):
+        api.run_sweep(backend="FLASHMLA", workload="spec:8q4s1k", output=out, runner=FakeRunner())

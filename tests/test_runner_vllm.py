@@ -19,7 +19,8 @@ from mla_tune.runners import _vllm_plan as plan
 from mla_tune.runners import vllm as vllm_runner_mod
 from mla_tune.runners.vllm import VllmRunner, check_available
 from mla_tune.space import BACKENDS, load_space
-from mla_tune.types import BackendStatus, Case, Environment, Measurement, Request, Shape, Status, freeze_params
+from mla_tune.types import (BackendStatus, Case, Environment, Measurement, PairedMeasurement, PairStat, Request, Shape,
+                             Status, freeze_params)
 from mla_tune.vllm_adapters import adapter_for
 
 from .runner_contract import RunnerContract
@@ -254,7 +255,7 @@ def fake_worker(conn, options) -> None:
             op, payload = conn.recv()
         except EOFError:
             return
-        if not started and op in ("environment", "backends", "measure"):  # "torch and vLLM are up"
+        if not started and op in ("environment", "backends", "measure", "measure_paired"):  # torch/vLLM are up
             conn.send(("started", None, False))
             started = True
         if op == "close":
@@ -288,6 +289,16 @@ def fake_worker(conn, options) -> None:
                 conn.send(("unusable", "import torch/vllm: RuntimeError: CUDA driver initialization failed", True))
                 os._exit(3)
             conn.send(("ok", (OK, {"total_s": 0.01}), False))
+        elif op == "measure_paired":
+            n = len(payload[0].shape.requests)
+            if n == 2:
+                time.sleep(3600)
+            elif n == 3:
+                os._exit(7)
+            arms = (OK,) * len(payload)  # one arm per case the parent sent: refused ones never arrive
+            pairs = tuple(PairStat(1.0, 1.0 + 0.1 * i, (1.0, 1.2), 10) for i in range(len(payload)))
+            conn.send(("ok", (PairedMeasurement(arms, pairs, (), (("paired", "interleaved"),)),
+                              {"total_s": 0.01}), False))
 
 
 @pytest.fixture
@@ -369,6 +380,35 @@ def test_close_stops_the_worker_and_keeps_the_log_only_after_failures(fake_runne
         failing.close()
     assert os.path.exists(failing.log_path)
     os.unlink(failing.log_path)
+
+
+@pytest.mark.slow
+def test_a_paired_recording_sends_only_the_arms_it_can_run_and_puts_the_refused_back(fake_runner) -> None:
+    default = make_case("TRITON_MLA", "q1s1k")
+    pm = fake_runner.measure_paired([default, _case(1, "CUTLASS_MLA"), make_case("TRITON_MLA", "q1s1k",
+                                                                                  num_kv_splits=4)])
+    assert [m.status for m in pm.arms] == [Status.OK, Status.UNSUPPORTED, Status.OK]
+    assert pm.pairs[1] is None and pm.pairs[2].speedup == pytest.approx(1.1)  # the worker's second arm, put third
+    refused = fake_runner.measure_paired([_case(1, "CUTLASS_MLA"), default])
+    assert not any(m.ok for m in refused.arms) and "nothing to compare with" in refused.arms[1].message
+
+
+@pytest.mark.slow
+def test_a_paired_recording_that_hangs_or_crashes_fails_every_arm_and_the_next_works(fake_runner) -> None:
+    assert fake_runner.measure_paired([_case(1), _case(1)]).ok  # the engine is known: no first-use timeout
+    t0 = time.monotonic()
+    hung = fake_runner.measure_paired([_case(2), _case(2)])
+    assert all(m.status is Status.TIMEOUT for m in hung.arms) and "2 s" in hung.arms[0].message  # 1 s per arm
+    assert time.monotonic() - t0 < 15
+    crashed = fake_runner.measure_paired([_case(3), _case(3)])
+    assert all(m.status is Status.ERROR and "exited with code 7" in m.message for m in crashed.arms)
+    assert fake_runner.measure_paired([_case(1), _case(1)]).ok and fake_runner.worker_starts == 3
+
+
+def test_arms_with_the_same_engine_get_their_own_instances() -> None:
+    a = plan.make_plan(make_case("FLASH_ATTN_MLA", "64q1s4k")).engine
+    b = plan.make_plan(make_case("FLASH_ATTN_MLA", "64q1s4k", prefill_backend="fa2")).engine
+    assert plan.arm_slots([a, a, b, a, b]) == [0, 1, 0, 2, 1]
 
 
 # -- on the GPU ------------------------------------------------------------------------------------

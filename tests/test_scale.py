@@ -368,16 +368,16 @@ def test_a_confirmation_taken_over_stops_and_never_replaces_a_newer_one(tmp_path
     from mla_tune.study.confirm import CONFIRM_KEY, CONFIRMING_ATTR, confirm
 
     study, target, runner = _finished_study(tmp_path)
-    storage, real = study._storage, runner.measure
+    storage, real = study._storage, runner.measure_paired
     other = {"worker": "otherhost:123:0", "trials": 10**6, "beat": time.time()}
 
-    def taken_over_meanwhile(case):  # another host decided this worker was dead and took the claim
+    def taken_over_meanwhile(cases):  # another host decided this worker was dead and took the claim
         if not runner.calls:
             storage.set_study_system_attr(study._study_id, CONFIRMING_ATTR, other)
             time.sleep(1.0)  # two beats of this worker's claim thread (MLA_TUNE_HEARTBEAT_S=0.5)
-        return real(case)
+        return real(cases)
 
-    runner.measure = taken_over_meanwhile
+    runner.measure_paired = taken_over_meanwhile
     before = study.user_attrs[CONFIRM_KEY]
     assert confirm(study, target, runner, runner.environment(), force=True, shared=True) is None
     assert storage.get_study_user_attrs(study._study_id)[CONFIRM_KEY] == before  # nothing stored by the loser
@@ -386,7 +386,7 @@ def test_a_confirmation_taken_over_stops_and_never_replaces_a_newer_one(tmp_path
     storage.set_study_system_attr(study._study_id, CONFIRMING_ATTR, None)
     newer = before | {"trials": 10**6}
     study.set_user_attr(CONFIRM_KEY, newer)
-    runner.measure = real
+    runner.measure_paired = real
     assert confirm(study, target, runner, runner.environment(), force=True, shared=True) == newer
     assert storage.get_study_user_attrs(study._study_id)[CONFIRM_KEY] == newer
 

@@ -45,6 +45,6 @@ def test_verdicts_of_what_did_not_win():
 def test_judge_over_stored_candidates_keeps_what_it_does_not_recompute():
     stored = [candidate(1, 1.010, 1.012).to_attrs() | {"ci95": [1.0, 1.02]},
               {"trial": 2, "configs": [{"s": 2}], "status": "failed", "message": "64q1s4k: oom: no"}]
-    out, winner = judge(stored)
+    out, winner = judge({"candidates": stored})
     assert winner is None and out[0]["significant"] is False and out[0]["ci95"] == [1.0, 1.02]
     assert out[1] == stored[1] and out[0]["round_ms"]["again"] == stored[0]["round_ms"]["again"]

@@ -262,9 +262,10 @@ class Verification:
         return [r for r in self.results if r.verdict == "failed"]
 
 
-def verify_target(path: Path, *, runner: str | Runner = "vllm", rounds: int = 6,
+def verify_target(path: Path, *, runner: str | Runner = "vllm", rounds: int = 4, max_rounds: int = 24,
                   progress: Callable[[str], None] | None = None) -> Verification:
-    """Re-measure each tuned setting of a table or profile against vLLM's default on this host (paired rounds)."""
+    """Re-measure each tuned setting of a table or profile against vLLM's default on this host: paired rounds,
+    at least ``rounds``, more (up to ``max_rounds``) while the default-against-itself floor is wider than ±0.5%."""
     from . import _yaml
     from .tables.export import load_table
     from .serving import load_profile
@@ -272,8 +273,12 @@ def verify_target(path: Path, *, runner: str | Runner = "vllm", rounds: int = 6,
     from .tables.table import SCHEMA_VERSIONS
     from .serving.verify import item_backends, profile_dims, profile_items, table_dims, table_items, verify
 
+    from .serving.verify import MAX_ROUNDS_LIMIT
+
     if rounds < 2:
         raise UsageError(f"--rounds {rounds}: need at least 2 paired rounds for an interval")
+    if not rounds <= max_rounds <= MAX_ROUNDS_LIMIT:
+        raise UsageError(f"--max-rounds {max_rounds}: must lie between --rounds ({rounds}) and {MAX_ROUNDS_LIMIT}")
     if _yaml.load(path, SCHEMA_VERSIONS).get("kind") == PROFILE_KIND:
         profile = load_profile(path)
         kind, backend, kv = "profile", profile.match.backend, profile.match.kv_cache_dtype
@@ -289,5 +294,5 @@ def verify_target(path: Path, *, runner: str | Runner = "vllm", rounds: int = 6,
         for b in item_backends(backend, items):  # auto: vLLM's default backend and every one a config chose
             require_backend(r, b)
         with gpu_locked(r):
-            results = verify(items, r, backend, dims, kv, rounds, progress)
+            results = verify(items, r, backend, dims, kv, rounds, max_rounds, progress)
         return Verification(str(path), kind, source, r.environment(), results)

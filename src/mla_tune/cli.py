@@ -403,15 +403,18 @@ def deploy(
 def verify(
     target: Path = typer.Argument(..., callback=_input, help="a tuning table or a serving profile"),
     runner: str = typer.Option("vllm", help=RUNNER_HELP),
-    rounds: int = typer.Option(6, help="paired rounds per setting (default/tuned, then tuned/default, ...), 2 "
-                                       "or more"),
+    rounds: int = typer.Option(4, help="paired rounds per setting at least (each one recording of vLLM's default, "
+                                       "the default built again and the setting), 2 or more"),
+    max_rounds: int = typer.Option(24, "--max-rounds", help="rounds per setting at most: more are run while the "
+                                   "default-against-itself floor is wider than ±0.5% (up to 200)"),
 ) -> None:
     """Re-measure each tuned setting against vLLM's default here; exit 1 if one is slower beyond noise or fails."""
     from . import api
     from .views.render_serving import verify_lines
 
     err = _console(stderr=True)
-    result = api.verify_target(target, runner=runner, rounds=rounds, progress=lambda m: err.print(m))
+    result = api.verify_target(target, runner=runner, rounds=rounds, max_rounds=max_rounds,
+                               progress=lambda m: err.print(m))
     for line in verify_lines(result):
         typer.echo(line)
     if result.slower or result.failed:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .stats import round_sig
 
 if TYPE_CHECKING:
-    from .types import Measurement
+    from .types import Measurement, PairStat
 
 ATTRS_KEY = "mla_tune"  # study user attr: what the study measures and where (``plan.study_attrs``)
 KEY_ATTR = "key"  # trial user attr: the configs a trial runs, as canonical JSON (set before measuring)
@@ -69,7 +69,33 @@ def _rest(attrs: Mapping[str, Any], known: Sequence[str]) -> dict[str, Any]:
     return {k: v for k, v in attrs.items() if k not in known}
 
 
-_SHAPE_KEYS = ("status", "config", "median_ms", "spread", "n_samples", "samples_ms", "message", "rel_err", "details")
+_SHAPE_KEYS = ("status", "config", "median_ms", "spread", "n_samples", "samples_ms", "message", "rel_err", "details",
+               "paired")
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A measurement's pair with vLLM's default in the same recording (``types.PairStat`` as stored): the default's
+    median there, the speedup over it (>1: faster), its interval over the recording's blocks, and how many blocks
+    (0: two separate recordings, no interval)."""
+
+    reference_ms: float
+    speedup: float
+    ci: tuple[float, float] | None = None
+    blocks: int = 0
+
+    @classmethod
+    def of(cls, pair: PairStat) -> Paired:
+        ci = None if pair.ci is None else (round_sig(pair.ci[0], 5), round_sig(pair.ci[1], 5))
+        return cls(round_sig(pair.reference_ms), round_sig(pair.speedup, 5), ci, pair.blocks)
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> Paired:
+        return cls(attrs["reference_ms"], attrs["speedup"], _tuple(attrs.get("ci")), attrs.get("blocks", 0))
+
+    def to_attrs(self) -> dict[str, Any]:
+        return _emit([("reference_ms", self.reference_ms), ("speedup", self.speedup), ("ci", self.ci),
+                      ("blocks", self.blocks)], {})
 
 
 @dataclass(frozen=True)
@@ -85,27 +111,33 @@ class ShapeResult:
     message: str | None = None
     rel_err: float | None = None
     details: Mapping[str, Any] | None = None
+    paired: Paired | None = None  # against vLLM's default in the same recording (trials since paired recording)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_measurement(cls, m: Measurement, config: Mapping[str, Any]) -> ShapeResult:
+    def from_measurement(cls, m: Measurement, config: Mapping[str, Any], pair: PairStat | None = None
+                         ) -> ShapeResult:
         """Rounded to stable digits (files people diff); a failure keeps its reason and no numbers."""
         rel_err = round_sig(m.rel_err, 3) if m.rel_err is not None else None
         details = dict(m.details) or None
         if not m.ok:
             return cls(m.status.value, dict(config), message=m.message, rel_err=rel_err, details=details)
         return cls(m.status.value, dict(config), round_sig(m.median_ms), round_sig(m.spread, 4), len(m.samples_ms),
-                   tuple(round_sig(x) for x in m.samples_ms), rel_err=rel_err, details=details)
+                   tuple(round_sig(x) for x in m.samples_ms), rel_err=rel_err, details=details,
+                   paired=Paired.of(pair) if pair is not None else None)
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> ShapeResult:
         a = attrs
+        paired = a.get("paired")
         return cls(a.get("status"), a.get("config"), a.get("median_ms"), a.get("spread"), a.get("n_samples"),
                    _tuple(a.get("samples_ms")), a.get("message"), a.get("rel_err"), a.get("details"),
-                   _rest(a, _SHAPE_KEYS))
+                   Paired.from_attrs(paired) if isinstance(paired, Mapping) else None, _rest(a, _SHAPE_KEYS))
 
     def to_attrs(self) -> dict[str, Any]:
-        return _emit([(k, getattr(self, k)) for k in _SHAPE_KEYS], self.extra)
+        pairs = [(k, getattr(self, k)) for k in _SHAPE_KEYS if k != "paired"]
+        pairs.append(("paired", self.paired.to_attrs() if self.paired is not None else None))
+        return _emit(pairs, self.extra)
 
 
 _TRIAL_KEYS = ("key", "role", "duplicate_of", "status", "message", "provenance", "shapes", "speedup_vs_default")
@@ -248,14 +280,17 @@ class NoiseFloor:
                       ("ci_level", self.ci_level)], {})
 
 
-_CONFIRMATION_KEYS = ("trials", "rounds", "date", "runner", "default", "candidates", "winner", "floor")
+_CONFIRMATION_KEYS = ("trials", "rounds", "date", "runner", "default", "candidates", "winner", "floor", "floor_rounds",
+                      "gpu_s", "pairing")
 
 
 @dataclass(frozen=True)
 class Confirmation:
     """A study's paired confirmation (study user attr ``confirmation``): what it measured and what it found.
 
-    ``floor`` is None in confirmations stored before the noise floor was measured."""
+    ``floor`` is None in confirmations stored before the noise floor was measured. ``floor_rounds`` (since paired
+    recordings) holds the default against its second build per round, recorded with the candidates; older
+    confirmations kept those rounds in each candidate's ``again``. ``gpu_s``: device seconds its recordings timed."""
 
     trials: int  # distinct configs measured when it ran: it speaks for that state of the study
     rounds: int
@@ -265,6 +300,9 @@ class Confirmation:
     candidates: tuple[Candidate, ...]
     winner: int | None  # index into candidates
     floor: NoiseFloor | None = None
+    floor_rounds: Rounds | None = None
+    gpu_s: float | None = None
+    pairing: str | None = None  # how the rounds' recordings paired the arms ("interleaved", "replayed pairs", ...)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -279,16 +317,20 @@ class Confirmation:
         return cls(a["trials"], a["rounds"], a["date"], a["runner"], tuple(a["default"]["configs"]),
                    tuple(Candidate.from_attrs(c) for c in a["candidates"]), a["winner"],
                    NoiseFloor.from_attrs(a["floor"]) if a.get("floor") is not None else None,
-                   _rest(a, _CONFIRMATION_KEYS))
+                   Rounds.from_attrs(a["floor_rounds"]) if a.get("floor_rounds") else None, a.get("gpu_s"),
+                   a.get("pairing"), _rest(a, _CONFIRMATION_KEYS))
 
     def to_attrs(self) -> dict[str, Any]:
         out = _emit([("trials", self.trials), ("rounds", self.rounds), ("date", self.date), ("runner", self.runner),
                      ("default", {"configs": self.default_configs}),
                      ("candidates", [c.to_attrs() for c in self.candidates])], {})
         out["winner"] = self.winner  # None is stored too: "no winner"
-        out.update(_emit([("floor", self.floor.to_attrs() if self.floor is not None else None)], self.extra))
+        out.update(_emit([("floor", self.floor.to_attrs() if self.floor is not None else None),
+                          ("floor_rounds", self.floor_rounds.to_attrs() if self.floor_rounds is not None else None),
+                          ("gpu_s", self.gpu_s), ("pairing", self.pairing)], self.extra))
         return out
 
 
-__all__ = ["ATTRS_KEY", "CONFIRM_KEY", "KEY_ATTR", "Candidate", "Confirmation", "NoiseFloor", "Rounds", "ShapeResult",
+__all__ = ["ATTRS_KEY", "CONFIRM_KEY", "KEY_ATTR", "Candidate", "Confirmation", "NoiseFloor", "Paired", "Rounds",
+           "ShapeResult",
            "StudyName", "TrialResult"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; 1.96 beyond.
@@ -97,3 +97,37 @@ def round_sig(x: float, digits: int = 6) -> float:
     if x == 0 or not math.isfinite(x):
         return x
     return round(x, digits - 1 - int(math.floor(math.log10(abs(x)))))
+
+
+def blocks_of(order: Sequence[int], samples: Sequence[Sequence[float]]) -> list[dict[int, list[float]]]:
+    """An interleaved recording cut into its blocks: per block, each arm's samples in it.
+
+    ``order`` is the arm of each sample in time order and ``samples[a]`` arm ``a``'s samples in time order. A block
+    runs every arm twice (a permutation, then the same mirrored), so it is ``2 x arms`` samples long; a last,
+    incomplete block is dropped.
+    """
+    n_arms = len(samples)
+    size = 2 * n_arms
+    taken = [0] * n_arms
+    out: list[dict[int, list[float]]] = []
+    for start in range(0, len(order) - size + 1, size):
+        block: dict[int, list[float]] = {}
+        for arm in order[start:start + size]:
+            block.setdefault(arm, []).append(samples[arm][taken[arm]])
+            taken[arm] += 1
+        out.append(block)
+    return out
+
+
+def block_speedup(blocks: Sequence[Mapping[int, Sequence[float]]], ref: int, arm: int,
+                  level: float = 0.95) -> tuple[float, tuple[float, float] | None]:
+    """Geometric mean over ``blocks`` of (ref's mean time / arm's mean time), and its Student-t interval at
+    ``level`` over the blocks (None for fewer than two)."""
+    logs = [math.log(statistics.fmean(b[ref]) / statistics.fmean(b[arm])) for b in blocks if b.get(ref) and b.get(arm)]
+    if not logs:
+        raise ValueError("no block holds both arms")
+    mean = statistics.fmean(logs)
+    if len(logs) < 2:
+        return math.exp(mean), None
+    half = t_quantile(1 - (1 - level) / 2, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return math.exp(mean), (math.exp(mean - half), math.exp(mean + half))

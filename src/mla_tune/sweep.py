@@ -15,6 +15,13 @@ A sweep is interleaved and repeated: the configs of one shape are measured in ``
 every config in a new seeded order), so drift over minutes hits every config alike, and each config holds
 ``rounds`` recordings (``"round": 1..N``; older sweeps have one and no ``round``) from which replay knows the
 run-to-run spread, not only one recording's.
+
+Since schema version 2 every line is a **pair**: the config recorded sample by sample against vLLM's default in one
+recording (``Runner.measure_paired``), as every study trial is. Such a line adds the default's arm
+(``"reference": {"backend", "config", "status", "samples_ms", ...}``), the arm of each sample in time order
+(``"order": "0110 1001 ..."`` without the spaces: 0 the reference, 1 the config) and the recording's details
+(``"recording": {"blocks", "gpu_s", "clock_event_share", ...}``); vLLM's default is recorded against itself, built
+twice. Replay plays the pairs back block by block, so a replayed study's confidence is what the GPU gave.
 """
 
 from __future__ import annotations
@@ -37,10 +44,12 @@ from .study.plan import dims_dict
 from .runners import Runner
 from .space import SearchSpace, config_key
 from .stats import round_sig
-from .types import Case, Environment, MLADims, Measurement, Status, freeze_params
+from .types import Case, Environment, MLADims, Measurement, PairedMeasurement, Status, freeze_params
 from .workloads import Workload
 
 SWEEP_KIND = "mla-tune/sweep"
+SCHEMA_VERSION = 2  # 2: every line a pair (config against vLLM's default in one recording); 1: separate recordings
+SCHEMA_VERSIONS = (1, 2)
 
 
 DEFAULT_ROUNDS = 3
@@ -55,6 +64,7 @@ class SweepProgress:
     median_ms: float | None
     round: int = 1
     rounds: int = 1
+    speedup: float | None = None  # over vLLM's default, in the same recording
 
 
 def record_key(backend: str, dims: dict[str, Any], kv_cache_dtype: str, shape: str, config: dict) -> str:
@@ -76,6 +86,20 @@ def measurement_record(case: Case, spec: str, m: Measurement, round_: int | None
     }
 
 
+def pair_record(ref_case: Case, case: Case, spec: str, pm: PairedMeasurement, round_: int | None = None
+                ) -> dict[str, Any]:
+    """The line of one paired recording (config ``case`` against vLLM's default ``ref_case``): the config's arm as
+    ``measurement_record`` writes it, plus the reference arm, the sample order and the recording's details."""
+    rec = measurement_record(case, spec, pm.arms[1], round_)
+    ref = measurement_record(ref_case, spec, pm.arms[0])
+    rec["reference"] = {k: ref[k] for k in ("backend", "config", "status", "samples_ms", "message", "rel_err",
+                                            "details")}
+    if pm.order:
+        rec["order"] = "".join(str(a) for a in pm.order)
+    rec["recording"] = dict(pm.details)
+    return rec
+
+
 def read_sweep(path: Path) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
     """The header and the records of a sweep file, each checked; a bad line names the file and line number.
 
@@ -87,8 +111,9 @@ def read_sweep(path: Path) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
     if not lines:
         raise DataFileError(str(path), "line 1", "empty sweep file")
     header = _parse(path, 1, lines[0])
-    if header.get("kind") != SWEEP_KIND or header.get("schema_version") != 1:
-        raise DataFileError(str(path), "line 1", f"not an mla-tune sweep (kind {SWEEP_KIND}, schema_version 1)")
+    if header.get("kind") != SWEEP_KIND or header.get("schema_version") not in SCHEMA_VERSIONS:
+        raise DataFileError(str(path), "line 1", f"not an mla-tune sweep (kind {SWEEP_KIND}, schema_version "
+                            f"{' or '.join(map(str, SCHEMA_VERSIONS))})")
     try:
         Environment.from_dict(header["environment"])
     except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -142,7 +167,25 @@ def _check_record(path: Path, where: str, rec: dict[str, Any]) -> dict[str, Any]
         _yaml.number(path, f"{where}.rel_err", rec["rel_err"], low_open=False)
     if "round" in rec and (type(rec["round"]) is not int or rec["round"] < 1):
         raise DataFileError(str(path), f"{where}.round", f"is {_yaml.short(rec['round'])}; expected 1, 2, ...")
+    if "reference" in rec:
+        _check_pair(path, where, rec)
     return rec
+
+
+def _check_pair(path: Path, where: str, rec: dict[str, Any]) -> None:
+    """A pair's reference arm is a record of its own; its order string holds each arm's samples, in whole blocks."""
+    ref = _yaml.expect(path, f"{where}.reference", rec["reference"], dict, "a mapping")
+    _check_record(path, f"{where}.reference", {"model": rec["model"], "kv_cache_dtype": rec["kv_cache_dtype"],
+                                               "shape": rec["shape"], **ref})
+    _yaml.expect(path, f"{where}.recording", rec.get("recording", {}), dict, "a mapping")
+    if "order" not in rec:
+        return
+    order = _yaml.expect(path, f"{where}.order", rec["order"], str, "a string of 0s and 1s")
+    counts = (order.count("0"), order.count("1"))
+    if set(order) - {"0", "1"} or len(order) % 4 or counts != (len(ref["samples_ms"]), len(rec["samples_ms"])):
+        raise DataFileError(str(path), f"{where}.order", f"does not match the samples: {counts[0]} reference and "
+                            f"{counts[1]} config samples in blocks of 4 expected, {len(ref['samples_ms'])} and "
+                            f"{len(rec['samples_ms'])} recorded")
 
 
 def _refuse_constant(name: str) -> Any:
@@ -179,6 +222,9 @@ def _existing(path: Path, env: Environment) -> Counter[str]:
     if header["environment"].get("gpu") != env.as_dict().get("gpu"):
         raise UsageError(f"{path} was recorded on {header['environment']['gpu']['name']}, not this GPU",
                          hint="write the sweep to another file")
+    if header.get("schema_version") != SCHEMA_VERSION:
+        raise UsageError(f"{path} holds separate recordings (sweep schema {header.get('schema_version')}); this "
+                         "sweep records pairs", hint="write the sweep to another file")
     return Counter(record_key(r["backend"], r["model"], r["kv_cache_dtype"], r["shape"], r["config"])
                    for r in records)
 
@@ -229,7 +275,7 @@ def run_sweep(runner: Runner, space: SearchSpace, workload: Workload, dims: MLAD
         raise DataFileError(str(out), "", f"cannot write a sweep there: {e.strerror}") from None
     with f:
         if fresh:
-            header = {"kind": SWEEP_KIND, "schema_version": 1, "environment": env.as_dict(),
+            header = {"kind": SWEEP_KIND, "schema_version": SCHEMA_VERSION, "environment": env.as_dict(),
                       "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                       # why a backend could not run where this was recorded, for replay to say instead of
                       # "not recorded" (e.g. "needs compute capability 10.x")
@@ -238,11 +284,13 @@ def run_sweep(runner: Runner, space: SearchSpace, workload: Workload, dims: MLAD
             f.write(json.dumps(header, sort_keys=True) + "\n")
         for i, v in enumerate(todo):
             case = Case(space.backend, v.shape, dims, freeze_params(v.config), kv_cache_dtype)
-            m = runner.measure(case)
-            f.write(json.dumps(measurement_record(case, v.spec, m, v.round), sort_keys=True) + "\n")
+            ref_case = case.with_params(space.default_config(v.shape))
+            pm = runner.measure_paired([ref_case, case])
+            m = pm.arms[1]
+            f.write(json.dumps(pair_record(ref_case, case, v.spec, pm, v.round), sort_keys=True) + "\n")
             f.flush()
             written += 1
             if progress:
                 progress(SweepProgress(i + 1, len(todo), v.spec, m.status.value, m.median_ms if m.ok else None,
-                                       v.round, rounds))
+                                       v.round, rounds, pm.pairs[1].speedup if pm.pairs[1] else None))
     return written

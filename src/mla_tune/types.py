@@ -142,6 +142,70 @@ class Measurement:
         return cls(status, (), message, None, tuple(sorted(details.items())))
 
 
+@dataclass(frozen=True)
+class PairStat:
+    """One arm of a paired recording against its reference arm (vLLM's default), both from the same recording.
+
+    ``speedup`` is the geometric mean over the recording's blocks of reference time / arm time (each block runs every
+    arm twice, in mirrored order, so a clock that moves during the block hits both alike); ``ci`` its interval over
+    the blocks (95%). ``reference_ms`` is the median of the reference samples it was compared with. A pair composed
+    from two separate recordings (a runner that cannot interleave, a sweep recorded before pairing) has
+    ``blocks == 0`` and no ``ci``: the ratio of the two medians, as steady as the clock was between them.
+    """
+
+    reference_ms: float
+    speedup: float
+    ci: tuple[float, float] | None = None
+    blocks: int = 0
+
+    @property
+    def interleaved(self) -> bool:
+        return self.blocks > 0
+
+    @property
+    def paired_ms(self) -> float:
+        """The arm's latency on the reference's scale: what the ratio says it ran in beside the reference."""
+        return self.reference_ms / self.speedup
+
+
+@dataclass(frozen=True)
+class PairedMeasurement:
+    """Several configs of one shape measured in one recording, sample by sample (``Runner.measure_paired``).
+
+    ``arms[0]`` is the reference (vLLM's default); ``pairs[i]`` compares arm ``i`` with it (``pairs[0]`` the reference
+    with itself: speedup 1). An arm that failed has a failed ``Measurement`` and no pair; when the reference fails,
+    every arm does (nothing to compare against). ``order`` is the arm of each timed sample in time order (empty for
+    a composed recording); ``details`` describe the recording (blocks, GPU seconds, clocks, the share of clock
+    readings under a clock event).
+    """
+
+    arms: tuple[Measurement, ...]
+    pairs: tuple[PairStat | None, ...]
+    order: tuple[int, ...] = ()
+    details: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.arms) != len(self.pairs) or not self.arms:
+            raise ValueError("a paired measurement needs one pair (or None) per arm, and at least one arm")
+        for m, p in zip(self.arms, self.pairs):
+            if m.ok != (p is not None):
+                raise ValueError("an ok arm has a pair, a failed one has none")
+
+    @property
+    def ok(self) -> bool:
+        return all(m.ok for m in self.arms)
+
+    @property
+    def gpu_s(self) -> float:
+        """GPU seconds timed in the recording (0.0 where it does not say)."""
+        return float(dict(self.details).get("gpu_s", 0.0))
+
+    @classmethod
+    def all_failed(cls, n: int, status: Status, message: str, **details: str) -> PairedMeasurement:
+        m = Measurement.failed(status, message, **details)
+        return cls((m,) * n, (None,) * n)
+
+
 def gpu_short_name(name: str) -> str:
     """``NVIDIA H100 80GB HBM3`` -> ``H100``: how studies, profiles and the plugin name a GPU."""
     words = [w for w in name.replace("NVIDIA", "").split() if w]

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import abc
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import UnknownNameError, UsageError
-from ..types import BackendStatus, Case, Environment, Measurement
+from ..types import BackendStatus, Case, Environment, Measurement, PairedMeasurement
 
 
 class Runner(abc.ABC):
@@ -37,6 +37,18 @@ class Runner(abc.ABC):
         """Measure one case: raw per-call latencies, or a failure status with its reason (a failure of this case
         is data). Raises ``RunnerUnavailableError`` only when nothing can be measured here at all (the GPU or its
         libraries cannot start): that is no config's result, and the study stops instead of recording it."""
+
+    def measure_paired(self, cases: Sequence[Case]) -> PairedMeasurement:
+        """Measure configs of one shape against the first, vLLM's default, in one recording, sample by sample
+        (``PairedMeasurement``), so that a clock that moves under load hits them alike. Failures are data, as for
+        ``measure``; a failed reference fails every arm.
+
+        This fallback, for runners that cannot interleave, measures the cases one after another and says so (its
+        pairs have ``blocks == 0``); the vLLM and replay runners record or replay real pairs."""
+        from ._interleave import composed
+
+        check_same_shape(cases)
+        return composed([self.measure(c) for c in cases])
 
     def unanswerable(self, case: Case) -> str | None:
         """Why this runner can tell up front that it cannot measure ``case`` (None: it will try)."""
@@ -81,6 +93,19 @@ class Wrapper(Runner):
 
     def unanswerable(self, case: Case) -> str | None:
         return self.inner.unanswerable(case)
+
+    def measure_paired(self, cases: Sequence[Case]) -> PairedMeasurement:
+        return self.inner.measure_paired(cases)
+
+
+def check_same_shape(cases: Sequence[Case]) -> None:
+    """Arms of one recording measure one shape, model and KV-cache dtype (the configs differ, even the backend)."""
+    if not cases:
+        raise ValueError("a paired measurement needs at least one case")
+    first = cases[0]
+    for c in cases[1:]:
+        if (c.shape, c.dims, c.kv_cache_dtype) != (first.shape, first.dims, first.kv_cache_dtype):
+            raise ValueError("paired cases must share shape, dims and kv-cache dtype")
 
 
 RunnerFactory = Callable[[str | None], Runner]
@@ -154,4 +179,4 @@ def _register_builtin() -> None:
         _REGISTRY.setdefault(name, path)
 
 
-__all__ = ["Runner", "factory_path", "make_runner", "register_runner"]
+__all__ = ["Runner", "Wrapper", "check_same_shape", "factory_path", "make_runner", "register_runner"]

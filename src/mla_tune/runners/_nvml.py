@@ -16,6 +16,10 @@ from typing import Any
 _REASONS = {0x2: "app_clocks", 0x4: "sw_power_cap", 0x8: "hw_slowdown", 0x10: "sync_boost",
             0x20: "sw_thermal", 0x40: "hw_thermal", 0x80: "hw_power_brake", 0x100: "display_clock"}
 
+# The reasons that slow the clock under load (power and thermal capping); app_clocks, sync_boost and display_clock
+# say nothing about load.
+CLOCK_EVENT_MASK = 0x4 | 0x8 | 0x20 | 0x40 | 0x80
+
 
 @dataclass(frozen=True)
 class ClockReading:

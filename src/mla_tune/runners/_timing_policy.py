@@ -26,6 +26,17 @@ class SamplingPolicy:
 
 
 @dataclass(frozen=True)
+class PairedPolicy:
+    """How long one interleaved recording (``_interleave.record``) runs: blocks, each running every arm twice."""
+
+    min_blocks: int = 10
+    min_time_ms: float = 50.0  # device time per arm, summed over its samples
+    max_blocks: int = 300
+    inflight: int = 2  # blocks queued ahead of the one the host waits for: no idle device between samples
+    clock_every_s: float = 0.02  # host seconds between clock readings during the recording
+
+
+@dataclass(frozen=True)
 class WarmupPolicy:
     min_calls: int = 5
     min_time_ms: float = 25.0  # as do_bench's default warm-up
@@ -64,8 +75,9 @@ def stationary(samples: Sequence[float], policy: SamplingPolicy) -> bool:
     return abs(drift(samples)) <= policy.drift_tol
 
 
-def timing_details(samples: Sequence[float], retakes: int, policy: SamplingPolicy) -> dict[str, str]:
+def timing_details(samples: Sequence[float], retakes: int, policy: SamplingPolicy | None = None) -> dict[str, str]:
     """What a measurement says about its own stability (stored with it, shown by sweep summaries)."""
     d = drift(samples)
-    return {"drift": f"{d * 100:+.1f}%", "stationary": "yes" if abs(d) <= policy.drift_tol else "no",
+    tol = (policy or SamplingPolicy()).drift_tol
+    return {"drift": f"{d * 100:+.1f}%", "stationary": "yes" if abs(d) <= tol else "no",
             "retakes": str(retakes), "samples": str(len(samples))}

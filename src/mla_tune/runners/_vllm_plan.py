@@ -17,7 +17,7 @@ from ..knobs import check_params
 from ..space import SearchSpace, load_space
 from ..types import Case, MLADims, ParamValue, Request, Status
 from ..vllm_adapters import Adapter, adapter_for, default_adapter, parse_version
-from ._timing_policy import SamplingPolicy, WarmupPolicy
+from ._timing_policy import PairedPolicy, SamplingPolicy, WarmupPolicy
 
 KV_CACHE_DTYPES = {"auto": "auto", "bfloat16": "auto", "bf16": "auto", "fp8": "fp8", "fp8_e4m3": "fp8"}
 
@@ -40,6 +40,9 @@ class RunnerOptions:
     max_samples: int = 400
     drift_tol: float = 0.03  # a recording whose first and last thirds differ more is re-taken ...
     max_retakes: int = 2  # ... up to this often, then kept and marked ``stationary: no``
+    pair_min_blocks: int = 10  # a paired recording: at least this many blocks (each arm twice per block), and
+    pair_min_time_ms: float = 50.0  # at least this much device time per arm
+    pair_max_blocks: int = 300
     layers: int = 8
     timeout_s: float = 30.0
     first_timeout_s: float = 180.0
@@ -59,6 +62,10 @@ class RunnerOptions:
     @property
     def warmup_policy(self) -> WarmupPolicy:
         return WarmupPolicy(self.warmup, self.warmup_ms, self.warmup_budget_s)
+
+    @property
+    def paired_policy(self) -> PairedPolicy:
+        return PairedPolicy(self.pair_min_blocks, self.pair_min_time_ms, max(self.pair_max_blocks, self.pair_min_blocks))
 
     @property
     def sampling(self) -> SamplingPolicy:
@@ -190,6 +197,17 @@ def make_plan(case: Case) -> Plan:
         if case.backend == "CUTLASS_MLA" else None,
         triton_splits=None if splits == "auto" or case.backend != "TRITON_MLA" else int(splits),
         cuda_graphs=cuda_graphs, params=tuple(sorted(params.items())))
+
+
+def arm_slots(keys: Sequence[EngineKey]) -> list[int]:
+    """Which instance of its engine each arm of a paired recording uses: arms with the same ``EngineKey`` get
+    instances 0, 1, 2, ... in order, so that no two arms share a metadata builder (nor its persistent buffers)."""
+    seen: dict[EngineKey, int] = {}
+    out = []
+    for k in keys:
+        out.append(seen.get(k, 0))
+        seen[k] = out[-1] + 1
+    return out
 
 
 def default_case(case: Case) -> Case:

@@ -21,18 +21,19 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..types import Case, Environment, Measurement, MLADims, Status
+from ..types import Case, Environment, Measurement, MLADims, PairedMeasurement, Status
 from ..vllm_adapters import _engine as eng
 from ..vllm_adapters import installed_version
+from . import _interleave
 from . import _vllm_timing as tm
 from ..errors import one_line
-from ._nvml import Clocks
+from ._nvml import CLOCK_EVENT_MASK, Clocks
 from ._timing_policy import timing_details
-from ._vllm_plan import (Plan, RunnerOptions, capability_refusal, classify_failure, default_case, kv_offset_refusal,
-                         make_plan)
+from ._vllm_plan import (Plan, RunnerOptions, arm_slots, capability_refusal, classify_failure, default_case,
+                         kv_offset_refusal, make_plan)
 
 log = logging.getLogger("mla_tune.runners.vllm.session")
-MAX_ENGINES = 16
+MAX_ENGINES = 32  # engine instances: a paired recording builds one per arm
 MAX_REFERENCES = 32
 
 
@@ -107,10 +108,14 @@ class Session:
         torch.cuda.empty_cache()
 
     # -- caches -------------------------------------------------------------------------------------
-    def engine(self, key: Any) -> eng.Engine:
-        if key in self._engines:
-            self._engines.move_to_end(key)
-            return self._engines[key]
+    def engine(self, key: Any, slot: int = 0) -> eng.Engine:
+        """The engine (config, impl, metadata builder) of ``key``; ``slot`` > 0 is another instance of the same key,
+        built separately: each arm of a paired recording has its own builder, whose persistent buffers (FA3's
+        scheduler metadata under full graphs) no other arm's metadata or graph shares."""
+        cached = (key, slot)
+        if cached in self._engines:
+            self._engines.move_to_end(cached)
+            return self._engines[cached]
         dims = key.dims
         if dims not in self._model_dirs:
             self._model_dirs[dims] = eng.write_model_dir(dims)
@@ -118,7 +123,7 @@ class Session:
             self._kv_b_proj[dims] = tm.make_kv_b_proj(dims, self.device, self.options.seed)
         engine = eng.build_engine(key, self._model_dirs[dims], self._kv_b_proj[dims], self.device, self)
         self.counters["engine_builds"] += 1
-        self._engines[key] = engine
+        self._engines[cached] = engine
         while len(self._engines) > MAX_ENGINES:
             old, _ = self._engines.popitem(last=False)
             if self._inputs:
@@ -145,21 +150,21 @@ class Session:
             self._inputs = (key, made)
         return self._inputs[1]
 
-    def batch(self, engine: eng.Engine, inputs: tm.Inputs, plan: Plan) -> tm.Batch:
-        key = plan.metadata_key
+    def batch(self, engine: eng.Engine, inputs: tm.Inputs, plan: Plan, slot: int = 0) -> tm.Batch:
+        key = ((plan.engine, slot), plan.metadata_key)
         if key not in inputs.batches:
             inputs.batches[key] = eng.build_batch(engine, inputs, plan, self.device)
             self.counters["metadata_builds"] += 1
         return inputs.batches[key]
 
     # -- measuring ----------------------------------------------------------------------------------
-    def _prepare(self, case: Case, plan: Plan) -> tuple[eng.Engine, tm.Inputs, tm.Batch]:
+    def _prepare(self, case: Case, plan: Plan, slot: int = 0) -> tuple[eng.Engine, tm.Inputs, tm.Batch]:
         self.step = "build engine"
-        engine = self.engine(plan.engine)
+        engine = self.engine(plan.engine, slot)
         self.step = "inputs"
         inputs = self.inputs(case, engine)
         self.step = "build metadata"
-        return engine, inputs, self.batch(engine, inputs, plan)
+        return engine, inputs, self.batch(engine, inputs, plan, slot)
 
     def _output(self, engine: eng.Engine, inputs: tm.Inputs, batch: tm.Batch, plan: Plan) -> torch.Tensor:
         eng.apply_call_settings(engine, plan)
@@ -220,6 +225,117 @@ class Session:
         details.update(timing)
         phases["total_s"] = time.perf_counter() - t0
         return Measurement(Status.OK, tuple(samples), "", rel_err, tuple(sorted(details.items()))), phases
+
+    # -- paired recordings ------------------------------------------------------------------------------
+    def measure_paired(self, cases: list[Case], plans: list[Plan | Measurement]
+                       ) -> tuple[PairedMeasurement, dict[str, float]]:
+        """Time ``cases`` (arm 0 is vLLM's default) interleaved in one recording (``_interleave.record``).
+
+        Each arm gets its own engine instance (``arm_slots``), metadata, numerics check against the default config's
+        output, warm-up and, where its plan says so, its own CUDA graph. An arm refused or failing before the
+        recording (a ``Measurement`` in ``plans``, an unsupported path, a numerics failure) is kept as that arm's
+        failure and the others are recorded; a failed reference fails them all. An error that poisons the CUDA
+        context or runs out of memory propagates (the worker reports it for every arm)."""
+        t0 = time.perf_counter()
+        phases: dict[str, float] = {}
+        n = len(cases)
+        failed: list[Measurement | None] = [p if isinstance(p, Measurement) else None for p in plans]
+        live = [(i, cases[i], p) for i, p in enumerate(plans) if not isinstance(p, Measurement)]
+        slots = arm_slots([p.engine for _, _, p in live])
+        cc = self.environment().compute_capability
+        prepared: dict[int, tuple[eng.Engine, tm.Inputs, tm.Batch, Plan]] = {}
+        details: dict[int, dict[str, str]] = {}
+        rel_errs: dict[int, float | None] = {}
+        inputs_key = None
+        for (i, case, plan), slot in zip(live, slots):
+            refusal = capability_refusal(case.backend, cc)
+            if refusal:
+                failed[i] = Measurement.failed(Status.UNSUPPORTED, refusal)
+                continue
+            try:
+                self.step = "build engine"
+                key = (case.shape, case.dims, plan.engine.kv_cache_dtype, self.engine(plan.engine, slot).block_size)
+                if inputs_key is not None and key != inputs_key:  # checked before anything replaces the inputs
+                    raise eng.UnsupportedCase(f"{case.backend} uses KV blocks of {key[3]} tokens, vLLM's default "
+                                              f"{inputs_key[3]}: the two cannot share one paired recording")
+                inputs_key = key
+                ref, ref_note = self._reference(case, plan)  # the default config's output (cached per shape)
+                engine, inputs, batch = self._prepare(case, plan, slot)
+                self.step = "numerics"
+                out = self._output(engine, inputs, batch, plan)
+                rel_err = tm.relative_error(out, ref) if ref is not None else None
+                del out
+            except Exception as exc:  # noqa: BLE001 - an arm's failure is data, unless it spoils the context
+                status, poisoned = classify_failure([c.__name__ for c in type(exc).__mro__], str(exc))
+                if poisoned or status is Status.OOM:
+                    raise
+                failed[i] = Measurement.failed(status, one_line(
+                    f"{exc}" if status is Status.UNSUPPORTED else f"{self.step}: {type(exc).__name__}: {exc}"))
+                continue
+            d = self._details(engine, inputs, batch, plan)
+            if ref_note:
+                d["numerics"] = ref_note
+            tol = self.options.tolerance(plan.engine.kv_cache_dtype)
+            if rel_err is not None and not (rel_err <= tol):
+                what = "output has NaN/Inf" if math.isnan(rel_err) else f"rel err {rel_err:.3g}"
+                failed[i] = Measurement(Status.ERROR, (), f"numerics: {what} vs the default config exceeds tol {tol:g}",
+                                        rel_err, tuple(sorted(d.items())))
+                continue
+            prepared[i], details[i], rel_errs[i] = (engine, inputs, batch, plan), d, rel_err
+        phases["setup_s"] = time.perf_counter() - t0
+        if failed[0] is not None:
+            why = failed[0]
+            other = Measurement.failed(why.status, one_line(f"vLLM's default config failed, nothing to compare with: "
+                                                            f"{why.message}"))
+            return PairedMeasurement((why,) + (other,) * (n - 1), (None,) * n), phases
+        recording, timing = self._record_interleaved(prepared, details, phases)
+        arm_details = [details.get(i, {}) for i in range(n)]
+        m = _interleave.paired_measurement(failed, recording, arm_details, [rel_errs.get(i) for i in range(n)], timing)
+        phases["total_s"] = time.perf_counter() - t0
+        return m, phases
+
+    def _record_interleaved(self, prepared: dict[int, tuple[eng.Engine, tm.Inputs, tm.Batch, Plan]],
+                            details: dict[int, dict[str, str]], phases: dict[str, float]
+                            ) -> tuple[_interleave.Recording, dict[str, str]]:
+        """Warm up every prepared arm, capture the graphed ones, then record them interleaved."""
+        replays: list[Any] = []
+        graphs = []
+        t = time.perf_counter()
+        for i in sorted(prepared):
+            engine, inputs, batch, plan = prepared[i]
+
+            def run(engine=engine, inputs=inputs, batch=batch, plan=plan) -> None:
+                eng.apply_call_settings(engine, plan)  # per-call knobs of this arm (TRITON's forced splits, ...)
+                with engine.context():
+                    for cache in inputs.caches:
+                        eng.forward(engine, batch, cache)
+
+            self.step = f"warm-up (arm {i})"
+            details[i]["warmup_calls"] = str(tm.warm_up(run, self.options.warmup_policy))
+            if eng.TRITON.used is not None and engine.key.backend == "TRITON_MLA":
+                details[i]["num_kv_splits"] = str(eng.TRITON.used)
+            details[i]["timing"] = "graph" if plan.cuda_graphs else "eager"
+            if plan.cuda_graphs:
+                self.step = f"CUDA graph capture (arm {i})"
+                graph = tm.capture(run)
+                graphs.append(graph)
+                replays.append(graph.replay)
+            else:
+                replays.append(run)
+        phases["warmup_s"] = time.perf_counter() - t
+        self.step = "timing (interleaved)"
+        t = time.perf_counter()
+        clocks = self.clocks()
+        layers = next(iter(prepared.values()))[1].layers
+        rec = _interleave.record(replays, layers, tm.CudaTimer(), self.options.paired_policy, self.options.seed,
+                                 clocks.read)
+        phases["timed_s"] = time.perf_counter() - t
+        del graphs
+        timing = dict(clocks.details(list(rec.readings)))
+        share = _interleave.event_share(rec.readings, lambda r: r.reasons, CLOCK_EVENT_MASK)
+        if share is not None:
+            timing["clock_event_share"] = f"{share:.2f}"
+        return rec, timing
 
     def _time(self, engine: eng.Engine, inputs: tm.Inputs, batch: tm.Batch, plan: Plan,
               phases: dict[str, float]) -> tuple[list[float], dict[str, str]]:

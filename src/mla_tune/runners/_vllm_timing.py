@@ -264,3 +264,31 @@ def sample(run: Callable[[], None], calls: int, graph: bool, policy: SamplingPol
         retakes += 1
     del graph_obj
     return Recording(out, retakes, readings)
+
+
+class CudaTimer:
+    """``_interleave.Timer`` on CUDA events of the current stream."""
+
+    def mark(self) -> torch.cuda.Event:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def elapsed_ms(self, start: torch.cuda.Event, stop: torch.cuda.Event) -> float:
+        stop.synchronize()
+        return float(start.elapsed_time(stop))
+
+
+def capture(run: Callable[[], None]) -> torch.cuda.CUDAGraph:
+    """``run`` captured into a CUDA graph and replayed once (each arm of a paired recording gets its own graph, as
+    each gets its own metadata builder: graphs of one builder would share its persistent buffers)."""
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            run()
+    except Exception as exc:
+        raise GraphCaptureFailed(f"CUDA graph capture failed: {type(exc).__name__}: {exc}") from exc
+    graph.replay()
+    torch.cuda.synchronize()
+    return graph

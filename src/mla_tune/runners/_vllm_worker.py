@@ -9,7 +9,8 @@ Protocol: the parent sends ``(op, payload)``; the worker answers ``("ok", value,
 config is to blame: the parent stops measuring instead of failing every config with the same message). A worker
 sends ``("started", None, False)`` once torch/vLLM are up in it, before the answer that needed them: a crash or
 hang of a worker that never sent it is the host's (CUDA that no longer initializes), not a config's. Ops: ``environment``, ``backends``, ``measure`` (payload: Case; value:
-``(Measurement, phases)``), ``stats``, ``close``.
+``(Measurement, phases)``), ``measure_paired`` (payload: list of Case, the reference first; value:
+``(PairedMeasurement, phases)``), ``stats``, ``close``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 import traceback
 from typing import Any
 
-from ..types import Measurement, Status
+from ..types import Measurement, PairedMeasurement, Status
 from ..errors import one_line
 from ._vllm_plan import PlanError, RunnerOptions, classify_failure, make_plan
 
@@ -83,6 +84,8 @@ class _Worker:
             return "ok", self.session.stats(), False
         if op == "measure":
             return self._measure(payload)
+        if op == "measure_paired":
+            return self._measure_paired(payload)
         return "fail", f"unknown request {op!r}", False
 
     def _measure(self, case: Any) -> tuple[str, Any, bool]:
@@ -110,6 +113,34 @@ class _Worker:
                 session.recover_from_oom()
             phases = {"total_s": time.perf_counter() - started}
             return "ok", (measurement, phases), poisoned
+
+
+    def _measure_paired(self, cases: Any) -> tuple[str, Any, bool]:
+        """Like ``_measure`` for a paired recording: a plan refused is that arm's failure; a failure of the recording
+        itself is every arm's."""
+        started = time.perf_counter()
+        plans: list[Any] = []
+        for case in cases:
+            try:
+                plans.append(make_plan(case))
+            except PlanError as exc:
+                plans.append(Measurement.failed(exc.status, one_line(str(exc))))
+        try:
+            session = self.session
+        except Exception as exc:  # noqa: BLE001 - the host, not the cases
+            log.error("import torch/vllm failed:\n%s", traceback.format_exc())
+            return "unusable", one_line(f"import torch/vllm: {type(exc).__name__}: {exc}"), True
+        try:
+            return "ok", session.measure_paired(list(cases), plans), False
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes data
+            step = getattr(session, "step", "")
+            measurement, poisoned = _failure(exc, step)
+            log.error("paired measure failed at %s:\n%s", step, traceback.format_exc())
+            if measurement.status is Status.OOM:
+                session.recover_from_oom()
+            phases = {"total_s": time.perf_counter() - started}
+            n = len(cases)
+            return "ok", (PairedMeasurement((measurement,) * n, (None,) * n), phases), poisoned
 
 
 def serve(conn: Any, options: RunnerOptions) -> None:

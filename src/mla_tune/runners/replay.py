@@ -6,6 +6,12 @@ answer picks one of the config's recordings (a sweep's rounds) at random and dra
 from that recording's raw samples, so the noise a study sees is the GPU's own, run-to-run spread included.
 A case the sweeps do not hold is refused as data (``not recorded``), never interpolated. The environment is the
 recording's (GPU, versions, date) with ``runner: replay``, so every table made from it says so.
+
+Paired measurements (``measure_paired``) are played back from the sweeps' pairs: each arm from one of the recordings
+of that config against vLLM's default (a round at random), its blocks drawn with replacement and kept whole, so the
+replayed ratio has the precision the GPU's pairing gave. An arm with no such pair (a sweep recorded before pairing,
+a config of another backend than the default's) is composed from separate recordings and says so
+(``paired: no``), with the run-to-run spread that implies.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ from ..errors import DataFileError, RunnerUnavailableError
 from ..study.plan import dims_dict
 from ..space import BACKENDS, PREFILL_BACKENDS
 from ..sweep import read_sweep, record_key
-from ..types import BackendStatus, Case, Environment, Measurement, Status
-from . import Runner
+from ..types import BackendStatus, Case, Environment, Measurement, PairedMeasurement, PairStat, Status
+from . import Runner, check_same_shape
+from ._interleave import pair_stats, resampled
 
 DELAY_ENV = env.REPLAY_DELAY_S  # seconds to sleep per measurement: lets tests catch a trial mid-flight
 
@@ -68,6 +75,10 @@ class ReplayRunner(Runner):
             for rec in recs:
                 rec["_file"], rec["_recorded"] = str(f), file_env.recorded
                 key = record_key(rec["backend"], rec["model"], rec["kv_cache_dtype"], rec["shape"], rec["config"])
+                if rec.get("reference") is not None:
+                    ref = rec["reference"]
+                    rec["_ref_key"] = record_key(ref["backend"], rec["model"], rec["kv_cache_dtype"], rec["shape"],
+                                                 ref["config"])
                 same = [r for r in records.get(key, []) if r.get("round") == rec.get("round")]
                 if same:  # two files with one round of a config: a copied file, not a second recording
                     raise DataFileError(str(f), f"{rec['backend']} {rec['shape']}", "also recorded in "
@@ -116,11 +127,7 @@ class ReplayRunner(Runner):
 
     def recordings(self, case: Case) -> list[dict[str, Any]]:
         """Every recording of ``case`` (one per sweep round; empty when it was never recorded)."""
-        from .. import batch_spec
-
-        key = record_key(case.backend, dims_dict(case.dims), case.kv_cache_dtype, batch_spec.format(case.shape),
-                         case.param_dict)
-        return self._records.get(key, [])
+        return self._records.get(self._key(case), [])
 
     def lookup(self, case: Case) -> dict[str, Any] | None:
         """The recordings of ``case`` pooled into one record (None when not recorded): see ``pooled``."""
@@ -147,6 +154,62 @@ class ReplayRunner(Runner):
         recorded = rec["samples_ms"]
         samples = tuple(self._rng.choice(recorded) for _ in recorded)
         return Measurement(Status.OK, samples, "", rec.get("rel_err"), details)
+
+    def measure_paired(self, cases: Any) -> PairedMeasurement:
+        check_same_shape(cases)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        ref_key = self._key(cases[0])
+        played: list[tuple[Measurement, Measurement, PairStat | None] | None] = [None]
+        for case in cases[1:]:
+            recs = [r for r in self.recordings(case) if r.get("_ref_key") == ref_key and r.get("order")]
+            played.append(self._play_pair(self._rng.choice(recs)) if recs else None)
+        first = next((p for p in played if p is not None), None)
+        ref = first[0] if first is not None else self.measure(cases[0])
+        if not ref.ok:
+            other = Measurement.failed(ref.status, f"vLLM's default config failed, nothing to compare with: "
+                                       f"{ref.message}")
+            return PairedMeasurement((ref,) + (other,) * (len(cases) - 1), (None,) * len(cases))
+        arms, pairs, composed = [ref], [PairStat(ref.median_ms, 1.0, (1.0, 1.0), first[2].blocks if first and first[2]
+                                                 else 0)], 0
+        for case, p in zip(cases[1:], played[1:]):
+            if p is None:  # no recorded pair against this default: separate recordings
+                m = self.measure(case)
+                arms.append(m)
+                pairs.append(PairStat(ref.median_ms, ref.median_ms / m.median_ms) if m.ok else None)
+                composed += 1
+            else:
+                arms.append(p[1])
+                pairs.append(p[2] if p[1].ok else None)
+        how = "replayed pairs" if not composed else f"no: {composed} arm(s) composed from separate recordings"
+        gpu = sum(sum(m.samples_ms) for m in arms if m.ok) / 1e3
+        return PairedMeasurement(tuple(arms), tuple(pairs), (), (("gpu_s", f"{gpu:.4g}"), ("paired", how)))
+
+    def _play_pair(self, rec: dict[str, Any]) -> tuple[Measurement, Measurement, PairStat | None]:
+        """(reference, config, pair) of one recorded pair, its blocks resampled."""
+        details = {**rec.get("details", {}), "replayed_from": Path(rec["_file"]).name,
+                   "recorded": rec.get("_recorded") or ""}
+        ref_rec = rec["reference"]
+        if ref_rec["status"] != "ok":
+            return (Measurement(Status(ref_rec["status"]), (), ref_rec.get("message") or "failed when recorded"),
+                    Measurement.failed(Status(ref_rec["status"]), "the default failed when recorded"), None)
+        if rec["status"] != "ok":
+            m = Measurement(Status(rec["status"]), (), rec.get("message") or "failed when recorded", None,
+                            tuple(sorted(details.items())))
+            return Measurement(Status.OK, tuple(ref_rec["samples_ms"])), m, None
+        order = tuple(int(c) for c in rec["order"])
+        samples, new_order = resampled((tuple(ref_rec["samples_ms"]), tuple(rec["samples_ms"])), order, self._rng)
+        stats = pair_stats(samples, new_order)
+        ref_m = Measurement(Status.OK, samples[0], "", ref_rec.get("rel_err"),
+                            tuple(sorted(ref_rec.get("details", {}).items())))
+        arm_m = Measurement(Status.OK, samples[1], "", rec.get("rel_err"), tuple(sorted(details.items())))
+        return ref_m, arm_m, stats[1]
+
+    def _key(self, case: Case) -> str:
+        from .. import batch_spec
+
+        return record_key(case.backend, dims_dict(case.dims), case.kv_cache_dtype, batch_spec.format(case.shape),
+                          case.param_dict)
 
     def truth(self) -> dict[str, dict[str, Any]]:
         """Every config's recordings pooled, by key (for benchmarks that need the recorded medians)."""

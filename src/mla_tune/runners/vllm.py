@@ -21,15 +21,16 @@ import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import RunnerUnavailableError, UsageError, one_line
-from ..types import BackendStatus, Case, Environment, Measurement, Status
+from ..types import BackendStatus, Case, Environment, Measurement, PairedMeasurement, Status
 from ..vllm_adapters import FAMILIES, UnsupportedVllmError, adapter_for, supported_versions
-from . import Runner
+from . import Runner, check_same_shape
+from ._interleave import composed, merge_arms
 from ._vllm_plan import (EngineKey, PlanError, RunnerOptions, capability_refusal, default_case, make_plan,
                          parse_runner_arg, prefill_capability_refusal)
 
@@ -321,15 +322,78 @@ class VllmRunner(Runner):
         return self.options.timeout_s if keys <= worker.seen else self.options.first_timeout_s
 
     def _measure_in_worker(self, case: Case) -> Measurement:
-        keys = {make_plan(case).engine}
+        got = self._in_worker("measure", case, self._engine_keys([case]), 1)
+        if isinstance(got, tuple) and isinstance(got[0], Status):
+            status, message, details = got
+            return Measurement.failed(status, message, **details)
+        measurement, phases = got
+        self.last_phases = dict(phases)
+        if measurement.status in (Status.ERROR, Status.TIMEOUT):
+            self._keep_log = True
+        return measurement
+
+    def measure_paired(self, cases: Sequence[Case]) -> PairedMeasurement:
+        """One interleaved recording of ``cases`` in the worker (``Session.measure_paired``); arms refused here
+        never reach it, and a refused or failing reference fails every arm."""
+        check_same_shape(cases)
+        started = time.perf_counter()
+        n = len(cases)
         try:
-            keys.add(make_plan(default_case(case)).engine)
-        except PlanError:
-            pass
+            refused = {}
+            for i, case in enumerate(cases):
+                m = self._refuse(case)
+                if m is not None:
+                    refused[i] = m
+            if 0 in refused:
+                return composed([refused[0]] + [refused.get(i, refused[0]) for i in range(1, n)])
+            shape_key = (cases[0].backend, cases[0].shape, cases[0].dims, cases[0].kv_cache_dtype)
+            failures = self._reference_failures.get(shape_key, [])
+            if len(failures) >= MAX_REFERENCE_FAILURES:
+                return PairedMeasurement.all_failed(n, Status.ERROR, one_line(
+                    f"{failures[-1]} (the default config failed {len(failures)} times on this shape: not run again)"))
+            live = [i for i in range(n) if i not in refused]
+            sub = self._paired_in_worker([cases[i] for i in live])
+            ref = sub.arms[0]
+            if ref.status is Status.ERROR and ref.message.startswith(REFERENCE_STEP):
+                self._reference_failures.setdefault(shape_key, []).append(ref.message)
+            return merge_arms(n, refused, sub, live)
+        except RunnerUnavailableError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - measure_paired never raises for a config
+            log.exception("vllm runner failed on a paired recording")
+            return PairedMeasurement.all_failed(n, Status.ERROR, one_line(f"runner: {type(exc).__name__}: {exc}"))
+        finally:
+            self.last_phases.setdefault("parent_total_s", time.perf_counter() - started)
+
+    def _paired_in_worker(self, cases: list[Case]) -> PairedMeasurement:
+        got = self._in_worker("measure_paired", cases, self._engine_keys(cases), len(cases))
+        if isinstance(got, tuple) and isinstance(got[0], Status):
+            status, message, details = got
+            return PairedMeasurement.all_failed(len(cases), status, message, **details)
+        paired, phases = got
+        self.last_phases = dict(phases)
+        if any(m.status in (Status.ERROR, Status.TIMEOUT) for m in paired.arms):
+            self._keep_log = True
+        return paired
+
+    @staticmethod
+    def _engine_keys(cases: Sequence[Case]) -> set[EngineKey]:
+        keys = set()
+        for case in cases:
+            for c in (case, default_case(case)):
+                try:
+                    keys.add(make_plan(c).engine)
+                except PlanError:
+                    pass
+        return keys
+
+    def _in_worker(self, op: str, payload: Any, keys: set[EngineKey], arms: int) -> Any:
+        """Ask the worker to measure; its value, or ``(status, message, details)`` when it hung or died (it is then
+        replaced). Raises RunnerUnavailableError when the GPU cannot be used at all."""
         worker = self._worker()
-        timeout_s = self._timeout_for(worker, keys)
+        timeout_s = self._timeout_for(worker, keys) * max(1, arms)
         try:
-            status, value, exiting = worker.request("measure", case, timeout_s)
+            status, value, exiting = worker.request(op, payload, timeout_s)
         except (_WorkerTimeout, _WorkerDied) as exc:
             hung = isinstance(exc, _WorkerTimeout)
             why = "no answer" if hung else worker.exit_description()
@@ -342,10 +406,9 @@ class VllmRunner(Runner):
                     hint=f"check the GPU (nvidia-smi); see {self.log_path}; finished trials are kept, run the same "
                          "command again to resume") from None
             if hung:
-                return Measurement.failed(Status.TIMEOUT, f"no result within {timeout_s:.0f} s; worker killed "
-                                          "(the next case starts a fresh one)", worker_log=self.log_path)
-            return Measurement.failed(Status.ERROR, one_line(f"{why} while measuring: {self._log_tail()}"),
-                                      worker_log=self.log_path)
+                return (Status.TIMEOUT, f"no result within {timeout_s:.0f} s; worker killed (the next case starts a "
+                        "fresh one)", {"worker_log": self.log_path})
+            return Status.ERROR, one_line(f"{why} while measuring: {self._log_tail()}"), {"worker_log": self.log_path}
         if exiting:
             self._kill_worker()
         else:
@@ -359,12 +422,8 @@ class VllmRunner(Runner):
                                          hint="check the GPU (nvidia-smi); finished trials are kept, run the same "
                                               "command again to resume")
         if status != "ok":
-            return Measurement.failed(Status.ERROR, one_line(str(value)))
-        measurement, phases = value
-        self.last_phases = dict(phases)
-        if measurement.status in (Status.ERROR, Status.TIMEOUT):
-            self._keep_log = True
-        return measurement
+            return Status.ERROR, one_line(str(value)), {}
+        return value
 
     def close(self) -> None:
         """Stop the worker; remove its log unless a case failed (then failure messages point at it)."""

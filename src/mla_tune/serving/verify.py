@@ -1,10 +1,12 @@
 """``verify``: on the deployment host, re-measure each tuned setting of a table or profile against vLLM's default.
 
-Each item (a tuned table entry, or a profile point whose value differs from vLLM's) is measured with the runner
-in paired rounds (default then tuned, then tuned then default, ...), so drift hits both alike; the speedup is the
-geometric mean of the per-round ratios with a Student-t interval at the Bonferroni level over the items (95%
-family-wise, as confirmations are). An item **holds** when its interval lies above 1, is **slower** when it lies
-below 1, else **no gain** here. This is how a table measured on one GPU or vLLM is checked on another.
+Each item (a tuned table entry, or a profile point whose value differs from vLLM's) is judged the way a study's
+confirmation judges its candidates, by the same rounds loop (``study.rounds``): every round one recording of vLLM's
+default, the default built again and the tuned setting, sample by sample; rounds until the default-against-itself
+floor is within ±0.5% (at least ``min_rounds``, at most ``max_rounds``); the speedup is the geometric mean of the
+per-round ratios with a Student-t interval at the Bonferroni level over the items (95% family-wise). An item
+**holds** when its interval lies above 1 and above the floor's, is **slower** when it lies below 1 and below the
+floor's, else **no gain** here. This is how a table measured on one GPU or vLLM is checked on another.
 """
 
 from __future__ import annotations
@@ -18,9 +20,16 @@ from ..models import get_model
 from ..runners import Runner
 from ..space import load_space
 from ..space_auto import AUTO, split_config
-from ..stats import familywise_level, median, paired_speedup, round_sig
+from ..records import Candidate, NoiseFloor
+from ..stats import familywise_level, median, round_sig
+from ..study.rounds import PairedRounds, run_rounds
+from ..study.verdict import judge_candidates
 from ..types import Case, MLADims, freeze_params
 from .profile import Profile
+
+FLOOR_TARGET = 0.005  # as confirmation: more rounds while the default-vs-default interval is wider than ±0.5%
+ROUND_STEP = 2
+MAX_ROUNDS_LIMIT = 200  # --max-rounds above this is refused: a bound on device time, as study's rounds are
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,9 @@ class VerifyResult:
     default_ms: float | None = None
     tuned_ms: float | None = None
     message: str = ""
+    floor: NoiseFloor | None = None  # the default against its second build, in the same rounds
+    rounds: int = 0
+    gpu_s: float = 0.0  # device seconds the item's recordings timed
 
 
 def table_items(table: Mapping[str, Any]) -> list[VerifyItem]:
@@ -94,33 +106,35 @@ def item_backends(backend: str, items: list[VerifyItem]) -> list[str]:
 
 
 def verify(items: list[VerifyItem], runner: Runner, backend: str, dims: MLADims, kv_cache_dtype: str = "auto",
-           rounds: int = 6, progress: Callable[[str], None] | None = None) -> list[VerifyResult]:
+           min_rounds: int = 4, max_rounds: int = 24, progress: Callable[[str], None] | None = None
+           ) -> list[VerifyResult]:
     level = familywise_level(max(1, len(items)))
     out = []
     for n, item in enumerate(items, 1):
         shape = batch_spec.parse(item.shape)
         # an auto table's tuned config may run on another backend than vLLM's default: each on its own
-        cases = {k: _case(backend, p, shape, dims, kv_cache_dtype)
-                 for k, p in (("default", item.default), ("tuned", item.tuned))}
-        rows: dict[str, list[float]] = {"default": [], "tuned": []}
-        failure = ""
-        for r in range(rounds):
-            for key in (("default", "tuned") if r % 2 == 0 else ("tuned", "default")):
-                m = runner.measure(cases[key])
-                if not m.ok:
-                    failure = f"{key} config: {m.status.value}: {m.message}"
-                    break
-                rows[key].append(m.median_ms)
-            if failure:
-                break
-        if progress:
-            progress(f"verified {n}/{len(items)}: {item.shape}")
+        default, tuned = (_case(backend, p, shape, dims, kv_cache_dtype) for p in (item.default, item.tuned))
+        pr = PairedRounds([default], [[tuned]], [1.0])
+
+        def said(done: int, half: float | None, n: int = n) -> None:
+            if progress:
+                floor = f", noise floor ±{100 * half:.2f}%" if half is not None else ""
+                progress(f"verifying {n}/{len(items)}: {item.shape}, round {done}{floor}")
+
+        rounds = run_rounds(pr, runner, min_rounds, max_rounds, ROUND_STEP, FLOOR_TARGET, level, on_round=said)
+        gpu_s = round_sig(pr.gpu_s, 4)
+        arm = pr.arms[0]
+        failure = pr.failed or arm.failed
         if failure:
-            out.append(VerifyResult(item, "failed", message=failure))
+            out.append(VerifyResult(item, "failed", message=failure, rounds=pr.done, gpu_s=gpu_s))
             continue
-        ps = paired_speedup(rows["default"], rows["tuned"], level)
-        verdict = "holds" if ps.ci_low > 1 else "slower" if ps.ci_high < 1 else "no gain"
-        out.append(VerifyResult(item, verdict, round_sig(ps.speedup, 4),
-                                (round_sig(ps.ci_low, 4), round_sig(ps.ci_high, 4)), round_sig(level, 4),
-                                round_sig(median(rows["default"]), 4), round_sig(median(rows["tuned"]), 4)))
+        cand = Candidate(0, (), "ok", rounds=arm.rounds())
+        (judged,), _, floor = judge_candidates([cand], pr.floor.rounds(), family=len(items))
+        ci = judged.ci or (0.0, float("inf"))
+        high = floor.ci[1] if floor is not None else 1.0
+        low = floor.ci[0] if floor is not None else 1.0
+        verdict = "holds" if ci[0] > max(1.0, high) else "slower" if ci[1] < min(1.0, low) else "no gain"
+        out.append(VerifyResult(item, verdict, judged.speedup, ci, judged.ci_level,
+                                round_sig(median(arm.default), 4), round_sig(median(arm.best), 4),
+                                message=arm.note or "", floor=floor, rounds=rounds, gpu_s=gpu_s))
     return out

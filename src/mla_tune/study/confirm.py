@@ -1,16 +1,14 @@
-"""Paired confirmation: re-measure the best configs against vLLM's default, interleaved, so drift cannot fake a gain.
+"""Paired confirmation: re-measure the best configs against vLLM's default in rounds of one recording each.
 
-Trials are measured minutes apart; clocks, temperature and neighbours drift in between, and a 2% "gain"
-between two trials can be drift. Here each candidate and the default are measured back to back for several
-rounds (A A' B, then B A' A, so that none always goes first) and the speedup is the geometric mean of the
-per-round ratios with an interval at the Bonferroni level over the candidates (``verdict.judge``). A' is the
-default measured a second time, separately: the A/A' ratios give the study's noise floor, and only an interval
-entirely above 1 and above the floor's counts as a gain.
+Each trial already compared its config with the default in one recording; confirmation measures the best
+candidates again, together, round after round (``rounds``: every round one recording per shape of the default, the
+default built again, and every candidate, sample by sample), and the judge (``verdict``) takes the geometric mean of
+the per-round ratios with an interval at the Bonferroni level over the candidates. The default against its second
+build gives the study's noise floor: only an interval entirely above 1 and above the floor's counts as a gain.
 
-Where the floor itself comes out wide (on the H200, heavy shapes under the power cap moved by ±3-6% between
-rounds), every candidate gets more rounds, up to ``confirm_max_rounds``, until the floor is within ±1.5%. Whether to
-go on depends only on the default measured against itself, never on how a candidate looks, so the extra rounds
-cannot favour a candidate (an internal-pilot design: the candidates' intervals keep their level).
+The rounds start at ``confirm_rounds`` and extend, up to ``confirm_max_rounds``, while the floor is wider than
+±0.5%; whether to go on depends only on the default measured against itself, never on how a candidate looks, so the
+extra rounds cannot favour a candidate (an internal-pilot design: the candidates' intervals keep their level).
 
 The study loops confirm a study only once every config it needs is measured (``require_complete``): a confirmation,
 and so a table, never speaks for a study that a crash, a dead worker or one still running left short.
@@ -20,7 +18,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import time
-from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -31,22 +28,24 @@ from ..coordination.heartbeat import heartbeat_interval_s
 from ..coordination.interrupts import safe_point
 from ..errors import MlaTuneError
 from ..knobs import detail_key, knob, knob_names
-from ..records import ATTRS_KEY, CONFIRM_KEY, Candidate, Confirmation, Rounds, TrialResult
+from ..records import ATTRS_KEY, CONFIRM_KEY, Candidate, Confirmation, TrialResult
 from ..runners import Runner
-from ..stats import median, round_sig
+from ..stats import familywise_level, median, round_sig
 from ..storage._optuna_compat import storage_of, study_id
 from ..tables.summary import measured_count
 from ..types import Environment
 from .budget import past, study_limit
-from .measure import measure_set
+from .measure import cases_of
 from .plan import StudyTarget, config_set_key
 from .progress import Progress, ProgressFn
 from .sampling import recorded_status
-from .verdict import judge_candidates, judged
+from .rounds import ArmRounds, PairedRounds, run_rounds
+from .verdict import FAMILY_LEVEL, judged
 
 KNOB_NAMES = frozenset(knob_names())
-FLOOR_TARGET = 0.015  # a floor wider than ±1.5% gets more rounds (up to confirm_max_rounds)
-EXTEND_FACTOR = 3  # confirm_max_rounds when not given: this many times confirm_rounds
+FLOOR_TARGET = 0.005  # a floor wider than ±0.5% gets more rounds (up to confirm_max_rounds)
+CONFIRM_STEP = 2  # rounds added at a time while the floor is too wide
+EXTEND_FACTOR = 4  # confirm_max_rounds when not given: this many times confirm_rounds
 
 
 def ran_as_key(r: TrialResult) -> str | None:
@@ -160,17 +159,8 @@ def await_confirmation(target: StudyTarget, store: optuna.storages.BaseStorage, 
 
 
 def max_rounds(r: Any) -> int:
-    """The rounds a confirmation may extend to (``StudyRequest.confirm_max_rounds``, else 3 x confirm_rounds)."""
+    """The rounds a confirmation may extend to (``StudyRequest.confirm_max_rounds``, else 4 x confirm_rounds)."""
     return r.confirm_max_rounds if r.confirm_max_rounds is not None else EXTEND_FACTOR * r.confirm_rounds
-
-
-def floor_too_wide(results: list[Candidate]) -> float | None:
-    """The noise floor's half-width where it is wider than ``FLOOR_TARGET`` (None: narrow enough, or no floor)."""
-    _, _, floor = judge_candidates(results)
-    if floor is None:
-        return None
-    half = (floor.ci[1] - floor.ci[0]) / 2
-    return half if half > FLOOR_TARGET else None
 
 
 def _confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Environment, n_done: int,
@@ -179,93 +169,65 @@ def _confirm(study: optuna.Study, target: StudyTarget, runner: Runner, env: Envi
     r = target.request
     default_configs = target.default_configs()
     picks = candidates(study, config_set_key(default_configs), r.confirm_top)
-    check = held.check if held is not None else None
-    runs = [_Rounds(t, t.configs([s.spec for s in target.shapes]), default_configs) for t in picks]
-    rounds, limit = r.confirm_rounds, max(r.confirm_rounds, max_rounds(r))
-    for i, run in enumerate(runs):
+    specs = [s.spec for s in target.shapes]
+    cand_configs = [t.configs(specs) for t in picks]
+    pr = PairedRounds(cases_of(target, default_configs), [cases_of(target, c) for c in cand_configs],
+                      [s.weight for s in target.shapes])
+    level = familywise_level(max(1, len(picks)), FAMILY_LEVEL)
+
+    def on_round(done: int, half: float | None) -> None:
         if progress:
-            progress(Progress(target.name, "confirm", i, len(picks), message=f"trial {run.trial.number}"))
-        run.measure_to(runner, target, rounds, check)
-    while rounds < limit and not past(deadline) and (half := floor_too_wide([run.candidate() for run in runs])):
-        before, rounds = rounds, min(limit, rounds + r.confirm_rounds)
-        for i, run in enumerate(runs):
-            if progress:
-                progress(Progress(target.name, "confirm", i, len(picks), message=f"trial {run.trial.number}, "
-                                  f"{rounds} rounds: noise floor ±{100 * half:.1f}%"))
-            run.measure_to(runner, target, rounds, check)
-        if any(run.failed_after(before) for run in runs):
-            # A measurement failed in the extra rounds: every candidate is judged on the rounds all of them
-            # completed, so that the extension (up to 12 more chances to fail, more for a flaky config) never
-            # decides which candidate stands. The failure is noted on its candidate.
-            for run in runs:
-                run.truncate(before)
-            rounds = before
-            break
+            floor = f", noise floor ±{100 * half:.2f}%" if half is not None else ""
+            progress(Progress(target.name, "confirm", done, max_rounds(r), message=f"round {done}{floor}"))
+
+    if progress:
+        progress(Progress(target.name, "confirm", 0, max_rounds(r),
+                          message=f"{len(picks)} candidate(s): " + ", ".join(f"trial #{t.number}" for t in picks)))
+
+    rounds = run_rounds(pr, runner, r.confirm_rounds, max(r.confirm_rounds, max_rounds(r)), CONFIRM_STEP,
+                        FLOOR_TARGET, level, more_allowed=lambda: not past(deadline),
+                        check=held.check if held is not None else None, on_round=on_round)
     date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    result = judged(Confirmation(n_done, rounds, date, env.runner, tuple(default_configs),
-                                 tuple(run.candidate() for run in runs), None)).to_attrs()
+    cands = tuple(_candidate(t, configs, arm, pr.failed) for t, configs, arm in zip(picks, cand_configs, pr.arms))
+    floor_rounds = pr.floor.rounds() if pr.failed is None and pr.done else None
+    result = judged(Confirmation(n_done, rounds, date, env.runner, tuple(default_configs), cands, None,
+                                 floor_rounds=floor_rounds, gpu_s=round_sig(pr.gpu_s, 4),
+                                 pairing="; ".join(sorted(pr.pairing)) or None)).to_attrs()
     if held is not None:  # shared: never replace a confirmation of a newer state of the study
         newer = Confirmation.of_study(storage_of(study).get_study_user_attrs(study_id(study)))
         if newer is not None and newer.trials > n_done:
             return newer.to_attrs()
     study.set_user_attr(CONFIRM_KEY, result)
     if progress:
-        progress(Progress(target.name, "done", len(picks), len(picks)))
+        progress(Progress(target.name, "done", rounds, rounds, message=outcome(Confirmation.from_attrs(result))))
     return result
 
 
-class _Rounds:
-    """One candidate's paired rounds against the default, extendable: round ``i`` measures the default, the default
-    built again and the candidate (A A' B), every other round in reverse (B A' A), so that none always goes first
-    or last. A failed measurement ends the candidate (``failed``); its rounds are not used."""
+def outcome(conf: Confirmation) -> str:
+    """What a judged confirmation decided, in a few words: the gain confirmed, or why vLLM's default stays."""
+    rounds = f"{conf.rounds} rounds" + (f", {conf.gpu_s:g} GPU s" if conf.gpu_s else "")
+    if conf.winner is not None:
+        c = conf.candidates[conf.winner]
+        return f"confirmed x{c.speedup:.3f} [{c.ci[0]:.3f}, {c.ci[1]:.3f}] (trial #{c.trial}; {rounds})"
+    ok = [c for c in conf.candidates if c.status == "ok" and c.speedup is not None]
+    if not conf.candidates:
+        return f"vLLM's default kept: no other config ran differently ({rounds})"
+    if not ok:
+        return f"vLLM's default kept: every candidate failed ({rounds})"
+    best = max(ok, key=lambda c: c.speedup)
+    return (f"vLLM's default kept: best x{best.speedup:.3f} [{best.ci[0]:.3f}, {best.ci[1]:.3f}] is not a gain "
+            f"beyond noise ({rounds})")
 
-    def __init__(self, trial: TrialResult, cand_configs: list[dict], default_configs: list[dict]) -> None:
-        self.trial, self.cand_configs = trial, cand_configs
-        self.order = (("default", default_configs), ("again", default_configs), ("best", cand_configs))
-        self.ms: dict[str, list[float]] = {"default": [], "again": [], "best": []}
-        self.samples = dict.fromkeys(self.ms, 0)
-        self.failed: str | None = None
-        self.failed_round: int | None = None  # the round (from 0) its failure came in
-        self.note: str | None = None  # a failure in rounds dropped by ``truncate``
 
-    def measure_to(self, runner: Runner, target: StudyTarget, rounds: int,
-                   check: Callable[[], None] | None = None) -> None:
-        while self.failed is None and len(self.ms["best"]) < rounds:
-            if check is not None:
-                check()
-            i = len(self.ms["best"])
-            for slot, configs in (self.order if i % 2 == 0 else self.order[::-1]):
-                got = measure_set(runner, target, configs)
-                if got.failure is not None:
-                    ws, m = got.failure
-                    self.failed, self.failed_round = f"{ws.spec}: {m.status.value}: {m.message}", i
-                    return
-                self.ms[slot].append(got.total_ms)
-                self.samples[slot] += got.n_samples
-
-    def failed_after(self, rounds: int) -> bool:
-        return self.failed is not None and self.failed_round is not None and self.failed_round >= rounds
-
-    def truncate(self, rounds: int) -> None:
-        """Back to the first ``rounds`` rounds; a failure after them becomes a note (samples counts stay: they say
-        what was measured, not what was judged)."""
-        for k in self.ms:
-            del self.ms[k][rounds:]
-        if self.failed_after(rounds):
-            self.note = f"judged on {rounds} rounds; round {self.failed_round + 1} failed: {self.failed}"
-            self.failed = self.failed_round = None
-
-    def candidate(self) -> Candidate:
-        t, ms = self.trial, self.ms
-        if self.failed is not None:
-            return Candidate(t.number, tuple(self.cand_configs), "failed", message=self.failed)
-        n = len(ms["best"])  # whole rounds only
-        return Candidate(t.number, tuple(self.cand_configs), "ok", message=self.note,
-                         default_ms=round_sig(median(ms["default"][:n])),
-                         best_ms=round_sig(median(ms["best"])),
-                         samples={"default": self.samples["default"], "best": self.samples["best"]},
-                         rounds=Rounds(*(tuple(round_sig(x) for x in ms[k][:n]) for k in ("default", "best", "again"))))
+def _candidate(t: TrialResult, configs: list[dict], arm: ArmRounds, default_failed: str | None) -> Candidate:
+    failed = default_failed or arm.failed
+    if failed is not None:
+        return Candidate(t.number, tuple(configs), "failed", message=failed)
+    n = len(arm.best)
+    return Candidate(t.number, tuple(configs), "ok", message=arm.note,
+                     default_ms=round_sig(median(arm.default[:n])), best_ms=round_sig(median(arm.best)),
+                     samples={"default": arm.default_samples, "best": arm.samples}, rounds=arm.rounds())
 
 
 __all__ = ["ATTRS_KEY", "CONFIRMING_ATTR", "CONFIRM_KEY", "FLOOR_TARGET", "StudyIncompleteError",
-           "await_confirmation", "candidates", "confirm", "floor_too_wide", "max_rounds", "require_complete"]
+           "await_confirmation", "candidates", "confirm", "max_rounds", "outcome", "require_complete"]

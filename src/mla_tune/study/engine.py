@@ -1,8 +1,10 @@
 """The Optuna glue: create or resume a study, run the objective through a runner, settle what other processes run.
 
-Trial values are median latencies in milliseconds (a weighted sum over shapes for ``mix``). Each trial stores a
-``records.TrialResult``: its status, median, spread, sample count, raw samples, speedup over the baseline, the
-configs it ran and the runner's provenance. A failed measurement fails the trial with its status and reason.
+Trial values are latencies relative to vLLM's default, recorded against it in the same recording (``measure``: a
+traffic-weighted mean over the shapes for ``mix``; 1.0 is the default, lower is faster). Each trial stores a
+``records.TrialResult``: its status, median, spread, sample count, raw samples, its pair with the default (the
+default's median, the speedup and its interval over the recording's blocks), the configs it ran and the runner's
+provenance. A failed measurement fails the trial with its status and reason.
 """
 
 from __future__ import annotations
@@ -36,10 +38,12 @@ from .progress import Progress, ProgressFn
 from .sampling import make_sampler, recorded_status, warm_start
 from .setup import check_same_source, check_space_available
 
-METRIC = "latency_ms"
 _log = logging.getLogger(__name__)
 
+from .measure import VALUE_KIND
 from .objective import MeasurementFailed, Objective
+
+METRIC = VALUE_KIND
 
 
 def open_study(target: StudyTarget, storage: optuna.storages.BaseStorage, env: Environment,
@@ -60,6 +64,19 @@ def open_study(target: StudyTarget, storage: optuna.storages.BaseStorage, env: E
     else:
         check_same_source(target.name, existing, json.loads(json.dumps(attrs)))
     return study
+
+
+def trial_ms(t: FrozenTrial, target: StudyTarget) -> float | None:
+    """A trial's latency for display: its config's median (one shape), or for a mix the traffic-weighted sum of its
+    shapes' latencies on the scale of the default each was recorded with."""
+    r = TrialResult.from_trial(t)
+    if r.measurement is not None and r.measurement.median_ms is not None:
+        return r.measurement.median_ms
+    shapes = r.shapes or {}
+    if not all(shapes.get(ws.spec) and shapes[ws.spec].paired for ws in target.shapes):
+        return None
+    return sum(ws.weight * shapes[ws.spec].paired.reference_ms / shapes[ws.spec].paired.speedup  # type: ignore
+               for ws in target.shapes)
 
 
 def run_trials(target: StudyTarget, storage: optuna.storages.BaseStorage, runner: Runner, env: Environment,
@@ -105,9 +122,8 @@ def run_trials(target: StudyTarget, storage: optuna.storages.BaseStorage, runner
             st.stop()  # pruned: the budget is filled by trials in flight
         if progress:
             best = best_ok_trial(st)
-            base = objective.baseline_ms()
-            progress(Progress(target.name, "trial", min(done, limit), limit, best.value if best else None,
-                              base / best.value if best and base else None, TrialResult.from_trial(t).message or ""))
+            progress(Progress(target.name, "trial", min(done, limit), limit, trial_ms(best, target) if best else None,
+                              1 / best.value if best and best.value else None, TrialResult.from_trial(t).message or ""))
 
     if progress:
         progress(Progress(target.name, "trial", min(measured_count(study), limit), limit))

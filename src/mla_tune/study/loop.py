@@ -20,7 +20,7 @@ from ..errors import StorageError, UsageError
 from ..runners import Runner, Wrapper
 from ..space_auto import AnySpace
 from ..storage.urls import StorageSpec, open_storage
-from ..types import Case, Environment, Measurement
+from ..types import Case, Environment, Measurement, PairedMeasurement
 from .confirm import StudyIncompleteError, await_confirmation, confirm, require_complete
 from .engine import ProgressFn, check_space_available, deadline_of, run_trials, settle
 from .plan import StudyRequest, StudyTarget, plan
@@ -87,6 +87,10 @@ class Interruptible(Wrapper):
     def measure(self, case: Case) -> Measurement:
         with safe_point():
             return self.inner.measure(case)
+
+    def measure_paired(self, cases: Sequence[Case]) -> PairedMeasurement:
+        with safe_point():
+            return self.inner.measure_paired(cases)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,9 @@
-"""One config per shape of a study, measured through a runner: the unit of a trial and of a confirmation round."""
+"""One config per shape of a study, each recorded against vLLM's default: the unit of a trial.
+
+Every shape is one paired recording (``Runner.measure_paired``): the config and vLLM's default for that shape,
+sample by sample, so the trial's value compares configs measured under the same clock rather than recordings taken
+minutes apart on a GPU whose power cap moves its clock by more than the gains being judged.
+"""
 
 from __future__ import annotations
 
@@ -10,59 +15,107 @@ from ..records import ShapeResult, TrialResult
 from ..runners import Runner
 from ..space_auto import split_config
 from ..stats import round_sig
-from ..types import Case, Measurement, freeze_params
+from ..types import Case, Measurement, PairStat, freeze_params
 from ..workloads import WorkloadShape
-from .plan import StudyTarget
+from .plan import VALUE_KIND, StudyTarget
+
+
+@dataclass(frozen=True)
+class ShapeOutcome:
+    """One shape of a trial: its weight, the config it ran, the config's measurement and its pair with the default
+    (None when it failed)."""
+
+    shape: WorkloadShape
+    config: dict[str, Any]
+    measurement: Measurement
+    pair: PairStat | None
+
+    def result(self) -> ShapeResult:
+        return ShapeResult.from_measurement(self.measurement, self.config, self.pair)
 
 
 @dataclass(frozen=True)
 class SetMeasurement:
-    """Each shape's measurement in the study's order, up to and including the first that failed."""
+    """Each shape's outcome in the study's order, up to and including the first that failed, and the GPU seconds
+    its recordings timed."""
 
-    measured: tuple[tuple[WorkloadShape, dict[str, Any], Measurement], ...]  # (shape, config, measurement)
+    measured: tuple[ShapeOutcome, ...]
+    gpu_s: float = 0.0
 
     @property
     def failure(self) -> tuple[WorkloadShape, Measurement] | None:
         """The shape that failed and its measurement, or None."""
-        ws, _, m = self.measured[-1]
-        return None if m.ok else (ws, m)
+        last = self.measured[-1]
+        return None if last.measurement.ok and last.pair is not None else (last.shape, last.measurement)
 
     @property
-    def total_ms(self) -> float | None:
-        """The weighted sum of the medians (one shape: its median); None if a shape failed."""
+    def relative(self) -> float | None:
+        """The config's latency over vLLM's default's: per shape from its recording, weighted by each shape's
+        share of the default's time for several shapes (a traffic mix). None if a shape failed."""
         if self.failure is not None:
             return None
-        return sum(ws.weight * m.median_ms for ws, _, m in self.measured)
+        if len(self.measured) == 1:
+            return 1 / self.measured[0].pair.speedup  # type: ignore[union-attr]
+        ref = sum(o.shape.weight * o.pair.reference_ms for o in self.measured)  # type: ignore[union-attr]
+        return sum(o.shape.weight * o.pair.paired_ms for o in self.measured) / ref  # type: ignore[union-attr]
+
+    @property
+    def reference_ms(self) -> float | None:
+        """vLLM's default's time in these recordings: one shape's median, or the traffic-weighted sum."""
+        if self.failure is not None:
+            return None
+        if len(self.measured) == 1:
+            return self.measured[0].pair.reference_ms  # type: ignore[union-attr]
+        return sum(o.shape.weight * o.pair.reference_ms for o in self.measured)  # type: ignore[union-attr]
+
+    @property
+    def paired_ms(self) -> float | None:
+        """The config's time on the default's scale (``reference_ms`` x ``relative``)."""
+        rel, ref = self.relative, self.reference_ms
+        return None if rel is None or ref is None else rel * ref
 
     @property
     def n_samples(self) -> int:
-        return sum(len(m.samples_ms) for _, _, m in self.measured)
+        return sum(len(o.measurement.samples_ms) for o in self.measured)
 
     def trial_result(self, provenance: dict[str, Any]) -> tuple[TrialResult, float | None]:
-        """What a trial stores of it, and the trial's value (None: failed). One shape's measurement is stored
-        flattened into the trial; several, or a failure, by spec."""
-        shapes = {ws.spec: ShapeResult.from_measurement(m, config) for ws, config, m in self.measured}
+        """What a trial stores of it, and the trial's value (``VALUE_KIND``; None: failed). One shape's measurement
+        is stored flattened into the trial; several, or a failure, by spec."""
+        shapes = {o.shape.spec: o.result() for o in self.measured}
         if self.failure is not None:
             ws, m = self.failure
             return TrialResult(status=m.status.value, message=f"{ws.spec}: {m.message}", provenance=provenance,
                                shapes=shapes), None
-        value = round_sig(self.total_ms)  # type: ignore[arg-type]
+        value = round_sig(self.relative)  # type: ignore[arg-type]
+        speedup = round_sig(1 / self.relative, 4)  # type: ignore[operator]
         if len(shapes) == 1:
-            return TrialResult(status="ok", provenance=provenance, measurement=next(iter(shapes.values()))), value
-        return TrialResult(status="ok", provenance=provenance, shapes=shapes), value
+            return TrialResult(status="ok", provenance=provenance, measurement=next(iter(shapes.values())),
+                               speedup_vs_default=speedup), value
+        return TrialResult(status="ok", provenance=provenance, shapes=shapes, speedup_vs_default=speedup), value
 
 
-def measure_set(runner: Runner, target: StudyTarget, configs: Sequence[dict[str, Any]]) -> SetMeasurement:
-    """Measure ``configs[i]`` on the study's shape ``i``, stopping at the first failure."""
+def cases_of(target: StudyTarget, configs: Sequence[dict[str, Any]]) -> list[Case]:
+    """The runner's case for ``configs[i]`` on the study's shape ``i`` (an auto config names its backend)."""
     r = target.request
     out = []
     for ws, config in zip(target.shapes, configs):
-        backend, params = split_config(r.backend, config)  # an auto config names the backend it runs on
-        m = runner.measure(Case(backend, ws.shape, r.dims, freeze_params(params), r.kv_cache_dtype))
-        out.append((ws, config, m))
-        if not m.ok:
+        backend, params = split_config(r.backend, config)
+        out.append(Case(backend, ws.shape, r.dims, freeze_params(params), r.kv_cache_dtype))
+    return out
+
+
+def measure_set(runner: Runner, target: StudyTarget, configs: Sequence[dict[str, Any]]) -> SetMeasurement:
+    """Record ``configs[i]`` against vLLM's default on the study's shape ``i``, stopping at the first failure."""
+    defaults = cases_of(target, target.default_configs())
+    out, gpu_s = [], 0.0
+    for ws, config, ref, case in zip(target.shapes, configs, defaults, cases_of(target, configs)):
+        pm = runner.measure_paired([ref, case])
+        gpu_s += pm.gpu_s
+        arm, pair = pm.arms[1], pm.pairs[1]  # a failed default fails the arm too, saying so
+        out.append(ShapeOutcome(ws, dict(config), arm, pair))
+        if pair is None:
             break
-    return SetMeasurement(tuple(out))
+    return SetMeasurement(tuple(out), gpu_s)
 
 
-__all__ = ["SetMeasurement", "measure_set"]
+__all__ = ["SetMeasurement", "ShapeOutcome", "VALUE_KIND", "cases_of", "measure_set"]

@@ -1,7 +1,9 @@
-"""The objective Optuna calls: measure the configs a trial asks for, once per study, and store the result.
+"""The objective Optuna calls: record the configs a trial asks for against vLLM's default, once per study.
 
-A config equal to one measured before (here or by another worker, see ``claim``) is not measured again: the trial
-takes the earlier result. A failed measurement fails the trial with its status and reason (``MeasurementFailed``).
+The trial's value is the config's latency relative to vLLM's default, each shape recorded against the default
+sample by sample (``measure.measure_set``); the latencies stay in the trial's user attrs for display. A config equal
+to one measured before (here or by another worker, see ``claim``) is not measured again: the trial takes the earlier
+result. A failed measurement fails the trial with its status and reason (``MeasurementFailed``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from ..coordination.claim import claim
 from ..records import TrialResult
 from ..runners import Runner
 from ..space import Parameter
-from ..stats import round_sig
 from ..storage._optuna_compat import set_user_attrs, storage_of, trial_id
 from ..types import Environment
 from .measure import measure_set
@@ -55,14 +56,11 @@ class Objective:
         self._bug = False  # the objective raised an unexpected error (Optuna failed the trial for it)
         self.interrupted = False  # Ctrl-C reached the objective
         self._seen: dict[str, TrialResult] = {}  # config key -> the trial that measured it (number and value set)
+        self.gpu_s = 0.0  # device seconds the recordings of this process timed
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
             r = TrialResult.from_trial(t)
             if recorded_status(t) and r.key is not None:  # interrupted trials have no status: redo them
                 self._seen.setdefault(r.key, r)
-
-    def baseline_ms(self) -> float | None:
-        r = self._seen.get(self.baseline_key)
-        return r.value if r is not None else None
 
     def __call__(self, trial: Trial) -> float:
         self._current, self._bug = trial_id(trial), False
@@ -92,9 +90,6 @@ class Objective:
         self._seen[key] = replace(result, key=key, number=trial.number, value=value)
         if value is None:
             raise MeasurementFailed(result.message)
-        base = self.baseline_ms()
-        if base is not None:
-            write(trial, TrialResult(speedup_vs_default=round_sig(base / value, 4)))
         return value
 
     def told(self) -> None:
@@ -135,5 +130,7 @@ class Objective:
         return earlier.value
 
     def _measure(self, configs: list[dict]) -> tuple[TrialResult, float | None]:
-        """Measure every shape; the value is the weighted sum of medians (one shape: its median)."""
-        return measure_set(self.runner, self.target, configs).trial_result(self.env.as_dict())
+        """Record every shape against vLLM's default; the value is the latency relative to it (``VALUE_KIND``)."""
+        got = measure_set(self.runner, self.target, configs)
+        self.gpu_s += got.gpu_s
+        return got.trial_result(self.env.as_dict())

@@ -14,6 +14,10 @@ from ..workloads import Workload, WorkloadShape
 
 OBJECTIVES = ("per-shape", "mix")
 KV_CACHE_DTYPES = ("auto", "fp8")
+# Study attrs schema. 2: trial values are latencies relative to vLLM's default recorded with it (VALUE_KIND);
+# 1: latencies in ms from separate recordings (a per-shape study's multiplied by its weight, a bug fixed with 2).
+STUDY_SCHEMA_VERSION = 2
+VALUE_KIND = "latency_vs_default"
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,8 @@ def study_attrs(target: StudyTarget, env: Environment) -> dict[str, Any]:
     """What a study records about itself (study user attrs), for export, show and the dashboard."""
     r = target.request
     return {
-        "schema_version": 1,
+        "schema_version": STUDY_SCHEMA_VERSION,
+        "value": VALUE_KIND,
         "backend": r.backend,
         "model": dims_dict(r.dims),
         "kv_cache_dtype": r.kv_cache_dtype,

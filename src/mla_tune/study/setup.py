@@ -229,6 +229,10 @@ _SAME_ENV = ("runner", "gpu", "driver", "cuda", "torch", "vllm")
 def check_same_source(name: str, existing: dict, new: dict) -> None:
     """A resumed study must measure the same thing the same way: same space, shapes and software (its stored
     ``plan.study_attrs`` against this run's)."""
+    if existing.get("schema_version") != new["schema_version"]:
+        raise UsageError(f"study {name} was made by an mla-tune whose trials were separate recordings in ms; this one "
+                         "records every trial against vLLM's default, and the two cannot share a study",
+                         hint="use another --storage (the old study stays readable: show, export)")
     if existing.get("space") != new["space"]:
         was = ((existing.get("space") or {}).get("backend") or {}).get("values")
         now = ((new.get("space") or {}).get("backend") or {}).get("values")

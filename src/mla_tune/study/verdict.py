@@ -12,26 +12,31 @@ difference is not the config's. Confirmations stored before the floor existed ar
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from ..records import Candidate, Confirmation, NoiseFloor
+from ..records import Candidate, Confirmation, NoiseFloor, Rounds
 from ..stats import PairedSpeedup, familywise_level, paired_speedup, round_sig
 
 FAMILY_LEVEL = 0.95
 
 
-def judge_candidates(candidates: Sequence[Candidate]) -> tuple[list[Candidate], int | None, NoiseFloor | None]:
+def judge_candidates(candidates: Sequence[Candidate], floor_rounds: Rounds | None = None, family: int | None = None
+                     ) -> tuple[list[Candidate], int | None, NoiseFloor | None]:
     """Recompute every ok candidate's speedup and interval, and the noise floor, from the stored rounds.
 
     Returns the candidates (``speedup``, ``ci``, ``ci_level``, ``significant`` set), the index of the one with the
     best speedup among those whose whole interval lies above 1 and above the floor's interval (or None), and the
-    floor (None where no round measured the default twice).
+    floor (None where no round measured the default twice). The floor comes from ``floor_rounds`` (the default
+    against its second build, recorded with the candidates) or, for older confirmations, from the candidates' own
+    ``again`` rounds. ``family``: how many intervals the Bonferroni level covers (default: the ok candidates;
+    ``verify`` judges its items one by one at the level of all of them).
     """
     ok = [c for c in candidates if c.status == "ok" and c.rounds is not None]
-    level = familywise_level(len(ok), FAMILY_LEVEL)
-    floor = _floor(ok, level)
+    level = familywise_level(family if family is not None else len(ok), FAMILY_LEVEL)
+    floor = _floor(ok, level) if floor_rounds is None else (
+        paired_speedup(floor_rounds.default, floor_rounds.best, level) if len(floor_rounds.best) >= 2 else None)
     out = []
     for c in candidates:
         if c.status == "ok" and c.rounds is not None:
@@ -63,14 +68,16 @@ def _floor(ok: list[Candidate], level: float) -> PairedSpeedup | None:
 
 def judged(conf: Confirmation) -> Confirmation:
     """``conf`` with its candidates, winner and floor recomputed from its rounds (current statistics, raw data)."""
-    cands, winner, floor = judge_candidates(conf.candidates)
+    cands, winner, floor = judge_candidates(conf.candidates, conf.floor_rounds)
     return replace(conf, candidates=tuple(cands), winner=winner, floor=floor)
 
 
-def judge(candidates: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int | None]:
-    """``judge_candidates`` over stored candidates (``Candidate.to_attrs``): the candidates as stored attrs with
-    the verdict set, and the winner's index. The floor comes from the candidates' own rounds."""
-    cands, winner, _ = judge_candidates([Candidate.from_attrs(c) for c in candidates])
+def judge(conf: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int | None]:
+    """``judge_candidates`` over a stored confirmation (``Confirmation.to_attrs``): its candidates as stored attrs
+    with the verdict set, and the winner's index."""
+    floor = conf.get("floor_rounds")
+    cands, winner, _ = judge_candidates([Candidate.from_attrs(c) for c in conf.get("candidates") or []],
+                                        Rounds.from_attrs(floor) if floor else None)
     return [c.to_attrs() for c in cands], winner
 
 

@@ -46,8 +46,36 @@ class StudySummary:
 
     @property
     def baseline_value(self) -> float | None:
-        """vLLM's default's trial value (ms), None if it is not measured or failed."""
+        """vLLM's default's trial value, None if it is not measured or failed (see ``trial_ms`` for its time)."""
         return self.baseline.get("value") if self.baseline else None
+
+    @property
+    def baseline_ms(self) -> float | None:
+        """vLLM's default's time in its trial (ms; see ``trial_ms``)."""
+        return self.trial_ms(self.baseline)
+
+    @property
+    def best_ms(self) -> float | None:
+        """The best trial's time (ms; see ``trial_ms``)."""
+        return self.trial_ms(self.best_attrs | {"value": self.best_value} if self.best_attrs else None)
+
+    def trial_ms(self, attrs: dict[str, Any] | None) -> float | None:
+        """A trial's time for display: one shape's median (whatever the shape's weight), or for a mix the weighted sum
+        of the shapes' times. Trial values are not times since paired recording (relative to the default), and a
+        per-shape study of schema 1 stored its value multiplied by the shape's weight; the stored medians are times
+        in both."""
+        if not attrs or attrs.get("status") not in (None, "ok"):
+            return None
+        if attrs.get("median_ms") is not None:
+            return float(attrs["median_ms"])
+        shapes = attrs.get("shapes") or {}
+        weights = {x["spec"]: x["weight"] for x in self.attrs.get("shapes") or []}
+        if self.attrs.get("schema_version", 1) < 2:
+            return attrs.get("value")  # a mix of schema 1: its value is the weighted sum of its medians
+        if not shapes or set(shapes) != set(weights) or not all((v.get("paired") or {}).get("speedup")
+                                                               for v in shapes.values()):
+            return None
+        return sum(weights[k] * v["paired"]["reference_ms"] / v["paired"]["speedup"] for k, v in shapes.items())
 
 
 def measured_count(study: optuna.Study) -> int:

@@ -68,7 +68,8 @@ def _entry(s: StudySummary) -> dict[str, Any]:
                           "shape with this backend")
         return entry
     # Judged again from the stored rounds, so every table applies the current statistics to the raw data.
-    cands, winner = judge(conf.get("candidates") or [])
+    cands, winner = judge(conf)
+    cands = _unweighted(cands, s)
     replayed = s.attrs.get("environment", {}).get("runner") == "replay"
     ok = [c for c in cands if c["status"] == "ok"]
     if winner is not None:
@@ -81,9 +82,7 @@ def _entry(s: StudySummary) -> dict[str, Any]:
                          note=f"keeping vLLM's defaults: the confirmed config (prefill_backend {same}) runs the "
                               f"same kernels as auto here, so its x{c['speedup']:.3f} is noise")
             return entry
-        note = (f"confirmed x{c['speedup']:.3f} over vLLM's default in {conf['rounds']} "
-                + ("replayed rounds (resampled from one recording per config, not paired in time)" if replayed
-                   else "paired rounds"))
+        note = f"confirmed x{c['speedup']:.3f} over vLLM's default in {conf['rounds']} " + _rounds_kind(conf, replayed)
         if same:
             note += f"; prefill_backend {same} is what auto selects here, so the default is kept for it"
         entry.update(tuned=True, params=_one_or_list(params), note=note,
@@ -102,6 +101,30 @@ def _entry(s: StudySummary) -> dict[str, Any]:
         entry.update(latency_ms={"default": s.baseline["median_ms"], "best": s.baseline["median_ms"]},
                      speedup=1.0, samples={"default": s.baseline.get("n_samples", 0)})
     return entry
+
+
+def _rounds_kind(conf: dict[str, Any], replayed: bool) -> str:
+    """How the confirmation's rounds were recorded: interleaved with the default in one recording (since paired
+    recording), replayed from such pairs, or (older confirmations) separate recordings back to back."""
+    pairing = conf.get("pairing")
+    if pairing is None:  # stored before paired recordings
+        return ("replayed rounds (resampled from one recording per config, not paired in time)" if replayed
+                else "paired rounds (separate recordings, back to back)")
+    if pairing == "interleaved":
+        return "rounds, each recorded against the default sample by sample"
+    if pairing == "replayed pairs":
+        return "replayed rounds (pairs recorded against the default sample by sample)"
+    return f"rounds ({pairing})"
+
+
+def _unweighted(cands: list[dict[str, Any]], s: StudySummary) -> list[dict[str, Any]]:
+    """Candidates' times as one shape's times: a per-shape study of schema 1 stored them multiplied by the shape's
+    weight (a bug: a weight belongs to a traffic mix, never to one shape's latency)."""
+    shapes = s.attrs.get("shapes") or []
+    if s.attrs.get("schema_version", 1) >= 2 or len(shapes) != 1 or shapes[0].get("weight", 1) == 1:
+        return cands
+    w = shapes[0]["weight"]
+    return [c | {k: round_sig(c[k] / w) for k in ("default_ms", "best_ms") if c.get(k) is not None} for c in cands]
 
 
 def _as_default_where_equivalent(configs: list[dict], defaults: list[dict], baseline: dict[str, Any] | None

@@ -85,14 +85,6 @@ def _best_info(p: Any) -> str:
     return f"best {_ms(p.best_ms)} ms" + (f" (x{p.speedup:.3f} vs default)" if p.speedup else "")
 
 
-def _trial_ref(message: str) -> str:
-    """``trial 13`` (an Optuna trial number, 0-based as optuna-dashboard shows it) as ``trial #13``, so it is not
-    read as a count like ``1/3``."""
-    word, _, rest = message.partition(" ")
-    number, sep, more = rest.partition(",")  # "trial 13, 12 rounds: ..." when a confirmation extends
-    return f"trial #{number}{sep}{more}" if word == "trial" and number.isdigit() else message
-
-
 class ProgressView(_Bars):
     """One bar per study: distinct configs measured of the budget, best latency so far, speedup over vLLM's
     default, then the confirmation. In a log: a line when a study starts, when its budget is measured, for each
@@ -109,10 +101,9 @@ class ProgressView(_Bars):
         if p.phase == "trial":
             self._progress.update(task, completed=p.done, total=p.total, info=_best_info(p) or info)
         elif p.phase == "confirm":
-            self._progress.update(task, info=f"{info.split('  confirming')[0]}  confirming candidate "
-                                             f"{p.done + 1} of {p.total} ({_trial_ref(p.message)})")
+            self._progress.update(task, info=f"{info.split('  confirm')[0]}  confirming: {p.message}")
         else:
-            self._progress.update(task, info=info.split("  confirming")[0] + "  confirmed")
+            self._progress.update(task, info=f"{info.split('  confirm')[0]}  {p.message or 'confirmation stored'}")
 
     def _update_line(self, p: Any) -> None:
         first = p.study not in self._last
@@ -124,10 +115,10 @@ class ProgressView(_Bars):
             text += "".join(f", {x}" for x in (_best_info(p), p.message) if x)
             self._log(p.study, text, now=first or bool(p.message) or p.done == p.total)
         elif p.phase == "confirm":
-            self._log(p.study, f"confirming candidate {p.done + 1} of {p.total} ({_trial_ref(p.message)}) against "
-                               "vLLM's default", now=p.done == 0)
+            what = f"confirming {p.message} against vLLM's default" if p.done == 0 else f"confirming: {p.message}"
+            self._log(p.study, what, now=p.done == 0)
         else:
-            self._log(p.study, "confirmed", now=True)
+            self._log(p.study, p.message or "confirmation stored", now=True)
 
 
 class SweepView(_Bars):
@@ -179,7 +170,7 @@ def study_rows(summaries: list[StudySummary]) -> list[list[str]]:
             verdict, params = _kept(conf), "-"
         else:
             verdict, params = "not confirmed", "-"
-        rows.append([s.name, str(s.measured), str(s.failed), _ms(s.baseline_value), _ms(s.best_value), verdict,
+        rows.append([s.name, str(s.measured), str(s.failed), _ms(s.baseline_ms), _ms(s.best_ms), verdict,
                      params, _floor(conf)])
     return rows
 

@@ -112,9 +112,13 @@ def verify_lines(v: Any) -> list[str]:
             lines.append(f"  {r.item.shape:<16} {changed:<28} FAILED    {r.message}")
             continue
         claim = f"  (recorded x{r.item.claimed:.3f})" if r.item.claimed else ""
+        floor = f", floor [{r.floor.ci[0]:.3f}, {r.floor.ci[1]:.3f}]" if r.floor is not None else ""
         lines.append(f"  {r.item.shape:<16} {changed:<28} {r.verdict.upper():<9} x{r.speedup:.3f} "
                      f"[{r.ci[0]:.3f}, {r.ci[1]:.3f}] at {r.level:.1%}{' replay' if replay else ''}; "
-                     f"{r.default_ms:.4g} -> {r.tuned_ms:.4g} ms{claim}")
+                     f"{r.default_ms:.4g} -> {r.tuned_ms:.4g} ms; {r.rounds} rounds{floor}{claim}")
+    gpu = sum(r.gpu_s for r in v.results)
+    if v.results:
+        lines.append(f"device time timed: {gpu:.1f} s{' (replay: as recorded)' if replay else ''}")
     counts = {k: sum(1 for r in v.results if r.verdict == k) for k in ("holds", "no gain", "slower", "failed")}
     lines.append(", ".join(f"{n} {k}" for k, n in counts.items()) + (" (exit 1: a setting is slower than vLLM's "
                  "default here, or could not run)" if counts["slower"] or counts["failed"] else ""))
