@@ -435,6 +435,37 @@ class TestVllmRunnerContract(RunnerContract):
 
 
 @pytest.mark.gpu
+def test_a_paired_recording_gives_each_arm_its_own_builder_and_graph(gpu_runner) -> None:
+    """FLASH_ATTN_MLA under full graphs: vLLM's default, cap 1 and the default built again, in one recording; three
+    engine instances of one EngineKey, each arm's metadata its own (cap 1 is what its metadata says)."""
+    before = gpu_runner.stats()
+    default = make_case("FLASH_ATTN_MLA", "64q1s4k", dims=get_model("deepseek-v3", 1))
+    cap1 = make_case("FLASH_ATTN_MLA", "64q1s4k", dims=get_model("deepseek-v3", 1), max_num_splits=1)
+    pm = gpu_runner.measure_paired([default, cap1, default])
+    assert pm.ok, [m.message for m in pm.arms]
+    after = gpu_runner.stats()
+    assert after["engine_builds"] - before.get("engine_builds", 0) >= 3
+    d = [dict(m.details) for m in pm.arms]
+    assert [x["fa_num_splits"] for x in d] == ["32", "1", "32"] and all(x["timing"] == "graph" for x in d)
+    assert all(m.rel_err is not None and m.rel_err < 2e-2 for m in pm.arms[1:])
+    rec = dict(pm.details)
+    assert rec["paired"] == "interleaved" and int(rec["blocks"]) >= 10 and pm.gpu_s > 0
+    assert pm.pairs[2].ci is not None and 0.97 < pm.pairs[2].speedup < 1.03  # the default against itself
+    assert sorted(set(pm.order)) == [0, 1, 2] and len(pm.order) == sum(len(m.samples_ms) for m in pm.arms)
+
+
+@pytest.mark.gpu
+def test_eager_arms_each_get_their_own_triton_split_count(gpu_runner) -> None:
+    arms = [make_case("TRITON_MLA", "8q1s4k"), make_case("TRITON_MLA", "8q1s4k", num_kv_splits=4),
+            make_case("TRITON_MLA", "8q1s4k", num_kv_splits=1)]
+    pm = gpu_runner.measure_paired(arms)
+    assert pm.ok, [m.message for m in pm.arms]
+    splits = [dict(m.details)["num_kv_splits"] for m in pm.arms]
+    assert splits[1:] == ["4", "1"] and int(splits[0]) > 0  # the default's: vLLM's heuristic
+    assert all(dict(m.details)["timing"] == "eager" for m in pm.arms)
+
+
+@pytest.mark.gpu
 def test_triton_split_change_rebuilds_nothing(gpu_runner) -> None:
     first = gpu_runner.measure(make_case("TRITON_MLA", "8q1s4k", num_kv_splits=4))
     assert first.ok, first.message

@@ -114,6 +114,9 @@ def _rounds_kind(conf: dict[str, Any], replayed: bool) -> str:
         return "rounds, each recorded against the default sample by sample"
     if pairing == "replayed pairs":
         return "replayed rounds (pairs recorded against the default sample by sample)"
+    if pairing.startswith("no"):
+        return ("replayed rounds composed from separate recordings (not paired in time: the interval leaves out "
+                "how the clock moved between them)")
     return f"rounds ({pairing})"
 
 

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The paired-recording evidence of one device session (one H100 or H200, vLLM 0.20.0 GPU kit in /opt/mla-kit/site).
+# Runs from a clean export of one commit (.gpurun/tree.tar, made by `bench/h100_session.sh pack` here), so that
+# uncommitted edits never reach a measurement; mla-tune itself is installed from the wheel built from it.
+#
+#   bench/h100_session.sh pack                  (here)  export HEAD and build its wheel into .gpurun/
+#   bench/h100_session.sh STEP [STEP ...]       (GPU)   run the steps in order, within the call's time (BUDGET_S)
+#
+# Steps (each writes logs/ under /tmp/w, kept across calls on one machine, and is tarred into $OUT):
+#   tests   the GPU tests of the runner (contract with paired recordings included) and the adapters
+#   check   bench/paired_check.py: FLASH_ATTN_MLA split cap 1 (and 16, 64) against vLLM's default at decode_4k,
+#           straight through the runner, 6 recordings x 40 blocks per shape (the study's independent reference)
+#   cool    `mla-tune study --backend FLASH_ATTN_MLA --workload decode_4k` with its defaults, then export
+#   hot     bench/hot_study.py: 120 s of sustained bf16 matrix products, then the same study into its own journal
+#   verify  `mla-tune deploy` of the cool study's table on decode_4k traffic, then `mla-tune verify` of the profile
+#   sweep   `mla-tune sweep` of FLASH_ATTN_MLA over decode_4k, 3 rounds of pairs (the new landscapes for replay)
+#   e2e     bench/e2e.py: vLLM's engine (16 dense DeepSeek-V3-width layers) with vLLM's default, the deployed
+#           profile and cap 1 set globally, at 8 and 256 requests of 3k context
+set -uo pipefail
+[[ ${1:-} ]] || { sed -n 2,20p "$0"; exit 2; }
+
+if [[ $1 == pack ]]; then
+  rm -rf .gpurun && mkdir -p .gpurun
+  git archive HEAD -o .gpurun/tree.tar
+  tmp=$(mktemp -d) && tar -xf .gpurun/tree.tar -C "$tmp" && python -m pip wheel -q --no-deps -w .gpurun "$tmp"
+  rm -rf "$tmp"; git rev-parse HEAD > .gpurun/commit; ls -la .gpurun; exit 0
+fi
+
+W=/tmp/w; K20=/opt/mla-kit/site; START=$SECONDS
+mkdir -p $W /tmp/mt && tar -xf .gpurun/tree.tar -C $W
+[[ -f /tmp/mt/.installed ]] || { python3 -m pip install -q --no-index --no-deps --target /tmp/mt .gpurun/*.whl 2>&1 |
+  grep -v root; touch /tmp/mt/.installed; }
+export VLLM_LOGGING_LEVEL=WARNING PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false PYTHONPATH=/tmp/mt:$K20
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+cd $W && mkdir -p logs studies sweeps
+echo "commit $(cat "$OLDPWD/.gpurun/commit")" | tee logs/commit.txt
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw,power.limit \
+  --format=csv | tee -a logs/gpus.csv
+DEADLINE=$((START + ${BUDGET_S:-555}))
+# lim SECONDS CMD...: CMD under `timeout -s INT` (a study stops cleanly and keeps its trials), cut to what is left
+lim() { local left=$((DEADLINE - SECONDS)) l=$1; ((left < l)) && l=$left; ((l < 10)) && { echo "skipped: no time"; return 124; }
+        timeout -s INT -k 30 "$l" "${@:2}"; }
+mt() { python3 -m mla_tune.cli "$@"; }
+STUDY=(--backend FLASH_ATTN_MLA --workload decode_4k --tp 1)
+
+for step in "$@"; do
+  echo "== $step at $((SECONDS - START)) s"
+  case $step in
+  tests)
+    lim 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_runner_vllm.py tests/test_runner_fake.py \
+      tests/test_vllm_adapters.py > logs/pytest-gpu.log 2>&1; echo "rc $?" >> logs/pytest-gpu.log
+    tail -n 4 logs/pytest-gpu.log ;;
+  check)
+    lim 150 python3 bench/paired_check.py --caps 1,16,64 -o logs/paired_check.json > logs/paired_check.log 2>&1
+    echo "rc $?" >> logs/paired_check.log; cat logs/paired_check.log ;;
+  cool)
+    lim 300 python3 -m mla_tune.cli study "${STUDY[@]}" --storage studies/cool.journal --export logs/cool.yaml \
+      > logs/study-cool.log 2>&1; echo "rc $?" >> logs/study-cool.log; tail -n 22 logs/study-cool.log ;;
+  hot)
+    lim 330 python3 bench/hot_study.py --heat-s 120 --storage studies/hot.journal --export logs/hot.yaml \
+      > logs/study-hot.log 2>&1; echo "rc $?" >> logs/study-hot.log
+    grep -v "^\[I " logs/study-hot.log | tail -n 8; mt show logs/hot.yaml 2>&1 | tail -n 12 ;;
+  verify)
+    mt deploy logs/cool.yaml --workload decode_4k -o logs/profile.yaml > logs/deploy.log 2>&1; cat logs/deploy.log
+    lim 200 python3 -m mla_tune.cli verify logs/profile.yaml > logs/verify.log 2>&1; echo "rc $?" >> logs/verify.log
+    cat logs/verify.log ;;
+  sweep)
+    lim 260 python3 -m mla_tune.cli sweep "${STUDY[@]}" --rounds 3 -o sweeps/FLASH_ATTN_MLA-deepseek-v3-tp1.jsonl \
+      > logs/sweep.log 2>&1; echo "rc $?" >> logs/sweep.log; tail -n 3 logs/sweep.log ;;
+  e2e)
+    lim 420 python3 bench/e2e.py drive --gpus 0 --layers 16 --hidden 7168 --intermediate 18432 --steps 30 --warmup 6 \
+      --backend FLASH_ATTN_MLA --phases 8x3072,256x3072 --variant 'default:' \
+      --variant 'profile:profile=logs/profile.yaml' \
+      --variant 'cap1:attention={"flash_attn_max_num_splits_for_cuda_graph": 1}' -o logs/e2e.json > logs/e2e.log 2>&1
+    echo "rc $?" >> logs/e2e.log; tail -n 12 logs/e2e.log ;;
+  *) echo "unknown step $step" ;;
+  esac
+  tar -czf "$OUT/$step.tgz" logs $( [[ $step == cool || $step == hot ]] && echo studies/$step.journal ) \
+    $( [[ $step == sweep ]] && echo sweeps ) 2>/dev/null
+done
+echo "== done at $((SECONDS - START)) s"
