@@ -132,6 +132,13 @@ def test_sweep_refuses_the_replay_runner(in_tmp):
     assert r.exit_code == 2 and "only copy a recording" in error_line(r) and not (in_tmp / "s.jsonl").exists()
 
 
+def test_sweep_help_does_not_offer_the_runner_it_refuses():
+    r = cli.invoke(app, ["sweep", "--help"])
+    assert r.exit_code == 0 and "--runner" in r.output
+    assert "replay:" not in r.output and "replay runner is refused" in " ".join(r.output.split())
+    assert "replay:PATH" in cli.invoke(app, ["study", "--help"]).output  # where replay works, it is offered
+
+
 @pytest.mark.parametrize("extra", [[], ["--gpus", "0"]])
 def test_replay_of_unrecorded_shapes_is_refused_before_writing(in_tmp, extra):
     r = cli.invoke(app, ["study", "--runner", f"replay:{ROOT / 'results/sweeps/h100'}", "--backend", "FLASHMLA",

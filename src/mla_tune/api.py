@@ -39,7 +39,7 @@ def run_study(*, backend: str | Sequence[str], workload: str | Sequence[str], mo
               progress: Callable[[Any], None] | None = None) -> StudyOutcome:
     """Run (or resume) the studies of one or several backends, workloads and TPs, confirm their winners, and
     summarize them. Several go through one runner (vLLM imported, its worker started and the GPU locked once), a
-    backend at a time, TP by TP, workload by workload (``study_setup.build_requests``).
+    backend at a time, TP by TP, workload by workload (``study.setup.build_requests``).
 
     Order matters for "bad input writes nothing": names are validated, the runner is made and asked whether
     every backend and shape runs here, and only then is the storage opened (created) and a study written.
