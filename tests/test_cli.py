@@ -70,7 +70,7 @@ def test_study_export_show_round_trip(in_tmp):
     assert "Fake100/deepseek-v3-tp1/TRITON_MLA/64q1s4k" in r.output and "wrote table.yaml" in r.output
     # not a terminal (as in a log file): progress is a line per step, not a bar drawn only at the end
     assert "Fake100/deepseek-v3-tp1/TRITON_MLA/64q1s4k: measuring up to " in r.output
-    assert "Fake100/deepseek-v3-tp1/TRITON_MLA/64q1s4k: confirmed" in r.output
+    assert "Fake100/deepseek-v3-tp1/TRITON_MLA/64q1s4k: confirmed x1.2" in r.output  # the planted 0.8 optimum
     assert (in_tmp / "results" / "studies.journal").exists()
     r = cli.invoke(app, ["show", "table.yaml"])
     assert r.exit_code == 0 and "64q1s4k" in r.output and "num_kv_splits=16" in r.output
@@ -130,6 +130,33 @@ def test_sweep_refuses_the_replay_runner(in_tmp):
     r = cli.invoke(app, ["sweep", "--backend", "FLASHMLA", "--workload", "spec:8q4s1k", "-o", "s.jsonl",
                          "--runner", f"replay:{ROOT / 'results/sweeps/h100'}"])
     assert r.exit_code == 2 and "only copy a recording" in error_line(r) and not (in_tmp / "s.jsonl").exists()
+
+
+def test_a_confirmation_that_keeps_the_default_never_says_confirmed(in_tmp):
+    """Every config of this fake is slower than vLLM's default: the progress line says the default was kept."""
+    register_runner("fake-flat", lambda arg: FakeRunner())
+    r = cli.invoke(app, ["study", "--backend", "TRITON_MLA", "--workload", "spec:64q1s4k", "--runner", "fake-flat"])
+    assert r.exit_code == 0, r.output
+    name = "Fake100/deepseek-v3-tp1/TRITON_MLA/64q1s4k"
+    last = [ln for ln in r.output.splitlines() if ln.startswith(name + ":")][-1]
+    assert last == f"{name}: default kept (no config beat vLLM's default beyond noise)"
+    assert f"{name}: confirmed" not in r.output
+
+
+def test_the_progress_bar_ends_with_what_the_confirmation_found():
+    from rich.console import Console
+
+    from mla_tune.study.progress import Progress
+    from mla_tune.views.render import ProgressView
+
+    for speedup, words in ((1.0734, "confirmed x1.073 over vLLM's default"), (None, "default kept (no config beat vLLM's default beyond noise)")):
+        console = Console(force_terminal=True, width=200, record=True)
+        with ProgressView(console) as view:
+            view.update(Progress("s", "trial", 8, 8, 0.2, 1.07))
+            view.update(Progress("s", "done", 3, 3, speedup=speedup))
+            info = view._progress.tasks[0].fields["info"]
+        assert info.endswith(words)
+        assert ("confirmed" in info) == (speedup is not None)
 
 
 def test_sweep_help_does_not_offer_the_runner_it_refuses():
@@ -219,7 +246,7 @@ def test_a_log_gets_a_few_lines_per_study_with_labelled_counts(in_tmp):
     assert lines[0] == f"{name}: measuring up to 8 configs"
     assert re.fullmatch(rf"{name}: 8/8 configs measured, best [\d.]+ ms \(x[\d.]+ vs default\)", lines[1])
     assert re.fullmatch(rf"{name}: confirming candidate 1 of 3 \(trial #\d+\) against vLLM's default", lines[2])
-    assert lines[3:] == [f"{name}: confirmed"]
+    assert re.fullmatch(rf"{name}: confirmed x1\.2\d\d over vLLM's default", lines[3]) and len(lines) == 4
     again = cli.invoke(app, ["study", "--backend", "TRITON_MLA", "--workload", "spec:64q1s4k", "--runner", "fake"])
     lines = [ln for ln in again.output.splitlines() if ln.startswith(name + ":")]
     assert lines == [f"{name}: resumed: 8/8 configs measured"]  # never "best - ms"

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..coordination.claim import release_studies
 from ..coordination.interrupts import check, safe_point
 from ..errors import StorageError, UsageError
+from ..records import Confirmation
 from ..runners import Runner, Wrapper
 from ..space_auto import AnySpace
 from ..storage.urls import StorageSpec, open_storage
@@ -24,7 +25,9 @@ from ..types import Case, Environment, Measurement
 from .confirm import StudyIncompleteError, await_confirmation, confirm, require_complete
 from .engine import ProgressFn, check_space_available, deadline_of, run_trials, settle
 from .plan import StudyRequest, StudyTarget, plan
+from .progress import Progress
 from .setup import preflight
+from .verdict import judged
 
 
 class Coordination(abc.ABC):
@@ -119,7 +122,7 @@ def run_studies(runner: Runner, requests: Sequence[tuple[StudyRequest, AnySpace]
     targets = _distinct(targets)
     store = open_storage(spec, create=True)
     try:
-        coordination.run(targets, store, runner, env, progress)
+        coordination.run(targets, store, runner, env, with_verdicts(progress, store))
     except BaseException as e:  # Ctrl-C, SIGTERM, an error: leave nothing RUNNING or WAITING for others to wait on
         lost = database_error(e)
         if lost is None:
@@ -130,6 +133,30 @@ def run_studies(runner: Runner, requests: Sequence[tuple[StudyRequest, AnySpace]
         raise StorageError(f"storage {spec.display} failed mid-study: {_first_line(lost)}",
                            hint="finished trials are kept; run the same command once the database is back") from e
     return StudiesRun(env, store, targets, excluded)
+
+
+def with_verdicts(progress: ProgressFn | None, store: Any) -> ProgressFn | None:
+    """``progress`` with each confirmation's end ("done") carrying what it found: ``speedup`` is the confirmed
+    winner's, None where vLLM's default was kept. Read from the confirmation just stored, so a progress line
+    never says "confirmed" for a default that stayed."""
+    if progress is None:
+        return None
+
+    def report(p: Progress) -> None:
+        if p.phase == "done" and p.speedup is None:
+            p = replace(p, speedup=confirmed_speedup(store, p.study))
+        progress(p)
+
+    return report
+
+
+def confirmed_speedup(store: Any, name: str) -> float | None:
+    """The stored confirmation's winning speedup for study ``name``; None without a winner (or a confirmation)."""
+    conf = Confirmation.of_study(store.get_study_user_attrs(store.get_study_id_from_name(name)))
+    if conf is None:
+        return None
+    conf = judged(conf)
+    return conf.candidates[conf.winner].speedup if conf.winner is not None else None
 
 
 def _distinct(targets: list[StudyTarget]) -> list[StudyTarget]:

@@ -15,6 +15,8 @@ class Progress:
     done: int
     total: int | None
     best_ms: float | None = None
+    # "trial": the best config's speedup over vLLM's default so far; "done": the confirmed winner's (None: vLLM's
+    # default kept)
     speedup: float | None = None
     message: str = ""
 

@@ -93,6 +93,12 @@ def _trial_ref(message: str) -> str:
     return f"trial #{number}{sep}{more}" if word == "trial" and number.isdigit() else message
 
 
+def _outcome(p: Any) -> str:
+    """What a finished confirmation found: a gain confirmed, or vLLM's default kept; never "confirmed" alone."""
+    return f"confirmed x{p.speedup:.3f} over vLLM's default" if p.speedup else "default kept (no config beat " \
+        "vLLM's default beyond noise)"
+
+
 class ProgressView(_Bars):
     """One bar per study: distinct configs measured of the budget, best latency so far, speedup over vLLM's
     default, then the confirmation. In a log: a line when a study starts, when its budget is measured, for each
@@ -112,7 +118,7 @@ class ProgressView(_Bars):
             self._progress.update(task, info=f"{info.split('  confirming')[0]}  confirming candidate "
                                              f"{p.done + 1} of {p.total} ({_trial_ref(p.message)})")
         else:
-            self._progress.update(task, info=info.split("  confirming")[0] + "  confirmed")
+            self._progress.update(task, info=info.split("  confirming")[0] + "  " + _outcome(p))
 
     def _update_line(self, p: Any) -> None:
         first = p.study not in self._last
@@ -127,7 +133,7 @@ class ProgressView(_Bars):
             self._log(p.study, f"confirming candidate {p.done + 1} of {p.total} ({_trial_ref(p.message)}) against "
                                "vLLM's default", now=p.done == 0)
         else:
-            self._log(p.study, "confirmed", now=True)
+            self._log(p.study, _outcome(p), now=True)
 
 
 class SweepView(_Bars):
