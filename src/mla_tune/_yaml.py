@@ -3,7 +3,9 @@
 ``load`` is the one way mla-tune reads a YAML file (tables, profiles, search spaces, models, workloads, traffic).
 It reads only regular files, at most ``MAX_BYTES`` of them, as UTF-8 text; it refuses YAML aliases (an alias bomb
 of a few KB expands to gigabytes), nesting deeper than ``MAX_DEPTH`` (deep nesting ends in a RecursionError
-elsewhere) and duplicate keys (the last one would silently win). Values are then checked by the caller with
+elsewhere) and duplicate keys (the last one would silently win). Deep nesting is one message whoever refuses it
+first: libyaml 0.2.6 (PyYAML 6.0.4's wheels) stops at 1000 flow levels while scanning ahead, before the composer
+here has seen 33, with its own words. Values are then checked by the caller with
 ``check_keys``/``expect`` and the number checks here.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -21,7 +24,9 @@ from yaml.composer import Composer
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.events import AliasEvent
 from yaml.nodes import ScalarNode
+from yaml.parser import ParserError
 from yaml.resolver import Resolver
+from yaml.scanner import ScannerError
 
 from .errors import DataFileError
 
@@ -45,6 +50,16 @@ MAX_DEPTH = 32  # the deepest of ours is 5 (entries[i].best_candidate.params.<kn
 
 class _Refused(yaml.MarkedYAMLError):
     """A limit of ``load``: no alias, no deep nesting, no duplicate key."""
+
+
+TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels"
+# PyYAML's own refusal of deep nesting (libyaml 0.2.6: "exceeded maximum nesting depth"), in whatever words: a
+# scanner or parser error (those quote no key or value of the file) that speaks of nesting or depth.
+_PYYAML_TOO_DEEP = re.compile(r"nest|depth|too deep", re.IGNORECASE)
+
+
+def _pyyaml_too_deep(e: yaml.YAMLError) -> bool:
+    return isinstance(e, (ScannerError, ParserError)) and bool(_PYYAML_TOO_DEEP.search(str(e.problem or "")))
 
 
 class _StrictLoader(_Parser, SafeConstructor, Resolver):
@@ -71,7 +86,7 @@ class _StrictLoader(_Parser, SafeConstructor, Resolver):
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
-                raise _Refused(None, None, f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark)
+                raise _Refused(None, None, TOO_DEEP, self.peek_event().start_mark)
             return Composer.compose_node(self, parent, index)
         finally:
             self._depth -= 1
@@ -157,8 +172,12 @@ def parse(name: str, text: str) -> Any:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         where = f"line {mark.line + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e)
+        if _pyyaml_too_deep(e):
+            problem = TOO_DEEP  # PyYAML refused the nesting before the composer could: the same limit, one message
         raise DataFileError(name, where, f"not valid YAML: {' '.join(str(problem).split())}") from None
-    except (ValueError, OverflowError, RecursionError) as e:  # an int of 5000 digits, a date of month 13, ...
+    except RecursionError:  # nesting that got past every limit above still gets the one message
+        raise DataFileError(name, "", f"not valid YAML: {TOO_DEEP}") from None
+    except (ValueError, OverflowError) as e:  # an int of 5000 digits, a date of month 13, ...
         raise DataFileError(name, "", f"not valid YAML: {' '.join(str(e).split())[:200]}") from None
     finally:
         loader.dispose()
