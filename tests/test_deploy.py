@@ -229,16 +229,19 @@ def test_a_global_value_is_deployed_only_where_it_runs_a_shape_of_the_traffic_di
 
 # -- what deploy refuses or reports ----------------------------------------------------------------------------
 @pytest.mark.parametrize(("other", "why"), [
-    ({"backend": "FLASHMLA"}, "backend"), ({"gpu": {**H100, "name": "NVIDIA H200"}}, "GPU"),
-    ({"gpu": {**H100, "compute_capability": "10.0"}}, "GPU"), ({"heads": 16}, "model dims"),
-    ({"kv": "fp8"}, "KV dtype"),
+    ({"backend": "FLASHMLA"}, "backend FLASH_ATTN_MLA vs FLASHMLA"),
+    ({"gpu": {**H100, "name": "NVIDIA H200"}}, "GPU NVIDIA H100 80GB HBM3 vs NVIDIA H200"),
+    ({"gpu": {**H100, "compute_capability": "10.0"}}, "compute capability 9.0 vs 10.0"),
+    ({"heads": 16}, "query heads per GPU 128 vs 16"),
+    ({"kv": "fp8"}, "KV cache dtype auto vs fp8"),
 ])
-def test_tables_of_different_engines_are_refused(other: dict, why: str):
+def test_tables_of_different_engines_are_refused_naming_the_field(other: dict, why: str):
     backend = other.pop("backend", "FLASH_ATTN_MLA")
     second = table(backend, fa_table()["entries"], **other)
-    with pytest.raises(UsageError, match="the tables differ in backend, GPU, model dims or KV dtype") as e:
-        deploy([fa_table(), second], vllm="0.20.0")
-    assert why in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(UsageError) as e:
+        deploy([fa_table(), fa_table(), second], vllm="0.20.0")
+    assert str(e.value).startswith(f"the tables differ in {why} (table 1 vs table 3): a profile is for one engine")
+    assert "\n" not in str(e.value) and "('" not in str(e.value)
 
 
 @pytest.mark.parametrize("order", ["replay first", "replay second"])

@@ -15,7 +15,7 @@ import math
 import os
 import re
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -102,11 +102,13 @@ class _StrictLoader(_Parser, SafeConstructor, Resolver):
         return super().construct_mapping(node, deep)
 
 
-def read_bytes(path: Path, max_bytes: int | None = None, what: str = "a file") -> bytes:
+def read_bytes(path: Path, max_bytes: int | None = None, what: str = "a file",
+               sniff: Callable[[bytes], None] | None = None) -> bytes:
     """The bytes of a regular file of at most ``max_bytes``; anything else is one ``DataFileError`` line.
 
     The type is checked before opening (a FIFO would block the open, a device never ends), and again on the
     open descriptor; at most ``max_bytes + 1`` bytes are read, so /dev/zero or a growing file cannot fill memory.
+    ``sniff`` sees what was read before the size is checked: a known kind of file can be named even when large.
     """
     name, max_bytes = str(path), MAX_BYTES if max_bytes is None else max_bytes
     check_regular_file(path, what)
@@ -122,6 +124,8 @@ def read_bytes(path: Path, max_bytes: int | None = None, what: str = "a file") -
         raise DataFileError(name, "", f"cannot read: {e.strerror}") from e
     finally:
         os.close(fd)
+    if sniff is not None:
+        sniff(data)
     if len(data) > max_bytes:
         raise DataFileError(name, "", f"over the size limit of {max_bytes:,} bytes: not {what} mla-tune wrote")
     return data
@@ -183,11 +187,27 @@ def parse(name: str, text: str) -> Any:
         loader.dispose()
 
 
+_SQLITE = b"SQLite format 3\x00"
+_JOURNAL = re.compile(rb'\s*\{\s*"op_code"\s*:')  # the first line of an Optuna journal file: {"op_code":0,...
+
+
+def refuse_storage(name: str, data: bytes) -> None:
+    """An Optuna study storage (a journal file, an SQLite database) where a YAML file goes, as in
+    ``mla-tune show results/studies.journal``: one line saying what it is and how to read it."""
+    if data.startswith(_SQLITE):
+        raise DataFileError(name, "", "is an SQLite database (a study storage?), not YAML: list its studies with "
+                            f"`mla-tune show --storage sqlite:///{name}`")
+    if _JOURNAL.match(data[:200]):
+        raise DataFileError(name, "", "is an Optuna journal (a study storage), not YAML: list its studies with "
+                            f"`mla-tune show --storage {name}`")
+
+
 def load(path: Path, versions: tuple[int, ...] = (SCHEMA_VERSION,)) -> dict[str, Any]:
     """Parse ``path`` into a mapping and check its ``schema_version`` is one of ``versions`` (a format that grew a
     version, tuning tables, passes those it reads)."""
     name = str(path)
-    data = parse(name, decode_text(name, read_bytes(Path(path), what="a YAML file"), "YAML text"))
+    raw = read_bytes(Path(path), what="a YAML file", sniff=lambda head: refuse_storage(name, head))
+    data = parse(name, decode_text(name, raw, "YAML text"))
     if not isinstance(data, dict):
         raise DataFileError(name, "", "expected a mapping at the top level")
     version = data.get("schema_version")

@@ -121,6 +121,11 @@ def _sources(table: Mapping[str, Any]) -> tuple[list[Source], list[str]]:
     return out, skipped
 
 
+# What a table's engine is, in the order ``_match`` reads it: tables differing in any of these are not one engine.
+_ENGINE_FIELDS = ("backend", "GPU", "compute capability", "query heads per GPU", "kv_lora_rank", "qk_rope_head_dim",
+                  "KV cache dtype")
+
+
 def _match(tables: Sequence[Mapping[str, Any]], adapter: Adapter) -> Match:
     for t in tables:
         if t["provenance"].get("runner") != "vllm":
@@ -132,9 +137,11 @@ def _match(tables: Sequence[Mapping[str, Any]], adapter: Adapter) -> Match:
         keys.append((t["backend"], prov["gpu"]["name"], str(prov["gpu"]["compute_capability"]),
                      model["num_q_heads"], model.get("kv_lora_rank", 512), model.get("qk_rope_head_dim", 64),
                      t["kv_cache_dtype"]))
-    if len(set(keys)) > 1:
-        raise UsageError("the tables differ in backend, GPU, model dims or KV dtype: deploy one engine's tables "
-                         f"together ({keys[0]} vs {next(k for k in keys if k != keys[0])})")
+    other = next((i for i, k in enumerate(keys) if k != keys[0]), None)
+    if other is not None:
+        differ = ", ".join(f"{name} {a} vs {b}" for name, a, b in zip(_ENGINE_FIELDS, keys[0], keys[other]) if a != b)
+        raise UsageError(f"the tables differ in {differ} (table 1 vs table {other + 1}): a profile is for one "
+                         "engine; deploy the tables of one backend, GPU, model and KV dtype together")
     backend, gpu, cc, heads, rank, rope, kv = keys[0]
     return Match(gpu_short_name(gpu), cc, backend, int(heads), int(rank), int(rope), str(kv), adapter.family)
 
