@@ -157,3 +157,17 @@ def test_study_names_are_split_only_by_their_record():
                     and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value == "/":
                 bad.append(f"{module}:{node.lineno}")
     assert not bad, f'split on "/" outside records.StudyName (parse the name there): {bad}'
+
+
+def test_files_the_code_cites_exist():
+    """A comment or docstring that cites a file (``notes-0.21-0.33.md``) cites one the repository has."""
+    import re
+
+    root = SRC.parent
+    have = {p.name for p in root.rglob("*.md")}
+    for folder in ("src", "tests", "bench"):
+        for path in sorted((root / folder).rglob("*")):
+            if path.suffix not in (".py", ".sh"):
+                continue
+            for name in re.findall(r"[A-Za-z0-9_.-]+\.md\b", path.read_text()):
+                assert name in have, f"{path.relative_to(root)} cites {name}, which the repository does not have"

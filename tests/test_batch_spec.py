@@ -16,12 +16,16 @@ from mla_tune.types import Request, Shape
     ("2q2k_32q1s1k", [Request(2048, 2048)] * 2 + [Request(1, 1024)] * 32),
     ("q1ks4k", [Request(1024, 4096)]),
     ("3q5s100", [Request(5, 100)] * 3),
+    ("q1s6t", [Request(1, 6)]),  # a context under 16 tokens, on purpose
+    ("q1s100t", [Request(1, 100)]),
+    ("q1s16", [Request(1, 16)]),
 ])
 def test_parse(spec, expected):
     assert batch_spec.parse(spec).requests == tuple(expected)
 
 
-@pytest.mark.parametrize("spec, canonical", [("64q1s4096", "64q1s4k"), ("1q2048", "q2k"), ("q1s1k_q1s1k", "2q1s1k")])
+@pytest.mark.parametrize("spec, canonical", [("64q1s4096", "64q1s4k"), ("1q2048", "q2k"), ("q1s1k_q1s1k", "2q1s1k"),
+                                             ("q1s100t", "q1s100"), ("q2s6t", "q2s6t")])
 def test_canonical(spec, canonical):
     assert batch_spec.canonical(spec) == canonical
 
@@ -45,6 +49,10 @@ def test_round_trip_on_random_shapes():
     ("q4ks1k", "q4ks1k", "shorter"),
     ("", "", "empty"),
     ("64q1s4k__q1", "", "expected"),
+    ("64q1s4", "64q1s4", "a context of 4 tokens: for 4096 write s4k (a context under 16 tokens is written s4t)"),
+    ("q1s1k_8q1s15", "8q1s15", "write s15k"),
+    ("q4s2t", "q4s2t", "shorter"),
+    ("q8s4", "q8s4", "write s4k"),  # a forgotten k, not a context shorter than the query
 ])
 def test_errors_name_the_segment(spec, segment, reason):
     with pytest.raises(BatchSpecError) as e:

@@ -70,7 +70,7 @@ def test_study_export_show_round_trip(in_tmp):
     assert "Fake100/deepseek-v3-tp1/TRITON_MLA/64q1s4k" in r.output and "wrote table.yaml" in r.output
     # not a terminal (as in a log file): progress is a line per step, not a bar drawn only at the end
     assert "Fake100/deepseek-v3-tp1/TRITON_MLA/64q1s4k: measuring up to " in r.output
-    assert "Fake100/deepseek-v3-tp1/TRITON_MLA/64q1s4k: confirmed" in r.output
+    assert "Fake100/deepseek-v3-tp1/TRITON_MLA/64q1s4k: confirmed x1.2" in r.output  # the planted 0.8 optimum
     assert (in_tmp / "results" / "studies.journal").exists()
     r = cli.invoke(app, ["show", "table.yaml"])
     assert r.exit_code == 0 and "64q1s4k" in r.output and "num_kv_splits=16" in r.output
@@ -130,6 +130,42 @@ def test_sweep_refuses_the_replay_runner(in_tmp):
     r = cli.invoke(app, ["sweep", "--backend", "FLASHMLA", "--workload", "spec:8q4s1k", "-o", "s.jsonl",
                          "--runner", f"replay:{ROOT / 'results/sweeps/h100'}"])
     assert r.exit_code == 2 and "only copy a recording" in error_line(r) and not (in_tmp / "s.jsonl").exists()
+
+
+def test_a_confirmation_that_keeps_the_default_never_says_confirmed(in_tmp):
+    """Every config of this fake is slower than vLLM's default: the progress line says the default was kept."""
+    register_runner("fake-flat", lambda arg: FakeRunner())
+    r = cli.invoke(app, ["study", "--backend", "TRITON_MLA", "--workload", "spec:64q1s4k", "--runner", "fake-flat"])
+    assert r.exit_code == 0, r.output
+    name = "Fake100/deepseek-v3-tp1/TRITON_MLA/64q1s4k"
+    last = [ln for ln in r.output.splitlines() if ln.startswith(name + ":")][-1]
+    assert re.fullmatch(rf"{name}: vLLM's default kept: best x[\d.]+ \[[\d.]+, [\d.]+\] is not a gain beyond noise "
+                        r"\(\d+ rounds, [\d.]+ GPU s\)", last), last
+    assert f"{name}: confirmed" not in r.output
+
+
+def test_the_progress_bar_ends_with_what_the_confirmation_found():
+    from rich.console import Console
+
+    from mla_tune.study.progress import Progress
+    from mla_tune.views.render import ProgressView
+
+    for words in ("confirmed x1.073 [1.070, 1.076] (trial #4; 6 rounds, 1.2 GPU s)",
+                  "vLLM's default kept: best x1.004 [0.998, 1.010] is not a gain beyond noise (6 rounds, 1.2 GPU s)"):
+        console = Console(force_terminal=True, width=200, record=True)
+        with ProgressView(console) as view:
+            view.update(Progress("s", "trial", 8, 8, 0.2, 1.07))
+            view.update(Progress("s", "done", 6, 6, message=words))
+            info = view._progress.tasks[0].fields["info"]
+        assert info.endswith(words)
+        assert ("confirmed" in info) == words.startswith("confirmed")
+
+
+def test_sweep_help_does_not_offer_the_runner_it_refuses():
+    r = cli.invoke(app, ["sweep", "--help"])
+    assert r.exit_code == 0 and "--runner" in r.output
+    assert "replay:" not in r.output and "replay runner is refused" in " ".join(r.output.split())
+    assert "replay:PATH" in cli.invoke(app, ["study", "--help"]).output  # where replay works, it is offered
 
 
 @pytest.mark.parametrize("extra", [[], ["--gpus", "0"]])
@@ -213,8 +249,8 @@ def test_a_log_gets_a_few_lines_per_study_with_labelled_counts(in_tmp):
     assert re.fullmatch(rf"{name}: 8/8 configs measured, best [\d.]+ ms \(x[\d.]+ vs default\)", lines[1])
     assert re.fullmatch(rf"{name}: confirming 3 candidate\(s\): trial #\d+, trial #\d+, trial #\d+ against "
                         "vLLM's default", lines[2])
-    assert re.fullmatch(rf"{name}: (confirmed x[\d.]+ \[[\d.]+, [\d.]+\] \(trial #\d+|vLLM's default kept: ).*"
-                        r"\d+ rounds, [\d.]+ GPU s\)", lines[-1])
+    assert re.fullmatch(rf"{name}: confirmed x1\.2\d\d \[[\d.]+, [\d.]+\] \(trial #\d+; \d+ rounds, [\d.]+ GPU s\)",
+                        lines[-1]), lines[-1]
     again = cli.invoke(app, ["study", "--backend", "TRITON_MLA", "--workload", "spec:64q1s4k", "--runner", "fake"])
     lines = [ln for ln in again.output.splitlines() if ln.startswith(name + ":")]
     assert lines == [f"{name}: resumed: 8/8 configs measured"]  # never "best - ms"

@@ -13,6 +13,7 @@ from mla_tune import api
 from mla_tune.cli import app
 from mla_tune.errors import UsageError
 from mla_tune.serving import Match, PerBatchRule, Point, deploy, load_profile
+from mla_tune.serving.deploy import PointCost
 from mla_tune.tables.export import dump_yaml, write_table
 from mla_tune.tables.table import TABLE_KIND
 from mla_tune.traffic import Traffic
@@ -111,6 +112,26 @@ def test_eager_triton_points_follow_the_context_graphed_triton_does_not():
                   ).profile.rule("num_kv_splits").points[0].value == 4
 
 
+def test_a_per_batch_value_says_what_it_costs_the_other_contexts_of_its_batch(tmp_path: Path):
+    """Under CUDA graphs one value serves every context of a batch size: where a context's own best differs, its
+    cost there is printed, from the table's own entries (as the global knobs' cost lines are)."""
+    t = table("FLASH_ATTN_MLA", [
+        entry("8q1s1k", FA, [({}, 0.030), ({"max_num_splits": 1}, 0.027)], best={"max_num_splits": 1}),
+        entry("8q1s16k", FA, [({}, 0.100), ({"max_num_splits": 1}, 0.110)]),
+    ])
+    d = deploy([t], traffic(_8q1s1k=10, _8q1s16k=1), "0.20.0")  # cap 1: 0.38 in all, vLLM's 32: 0.40
+    assert d.profile.rule("max_num_splits").points == (Point(8, 1, None, "8q1s1k+8q1s16k"),)
+    assert d.point_costs == (PointCost("max_num_splits", 8, 1, "8q1s16k", 1.0, 0.110, 0.100),)
+    flow = tmp_path / "t.csv"
+    flow.write_text("spec,weight\n8q1s1k,10\n8q1s16k,1\n")
+    r = CliRunner().invoke(app, ["deploy", str(write_table(t, tmp_path / "t.yaml")), "-o", str(tmp_path / "p.yaml"),
+                                 "--traffic", str(flow), "--vllm", "0.20.0"])
+    lines = r.output.splitlines()
+    at = lines.index("  per batch  max_num_splits: 8 -> 1  (decode tokens; nearest measured)")
+    assert lines[at + 1] == "             8 -> 1 on the other shapes of that batch: 8q1s16k x0.909 vs each one's own best"
+    assert deploy([triton_table()], vllm="0.20.0").point_costs == ()  # eager: a point per context, no other
+
+
 # -- global knobs -------------------------------------------------------------------------------------------
 def graphs_table(small_eager_measured: bool = True) -> dict:
     """FLASHMLA: 8q1s4k runs faster eager, 64q1s4k faster graphed; cuda_graphs has one value per deployment."""
@@ -171,18 +192,56 @@ def test_reorder_threshold_chosen_at_build():
     assert d.settings.plugin_only == ()  # the plugin applies it from at_build; no vLLM flag exists
 
 
+def threshold_table() -> dict:
+    """FLASH_ATTN_MLA: threshold 128 sends the mixed batch's 512-token requests to the prefill pipeline (faster);
+    on 8q1s4k and 8q4s4k (query lengths 1 and 4) 128 and vLLM's 512 split the batch alike."""
+    return table("FLASH_ATTN_MLA", [
+        entry("8q1s4k", FA, [({}, 0.036), ({"max_num_splits": 1}, 0.090)]),
+        entry("8q4s4k", FA, [({}, 0.081), ({"max_num_splits": 1}, 0.100)]),
+        entry("2q512s2k_16q1s2k", {**FA, "cuda_graphs": False}, [({}, 0.95), ({"reorder_batch_threshold": 128}, 0.73)],
+              best={"reorder_batch_threshold": 128}),
+    ])
+
+
+def test_a_global_value_is_deployed_only_where_it_runs_a_shape_of_the_traffic_differently(tmp_path: Path):
+    # pure decode and spec decode with 4 tokens: 128 changes nothing there, so vLLM's 512 stays, with why
+    d = deploy([threshold_table()], traffic(_8q1s4k=50, _8q4s4k=50), "0.20.0")
+    g = _choice(d, "reorder_batch_threshold")
+    assert (g.value, g.default, g.costs) == (512, 512, ())
+    assert g.rejected == ((128, "runs no shape of the traffic differently from vLLM's default (only "
+                                "2q512s2k_16q1s2k, which carries no traffic)"),)
+    assert d.profile.at_build == ()
+    # with the mixed batch in the traffic 128 wins there, priced only where it runs differently
+    d = deploy([threshold_table()], traffic(_8q4s4k=50, _2q512s2k_16q1s2k=1), "0.20.0")
+    g = _choice(d, "reorder_batch_threshold")
+    assert g.value == 128 and d.profile.at_build == (("reorder_batch_threshold", 128),)
+    assert g.costs == (("2q512s2k_16q1s2k", 1.0, 0.73, 0.73),)  # not 8q4s4k, which 128 does not touch
+    assert g.rejected == ((512, "weighted 1.301x the chosen value's latency"),)
+    flow = tmp_path / "t.csv"
+    flow.write_text("spec,weight\n8q1s4k,50\n8q4s4k,50\n")
+    r = CliRunner().invoke(app, ["deploy", str(write_table(threshold_table(), tmp_path / "t.yaml")), "-o",
+                                 str(tmp_path / "p.yaml"), "--traffic", str(flow), "--vllm", "0.20.0"])
+    lines = r.output.splitlines()
+    at = lines.index("  global     reorder_batch_threshold=512")
+    assert lines[at + 1].startswith("             not reorder_batch_threshold=128: runs no shape of the traffic")
+    assert not lines[at + 2].startswith("      ") and "at build" not in r.output
+
+
 # -- what deploy refuses or reports ----------------------------------------------------------------------------
 @pytest.mark.parametrize(("other", "why"), [
-    ({"backend": "FLASHMLA"}, "backend"), ({"gpu": {**H100, "name": "NVIDIA H200"}}, "GPU"),
-    ({"gpu": {**H100, "compute_capability": "10.0"}}, "GPU"), ({"heads": 16}, "model dims"),
-    ({"kv": "fp8"}, "KV dtype"),
+    ({"backend": "FLASHMLA"}, "backend FLASH_ATTN_MLA vs FLASHMLA"),
+    ({"gpu": {**H100, "name": "NVIDIA H200"}}, "GPU NVIDIA H100 80GB HBM3 vs NVIDIA H200"),
+    ({"gpu": {**H100, "compute_capability": "10.0"}}, "compute capability 9.0 vs 10.0"),
+    ({"heads": 16}, "query heads per GPU 128 vs 16"),
+    ({"kv": "fp8"}, "KV cache dtype auto vs fp8"),
 ])
-def test_tables_of_different_engines_are_refused(other: dict, why: str):
+def test_tables_of_different_engines_are_refused_naming_the_field(other: dict, why: str):
     backend = other.pop("backend", "FLASH_ATTN_MLA")
     second = table(backend, fa_table()["entries"], **other)
-    with pytest.raises(UsageError, match="the tables differ in backend, GPU, model dims or KV dtype") as e:
-        deploy([fa_table(), second], vllm="0.20.0")
-    assert why in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(UsageError) as e:
+        deploy([fa_table(), fa_table(), second], vllm="0.20.0")
+    assert str(e.value).startswith(f"the tables differ in {why} (table 1 vs table 3): a profile is for one engine")
+    assert "\n" not in str(e.value) and "('" not in str(e.value)
 
 
 @pytest.mark.parametrize("order", ["replay first", "replay second"])

@@ -25,7 +25,10 @@ def alias_bomb() -> str:
 
 CASES = {
     "bomb.yaml": (alias_bomb, "line 3: not valid YAML: YAML aliases (*name) are not accepted"),
+    # 20000 levels: PyYAML 6.0.4's libyaml refuses at 1000 while scanning ahead, 6.0.3 lets the composer refuse
     "deep.yaml": (lambda: HEAD + "x: " + "[" * 20000 + "]" * 20000 + "\n", "nested deeper than 32 levels"),
+    "deep40.yaml": (lambda: HEAD + "x: " + "[" * 40 + "]" * 40 + "\n", "nested deeper than 32 levels"),
+    "deepmap.yaml": (lambda: HEAD + "x: " + "{a: " * 3000 + "1" + "}" * 3000 + "\n", "nested deeper than 32 levels"),
     "block.yaml": (lambda: HEAD + "x:\n" + "".join(" " * i + "- \n" for i in range(1, 60)), "nested deeper"),
     "dup.yaml": (lambda: HEAD + "backend: A\nbackend: B\n", "line 3: not valid YAML: duplicate key 'backend'"),
     "int.yaml": (lambda: HEAD + "x: " + "9" * 5000 + "\n", "not valid YAML: Exceeds the limit"),
@@ -46,6 +49,47 @@ def test_hostile_yaml_text_is_one_line_naming_the_file(tmp_path, name):
         _yaml.load(path)
     assert time.monotonic() - start < 0.5  # refused while reading, not after expanding
     assert str(e.value).startswith(f"{path}: ") and words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_pyyaml_refusing_deep_nesting_in_its_own_words_is_our_one_message(tmp_path, monkeypatch):
+    """Whatever PyYAML version refuses first, and in whatever words, the user reads mla-tune's limit."""
+    from yaml.error import Mark
+    from yaml.scanner import ScannerError
+
+    mark = Mark("<unicode string>", 0, 1, 1002, None, None)
+
+    def refuse(self):
+        raise ScannerError("while increasing flow level", mark, "exceeded maximum nesting depth", mark)
+
+    monkeypatch.setattr(_yaml._StrictLoader, "get_single_data", refuse)
+    path = tmp_path / "t.yaml"
+    path.write_text(HEAD + "x: [[1]]\n")
+    with pytest.raises(DataFileError) as e:
+        _yaml.load(path)
+    assert str(e.value) == f"{path}: line 2: not valid YAML: nested deeper than 32 levels"
+
+
+@pytest.mark.parametrize("text, words", [
+    ("x: [1\n", "expected ',' or ']'"),  # a scanner/parser error about something else keeps its words
+    ("depth: 1\ndepth: 2\n", "duplicate key 'depth'"),  # a key named depth is not a nesting refusal
+])
+def test_other_pyyaml_errors_keep_their_words(tmp_path, text, words):
+    path = tmp_path / "t.yaml"
+    path.write_text(HEAD + text)
+    with pytest.raises(DataFileError) as e:
+        _yaml.load(path)
+    assert words in str(e.value) and "nested deeper" not in str(e.value)
+
+
+def test_a_recursion_error_is_the_nesting_message(tmp_path, monkeypatch):
+    def recurse(self):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(_yaml._StrictLoader, "get_single_data", recurse)
+    path = tmp_path / "t.yaml"
+    path.write_text(HEAD)
+    with pytest.raises(DataFileError, match="not valid YAML: nested deeper than 32 levels$"):
+        _yaml.load(path)
 
 
 def test_the_alias_bomb_is_the_size_of_the_reported_one(tmp_path):

@@ -3,7 +3,9 @@
 ``load`` is the one way mla-tune reads a YAML file (tables, profiles, search spaces, models, workloads, traffic).
 It reads only regular files, at most ``MAX_BYTES`` of them, as UTF-8 text; it refuses YAML aliases (an alias bomb
 of a few KB expands to gigabytes), nesting deeper than ``MAX_DEPTH`` (deep nesting ends in a RecursionError
-elsewhere) and duplicate keys (the last one would silently win). Values are then checked by the caller with
+elsewhere) and duplicate keys (the last one would silently win). Deep nesting is one message whoever refuses it
+first: libyaml 0.2.6 (PyYAML 6.0.4's wheels) stops at 1000 flow levels while scanning ahead, before the composer
+here has seen 33, with its own words. Values are then checked by the caller with
 ``check_keys``/``expect`` and the number checks here.
 """
 
@@ -11,8 +13,9 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,9 @@ from yaml.composer import Composer
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.events import AliasEvent
 from yaml.nodes import ScalarNode
+from yaml.parser import ParserError
 from yaml.resolver import Resolver
+from yaml.scanner import ScannerError
 
 from .errors import DataFileError
 
@@ -45,6 +50,16 @@ MAX_DEPTH = 32  # the deepest of ours is 5 (entries[i].best_candidate.params.<kn
 
 class _Refused(yaml.MarkedYAMLError):
     """A limit of ``load``: no alias, no deep nesting, no duplicate key."""
+
+
+TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels"
+# PyYAML's own refusal of deep nesting (libyaml 0.2.6: "exceeded maximum nesting depth"), in whatever words: a
+# scanner or parser error (those quote no key or value of the file) that speaks of nesting or depth.
+_PYYAML_TOO_DEEP = re.compile(r"nest|depth|too deep", re.IGNORECASE)
+
+
+def _pyyaml_too_deep(e: yaml.YAMLError) -> bool:
+    return isinstance(e, (ScannerError, ParserError)) and bool(_PYYAML_TOO_DEEP.search(str(e.problem or "")))
 
 
 class _StrictLoader(_Parser, SafeConstructor, Resolver):
@@ -71,7 +86,7 @@ class _StrictLoader(_Parser, SafeConstructor, Resolver):
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
-                raise _Refused(None, None, f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark)
+                raise _Refused(None, None, TOO_DEEP, self.peek_event().start_mark)
             return Composer.compose_node(self, parent, index)
         finally:
             self._depth -= 1
@@ -87,11 +102,13 @@ class _StrictLoader(_Parser, SafeConstructor, Resolver):
         return super().construct_mapping(node, deep)
 
 
-def read_bytes(path: Path, max_bytes: int | None = None, what: str = "a file") -> bytes:
+def read_bytes(path: Path, max_bytes: int | None = None, what: str = "a file",
+               sniff: Callable[[bytes], None] | None = None) -> bytes:
     """The bytes of a regular file of at most ``max_bytes``; anything else is one ``DataFileError`` line.
 
     The type is checked before opening (a FIFO would block the open, a device never ends), and again on the
     open descriptor; at most ``max_bytes + 1`` bytes are read, so /dev/zero or a growing file cannot fill memory.
+    ``sniff`` sees what was read before the size is checked: a known kind of file can be named even when large.
     """
     name, max_bytes = str(path), MAX_BYTES if max_bytes is None else max_bytes
     check_regular_file(path, what)
@@ -107,6 +124,8 @@ def read_bytes(path: Path, max_bytes: int | None = None, what: str = "a file") -
         raise DataFileError(name, "", f"cannot read: {e.strerror}") from e
     finally:
         os.close(fd)
+    if sniff is not None:
+        sniff(data)
     if len(data) > max_bytes:
         raise DataFileError(name, "", f"over the size limit of {max_bytes:,} bytes: not {what} mla-tune wrote")
     return data
@@ -157,18 +176,38 @@ def parse(name: str, text: str) -> Any:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         where = f"line {mark.line + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e)
+        if _pyyaml_too_deep(e):
+            problem = TOO_DEEP  # PyYAML refused the nesting before the composer could: the same limit, one message
         raise DataFileError(name, where, f"not valid YAML: {' '.join(str(problem).split())}") from None
-    except (ValueError, OverflowError, RecursionError) as e:  # an int of 5000 digits, a date of month 13, ...
+    except RecursionError:  # nesting that got past every limit above still gets the one message
+        raise DataFileError(name, "", f"not valid YAML: {TOO_DEEP}") from None
+    except (ValueError, OverflowError) as e:  # an int of 5000 digits, a date of month 13, ...
         raise DataFileError(name, "", f"not valid YAML: {' '.join(str(e).split())[:200]}") from None
     finally:
         loader.dispose()
+
+
+_SQLITE = b"SQLite format 3\x00"
+_JOURNAL = re.compile(rb'\s*\{\s*"op_code"\s*:')  # the first line of an Optuna journal file: {"op_code":0,...
+
+
+def refuse_storage(name: str, data: bytes) -> None:
+    """An Optuna study storage (a journal file, an SQLite database) where a YAML file goes, as in
+    ``mla-tune show results/studies.journal``: one line saying what it is and how to read it."""
+    if data.startswith(_SQLITE):
+        raise DataFileError(name, "", "is an SQLite database (a study storage?), not YAML: list its studies with "
+                            f"`mla-tune show --storage sqlite:///{name}`")
+    if _JOURNAL.match(data[:200]):
+        raise DataFileError(name, "", "is an Optuna journal (a study storage), not YAML: list its studies with "
+                            f"`mla-tune show --storage {name}`")
 
 
 def load(path: Path, versions: tuple[int, ...] = (SCHEMA_VERSION,)) -> dict[str, Any]:
     """Parse ``path`` into a mapping and check its ``schema_version`` is one of ``versions`` (a format that grew a
     version, tuning tables, passes those it reads)."""
     name = str(path)
-    data = parse(name, decode_text(name, read_bytes(Path(path), what="a YAML file"), "YAML text"))
+    raw = read_bytes(Path(path), what="a YAML file", sniff=lambda head: refuse_storage(name, head))
+    data = parse(name, decode_text(name, raw, "YAML text"))
     if not isinstance(data, dict):
         raise DataFileError(name, "", "expected a mapping at the top level")
     version = data.get("schema_version")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+import re
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import StudyNotFoundError, UnknownNameError, UsageError
+from .errors import RunnerUnavailableError, StudyNotFoundError, UnknownNameError, UsageError
 from .catalog import list_models, list_spaces, list_workloads  # the listings, without Optuna
 from .models import get_model
 from .records import StudyName
@@ -19,7 +21,7 @@ from .study.setup import (NOT_TUNED, build_request, build_requests, check_tunabl
                           preflight, require_backend)
 from .tables.summary import StudySummary
 from .sweep import DEFAULT_ROUNDS
-from .types import BackendStatus, Environment
+from .types import BackendStatus, Environment, gpu_short_name
 from .workloads import Workload, get_workload
 
 
@@ -39,7 +41,7 @@ def run_study(*, backend: str | Sequence[str], workload: str | Sequence[str], mo
               progress: Callable[[Any], None] | None = None) -> StudyOutcome:
     """Run (or resume) the studies of one or several backends, workloads and TPs, confirm their winners, and
     summarize them. Several go through one runner (vLLM imported, its worker started and the GPU locked once), a
-    backend at a time, TP by TP, workload by workload (``study_setup.build_requests``).
+    backend at a time, TP by TP, workload by workload (``study.setup.build_requests``).
 
     Order matters for "bad input writes nothing": names are validated, the runner is made and asked whether
     every backend and shape runs here, and only then is the storage opened (created) and a study written.
@@ -262,6 +264,25 @@ class Verification:
         return [r for r in self.results if r.verdict == "failed"]
 
 
+RECORDINGS = Path("results/sweeps")  # the recorded sweeps of a clone, one folder per GPU (h100, h200)
+_REPLAY_HINT = re.compile(r",? or use --runner replay:\S+")
+
+
+@contextmanager
+def replay_hint_for(gpu: str) -> Iterator[None]:
+    """A runner that cannot start here suggests replaying recordings: name those of ``gpu`` (what is verified was
+    measured there), or say there are none, instead of another GPU's."""
+    try:
+        yield
+    except RunnerUnavailableError as e:
+        if not e.hint or not _REPLAY_HINT.search(e.hint):
+            raise
+        own = RECORDINGS / gpu.lower()
+        instead = (f", or replay the {gpu}'s recordings: --runner replay:{own}" if own.is_dir() else
+                   f"; no {gpu} recordings in {RECORDINGS} to replay")
+        raise RunnerUnavailableError(e.message, hint=_REPLAY_HINT.sub(lambda _: instead, e.hint)) from None
+
+
 def verify_target(path: Path, *, runner: str | Runner = "vllm", rounds: int = 4, max_rounds: int = 24,
                   progress: Callable[[str], None] | None = None) -> Verification:
     """Re-measure each tuned setting of a table or profile against vLLM's default on this host: paired rounds,
@@ -284,13 +305,15 @@ def verify_target(path: Path, *, runner: str | Runner = "vllm", rounds: int = 4,
         kind, backend, kv = "profile", profile.match.backend, profile.match.kv_cache_dtype
         items, dims = profile_items(profile), profile_dims(profile)
         source = "; ".join(profile.provenance.get("measured_with") or [profile.match.gpu])
+        gpu = profile.match.gpu
     else:
         table = load_table(path)
         kind, backend, kv = "table", table["backend"], table["kv_cache_dtype"]
         items, dims = table_items(table), table_dims(table)
         prov = table["provenance"]
         source = f"{prov['gpu']['name']}, vLLM {prov.get('vllm')}, runner {prov.get('runner')}"
-    with open_runner(runner) as r:
+        gpu = gpu_short_name(str(prov["gpu"]["name"]))
+    with replay_hint_for(gpu), open_runner(runner) as r:
         for b in item_backends(backend, items):  # auto: vLLM's default backend and every one a config chose
             require_backend(r, b)
         with gpu_locked(r):

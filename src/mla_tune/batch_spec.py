@@ -1,8 +1,12 @@
 """The batch-spec grammar of vLLM's attention benchmarks, as pure functions.
 
-A spec is ``_``-separated segments ``[count]q<q_len>[k][s<kv_len>[k]]``: ``64q1s4k`` is 64 requests of one
+A spec is ``_``-separated segments ``[count]q<q_len>[k][s<kv_len>[k|t]]``: ``64q1s4k`` is 64 requests of one
 new token over 4096 tokens of context, ``q2k`` one prefill of 2048 tokens (``kv_len`` defaults to ``q_len``),
 ``2q2k_32q1s1k`` a mixed batch. ``k`` multiplies by 1024. ``parse(format(shape)) == shape`` for every shape.
+
+A context written as a bare number under ``MIN_CONTEXT`` (``64q1s4``) is refused as a forgotten ``k``: one that
+short is written with ``t`` for tokens (``q1s6t``: one new token over 6 tokens of context), and ``format`` writes
+it so. vLLM's benchmark grammar has no ``t``; every spec of mla-tune's workloads has a context of 1k or more.
 """
 
 from __future__ import annotations
@@ -13,12 +17,13 @@ from itertools import groupby
 from .errors import BatchSpecError
 from .types import Request, Shape
 
-_SEGMENT = re.compile(r"(\d*)q(\d+)(k?)(?:s(\d+)(k?))?")
+_SEGMENT = re.compile(r"(\d*)q(\d+)(k?)(?:s(\d+)(k|t)?)?")
 SPEC_DECODE_MAX_Q = 16  # extends with at most this many new tokens are speculative-decode verifications
+MIN_CONTEXT = 16  # a bare s<n> under this is taken for a forgotten k; s<n>t says "n tokens" on purpose
 
 
-def _size(digits: str, k: str) -> int:
-    return int(digits) * (1024 if k else 1)
+def _size(digits: str, unit: str | None) -> int:
+    return int(digits) * (1024 if unit == "k" else 1)
 
 
 # The batches mla-tune measures, checked on a spec's text before a request is built: ``99999999q1s4k`` would
@@ -63,6 +68,9 @@ def parse(spec: str) -> Shape:
             raise BatchSpecError(spec, seg, "count must be at least 1")
         if q_len < 1:
             raise BatchSpecError(spec, seg, "q_len must be at least 1")
+        if m.group(4) and not m.group(5) and kv_len < MIN_CONTEXT:
+            raise BatchSpecError(spec, seg, f"a context of {kv_len} tokens: for {kv_len * 1024} write s{kv_len}k "
+                                 f"(a context under {MIN_CONTEXT} tokens is written s{kv_len}t)")
         if kv_len < q_len:
             raise BatchSpecError(spec, seg, f"kv_len {kv_len} is shorter than q_len {q_len}")
         requests.extend([Request(q_len, kv_len)] * count)
@@ -80,7 +88,7 @@ def format(shape: Shape) -> str:  # noqa: A001 - the grammar's own verb, paired 
         count = sum(1 for _ in group)
         seg = f"{count if count > 1 else ''}q{_fmt_size(req.q_len)}"
         if req.kv_len != req.q_len:
-            seg += f"s{_fmt_size(req.kv_len)}"
+            seg += f"s{_fmt_size(req.kv_len)}" + ("t" if req.kv_len < MIN_CONTEXT else "")
         segments.append(seg)
     return "_".join(segments)
 

@@ -47,6 +47,8 @@ app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True
                   help="Measure vLLM's MLA attention settings for your GPU, model and traffic; export tuning tables.")
 
 RUNNER_HELP = "vllm (this GPU) or replay:PATH (recorded sweeps, e.g. replay:results/sweeps/h100)"
+# A sweep records what replay plays back: replaying a recording into a new one would only copy it.
+SWEEP_RUNNER_HELP = "vllm: measure on this GPU (a sweep records measurements, so the replay runner is refused)"
 STORAGE_HELP = ("journal file path, sqlite:///FILE or postgresql://... [default: $MLA_TUNE_STORAGE, else "
                 "results/studies.journal]")
 MODEL_HELP = "model preset (mla-tune spaces --models)"
@@ -466,7 +468,7 @@ def sweep(
     kv_cache_dtype: str = typer.Option("auto", help="auto (bf16) or fp8"),
     rounds: int = typer.Option(3, min=1, max=100, help="recordings per config, interleaved: each round visits "
                                "every config of a shape in a new order"),
-    runner: str = typer.Option("vllm", help=RUNNER_HELP),
+    runner: str = typer.Option("vllm", help=SWEEP_RUNNER_HELP),
 ) -> None:
     """Measure every config of a space (all raw samples, in interleaved rounds): what replay plays back."""
     from . import api

@@ -139,5 +139,16 @@ def get_workload(name: str, path: Path | None = None) -> Workload:
         return _traffic_workload(name[len(TRAFFIC_PREFIX):])
     workloads = load_workloads(path)
     if name not in workloads:
-        raise UnknownNameError("workload", name, workloads)
+        e = UnknownNameError("workload", name, workloads)
+        e.hint = _spec_hint(name)
+        raise e
     return workloads[name]
+
+
+def _spec_hint(name: str) -> str | None:
+    """``64q1s4k`` is a batch spec, not a workload name: say how to give it."""
+    try:
+        parse_shapes(name)
+    except BatchSpecError:
+        return None
+    return f"batch shapes are given as {SPEC_PREFIX}{name}"

@@ -69,7 +69,8 @@ PREFILL = Knob(
     description="prefill kernel for the batch part above the reorder threshold (auto = vLLM picks)",
     runner=RunnerApply.ENGINE, serving=ServingApply.ATTENTION_CONFIG,
     matters=_prefill_matters, detail_key="prefill",
-    # FA2 selected for prefill turns off FA3's ahead-of-time decode scheduling (FINDINGS.md).
+    # FA2 selected for prefill turns off FA3's ahead-of-time decode scheduling: selecting it sets vLLM's flash-attn
+    # version to 2, FlashAttnMLAMetadataBuilder schedules ahead of time (and reads the split cap) only on version 3.
     affects_decode_on=("FLASH_ATTN_MLA",))
 
 def _fp8_prefill(s: Situation) -> bool:

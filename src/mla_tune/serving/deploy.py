@@ -1,12 +1,15 @@
 """``deploy``: tuning tables + traffic -> a serving profile, and what each global choice costs. Pure.
 
 A knob that must hold one value for the whole deployment gets the value with the best traffic-weighted latency
-over the measured shapes, priced from each entry's measured configs (``landscape``); a value not measured on a
-shape that carries traffic is not chosen. Per-batch knobs are decided after those, under them: each measured
-decode batch's tuned value (or vLLM's default) is re-priced with the chosen global values in its config, as the
-deployment will run it, and a tuned value that was not measured that way, or loses to the default that way, is
-not applied (a split cap tuned with FA3 prefill says nothing once FA2 prefill is chosen globally). Shapes that
-fail on every config are left out; traffic shapes no table measured are reported and get vLLM's defaults.
+over the measured shapes that carry traffic, priced from each entry's measured configs (``landscape``); a value
+not measured on a shape that carries traffic is not chosen, and neither is one that runs no shape of the traffic
+differently from vLLM's default (the reorder threshold changes nothing on a batch whose query lengths all lie on
+one side of both values): its gain would not be measured where it is deployed. Per-batch knobs are decided after
+those, under them: each measured decode batch's tuned value (or vLLM's default) is re-priced with the chosen global
+values in its config, as the deployment will run it, and a tuned value that was not measured that way, or loses to
+the default that way, is not applied (a split cap tuned with FA3 prefill says nothing once FA2 prefill is chosen
+globally). Shapes that fail on every config are left out; traffic shapes no table measured are reported and get
+vLLM's defaults.
 """
 
 from __future__ import annotations
@@ -64,9 +67,24 @@ class GlobalChoice:
     knob: str
     value: ParamValue
     default: ParamValue
-    # (shape, weight, ms with this value, ms with the shape's own best) for every shape with traffic
+    # (shape, weight, ms with this value, ms with the shape's own best) for every shape this value runs differently
+    # from vLLM's default
     costs: tuple[tuple[str, float, float | None, float | None], ...]
     rejected: tuple[tuple[ParamValue, str], ...]  # other candidate values and why they lost
+
+
+@dataclass(frozen=True)
+class PointCost:
+    """What a per-batch point's value costs a measured shape it serves whose own best value is another: the point
+    at ``tokens`` decode tokens serves every context measured at that batch (under CUDA graphs)."""
+
+    knob: str
+    tokens: int
+    value: ParamValue
+    shape: str
+    weight: float
+    ms: float | None  # the shape's latency with the point's value (None: not measured)
+    own: float | None  # with its own best value
 
 
 @dataclass(frozen=True)
@@ -77,6 +95,7 @@ class Deployment:
     unmeasured: tuple[str, ...]  # traffic shapes no table measured (vLLM's defaults serve them)
     skipped: tuple[str, ...]  # table shapes left out, with why
     cautions: tuple[str, ...] = ()  # known faults of the target vLLM that this deployment must stay clear of
+    point_costs: tuple[PointCost, ...] = ()  # per-batch values on the shapes whose own best value differs
 
 
 def _sources(table: Mapping[str, Any]) -> tuple[list[Source], list[str]]:
@@ -102,6 +121,11 @@ def _sources(table: Mapping[str, Any]) -> tuple[list[Source], list[str]]:
     return out, skipped
 
 
+# What a table's engine is, in the order ``_match`` reads it: tables differing in any of these are not one engine.
+_ENGINE_FIELDS = ("backend", "GPU", "compute capability", "query heads per GPU", "kv_lora_rank", "qk_rope_head_dim",
+                  "KV cache dtype")
+
+
 def _match(tables: Sequence[Mapping[str, Any]], adapter: Adapter) -> Match:
     for t in tables:
         if t["provenance"].get("runner") != "vllm":
@@ -113,9 +137,11 @@ def _match(tables: Sequence[Mapping[str, Any]], adapter: Adapter) -> Match:
         keys.append((t["backend"], prov["gpu"]["name"], str(prov["gpu"]["compute_capability"]),
                      model["num_q_heads"], model.get("kv_lora_rank", 512), model.get("qk_rope_head_dim", 64),
                      t["kv_cache_dtype"]))
-    if len(set(keys)) > 1:
-        raise UsageError("the tables differ in backend, GPU, model dims or KV dtype: deploy one engine's tables "
-                         f"together ({keys[0]} vs {next(k for k in keys if k != keys[0])})")
+    other = next((i for i, k in enumerate(keys) if k != keys[0]), None)
+    if other is not None:
+        differ = ", ".join(f"{name} {a} vs {b}" for name, a, b in zip(_ENGINE_FIELDS, keys[0], keys[other]) if a != b)
+        raise UsageError(f"the tables differ in {differ} (table 1 vs table {other + 1}): a profile is for one "
+                         "engine; deploy the tables of one backend, GPU, model and KV dtype together")
     backend, gpu, cc, heads, rank, rope, kv = keys[0]
     return Match(gpu_short_name(gpu), cc, backend, int(heads), int(rank), int(rope), str(kv), adapter.family)
 
@@ -130,7 +156,7 @@ def _threshold(s: Source) -> int:
 
 
 def _rule(name: str, sources: list[Source], traffic: Traffic, adapter: Adapter, space: SearchSpace
-          ) -> PerBatchRule | None:
+          ) -> tuple[PerBatchRule | None, list[PointCost]]:
     backend = space.backend
     k = knob(name)
     graphs = adapter.backends[backend].cuda_graph_support
@@ -140,13 +166,15 @@ def _rule(name: str, sources: list[Source], traffic: Traffic, adapter: Adapter, 
         if not _is_decode(s) or not _matters(name, s, space):
             continue
         groups.setdefault((s.shape.num_tokens, s.shape.max_kv_len if eager_path else None), []).append(s)
-    points = []
+    points, costs = [], []
     for (tokens, context), group in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1] or 0)):
         value = _best_value(name, group, traffic, [s.chosen[name] for s in group], space)[0]
         points.append(Point(tokens, value, context, "+".join(s.spec for s in group)))
+        costs += [PointCost(name, tokens, value, s.spec, traffic.weight(s.spec), s.priced(name, value, space),
+                            s.latency(s.chosen)) for s in group if s.changed({name: value}, space) != s.chosen]
     if not points or all(p.value == k.default(backend) for p in points):
-        return None
-    return PerBatchRule(name, tuple(points))
+        return None, []
+    return PerBatchRule(name, tuple(points)), costs
 
 
 def _best_value(name: str, group: list[Source], traffic: Traffic, candidates: list[ParamValue], space: SearchSpace
@@ -178,11 +206,39 @@ def _matters(name: str, s: Source, space: SearchSpace) -> bool:
 
 
 def _global(name: str, sources: list[Source], traffic: Traffic, space: SearchSpace) -> GlobalChoice:
+    """One value for the deployment: priced on the shapes that carry traffic, among the values that run one of
+    them differently from vLLM's default; vLLM's default where no other value does."""
     relevant = [s for s in sources if _matters(name, s, space)]
-    value, rejected = _best_value(name, relevant, traffic, [s.chosen[name] for s in relevant], space)
+    default = relevant[0].default[name]
+    candidates, idle, changed = [], [], set()
+    for v in dict.fromkeys(s.chosen[name] for s in relevant):
+        if v == default:
+            continue
+        touched = [s.spec for s in relevant if _runs_differently(s, name, v, default, space)]
+        if any(traffic.weight(spec) for spec in touched):
+            candidates.append(v)
+            changed.update(touched)
+        else:
+            idle.append((v, _runs_no_traffic_differently(touched)))
+    # Priced where some candidate runs differently: elsewhere every value costs the same.
+    carried = [s for s in relevant if traffic.weight(s.spec) and s.spec in changed]
+    value, rejected = _best_value(name, carried, traffic, candidates, space) if candidates else (default, [])
     costs = tuple((s.spec, traffic.weight(s.spec), s.priced(name, value, space), s.latency(s.chosen))
-                  for s in relevant)
-    return GlobalChoice(name, value, relevant[0].default[name] if relevant else value, costs, tuple(rejected))
+                  for s in relevant if _runs_differently(s, name, value, default, space))
+    return GlobalChoice(name, value, default, costs, tuple(idle + rejected))
+
+
+def _runs_differently(s: Source, name: str, value: ParamValue, default: ParamValue, space: SearchSpace) -> bool:
+    """Does ``value`` run this shape differently from vLLM's default (thresholds that split it alike do not)?"""
+    return s.changed({name: value}, space) != s.changed({name: default}, space)
+
+
+def _runs_no_traffic_differently(touched: list[str]) -> str:
+    if not touched:
+        return "runs no measured shape differently from vLLM's default"
+    more = f" and {len(touched) - 3} more" if len(touched) > 3 else ""
+    return (f"runs no shape of the traffic differently from vLLM's default (only {', '.join(touched[:3])}{more}, "
+            f"which carr{'y' if len(touched) > 1 else 'ies'} no traffic)")
 
 
 def deploy(tables: Sequence[Mapping[str, Any]], traffic: Traffic | None = None, vllm: str | None = None
@@ -215,11 +271,13 @@ def deploy(tables: Sequence[Mapping[str, Any]], traffic: Traffic | None = None, 
         if k.serving is ServingApply.PLUGIN_AT_BUILD and choice.value != choice.default:
             at_build.append((k.name, choice.value))
     served = [s.under({c.knob: c.value for c in globals_}, space) for s in sources]
+    point_costs: list[PointCost] = []
     for k in knobs_for(match.backend):
         if k.per_batch:
-            rule = _rule(k.name, served, traffic, adapter, space)
+            rule, costs = _rule(k.name, served, traffic, adapter, space)
             if rule:
                 rules.append(rule)
+                point_costs += costs
     global_values = {c.knob: c.value for c in globals_ if knob(c.knob).serving is not ServingApply.PLUGIN_AT_BUILD}
     settings = serving_settings(match.backend, global_values, {c.knob: c.default for c in globals_}, adapter)
     prov = {"tables": [_table_label(t) for t in tables], "traffic": traffic.source, "vllm_target": adapter.family,
@@ -229,7 +287,7 @@ def deploy(tables: Sequence[Mapping[str, Any]], traffic: Traffic | None = None, 
     profile = Profile(match, tuple(rules), tuple(at_build), tuple(sorted(global_values.items())), prov)
     return Deployment(profile, settings, tuple(globals_), unmeasured, tuple(skipped),
                       cautions_for(match.backend, adapter, vllm or str(tables[0]["provenance"].get("vllm", "")),
-                                   tables[0]["model"]))
+                                   tables[0]["model"]), tuple(point_costs))
 
 
 def cautions_for(backend: str, adapter: Adapter, version: str, model: Mapping[str, Any]) -> tuple[str, ...]:

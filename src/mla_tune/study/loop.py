@@ -103,7 +103,7 @@ class StudiesRun:
 
 def run_studies(runner: Runner, requests: Sequence[tuple[StudyRequest, AnySpace]], spec: StorageSpec,
                 coordination: Coordination | None = None, progress: ProgressFn | None = None) -> StudiesRun:
-    """Run (or resume) the studies of ``requests`` (``study_setup.build_requests``: several backends, workloads and
+    """Run (or resume) the studies of ``requests`` (``study.setup.build_requests``: several backends, workloads and
     TPs) through one runner, in order; finished trials and confirmations are in the storage.
 
     Order matters for "bad input writes nothing": the runner is asked whether every backend and shape runs here

@@ -74,6 +74,7 @@ def deploy_lines(d: Any, output: str) -> list[str]:
     for rule in p.per_batch:
         pts = ", ".join(f"{pt.tokens}{'@' + str(pt.context) if pt.context else ''} -> {pt.value}" for pt in rule.points)
         lines.append(f"  per batch  {rule.knob}: {pts}  (decode tokens; nearest measured)")
+        lines += _point_cost_lines([c for c in d.point_costs if c.knob == rule.knob])
     for name, value in p.at_build:
         lines.append(f"  at build   {name}={value}  (plugin)")
     for g in d.globals_:
@@ -96,6 +97,24 @@ def deploy_lines(d: Any, output: str) -> list[str]:
     lines.append(f"wrote {output}")
     lines.append(f"serve with: MLA_TUNE_PROFILE={output} vllm serve MODEL {d.settings.args()}".rstrip())
     return lines
+
+
+def _point_cost_lines(costs: list[Any]) -> list[str]:
+    """Per point, what its value costs the other shapes it serves (the other contexts of its batch size), as each
+    one's latency with the point's value against its own best: x0.910 is 10% slower there."""
+    lines = []
+    for (tokens, value), group in _grouped(costs).items():
+        parts = [f"{c.shape} " + (f"x{c.own / c.ms:.3f}" if c.ms and c.own else "not measured") for c in group]
+        lines.append(f"             {tokens} -> {value} on the other shapes of that batch: {', '.join(parts)} "
+                     "vs each one's own best")
+    return lines
+
+
+def _grouped(costs: list[Any]) -> dict[tuple[int, Any], list[Any]]:
+    out: dict[tuple[int, Any], list[Any]] = {}
+    for c in costs:
+        out.setdefault((c.tokens, c.value), []).append(c)
+    return out
 
 
 def verify_lines(v: Any) -> list[str]:

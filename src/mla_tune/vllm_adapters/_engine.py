@@ -1,4 +1,5 @@
-"""Every dependency of mla-tune on vLLM 0.20's internals: configs, MLA impls, metadata builders, patches.
+"""Every dependency of the vllm runner on vLLM's internals (0.20-0.26): configs, MLA impls, metadata builders,
+patches; names that differ between versions come from the installed vLLM's adapter.
 
 Runs inside the worker process only. An ``Engine`` (VllmConfig + impl + metadata builder + mock layer) is built
 once per ``EngineKey`` and cached; metadata once per (engine, inputs, reorder threshold, split cap); per-call
@@ -35,7 +36,9 @@ MAX_NUM_BATCHED_TOKENS = 16384
 # Metadata-builder flags that say which non-FA prefill path vLLM 0.20 took (MLACommonMetadataBuilder.__init__).
 PREFILL_BUILDER_FLAGS = {"flashinfer": "_use_fi_prefill", "cudnn": "_use_cudnn_prefill",
                          "trtllm": "_use_trtllm_ragged_prefill"}
-# functools caches in mla_attention.py that read the current config's prefill settings (FINDINGS.md).
+# functools caches in mla_attention.py that read the current config's prefill settings once per process: without
+# clearing them the prefill path of the first engine built stays for every later one (the first three are gone
+# from 0.21, where prefill selection is cached in the selector instead: ``clear_prefill_caches``).
 _PREFILL_CACHES = ("use_flashinfer_prefill", "use_cudnn_prefill", "use_trtllm_ragged_deepseek_prefill",
                    "backend_supports_prefill_query_quantization")
 # MLACommonImpl._run_prefill_new_tokens_<suffix> -> prefill path.
@@ -216,7 +219,8 @@ def _impl_prefill(impl: Any) -> str | None:
 def check_kv_dtype(key: EngineKey, backend_cls: Any) -> None:
     supported = list(getattr(backend_cls, "supported_kv_cache_dtypes", []) or [])
     if key.kv_cache_dtype != "auto" and key.kv_cache_dtype not in supported:
-        raise UnsupportedCase(f"{key.backend} does not support kv_cache_dtype {key.kv_cache_dtype} in vLLM 0.20 "
+        raise UnsupportedCase(f"{key.backend} does not support kv_cache_dtype {key.kv_cache_dtype} in vLLM "
+                              f"{vllm_version()} "
                               f"(supported: {', '.join(map(str, supported))})")
 
 
@@ -244,7 +248,8 @@ def build_engine(key: EngineKey, model_dir: str, kv_b_proj: KVBProj, device: tor
             kv_lora_rank=dims.kv_lora_rank, qk_nope_head_dim=dims.qk_nope_head_dim,
             qk_rope_head_dim=dims.qk_rope_head_dim, qk_head_dim=dims.qk_nope_head_dim + dims.qk_rope_head_dim,
             v_head_dim=dims.v_head_dim, kv_b_proj=kv_b_proj)
-        # MLACommonImpl leaves these at -1 until vLLM's model runner sets them (FINDINGS.md).
+        # MLACommonImpl.__init__ (0.20-0.26) sets dcp_world_size to -1 for vLLM's model runner to fill in, and
+        # forward_mha asserts it is not -1; without a model runner we set what a single GPU has.
         impl.dcp_world_size, impl.dcp_rank = 1, 0
         spec = MLAAttentionSpec(block_size=block_size, num_kv_heads=1, head_size=dims.head_size,
                                 dtype=torch.bfloat16 if key.kv_cache_dtype == "auto" else torch.uint8,
@@ -467,7 +472,7 @@ def _prefill_status(name: str, cc: str) -> BackendStatus:
 
 
 def backend_statuses(cc: str) -> tuple[BackendStatus, ...]:
-    """Every decode backend and every prefill path, with vLLM 0.20's own checks where it has them."""
+    """Every decode backend and every prefill path, with the installed vLLM's own checks where it has them."""
     prefill = tuple(p for p in PREFILL_BACKENDS if p != "auto")
     return tuple(_decode_status(n, cc) for n in BACKENDS) + tuple(_prefill_status(p, cc) for p in prefill)
 
