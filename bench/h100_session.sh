@@ -19,21 +19,26 @@
 set -uo pipefail
 [[ ${1:-} ]] || { sed -n 2,20p "$0"; exit 2; }
 
-if [[ $1 == pack ]]; then
+if [[ $1 == pack ]]; then  # .gpurun is ignored (.git/info/exclude): carry it in the calls that run steps
   rm -rf .gpurun && mkdir -p .gpurun
-  git archive HEAD -o .gpurun/tree.tar
-  tmp=$(mktemp -d) && tar -xf .gpurun/tree.tar -C "$tmp" && python -m pip wheel -q --no-deps -w .gpurun "$tmp"
+  git archive HEAD -o .gpurun/tree.tar ':!results'  # the working tree travels anyway; results/ is not needed twice
+  tmp=$(mktemp -d) && tar -xf .gpurun/tree.tar -C "$tmp" && cp README.md "$tmp"/ &&
+    python -m pip wheel -q --no-deps -w .gpurun "$tmp"
   rm -rf "$tmp"; git rev-parse HEAD > .gpurun/commit; ls -la .gpurun; exit 0
 fi
 
-W=/tmp/w; K20=/opt/mla-kit/site; START=$SECONDS
+W=/tmp/w; K20=/opt/mla-kit/site; START=$SECONDS; COMMIT=$(cat .gpurun/commit)
 mkdir -p $W /tmp/mt && tar -xf .gpurun/tree.tar -C $W
-[[ -f /tmp/mt/.installed ]] || { python3 -m pip install -q --no-index --no-deps --target /tmp/mt .gpurun/*.whl 2>&1 |
-  grep -v root; touch /tmp/mt/.installed; }
+if [[ $(cat /tmp/mt/.installed 2>/dev/null) != "$COMMIT" ]]; then  # a re-packed commit replaces the install
+  rm -rf /tmp/mt && mkdir -p /tmp/mt
+  python3 -m pip install -q --no-index --no-deps --target /tmp/mt .gpurun/*.whl > $W/pip.log 2>&1 &&
+    echo "$COMMIT" > /tmp/mt/.installed || { cat $W/pip.log; exit 1; }
+fi
+[[ -f .gpurun/cool.yaml && ! -f $W/logs/cool.yaml ]] && mkdir -p $W/logs && cp .gpurun/cool.yaml $W/logs/  # a new machine
 export VLLM_LOGGING_LEVEL=WARNING PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false PYTHONPATH=/tmp/mt:$K20
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 cd $W && mkdir -p logs studies sweeps
-echo "commit $(cat "$OLDPWD/.gpurun/commit")" | tee logs/commit.txt
+echo "commit $COMMIT" | tee logs/commit.txt
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw,power.limit \
   --format=csv | tee -a logs/gpus.csv
 DEADLINE=$((START + ${BUDGET_S:-555}))
@@ -47,8 +52,9 @@ for step in "$@"; do
   echo "== $step at $((SECONDS - START)) s"
   case $step in
   tests)
-    lim 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_runner_vllm.py tests/test_runner_fake.py \
-      tests/test_vllm_adapters.py > logs/pytest-gpu.log 2>&1; echo "rc $?" >> logs/pytest-gpu.log
+    lim 240 python3 -m pytest -q -p no:cacheprovider -m "gpu or not gpu" tests/test_runner_vllm.py \
+      tests/test_runner_fake.py tests/test_vllm_adapters.py tests/test_interleave.py > logs/pytest-gpu.log 2>&1
+    echo "rc $?" >> logs/pytest-gpu.log
     tail -n 4 logs/pytest-gpu.log ;;
   check)
     lim 150 python3 bench/paired_check.py --caps 1,16,64 -o logs/paired_check.json > logs/paired_check.log 2>&1
@@ -61,6 +67,7 @@ for step in "$@"; do
       > logs/study-hot.log 2>&1; echo "rc $?" >> logs/study-hot.log
     grep -v "^\[I " logs/study-hot.log | tail -n 8; mt show logs/hot.yaml 2>&1 | tail -n 12 ;;
   verify)
+    [[ -f logs/cool.yaml ]] || mt export -o logs/cool.yaml --backend FLASH_ATTN_MLA --tp 1 --storage studies/cool.journal
     mt deploy logs/cool.yaml --workload decode_4k -o logs/profile.yaml > logs/deploy.log 2>&1; cat logs/deploy.log
     lim 200 python3 -m mla_tune.cli verify logs/profile.yaml > logs/verify.log 2>&1; echo "rc $?" >> logs/verify.log
     cat logs/verify.log ;;

@@ -79,6 +79,7 @@ def main() -> int:
                 for (name, _), p in zip(arms[1:], pm.pairs[1:]):
                     rows[name].append(p.speedup)
             out["shapes"][spec] = {"recordings": recs, "wall_s": time.perf_counter() - t0}
+            Path(args.output).write_text(json.dumps(out, indent=1, sort_keys=True))  # a cut run keeps its shapes
             if not recs:
                 continue
             share = statistics.fmean(float(r["details"].get("clock_event_share", "nan")) for r in recs)

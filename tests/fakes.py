@@ -27,6 +27,9 @@ class FakeTimer:
     def elapsed_ms(self, start: float, stop: float) -> float:
         return stop - start
 
+    def drain(self) -> None:
+        self.drains = getattr(self, "drains", 0) + 1
+
 
 class FakeRunner(Runner):
     """Latency = base(shape) x a per-config factor in [1.05, 1.6), except ``optimum`` which is 0.8.

@@ -136,3 +136,13 @@ def test_a_resampled_recording_keeps_its_blocks_whole():
     assert len(order) == len(rec.order) and sorted(samples[0] + samples[1]) != []
     arm = pair_stats(samples, order)[1]
     assert arm.speedup == pytest.approx(1.1, rel=0.005)  # the clock's swings still cancel block by block
+
+
+def test_an_eager_arm_starts_each_sample_on_a_drained_device():
+    """Queued behind graph replays an eager arm's launches would hide; drained first, each of its samples includes
+    them wherever it stands in the block."""
+    gpu = Gpu([1.0, 1.0])
+    record(gpu.replays(), 1, gpu.timer, PairedPolicy(min_blocks=3, min_time_ms=0, max_blocks=3), eager=[False, True])
+    assert gpu.timer.drains == 3 * 2  # arm 1 runs twice per block
+    with pytest.raises(ValueError):
+        PairedPolicy(min_blocks=0)

@@ -29,11 +29,13 @@ from ._timing_policy import PairedPolicy, timing_details
 
 class Timer(Protocol):
     """Marks on the device's timeline: ``mark()`` records one after the work queued so far; ``elapsed_ms(a, b)``
-    waits for ``b`` and returns the device time between the two marks."""
+    waits for ``b`` and returns the device time between the two marks; ``drain()`` waits until the device is idle."""
 
     def mark(self) -> Any: ...
 
     def elapsed_ms(self, start: Any, stop: Any) -> float: ...
+
+    def drain(self) -> None: ...
 
 
 def balanced_blocks(n_arms: int, seed: int = 0) -> Iterator[tuple[int, ...]]:
@@ -71,10 +73,15 @@ def enough(blocks: int, gpu_ms: float, n_arms: int, policy: PairedPolicy) -> boo
 
 
 def record(replays: Sequence[Callable[[], None]], calls: int, timer: Timer, policy: PairedPolicy, seed: int = 0,
-           read_clocks: Callable[[], Any] = lambda: None, now: Callable[[], float] = time.perf_counter) -> Recording:
+           read_clocks: Callable[[], Any] = lambda: None, now: Callable[[], float] = time.perf_counter,
+           eager: Sequence[bool] = ()) -> Recording:
     """Time ``replays`` interleaved in balanced blocks until ``enough``; each sample is one call of a replay (``calls``
     layer calls), reported per layer call. ``policy.inflight`` blocks stay queued ahead of the one being waited for,
-    so the device never waits for the host between samples; clocks are read every ``policy.clock_every_s``."""
+    so the device never waits for the host between samples; clocks are read every ``policy.clock_every_s``.
+
+    An ``eager`` arm launches its kernels one by one from the host: queued behind other work its sample would shrink
+    towards pure device time, and by how much would depend on what it follows. So the device is drained before each
+    of its samples, which then always include its own launches, as an eager step in serving does."""
     n = len(replays)
     order_gen = balanced_blocks(n, seed)
     samples: list[list[float]] = [[] for _ in range(n)]
@@ -87,6 +94,8 @@ def record(replays: Sequence[Callable[[], None]], calls: int, timer: Timer, poli
     def enqueue() -> None:
         marks = []
         for arm in next(order_gen):
+            if arm < len(eager) and eager[arm]:
+                timer.drain()
             start = timer.mark()
             replays[arm]()
             marks.append((arm, start, timer.mark()))

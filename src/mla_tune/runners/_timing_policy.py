@@ -35,6 +35,10 @@ class PairedPolicy:
     inflight: int = 2  # blocks queued ahead of the one the host waits for: no idle device between samples
     clock_every_s: float = 0.02  # host seconds between clock readings during the recording
 
+    def __post_init__(self) -> None:
+        if self.min_blocks < 1 or self.max_blocks < 1 or self.inflight < 1:
+            raise ValueError("a paired recording needs at least one block, and one in flight")
+
 
 @dataclass(frozen=True)
 class WarmupPolicy:

@@ -269,8 +269,7 @@ class Session:
                 status, poisoned = classify_failure([c.__name__ for c in type(exc).__mro__], str(exc))
                 if poisoned or status is Status.OOM:
                     raise
-                failed[i] = Measurement.failed(status, one_line(
-                    f"{exc}" if status is Status.UNSUPPORTED else f"{self.step}: {type(exc).__name__}: {exc}"))
+                failed[i] = _arm_failure(exc, status, self.step)
                 continue
             d = self._details(engine, inputs, batch, plan)
             if ref_note:
@@ -288,17 +287,25 @@ class Session:
             other = Measurement.failed(why.status, one_line(f"vLLM's default config failed, nothing to compare with: "
                                                             f"{why.message}"))
             return PairedMeasurement((why,) + (other,) * (n - 1), (None,) * n), phases
-        recording, timing = self._record_interleaved(prepared, details, phases)
+        recording, timing = self._record_interleaved(prepared, details, phases, failed)
+        if failed[0] is not None:  # the reference failed its warm-up or capture: nothing to compare with
+            why = failed[0]
+            other = Measurement.failed(why.status, one_line(f"vLLM's default config failed, nothing to compare with: "
+                                                            f"{why.message}"))
+            return PairedMeasurement((why,) + (other,) * (n - 1), (None,) * n), phases
         arm_details = [details.get(i, {}) for i in range(n)]
         m = _interleave.paired_measurement(failed, recording, arm_details, [rel_errs.get(i) for i in range(n)], timing)
         phases["total_s"] = time.perf_counter() - t0
         return m, phases
 
     def _record_interleaved(self, prepared: dict[int, tuple[eng.Engine, tm.Inputs, tm.Batch, Plan]],
-                            details: dict[int, dict[str, str]], phases: dict[str, float]
-                            ) -> tuple[_interleave.Recording, dict[str, str]]:
-        """Warm up every prepared arm, capture the graphed ones, then record them interleaved."""
+                            details: dict[int, dict[str, str]], phases: dict[str, float],
+                            failed: list[Measurement | None]) -> tuple[_interleave.Recording | None, dict[str, str]]:
+        """Warm up every prepared arm, capture the graphed ones, then record them interleaved. An arm whose warm-up
+        or capture fails (without spoiling the context) becomes that arm's failure in ``failed``; None when the
+        reference is among them (nothing is recorded)."""
         replays: list[Any] = []
+        eager: list[bool] = []
         graphs = []
         t = time.perf_counter()
         for i in sorted(prepared):
@@ -310,25 +317,34 @@ class Session:
                     for cache in inputs.caches:
                         eng.forward(engine, batch, cache)
 
-            self.step = f"warm-up (arm {i})"
-            details[i]["warmup_calls"] = str(tm.warm_up(run, self.options.warmup_policy))
-            if eng.TRITON.used is not None and engine.key.backend == "TRITON_MLA":
-                details[i]["num_kv_splits"] = str(eng.TRITON.used)
-            details[i]["timing"] = "graph" if plan.cuda_graphs else "eager"
-            if plan.cuda_graphs:
-                self.step = f"CUDA graph capture (arm {i})"
-                graph = tm.capture(run)
-                graphs.append(graph)
-                replays.append(graph.replay)
-            else:
-                replays.append(run)
+            try:
+                self.step = f"warm-up (arm {i})"
+                details[i]["warmup_calls"] = str(tm.warm_up(run, self.options.warmup_policy))
+                if eng.TRITON.used is not None and engine.key.backend == "TRITON_MLA":
+                    details[i]["num_kv_splits"] = str(eng.TRITON.used)
+                details[i]["timing"] = "graph" if plan.cuda_graphs else "eager"
+                if plan.cuda_graphs:
+                    self.step = f"CUDA graph capture (arm {i})"
+                    graph = tm.capture(run)
+                    graphs.append(graph)
+                    replays.append(graph.replay)
+                else:
+                    replays.append(run)
+                eager.append(not plan.cuda_graphs)
+            except Exception as exc:  # noqa: BLE001 - as in measure_paired's preparation
+                status, poisoned = classify_failure([c.__name__ for c in type(exc).__mro__], str(exc))
+                if poisoned or status is Status.OOM:
+                    raise
+                failed[i] = _arm_failure(exc, status, self.step)
+                if i == 0:
+                    return None, {}
         phases["warmup_s"] = time.perf_counter() - t
         self.step = "timing (interleaved)"
         t = time.perf_counter()
         clocks = self.clocks()
         layers = next(iter(prepared.values()))[1].layers
         rec = _interleave.record(replays, layers, tm.CudaTimer(), self.options.paired_policy, self.options.seed,
-                                 clocks.read)
+                                 clocks.read, eager=eager)
         phases["timed_s"] = time.perf_counter() - t
         del graphs
         timing = dict(clocks.details(list(rec.readings)))
@@ -375,7 +391,7 @@ class Session:
     def _details(self, engine: eng.Engine, inputs: tm.Inputs, batch: tm.Batch, plan: Plan) -> dict[str, str]:
         d = {"prefill": engine.prefill, "block_size": str(engine.block_size), "layers": str(inputs.layers),
              "decode_tokens": str(batch.num_decode_tokens), "prefill_tokens": str(batch.num_prefill_tokens),
-             "reorder_batch_threshold": str(engine.builder.reorder_batch_threshold),
+             "reorder_batch_threshold": str(batch.threshold),
              "kv_cache_dtype": "fp8" if plan.engine.kv_cache_dtype == "fp8" else "bf16"}
         decode = getattr(batch.meta, "decode", None)
         if decode is not None and hasattr(decode, "max_num_splits"):
@@ -383,3 +399,10 @@ class Session:
         if plan.cutlass_splits is not None:
             d["num_kv_splits"] = str(plan.cutlass_splits)
         return d
+
+
+def _arm_failure(exc: BaseException, status: Status, step: str) -> Measurement:
+    """One arm's failure as data: an unsupported path says why in its own words, anything else names the step."""
+    text = str(exc) or type(exc).__name__
+    return Measurement.failed(status, one_line(text if status is Status.UNSUPPORTED else
+                                               f"{step}: {type(exc).__name__}: {text}"))

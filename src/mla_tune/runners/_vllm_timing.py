@@ -74,6 +74,7 @@ class Batch:
     token_perm: torch.Tensor  # position in this batch -> token index in spec order
     num_decode_tokens: int
     num_prefill_tokens: int
+    threshold: int = 0  # the reorder threshold its metadata was built with (engines are shared across batches)
     q_decode: Any = None  # (ql_nope, q_pe) or one fp8 tensor
     q_prefill: torch.Tensor | None = None
     kc_prefill: torch.Tensor | None = None
@@ -277,6 +278,9 @@ class CudaTimer:
     def elapsed_ms(self, start: torch.cuda.Event, stop: torch.cuda.Event) -> float:
         stop.synchronize()
         return float(start.elapsed_time(stop))
+
+    def drain(self) -> None:
+        torch.cuda.synchronize()
 
 
 def capture(run: Callable[[], None]) -> torch.cuda.CUDAGraph:

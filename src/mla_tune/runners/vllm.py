@@ -391,7 +391,8 @@ class VllmRunner(Runner):
         """Ask the worker to measure; its value, or ``(status, message, details)`` when it hung or died (it is then
         replaced). Raises RunnerUnavailableError when the GPU cannot be used at all."""
         worker = self._worker()
-        timeout_s = self._timeout_for(worker, keys) * max(1, arms)
+        # the first use of an engine (compiles, vLLM's model inspection) once; each further arm a case's time
+        timeout_s = self._timeout_for(worker, keys) + self.options.timeout_s * max(0, arms - 1)
         try:
             status, value, exiting = worker.request(op, payload, timeout_s)
         except (_WorkerTimeout, _WorkerDied) as exc:

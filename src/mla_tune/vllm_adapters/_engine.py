@@ -355,7 +355,7 @@ def build_batch(engine: Engine, inputs: Inputs, plan: Plan, device: torch.device
     detach_persistent_buffers(meta, engine.builder)
     td = int(meta.num_decode_tokens)
     perm = torch.tensor(inputs.token_permutation(order), device=device)
-    batch = Batch(meta, perm, td, int(perm.numel()) - td)
+    batch = Batch(meta, perm, td, int(perm.numel()) - td, threshold)
     quant = (engine.key.kv_cache_dtype != "auto" and getattr(engine.impl, "supports_quant_query_input", False))
     return fill_batch(batch, inputs, engine.impl.kv_b_proj.weight, fp8_dtype() if quant else None)
 
