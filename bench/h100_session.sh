@@ -13,7 +13,7 @@
 #   cool    `mla-tune study --backend FLASH_ATTN_MLA --workload decode_4k` with its defaults, then export
 #   hot     bench/hot_study.py: 120 s of sustained bf16 matrix products, then the same study into its own journal
 #   verify  `mla-tune deploy` of the cool study's table on decode_4k traffic, then `mla-tune verify` of the profile
-#   sweep   `mla-tune sweep` of FLASH_ATTN_MLA over decode_4k, 3 rounds of pairs (the new landscapes for replay)
+#   sweep   `mla-tune sweep` of FLASH_ATTN_MLA over decode_4k, 2 rounds of pairs (the new landscapes for replay)
 #   e2e     bench/e2e.py: vLLM's engine (16 dense DeepSeek-V3-width layers) with vLLM's default, the deployed
 #           profile and cap 1 set globally, at 8 and 256 requests of 3k context
 set -uo pipefail
@@ -57,7 +57,7 @@ for step in "$@"; do
     echo "rc $?" >> logs/pytest-gpu.log
     tail -n 4 logs/pytest-gpu.log ;;
   check)
-    lim 150 python3 bench/paired_check.py --caps 1,16,64 -o logs/paired_check.json > logs/paired_check.log 2>&1
+    lim 150 python3 bench/paired_check.py --caps 1,16,64 --recordings 5 -o logs/paired_check.json > logs/paired_check.log 2>&1
     echo "rc $?" >> logs/paired_check.log; cat logs/paired_check.log ;;
   cool)
     lim 300 python3 -m mla_tune.cli study "${STUDY[@]}" --storage studies/cool.journal --export logs/cool.yaml \
@@ -72,10 +72,10 @@ for step in "$@"; do
     lim 200 python3 -m mla_tune.cli verify logs/profile.yaml > logs/verify.log 2>&1; echo "rc $?" >> logs/verify.log
     cat logs/verify.log ;;
   sweep)
-    lim 260 python3 -m mla_tune.cli sweep "${STUDY[@]}" --rounds 3 -o sweeps/FLASH_ATTN_MLA-deepseek-v3-tp1.jsonl \
+    lim 260 python3 -m mla_tune.cli sweep "${STUDY[@]}" --rounds 2 -o sweeps/FLASH_ATTN_MLA-deepseek-v3-tp1.jsonl \
       > logs/sweep.log 2>&1; echo "rc $?" >> logs/sweep.log; tail -n 3 logs/sweep.log ;;
   e2e)
-    lim 420 python3 bench/e2e.py drive --gpus 0 --layers 16 --hidden 7168 --intermediate 18432 --steps 30 --warmup 6 \
+    lim 420 python3 bench/e2e.py drive --gpus 0 --layers 16 --hidden 7168 --intermediate 18432 --steps 24 --warmup 4 \
       --backend FLASH_ATTN_MLA --phases 8x3072,256x3072 --variant 'default:' \
       --variant 'profile:profile=logs/profile.yaml' \
       --variant 'cap1:attention={"flash_attn_max_num_splits_for_cuda_graph": 1}' -o logs/e2e.json > logs/e2e.log 2>&1
