@@ -32,7 +32,7 @@ class StudySummary:
     best_attrs: dict[str, Any] | None
     best_number: int | None
     confirmation: dict[str, Any] | None
-    # Every distinct config measured with its trial median (ms), fastest first: one recording each, not paired.
+    # Every distinct config measured with its time (ms), fastest first (see ``_landscape``).
     landscape: tuple[tuple[dict[str, Any], float], ...] = ()
 
     @property
@@ -117,11 +117,19 @@ def summarize(study: optuna.Study) -> StudySummary:
 
 
 def _landscape(fresh: list[tuple[FrozenTrial, TrialResult]]) -> tuple[tuple[dict[str, Any], float], ...]:
+    """Every config measured, with its time. Trials recorded against vLLM's default (since paired recording) give
+    each config's time on one scale: the default's time in its own trial over the config's speedup in its pair, so
+    that two configs compare by their pairings, not by two recordings taken minutes apart."""
     from optuna.trial import TrialState
 
-    points = [(dict(r.measurement.config), float(r.measurement.median_ms)) for t, r in fresh
-              if t.state == TrialState.COMPLETE and r.measurement is not None and r.measurement.config is not None
-              and r.measurement.median_ms is not None]
+    done = [r for t, r in fresh if t.state == TrialState.COMPLETE and r.measurement is not None
+            and r.measurement.config is not None and r.measurement.median_ms is not None]
+    base = next((r.measurement.paired for r in done if r.role == "baseline" and r.measurement.paired), None)
+
+    def ms(m: Any) -> float:
+        return float(base.reference_ms / m.paired.speedup) if base and m.paired else float(m.median_ms)
+
+    points = [(dict(r.measurement.config), ms(r.measurement)) for r in done]
     return tuple(sorted(points, key=lambda p: (p[1], sorted(p[0].items(), key=str))))
 
 
