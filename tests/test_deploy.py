@@ -391,3 +391,24 @@ def test_a_triton_deployment_on_a_vllm_with_int32_kv_offsets_says_what_to_keep_b
     flags_out = CliRunner().invoke(app, ["flags", str(tmp_path / "t.yaml"), "--vllm", "0.20.0"]).output
     assert flags_out.splitlines()[-1] == f"# caution: {caution}"
     assert "caution" not in CliRunner().invoke(app, ["flags", str(tmp_path / "t.yaml"), "--vllm", "0.26.0"]).output
+
+
+def test_a_point_follows_its_neighbours_tuned_value_where_its_own_measurements_agree():
+    """Cap 1 confirmed at 64 tokens only; at 128 its own trials put cap 1 3% ahead (not confirmed alone), at 256 1%
+    behind, at 32 well behind: the profile takes cap 1 at 64 and 128, pooled, and says so; not at 32 or 256."""
+    t = table("FLASH_ATTN_MLA", [
+        entry("32q1s4k", FA, [({}, 0.090), ({"max_num_splits": 1}, 0.100)]),
+        entry("64q1s4k", FA, [({}, 0.145), ({"max_num_splits": 1}, 0.137)], best={"max_num_splits": 1}),
+        entry("128q1s4k", FA, [({}, 0.280), ({"max_num_splits": 1}, 0.272)]),
+        entry("256q1s4k", FA, [({}, 0.550), ({"max_num_splits": 1}, 0.556)]),
+    ])
+    d = deploy([t])
+    [rule] = d.profile.per_batch
+    assert [(p.tokens, p.value) for p in rule.points] == [(32, 32), (64, 1), (128, 1), (256, 32)]
+    [q] = d.pooled
+    assert (q.tokens, q.value, q.after) == (128, 1, 64) and q.own_ratio == pytest.approx(0.280 / 0.272)
+    from mla_tune.views.render_serving import deploy_lines
+
+    text = "\n".join(deploy_lines(d, "p.yaml"))
+    assert "pooled: 128 -> 1 follows 64's confirmed value; not confirmed at 128q1s4k alone, where it measured x1.029" \
+        in text

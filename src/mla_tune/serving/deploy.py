@@ -88,6 +88,19 @@ class PointCost:
 
 
 @dataclass(frozen=True)
+class Pooled:
+    """A per-batch point that took its neighbours' tuned value: not confirmed at its own batch size, but its own
+    measurements price that value faster than vLLM's default there, the way the neighbouring batch sizes went."""
+
+    knob: str
+    tokens: int
+    value: ParamValue
+    shapes: str
+    own_ratio: float  # the point's traffic-weighted latency with vLLM's default over with ``value`` (>1: faster)
+    after: int  # the decode token count of the tuned neighbour it follows
+
+
+@dataclass(frozen=True)
 class Deployment:
     profile: Profile
     settings: ServingSettings  # the vLLM flags for the global choices
@@ -96,6 +109,7 @@ class Deployment:
     skipped: tuple[str, ...]  # table shapes left out, with why
     cautions: tuple[str, ...] = ()  # known faults of the target vLLM that this deployment must stay clear of
     point_costs: tuple[PointCost, ...] = ()  # per-batch values on the shapes whose own best value differs
+    pooled: tuple[Pooled, ...] = ()  # per-batch points that follow their neighbours' tuned value
 
 
 def _sources(table: Mapping[str, Any]) -> tuple[list[Source], list[str]]:
@@ -156,7 +170,7 @@ def _threshold(s: Source) -> int:
 
 
 def _rule(name: str, sources: list[Source], traffic: Traffic, adapter: Adapter, space: SearchSpace
-          ) -> tuple[PerBatchRule | None, list[PointCost]]:
+          ) -> tuple[PerBatchRule | None, list[PointCost], list[Pooled]]:
     backend = space.backend
     k = knob(name)
     graphs = adapter.backends[backend].cuda_graph_support
@@ -166,15 +180,63 @@ def _rule(name: str, sources: list[Source], traffic: Traffic, adapter: Adapter, 
         if not _is_decode(s) or not _matters(name, s, space):
             continue
         groups.setdefault((s.shape.num_tokens, s.shape.max_kv_len if eager_path else None), []).append(s)
+    ordered = sorted(groups.items(), key=lambda g: (g[0][0], g[0][1] or 0))
+    values = [_best_value(name, group, traffic, [s.chosen[name] for s in group], space)[0] for _, group in ordered]
+    values, pooled = _follow_neighbours(name, [g for _, g in ordered], values, traffic, space, k.default(backend))
     points, costs = [], []
-    for (tokens, context), group in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1] or 0)):
-        value = _best_value(name, group, traffic, [s.chosen[name] for s in group], space)[0]
+    for ((tokens, context), group), value in zip(ordered, values):
         points.append(Point(tokens, value, context, "+".join(s.spec for s in group)))
         costs += [PointCost(name, tokens, value, s.spec, traffic.weight(s.spec), s.priced(name, value, space),
                             s.latency(s.chosen)) for s in group if s.changed({name: value}, space) != s.chosen]
     if not points or all(p.value == k.default(backend) for p in points):
-        return None, []
-    return PerBatchRule(name, tuple(points)), costs
+        return None, [], []
+    return PerBatchRule(name, tuple(points)), costs, pooled
+
+
+def _follow_neighbours(name: str, groups: list[list[Source]], values: list[ParamValue], traffic: Traffic,
+                       space: SearchSpace, default: ParamValue) -> tuple[list[ParamValue], list[Pooled]]:
+    """Pool the evidence across neighbouring decode-token counts (the paired issue's profile rule).
+
+    A confirmed value usually holds over a range of batch sizes: cap 1 at 64, 128 and 256 requests, say. A point
+    that kept vLLM's default only because its own confirmation fell short takes the value of a neighbouring point
+    that confirmed it, where its own measurements price that value faster than the default there (the trend, and
+    its own evidence not against it); it is then a neighbour for the next point. A profile that goes against its
+    neighbours (cap 1 at 64, the default at 128 and 256) is kept only where the points' own measurements say so.
+    Returns the values and the points that were pooled."""
+    values = list(values)
+    pooled: list[Pooled] = []
+    for order in (range(len(values)), range(len(values) - 1, -1, -1)):  # upwards, then downwards
+        prev: int | None = None
+        for i in order:
+            if values[i] != default:
+                prev = i
+                continue
+            if prev is None:
+                continue
+            v = values[prev]
+            ratio = _ratio(name, groups[i], traffic, space, default, v)
+            if ratio is not None and ratio > 1.0:
+                values[i] = v
+                tokens = groups[i][0].shape.num_tokens
+                pooled.append(Pooled(name, tokens, v, "+".join(s.spec for s in groups[i]), ratio,
+                                     groups[prev][0].shape.num_tokens))
+                prev = i
+            else:
+                prev = None
+    return values, pooled
+
+
+def _ratio(name: str, group: list[Source], traffic: Traffic, space: SearchSpace, default: ParamValue,
+           value: ParamValue) -> float | None:
+    """The group's traffic-weighted latency with vLLM's default over with ``value`` (None: not measured both ways)."""
+    weights = {s.spec: traffic.weight(s.spec) or 1.0 for s in group}
+    with_default = [s.priced(name, default, space) for s in group]
+    with_value = [s.priced(name, value, space) for s in group]
+    if any(x is None for x in with_default + with_value):
+        return None
+    a = sum(weights[s.spec] * x for s, x in zip(group, with_default))  # type: ignore[operator]
+    b = sum(weights[s.spec] * x for s, x in zip(group, with_value))  # type: ignore[operator]
+    return a / b if b else None
 
 
 def _best_value(name: str, group: list[Source], traffic: Traffic, candidates: list[ParamValue], space: SearchSpace
@@ -272,12 +334,14 @@ def deploy(tables: Sequence[Mapping[str, Any]], traffic: Traffic | None = None, 
             at_build.append((k.name, choice.value))
     served = [s.under({c.knob: c.value for c in globals_}, space) for s in sources]
     point_costs: list[PointCost] = []
+    pooled: list[Pooled] = []
     for k in knobs_for(match.backend):
         if k.per_batch:
-            rule, costs = _rule(k.name, served, traffic, adapter, space)
+            rule, costs, pool = _rule(k.name, served, traffic, adapter, space)
             if rule:
                 rules.append(rule)
                 point_costs += costs
+                pooled += pool
     global_values = {c.knob: c.value for c in globals_ if knob(c.knob).serving is not ServingApply.PLUGIN_AT_BUILD}
     settings = serving_settings(match.backend, global_values, {c.knob: c.default for c in globals_}, adapter)
     prov = {"tables": [_table_label(t) for t in tables], "traffic": traffic.source, "vllm_target": adapter.family,
@@ -287,7 +351,7 @@ def deploy(tables: Sequence[Mapping[str, Any]], traffic: Traffic | None = None, 
     profile = Profile(match, tuple(rules), tuple(at_build), tuple(sorted(global_values.items())), prov)
     return Deployment(profile, settings, tuple(globals_), unmeasured, tuple(skipped),
                       cautions_for(match.backend, adapter, vllm or str(tables[0]["provenance"].get("vllm", "")),
-                                   tables[0]["model"]), tuple(point_costs))
+                                   tables[0]["model"]), tuple(point_costs), tuple(pooled))
 
 
 def cautions_for(backend: str, adapter: Adapter, version: str, model: Mapping[str, Any]) -> tuple[str, ...]:

@@ -74,6 +74,9 @@ def deploy_lines(d: Any, output: str) -> list[str]:
     for rule in p.per_batch:
         pts = ", ".join(f"{pt.tokens}{'@' + str(pt.context) if pt.context else ''} -> {pt.value}" for pt in rule.points)
         lines.append(f"  per batch  {rule.knob}: {pts}  (decode tokens; nearest measured)")
+        for q in (q for q in getattr(d, "pooled", ()) if q.knob == rule.knob):
+            lines.append(f"             pooled: {q.tokens} -> {q.value} follows {q.after}'s confirmed value; not "
+                         f"confirmed at {q.shapes} alone, where it measured x{q.own_ratio:.3f}")
         lines += _point_cost_lines([c for c in d.point_costs if c.knob == rule.knob])
     for name, value in p.at_build:
         lines.append(f"  at build   {name}={value}  (plugin)")
