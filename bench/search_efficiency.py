@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -37,6 +38,7 @@ import optuna
 
 from mla_tune import batch_spec
 from mla_tune.records import StudyName
+from mla_tune.runners._interleave import pair_stats
 from mla_tune.runners.replay import ReplayRunner
 from mla_tune.space import load_space
 from mla_tune.study.budget import DEFAULT_TRIALS
@@ -63,16 +65,35 @@ def kernels_of(rec: dict) -> str:
 
 
 def landscapes(runner: ReplayRunner) -> dict[tuple, dict[str, float]]:
-    """(backend, dims json, kv, shape) -> {config key: median ms of the pooled recordings of its kernels}."""
+    """(backend, dims json, kv, shape) -> {config key: its time, from the pooled recordings of its kernels}.
+
+    Recordings of pairs (sweep schema 2) give a config's time as the default's pooled median over the geometric mean
+    of the config's speedups in its pairs: the pairing's precision, not a ratio of separate recordings."""
     pooled: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    ratios: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    refs: dict[tuple, list[float]] = defaultdict(list)
     kernels: dict[tuple, dict[str, str]] = defaultdict(dict)
-    for rec in runner.truth().values():
-        if rec["status"] == "ok":
+    for recs in runner.records().values():
+        for rec in recs:
+            if rec["status"] != "ok":
+                continue
             land = (rec["backend"], json.dumps(rec["model"], sort_keys=True), rec["kv_cache_dtype"], rec["shape"])
-            pooled[land][kernels_of(rec)] += rec["samples_ms"]
-            kernels[land][config_set_key([rec["config"]])] = kernels_of(rec)
-    return {land: {key: statistics.median(pooled[land][k]) for key, k in keys.items()}
-            for land, keys in kernels.items()}
+            k = kernels_of(rec)
+            pooled[land][k] += rec["samples_ms"]
+            kernels[land][config_set_key([rec["config"]])] = k
+            ref = rec.get("reference")
+            if rec.get("order") and ref and ref["status"] == "ok":
+                order = tuple(int(c) for c in rec["order"])
+                ratios[land][k].append(pair_stats((ref["samples_ms"], rec["samples_ms"]), order)[1].speedup)
+                refs[land] += ref["samples_ms"]
+
+    def time_of(land: tuple, k: str) -> float:
+        if ratios[land].get(k) and refs[land]:
+            g = statistics.fmean(math.log(x) for x in ratios[land][k])
+            return statistics.median(refs[land]) / math.exp(g)
+        return statistics.median(pooled[land][k])
+
+    return {land: {key: time_of(land, k) for key, k in keys.items()} for land, keys in kernels.items()}
 
 
 def auto_landscapes(lands: dict[tuple, dict[str, float]]) -> dict[tuple, dict[str, float]]:

@@ -211,6 +211,10 @@ class ReplayRunner(Runner):
         return record_key(case.backend, dims_dict(case.dims), case.kv_cache_dtype, batch_spec.format(case.shape),
                           case.param_dict)
 
+    def records(self) -> dict[str, list[dict[str, Any]]]:
+        """Every recording by config key (one per sweep round), as read (for benchmarks)."""
+        return {key: list(recs) for key, recs in self._records.items()}
+
     def truth(self) -> dict[str, dict[str, Any]]:
         """Every config's recordings pooled, by key (for benchmarks that need the recorded medians)."""
         return {key: pooled(recs) for key, recs in self._records.items()}
