@@ -15,6 +15,8 @@ from ..tables.landscape import Landscape
 from .plotdata import Heatmap, ShapeBars, heatmaps, shape_bars
 
 SHAPES_PER_PAGE = 12
+_DPI = 100
+_ZLIB = 6  # zlib's default: level 9 (``optimize``) made the files 9% smaller and took five times as long
 _COLORS = {"deployed": "#1b7837", "candidate": "#e08214", "default": "#636363"}
 
 
@@ -39,16 +41,37 @@ def _pyplot() -> Any:
 
 
 def _png(fig: Any) -> bytes:
-    """The figure as a 256-colour PNG (a third of the bytes of RGBA; charts have few colours), no version stamp."""
+    """The figure as a 256-colour PNG (a third of the bytes of RGBA; charts have few colours), no version stamp.
+
+    Drawn once, straight into the canvas's pixels: ``savefig`` would draw a figure with a layout engine twice and
+    write a PNG only for it to be read back here."""
+    fig.canvas.draw()  # runs the layout engine, where there is one, before painting
+    image = _indexed(fig.canvas.buffer_rgba(), fig.canvas.get_width_height())
+    _pyplot().close(fig)
+    out = io.BytesIO()
+    image.save(out, format="PNG", compress_level=_ZLIB)
+    return out.getvalue()
+
+
+def _indexed(rgba: Any, size: tuple[int, int]) -> Any:
+    """The pixels in 256 colours: white, most of a chart, kept exact as the last one, and the median-cut palette of
+    the other pixels for the rest (quantizing only those takes a third of the time the whole picture would)."""
+    import numpy as np
     from PIL import Image
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    _pyplot().close(fig)
-    buf.seek(0)
-    small = io.BytesIO()
-    Image.open(buf).convert("RGB").quantize(256, dither=Image.Dither.NONE).save(small, format="PNG", optimize=True)
-    return small.getvalue()
+    pixels = np.frombuffer(rgba, dtype=np.uint8).reshape(-1, 4)
+    white = np.frombuffer(rgba, dtype=np.uint32) == 0xFFFFFFFF  # opaque white, whatever the byte order
+    index = np.full(len(pixels), 255, dtype=np.uint8)
+    colours: list[int] = []
+    if not white.all():
+        rest = np.ascontiguousarray(pixels[~white, :3])
+        quantized = Image.frombuffer("RGB", (len(rest), 1), rest, "raw", "RGB", 0, 1).quantize(
+            255, dither=Image.Dither.NONE)
+        index[~white] = np.frombuffer(quantized.tobytes(), dtype=np.uint8)
+        colours = quantized.getpalette()[:255 * 3]
+    image = Image.frombuffer("P", size, index, "raw", "P", 0, 1)
+    image.putpalette(colours + [0] * (255 * 3 - len(colours)) + [255, 255, 255])
+    return image
 
 
 def _suptitle(ls: Landscape, what: str) -> str:
@@ -106,7 +129,7 @@ def heatmap_png(ls: Landscape, h: Heatmap) -> bytes:
     n = len(h.panels)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, squeeze=False, layout="constrained",
+    fig, axes = plt.subplots(rows, cols, squeeze=False, layout="constrained", dpi=_DPI,
                              figsize=(max(8.0, cols * (1.2 + 0.8 * len(h.columns)) + 1.6),
                                       rows * (1.3 + 0.42 * len(h.rows)) + 1.0))
     norm = _norm([x for p in h.panels for row in p.cells for x in row if x is not None])
@@ -162,7 +185,7 @@ def landscape_png(ls: Landscape, page: list[ShapeBars]) -> bytes:
     rows = math.ceil(len(page) / cols)
     bars = max(len(s.bars) for s in page) or 1
     height = bars * 0.24 + 1.3
-    fig, axes = plt.subplots(rows, cols, squeeze=False, layout="constrained",
+    fig, axes = plt.subplots(rows, cols, squeeze=False, layout="constrained", dpi=_DPI,
                              figsize=(cols * 5.0, rows * height + 1.3))
     for i, ax in enumerate(axes.flat):
         if i < len(page):
