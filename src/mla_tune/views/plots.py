@@ -18,6 +18,10 @@ from .plotdata import Heatmap, ShapeBars, heatmaps, shape_bars
 SHAPES_PER_PAGE = 12
 _DPI = 100
 _ZLIB = 6  # zlib's default: level 9 (``optimize``) made the files 9% smaller and took five times as long
+# Glyphs as drawn, not snapped to the pixel grid: matplotlib 3.11 runs the font's hinting program for every glyph of
+# every text (no cache), a third of a text's cost, and a page of charts is mostly text. At these sizes the
+# difference is a shade of anti-aliasing.
+_RC = {"text.hinting": "no_hinting"}
 _TICK_SIZE = 7  # points: the per-shape charts' tick labels and bar names
 _COLORS = {"deployed": "#1b7837", "candidate": "#e08214", "default": "#636363"}
 
@@ -85,14 +89,15 @@ def _suptitle(ls: Landscape, what: str) -> str:
 
 def pictures(ls: Landscape) -> list[Picture]:
     """The heatmaps (one per knob measured at several values on the decode grid) and the per-shape charts."""
-    out = [Picture(f"{ls.stem}-heatmap-{h.knob}.png", f"{h.knob}: speedup over vLLM's default",
-                   heatmap_png(ls, h)) for h in heatmaps(ls)]
-    bars = shape_bars(ls)
-    pages = [bars[i:i + SHAPES_PER_PAGE] for i in range(0, len(bars), SHAPES_PER_PAGE)]
-    for n, page in enumerate(pages, start=1):
-        suffix = f"-{n}" if len(pages) > 1 else ""
-        out.append(Picture(f"{ls.stem}-landscape{suffix}.png", "per-shape landscape" + (
-            f" ({n}/{len(pages)})" if len(pages) > 1 else ""), landscape_png(ls, page)))
+    with _pyplot().rc_context(_RC):
+        out = [Picture(f"{ls.stem}-heatmap-{h.knob}.png", f"{h.knob}: speedup over vLLM's default",
+                       heatmap_png(ls, h)) for h in heatmaps(ls)]
+        bars = shape_bars(ls)
+        pages = [bars[i:i + SHAPES_PER_PAGE] for i in range(0, len(bars), SHAPES_PER_PAGE)]
+        for n, page in enumerate(pages, start=1):
+            suffix = f"-{n}" if len(pages) > 1 else ""
+            out.append(Picture(f"{ls.stem}-landscape{suffix}.png", "per-shape landscape" + (
+                f" ({n}/{len(pages)})" if len(pages) > 1 else ""), landscape_png(ls, page)))
     return out
 
 
