@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mla_tune import api
 
 from .fakes import FakeRunner
@@ -39,3 +41,11 @@ def test_studies_report_reprints_the_committed_h200_report():
     out = bench("bench/studies_report.py", "results/h200/studies.journal")
     assert out == (ROOT / "results/h200/studies_report.txt").read_text()
     assert "H200  deepseek-v3-tp1   TRITON_MLA            35      256     32     9" in out
+
+
+def test_plot_speed_times_plot_and_report_of_a_table():
+    pytest.importorskip("matplotlib")
+    out = bench("bench/plot_speed.py", "--runs", "1", "--target", "600", "--tables",
+                "results/h200/run1/tables/TRITON_MLA-deepseek-v3-tp1.yaml")
+    assert "mla-tune plot " in out and "mla-tune report " in out and "wrote 2 pictures" in out
+    assert "FAILED" not in out

@@ -122,6 +122,26 @@ def test_pictures_are_pngs_titled_with_their_source(tmp_path):
     assert replayed.stem == "H100-replay-TRITON_MLA-deepseek-v3-tp1-sweep"
 
 
+def test_pictures_are_256_colours_with_white_exact_and_few_colours_lossless():
+    pytest.importorskip("matplotlib")
+    import numpy as np
+
+    from mla_tune.views import plots
+
+    rgba = np.full((40, 30, 4), 255, dtype=np.uint8)
+    rgba[5:10, :, :3] = (67, 147, 195)
+    rgba[20:22, 3:9, :3] = 0
+    few = plots._indexed(rgba.tobytes(), (30, 40))
+    assert few.mode == "P" and np.array_equal(np.asarray(few.convert("RGBA")), rgba)
+    rgba[25:35, :, :3] = np.arange(300 * 3, dtype=np.uint8).reshape(10, 30, 3)  # more colours than a palette holds
+    many = np.asarray(plots._indexed(rgba.tobytes(), (30, 40)).convert("RGB"))
+    white = (rgba[..., :3] == 255).all(axis=2)
+    assert (many[white] == 255).all()
+    assert np.abs(many.astype(int) - rgba[..., :3]).max() < 40
+    blank = plots._indexed(np.full((2, 2, 4), 255, dtype=np.uint8).tobytes(), (2, 2))
+    assert blank.convert("RGB").getcolors() == [(4, (255, 255, 255))]
+
+
 def test_cli_plot_writes_the_pngs_into_a_new_folder(tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "a" / "plots"

@@ -12,9 +12,17 @@ from typing import Any
 
 from ..errors import MlaTuneError, UsageError
 from ..tables.landscape import Landscape
+from . import layout
 from .plotdata import Heatmap, ShapeBars, heatmaps, shape_bars
 
 SHAPES_PER_PAGE = 12
+_DPI = 100
+_ZLIB = 6  # zlib's default: level 9 (``optimize``) made the files 9% smaller and took five times as long
+# Glyphs as drawn, not snapped to the pixel grid: matplotlib 3.11 runs the font's hinting program for every glyph of
+# every text (no cache), a third of a text's cost, and a page of charts is mostly text. At these sizes the
+# difference is a shade of anti-aliasing.
+_RC = {"text.hinting": "no_hinting"}
+_TICK_SIZE = 7  # points: the per-shape charts' tick labels and bar names
 _COLORS = {"deployed": "#1b7837", "candidate": "#e08214", "default": "#636363"}
 
 
@@ -39,16 +47,37 @@ def _pyplot() -> Any:
 
 
 def _png(fig: Any) -> bytes:
-    """The figure as a 256-colour PNG (a third of the bytes of RGBA; charts have few colours), no version stamp."""
+    """The figure as a 256-colour PNG (a third of the bytes of RGBA; charts have few colours), no version stamp.
+
+    Drawn once, straight into the canvas's pixels: ``savefig`` would draw a figure with a layout engine twice and
+    write a PNG only for it to be read back here."""
+    fig.canvas.draw()  # runs the layout engine, where there is one, before painting
+    image = _indexed(fig.canvas.buffer_rgba(), fig.canvas.get_width_height())
+    _pyplot().close(fig)
+    out = io.BytesIO()
+    image.save(out, format="PNG", compress_level=_ZLIB)
+    return out.getvalue()
+
+
+def _indexed(rgba: Any, size: tuple[int, int]) -> Any:
+    """The pixels in 256 colours: white, most of a chart, kept exact as the last one, and the median-cut palette of
+    the other pixels for the rest (quantizing only those takes a third of the time the whole picture would)."""
+    import numpy as np
     from PIL import Image
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    _pyplot().close(fig)
-    buf.seek(0)
-    small = io.BytesIO()
-    Image.open(buf).convert("RGB").quantize(256, dither=Image.Dither.NONE).save(small, format="PNG", optimize=True)
-    return small.getvalue()
+    pixels = np.frombuffer(rgba, dtype=np.uint8).reshape(-1, 4)
+    white = np.frombuffer(rgba, dtype=np.uint32) == 0xFFFFFFFF  # opaque white, whatever the byte order
+    index = np.full(len(pixels), 255, dtype=np.uint8)
+    colours: list[int] = []
+    if not white.all():
+        rest = np.ascontiguousarray(pixels[~white, :3])
+        quantized = Image.frombuffer("RGB", (len(rest), 1), rest, "raw", "RGB", 0, 1).quantize(
+            255, dither=Image.Dither.NONE)
+        index[~white] = np.frombuffer(quantized.tobytes(), dtype=np.uint8)
+        colours = quantized.getpalette()[:255 * 3]
+    image = Image.frombuffer("P", size, index, "raw", "P", 0, 1)
+    image.putpalette(colours + [0] * (255 * 3 - len(colours)) + [255, 255, 255])
+    return image
 
 
 def _suptitle(ls: Landscape, what: str) -> str:
@@ -60,14 +89,15 @@ def _suptitle(ls: Landscape, what: str) -> str:
 
 def pictures(ls: Landscape) -> list[Picture]:
     """The heatmaps (one per knob measured at several values on the decode grid) and the per-shape charts."""
-    out = [Picture(f"{ls.stem}-heatmap-{h.knob}.png", f"{h.knob}: speedup over vLLM's default",
-                   heatmap_png(ls, h)) for h in heatmaps(ls)]
-    bars = shape_bars(ls)
-    pages = [bars[i:i + SHAPES_PER_PAGE] for i in range(0, len(bars), SHAPES_PER_PAGE)]
-    for n, page in enumerate(pages, start=1):
-        suffix = f"-{n}" if len(pages) > 1 else ""
-        out.append(Picture(f"{ls.stem}-landscape{suffix}.png", "per-shape landscape" + (
-            f" ({n}/{len(pages)})" if len(pages) > 1 else ""), landscape_png(ls, page)))
+    with _pyplot().rc_context(_RC):
+        out = [Picture(f"{ls.stem}-heatmap-{h.knob}.png", f"{h.knob}: speedup over vLLM's default",
+                       heatmap_png(ls, h)) for h in heatmaps(ls)]
+        bars = shape_bars(ls)
+        pages = [bars[i:i + SHAPES_PER_PAGE] for i in range(0, len(bars), SHAPES_PER_PAGE)]
+        for n, page in enumerate(pages, start=1):
+            suffix = f"-{n}" if len(pages) > 1 else ""
+            out.append(Picture(f"{ls.stem}-landscape{suffix}.png", "per-shape landscape" + (
+                f" ({n}/{len(pages)})" if len(pages) > 1 else ""), landscape_png(ls, page)))
     return out
 
 
@@ -100,60 +130,71 @@ def _spaced_ticks(norm: Any) -> list[float]:
 
 def heatmap_png(ls: Landscape, h: Heatmap) -> bytes:
     """Panels three a row, batch size down, log-scaled diverging colours around x1 (beyond x2 / x0.5 saturated)."""
+    return _png(_heatmap_figure(ls, h))
+
+
+def _heatmap_figure(ls: Landscape, h: Heatmap) -> Any:
     plt = _pyplot()
-    import numpy as np
 
     n = len(h.panels)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, squeeze=False, layout="constrained",
-                             figsize=(max(8.0, cols * (1.2 + 0.8 * len(h.columns)) + 1.6),
-                                      rows * (1.3 + 0.42 * len(h.rows)) + 1.0))
+    fig = plt.figure(figsize=(max(8.0, cols * (1.2 + 0.8 * len(h.columns)) + 1.6),
+                              rows * (1.3 + 0.42 * len(h.rows)) + 1.0), dpi=_DPI)
+    axes = [fig.add_subplot(rows, cols, i + 1) for i in range(n)]
     norm = _norm([x for p in h.panels for row in p.cells for x in row if x is not None])
     # 65 levels: smooth enough to read, the middle one white (x1), and the 256-colour PNG keeps them all
     cmap = plt.get_cmap("RdBu", 65).with_extremes(bad="#e0e0e0")
-    image = None
-    for i, ax in enumerate(axes.flat):
-        if i >= n:
-            ax.axis("off")
-            continue
-        panel = h.panels[i]
-        data = np.array([[math.log2(x) if x else np.nan for x in row] for row in panel.cells], dtype=float)
-        image = ax.imshow(data, cmap=cmap, norm=norm, aspect="auto")
-        for r, row in enumerate(panel.cells):
-            for c, x in enumerate(row):
-                note = panel.notes[r][c] if panel.notes else ""
-                dark = x is not None and abs(float(np.clip(norm(math.log2(x)), 0, 1)) - 0.5) > 0.33
-                color = "white" if dark else "black"
-                if x is None:
-                    ax.text(c, r, note or "n/m", ha="center", va="center", fontsize=7, color="#555555")
-                    continue
-                ax.text(c, r - (0.14 if note else 0), f"{x:.2f}×", ha="center", va="center", fontsize=7.5,
-                        color=color)
-                if note:
-                    ax.text(c, r + 0.2, note if note == "default" else f"{h.knob}={note}", ha="center",
-                            va="center", fontsize=6, color=color)
-        if h.chosen_column:  # set the deployed/fastest column apart from the knob's values
-            ax.axvline(len(h.columns) - 1.5, color="white", lw=4)
-        ax.set_xticks(range(len(h.columns)), h.columns, fontsize=8)
-        ax.set_yticks(range(len(h.rows)), h.rows, fontsize=8)
-        ax.set_title(panel.title, fontsize=9)
+    for i, (ax, panel) in enumerate(zip(axes, h.panels)):
+        image = _heat_panel(ax, panel, h, norm, cmap)
         if i % cols == 0:
             ax.set_ylabel("batch size (requests)", fontsize=8)
         if i >= n - cols:
             ax.set_xlabel(h.column_title, fontsize=8)
     ticks = _spaced_ticks(norm)
-    bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.9, ticks=[math.log2(t) for t in ticks])
+    bar = fig.colorbar(image, cax=fig.add_axes((0, 0, 1, 1)), ticks=[math.log2(t) for t in ticks])
     bar.ax.set_yticklabels([f"{t:g}×" for t in ticks], fontsize=8)
     bar.set_label("speedup over vLLM's default (blue faster, red slower)", fontsize=8)
-    fig.suptitle(_suptitle(ls, f"speedup over vLLM's default by {h.knob}\none-token decode, the other knobs at "
-                               f"vLLM's defaults ({h.knob} default: {h.default}); n/m: not measured"), fontsize=10)
-    return _png(fig)
+    title = fig.suptitle(_suptitle(ls, f"speedup over vLLM's default by {h.knob}\none-token decode, the other knobs "
+                                       f"at vLLM's defaults ({h.knob} default: {h.default}); n/m: not measured"),
+                         fontsize=10, y=1 - layout.PAD / fig.get_figheight(), va="top")
+    layout.place_with_bar(fig, axes, bar.ax, _rc(), above=layout.height(fig, title), cols=cols)
+    return fig
+
+
+def _heat_panel(ax: Any, panel: Any, h: Heatmap, norm: Any, cmap: Any) -> Any:
+    """One panel: the cells coloured by speedup, each with its value (and the knob's value where one was chosen)."""
+    import numpy as np
+
+    data = np.array([[math.log2(x) if x else np.nan for x in row] for row in panel.cells], dtype=float)
+    image = ax.imshow(data, cmap=cmap, norm=norm, aspect="auto")
+    shade = np.abs(np.clip(np.ma.filled(norm(data), 0.5), 0, 1) - 0.5)  # the norm once for the panel, not per cell
+    for r, row in enumerate(panel.cells):
+        for c, x in enumerate(row):
+            note = panel.notes[r][c] if panel.notes else ""
+            color = "white" if x is not None and shade[r][c] > 0.33 else "black"
+            if x is None:
+                ax.text(c, r, note or "n/m", ha="center", va="center", fontsize=7, color="#555555")
+                continue
+            ax.text(c, r - (0.14 if note else 0), f"{x:.2f}×", ha="center", va="center", fontsize=7.5, color=color)
+            if note:
+                ax.text(c, r + 0.2, note if note == "default" else f"{h.knob}={note}", ha="center", va="center",
+                        fontsize=6, color=color)
+    if h.chosen_column:  # set the deployed/fastest column apart from the knob's values
+        ax.axvline(len(h.columns) - 1.5, color="white", lw=4)
+    ax.set_xticks(range(len(h.columns)), h.columns, fontsize=8)
+    ax.set_yticks(range(len(h.rows)), h.rows, fontsize=8)
+    ax.set_title(panel.title, fontsize=9)
+    return image
 
 
 def landscape_png(ls: Landscape, page: list[ShapeBars]) -> bytes:
     """One chart per shape: each config's speedup over the default as a bar from x1, the table's confirmed
     interval (deployed setting, or best candidate that did not clear noise) drawn over it."""
+    return _png(_landscape_figure(ls, page))
+
+
+def _landscape_figure(ls: Landscape, page: list[ShapeBars]) -> Any:
     plt = _pyplot()
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
@@ -162,27 +203,33 @@ def landscape_png(ls: Landscape, page: list[ShapeBars]) -> bytes:
     rows = math.ceil(len(page) / cols)
     bars = max(len(s.bars) for s in page) or 1
     height = bars * 0.24 + 1.3
-    fig, axes = plt.subplots(rows, cols, squeeze=False, layout="constrained",
-                             figsize=(cols * 5.0, rows * height + 1.3))
-    for i, ax in enumerate(axes.flat):
-        if i < len(page):
-            _shape_chart(ax, page[i], ls, bars)
-        else:
-            ax.axis("off")
+    fig = plt.figure(figsize=(cols * 5.0, rows * height + 1.3), dpi=_DPI)
+    axes = [fig.add_subplot(rows, cols, i + 1) for i in range(len(page))]
+    labels = [_shape_chart(ax, s, ls, bars) for ax, s in zip(axes, page)]
     rounds = "replayed rounds" if ls.source.replay else "paired rounds"
     handles = [Patch(color=_COLORS["deployed"], label="deployed by the table"),
                Patch(color=_COLORS["candidate"], label="best candidate, not beyond noise (default kept)"),
                Patch(color="#4393c3", label="faster than the default"), Patch(color="#f4a582", label="slower"),
                Line2D([], [], color="black", marker="D", linestyle="-", markersize=4,
                       label=f"confirmed speedup, 95% family-wise interval ({rounds})")]
-    fig.legend(handles=handles if ls.kind == "table" else handles[2:4], loc="outside lower center",
-               ncols=3, fontsize=8, frameon=False)
+    legend = fig.legend(handles=handles if ls.kind == "table" else handles[2:4], loc="lower center",
+                        bbox_to_anchor=(0.5, layout.PAD / fig.get_figheight()), ncols=3, fontsize=8, frameon=False)
     source = "trial medians of the study" if ls.kind == "table" else "medians of the sweep's samples"
-    fig.suptitle(_suptitle(ls, f"speedup of each config over vLLM's default per shape ({source})"), fontsize=10)
-    return _png(fig)
+    title = fig.suptitle(_suptitle(ls, f"speedup of each config over vLLM's default per shape ({source})"),
+                         fontsize=10, y=1 - layout.PAD / fig.get_figheight(), va="top")
+    layout.place_charts(fig, axes, labels, _rc(), above=layout.height(fig, title), below=layout.height(fig, legend),
+                        cols=cols, tick_size=_TICK_SIZE)
+    return fig
 
 
-def _shape_chart(ax: Any, s: ShapeBars, ls: Landscape, rows: int) -> None:
+def _rc() -> Any:
+    import matplotlib
+
+    return matplotlib.rcParams
+
+
+def _shape_chart(ax: Any, s: ShapeBars, ls: Landscape, rows: int) -> list[Any]:
+    """Draw one shape's chart; returns its bar labels (texts left of the axes)."""
     extra = [f"{s.hidden} slower configs not shown"] if s.hidden else []
     extra += [f"{s.failed} failed here ({', '.join(s.failures)})"] if s.failed else []
     ax.set_title(f"{s.label}\n{_verdict_text(s, ls)}", fontsize=8.5)
@@ -193,7 +240,7 @@ def _shape_chart(ax: Any, s: ShapeBars, ls: Landscape, rows: int) -> None:
                 va="center", fontsize=8, transform=ax.transAxes)
         ax.set_xticks([])
         ax.set_yticks([])
-        return
+        return []
     ys = [rows - 1 - i for i in range(len(s.bars))]  # fastest at the top, every chart's bars equally thick
     vals = [b.speedup for b in s.bars]
     colors = [_COLORS.get(b.role) or ("#4393c3" if b.speedup >= 1 else "#f4a582") for b in s.bars]
@@ -217,8 +264,25 @@ def _shape_chart(ax: Any, s: ShapeBars, ls: Landscape, rows: int) -> None:
         err = [[iv.speedup - (iv.low or iv.speedup)], [(iv.high or iv.speedup) - iv.speedup]]
         ax.errorbar([iv.speedup], [marked], xerr=err, fmt="D", color="black", markersize=4, capsize=3, lw=1.2)
     ax.axvline(1.0, color="#444444", lw=0.8)
-    ax.set_yticks(ys, [b.label for b in s.bars], fontsize=7)
-    ax.tick_params(axis="x", labelsize=7)
+    ax.tick_params(axis="x", labelsize=_TICK_SIZE)
+    return _bar_labels(ax, ys, [b.label for b in s.bars])
+
+
+def _bar_labels(ax: Any, ys: list[int], labels: list[str]) -> list[Any]:
+    """The bars' names and tick marks, drawn as the y axis would draw them as tick labels, but as one marker line
+    and plain texts: a page has hundreds, and an axis makes a Tick object for each label and measures it three
+    times per draw."""
+    from matplotlib.lines import TICKLEFT, Line2D
+
+    rc = _rc()
+    ax.set_yticks([])
+    ax.add_line(Line2D([0] * len(ys), ys, transform=ax.get_yaxis_transform(), linestyle="none", marker=TICKLEFT,
+                       markersize=rc["ytick.major.size"], markeredgewidth=rc["ytick.major.width"],
+                       color=rc["ytick.color"], clip_on=False))
+    at, va, ha = ax.get_yaxis_text1_transform(layout.ytick_room(rc))
+    color = rc["ytick.color"] if rc["ytick.labelcolor"] == "inherit" else rc["ytick.labelcolor"]
+    return [ax.text(0, y, label, transform=at, va=va, ha=ha, fontsize=_TICK_SIZE, color=color)
+            for y, label in zip(ys, labels)]
 
 
 def _verdict_text(s: ShapeBars, ls: Landscape) -> str:
