@@ -95,12 +95,15 @@ def main() -> None:
     ap.add_argument("--table", type=Path, required=True)
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--mix", default="8:1,256:1")
+    ap.add_argument("--profile", type=Path, help="the profile the runs served (default: profile-BACKEND.yaml two "
+                    "folders above the table, where the H200 runs keep it)")
     args = ap.parse_args()
     runs = load_runs(args.runs)
     steps = load_steps(args.runs)
     table = yaml.safe_load(args.table.read_text())
     knob = "max_num_splits" if table["backend"] == "FLASH_ATTN_MLA" else "num_kv_splits"
-    profile = yaml.safe_load(Path(args.table.parent.parent, f"profile-{table['backend']}.yaml").read_text())
+    path = args.profile or Path(args.table.parent.parent, f"profile-{table['backend']}.yaml")
+    profile = yaml.safe_load(path.read_text())
     points = profile["per_batch"][knob]
     variants = sorted({v for v, _, _ in runs}, key=lambda v: (v != "default", v))
     phases = sorted({(b, c) for _, b, c in runs})
