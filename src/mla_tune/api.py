@@ -12,6 +12,7 @@ from typing import Any
 from .errors import RunnerUnavailableError, StudyNotFoundError, UnknownNameError, UsageError
 from .catalog import list_models, list_spaces, list_workloads  # the listings, without Optuna
 from .models import get_model
+from .paths import safe_component
 from .records import StudyName
 from .runners import Runner
 from .space import BACKENDS
@@ -277,7 +278,7 @@ def replay_hint_for(gpu: str) -> Iterator[None]:
     except RunnerUnavailableError as e:
         if not e.hint or not _REPLAY_HINT.search(e.hint):
             raise
-        own = RECORDINGS / gpu.lower()
+        own = RECORDINGS / safe_component(gpu.lower(), fallback="gpu")  # the name comes from the file verified
         instead = (f", or replay the {gpu}'s recordings: --runner replay:{own}" if own.is_dir() else
                    f"; no {gpu} recordings in {RECORDINGS} to replay")
         raise RunnerUnavailableError(e.message, hint=_REPLAY_HINT.sub(lambda _: instead, e.hint)) from None
