@@ -5,8 +5,16 @@ line instead of a traceback, bounded rounds, no terminal control sequences)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import optuna
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -97,3 +105,96 @@ def test_a_replayed_study_of_a_hostile_gpu_name_attaches_plots_inside_its_artifa
     assert shown.exit_code == 0, shown.output
     assert "-replay/deepseek-v3-tp1/TRITON_MLA/8q1s4k" in shown.output and "../" not in shown.output
     assert "replay: replayed from samples recorded elsewhere" in shown.output
+
+
+# -- 2. no password at rest: the workers' job goes down a pipe, never into a file ------------------------------------
+PG = os.environ.get("MLA_TUNE_TEST_POSTGRES")
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    d = tmp_path_factory.mktemp("recording")
+    api.run_sweep(backend="TRITON_MLA", workload="spec:8q1s4k,64q1s4k", output=d / "s.jsonl", rounds=1,
+                  runner=FakeRunner(optimum={"num_kv_splits": 4}))
+    return f"replay:{d}"
+
+
+def files_holding(root: Path, secret: str) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and secret.encode() in p.read_bytes()]
+
+
+def test_workers_get_the_storage_url_without_it_touching_disk(tmp_path, monkeypatch, recording):
+    """The job (storage URL, password included) reaches a worker through its stdin; the worker's error names the
+    database without the password."""
+    from mla_tune.coordination import scale
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    monkeypatch.setenv("MLA_TUNE_LOCK_DIR", str(tmp_path / "locks"))
+    monkeypatch.setattr(scale, "open_storage", lambda spec, create: None)  # the launcher's check: as if reachable
+    secret = "Pw-of-the-db-42"
+    launched = scale.launch(dict(backend="TRITON_MLA", workload="spec:8q1s4k"), gpus=["0", "1"],
+                            storage=f"postgresql://mla:{secret}@127.0.0.1:1/mla_tune", runner=recording)
+    assert [w.exit_code for w in launched.workers] == [1, 1]
+    assert all("cannot open storage" in w.error and secret not in w.error and "***" in w.error
+               for w in launched.workers), launched.workers
+    assert not files_holding(tmp_path, secret)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["journal", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_kill_9_of_a_gpus_launcher_leaves_no_secret_on_disk(kind, tmp_path, recording):
+    from mla_tune.storage.urls import open_storage, parse_storage
+
+    if kind == "postgres":
+        storage, secret = PG, urlsplit(PG).password
+        store = open_storage(parse_storage(PG), create=True)
+        for s in store.get_all_studies():  # a fresh test database
+            optuna.delete_study(study_name=s.study_name, storage=store)
+    else:  # a journal has no password: its path stands for one (it was in the job file too)
+        secret = "Secret-Journal-Name-7"
+        storage = str(tmp_path / f"{secret}.journal")
+    tmp, locks = tmp_path / "tmp", tmp_path / "locks"
+    tmp.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmp), MLA_TUNE_LOCK_DIR=str(locks), MLA_TUNE_REPLAY_DELAY_S="0.2",
+               PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, "-m", "mla_tune.cli", "study", "--backend", "TRITON_MLA", "--workload",
+                             "spec:8q1s4k,64q1s4k", "--runner", recording, "--storage", storage, "--gpus", "0,1"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while len(list(locks.glob("*.lock"))) < 2 or not list(tmp.glob("mla-tune-workers-*")):
+        assert time.monotonic() < deadline and proc.poll() is None, "the workers did not start"
+        time.sleep(0.05)
+    workers = [int(p.read_text()) for p in locks.glob("*.lock")]
+    time.sleep(1.0)  # mid-trial
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers):  # they notice their stdin closing and stop
+        assert time.monotonic() < deadline, "workers outlived their launcher"
+        time.sleep(0.1)
+    assert list(tmp.glob("mla-tune-workers-*"))  # the launcher could not clean up after itself ...
+    assert not files_holding(tmp, secret)  # ... and left no secret there
+    assert not [p for p in files_holding(tmp_path, secret) if not p.name.startswith(secret)]  # the journal itself
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_job_files_older_launchers_left_are_removed_at_the_next_start(tmp_path):
+    from mla_tune.coordination.scale import STALE_JOB_S, remove_stale_jobs
+
+    old = tmp_path / "mla-tune-workers-abc" / "worker0.job.json"
+    new = tmp_path / "mla-tune-workers-def" / "worker1.job.json"
+    for p in (old, new):
+        p.parent.mkdir()
+        p.write_text('{"storage": "postgresql://u:pw@h/db"}')
+    os.utime(old, (time.time() - STALE_JOB_S - 5,) * 2)
+    assert remove_stale_jobs(tmp_path) == [old]
+    assert not old.exists() and new.exists()  # a launcher of an older version may be starting its workers now
