@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import _yaml
-from ..errors import DataFileError
+from .. import _yaml, batch_spec
+from ..errors import BatchSpecError, DataFileError
 from ..knobs import BACKENDS, KNOBS, ServingApply, knob, knob_names
 from ..types import ParamValue
 
@@ -161,12 +161,28 @@ def _points(path: Path, where: str, name: str, raw: object, backend: str) -> Per
         point = Point(_int(path, f"{w}.tokens", p["tokens"]), _knob_value(path, f"{w}.value", name, p["value"],
                                                                             backend),
                       _int(path, f"{w}.context", p["context"]) if p.get("context") is not None else None,
-                      str(p.get("shape", "")))
+                      _yaml.expect(path, f"{w}.shape", p.get("shape", ""), str, "batch specs joined by +"))
+        _measured_at(path, w, point)
         if (point.tokens, point.context) in seen:
             raise DataFileError(str(path), w, f"a second point for tokens={point.tokens} context={point.context}")
         seen.add((point.tokens, point.context))
         points.append(point)
     return PerBatchRule(name, tuple(sorted(points, key=lambda q: (q.tokens, q.context or 0))))
+
+
+def _measured_at(path: Path, where: str, point: Point) -> None:
+    """A point agrees with the shapes it names: each measured batch has its decode tokens (and its context, where
+    the point has one), so a value cannot be moved to another batch size by editing ``tokens``."""
+    for spec in filter(None, point.shape.split("+")):
+        try:
+            shape = batch_spec.parse(spec)
+        except BatchSpecError as e:
+            raise DataFileError(str(path), f"{where}.shape", str(e)) from None
+        if shape.num_tokens != point.tokens or point.context not in (None, shape.max_kv_len):
+            at = f"{point.tokens} tokens" + (f" at context {point.context}" if point.context is not None else "")
+            raise DataFileError(str(path), where, f"is a point for {at}, but its shape {spec} has "
+                                f"{shape.num_tokens} tokens at context {shape.max_kv_len}: the profile was edited or "
+                                "damaged, deploy it again")
 
 
 def load_profile(path: Path) -> Profile:

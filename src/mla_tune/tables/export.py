@@ -18,6 +18,7 @@ from ..study.plan import KV_CACHE_DTYPES
 from ..space import SearchSpace, load_space
 from ..space_auto import AUTO, BACKEND, split_config
 from ..batch_spec import parse as bounded_shape
+from .consistency import check_entry
 from .table import AUTO_TABLE_SCHEMA_VERSION, SCHEMA_VERSIONS, TABLE_KIND
 from ..types import Shape
 
@@ -226,6 +227,7 @@ class _TableCheck:
             self.verdict(f"{where}.best_candidate", best)
         self.required(where, e)
         self.same_knobs(where, e)
+        check_entry(p, where, label, e)
         return label
 
     def shape_entry(self, where: str, e: dict[str, Any]) -> str:
