@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -198,3 +199,110 @@ def test_job_files_older_launchers_left_are_removed_at_the_next_start(tmp_path):
     os.utime(old, (time.time() - STALE_JOB_S - 5,) * 2)
     assert remove_stale_jobs(tmp_path) == [old]
     assert not old.exists() and new.exists()  # a launcher of an older version may be starting its workers now
+
+
+# -- 5. one line, never a traceback: huge numbers, hostile profiles ---------------------------------------------------
+GOLDEN_TABLE = ROOT / "tests" / "golden" / "table.yaml"
+GOLDEN_PROFILE = ROOT / "tests" / "golden" / "profile.yaml"
+H100 = f"replay:{ROOT / 'results' / 'sweeps' / 'h100'}"
+HUGE = "9" * 400  # parses as a YAML and JSON integer; float() of it overflows
+
+
+@pytest.mark.parametrize("command", [["show"], ["flags"], ["deploy", "-o", "p.yaml", "--vllm", "0.20.0"],
+                                     ["diff", "SELF"], ["verify", "--runner", H100, "--rounds", "2"]])
+@pytest.mark.parametrize("number", ["latency_ms.best", "speedup", "trials.failed", "ci.1"])
+def test_a_table_with_a_400_digit_number_is_one_line(tmp_path, monkeypatch, command, number):
+    monkeypatch.chdir(tmp_path)
+    data = yaml.safe_load(GOLDEN_TABLE.read_text())
+    *keys, last = [int(k) if k.isdigit() else k for k in number.split(".")]
+    node = data["entries"][2]  # the tuned entry
+    for k in keys:
+        node = node[k]
+    node[last] = 123456789
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(data).replace("123456789", HUGE))
+    args = [command[0], "t.yaml", *["t.yaml" if a == "SELF" else a for a in command[1:]]]
+    line = one_error_line(cli.invoke(app, args))
+    assert line.startswith("mla-tune: error: t.yaml: entries[2].") and "expected a" in line
+    assert not (tmp_path / "p.yaml").exists()
+
+
+@pytest.mark.parametrize("traffic, key", [
+    (f"schema_version: 1\nshapes:\n- spec: 64q1s4k\n  weight: {HUGE}\n", "shapes[0].weight"),
+    (f"spec,weight\n64q1s4k,{HUGE}\n", "row 2.weight"),
+    ("spec,weight\n64q1s4k,1e400\n", "row 2.weight"),
+    (f"schema_version: 1\nshapes:\n- spec: {HUGE}q1s4k\n", "shapes[0].spec"),
+], ids=["yaml weight", "csv weight", "csv 1e400", "yaml spec"])
+def test_deploy_with_a_traffic_file_of_a_400_digit_number_is_one_line(tmp_path, monkeypatch, traffic, key):
+    monkeypatch.chdir(tmp_path)
+    name = "traffic.csv" if traffic.startswith("spec,") else "traffic.yaml"
+    (tmp_path / name).write_text(traffic)
+    r = cli.invoke(app, ["deploy", str(GOLDEN_TABLE), "-o", "p.yaml", "--vllm", "0.20.0", "--traffic", name])
+    assert one_error_line(r).startswith(f"mla-tune: error: {name}: {key}: ")
+    assert not (tmp_path / "p.yaml").exists()
+
+
+@pytest.mark.parametrize("where", ["sample", "rel_err", "round", "sm_count", "gpu name"])
+def test_a_replay_recording_with_a_hostile_number_is_one_line(tmp_path, monkeypatch, where):
+    monkeypatch.chdir(tmp_path)
+    src = ROOT / "results" / "sweeps" / "h100" / "deepseek-v3-tp1.jsonl"
+    lines = src.read_text().splitlines()[:40]
+    header, rec = json.loads(lines[0]), lines[5]
+    if where == "sample":
+        rec = rec.replace('"samples_ms": [', f'"samples_ms": [{HUGE}, ', 1)
+    elif where == "rel_err":
+        rec = re.sub(r'"rel_err": [^,}]+', f'"rel_err": {HUGE}', rec, count=1)
+    elif where == "round":
+        rec = rec.replace("{", f'{{"round": {HUGE}, ', 1)
+    elif where == "sm_count":
+        header["environment"]["gpu"]["sm_count"] = int(HUGE)
+    else:
+        header["environment"]["gpu"]["name"] = ["NVIDIA", "H100"]
+    rec_dir = tmp_path / "rec"
+    rec_dir.mkdir()
+    (rec_dir / "s.jsonl").write_text("\n".join([json.dumps(header), *lines[1:5], rec, *lines[6:]]) + "\n")
+    for args in (["study", "--backend", "FLASHMLA", "--workload", "spec:q1s1k", "--runner", f"replay:{rec_dir}",
+                  "--storage", "s.journal"], ["plot", str(rec_dir / "s.jsonl"), "-o", "plots"]):
+        line = one_error_line(cli.invoke(app, args))
+        assert f"{rec_dir / 's.jsonl'}: line " in line, line
+    assert not (tmp_path / "plots").exists()
+
+
+def _profile(tmp_path: Path, edit) -> Path:
+    return edited(GOLDEN_PROFILE, tmp_path / "profile.yaml", edit)
+
+
+HOSTILE_PROFILES = {
+    "tp not an integer": (lambda p: p["provenance"].update(tp="eight"), "provenance.tp: expected an integer >= 1"),
+    "tp a fraction": (lambda p: p["provenance"].update(tp=1.5), "provenance.tp: expected an integer >= 1"),
+    "tp a list": (lambda p: p["provenance"].update(tp=[1, 8]), "provenance.tp: expected an integer >= 1"),
+    "tp huge": (lambda p: p["provenance"].update(tp=int(HUGE)), "provenance.tp: is 9999"),
+    "model a list": (lambda p: p["provenance"].update(model=["deepseek-v3"]), "provenance.model: expected a string"),
+    "measured_with not a list": (lambda p: p["provenance"].update(measured_with=7),
+                                 "provenance.measured_with: expected a list of strings"),
+    "measured_with a string": (lambda p: p["provenance"].update(measured_with="0.20.0 on H100"),
+                               "provenance.measured_with: expected a list of strings"),
+    "measured_with of numbers": (lambda p: p["provenance"].update(measured_with=[1, 2]),
+                                 "provenance.measured_with[0]: expected a string"),
+    "an integer key in per_batch": (lambda p: p["per_batch"].update({1: [{"tokens": 1, "value": 1}]}),
+                                    "per_batch.1: expected a knob name"),
+    "an integer key in global": (lambda p: p["global"].update({2: True}), "global.2: expected a knob name"),
+    "gpu a list": (lambda p: p["match"].update(gpu=["H100"]), "match.gpu: expected a string"),
+    "gpu a path": (lambda p: p["match"].update(gpu="../../H100"), "match.gpu: is '../../H100', expected a GPU's"),
+    "vllm a mapping": (lambda p: p["match"].update(vllm={"v": 1}), "match.vllm: expected a string"),
+    "heads huge": (lambda p: p["match"].update(num_q_heads=int(HUGE)), "match.num_q_heads: is 9999"),
+    "tokens huge": (lambda p: p["per_batch"]["max_num_splits"][0].update(tokens=int(HUGE)),
+                    "per_batch.max_num_splits[0].tokens: is 9999"),
+    "context huge": (lambda p: p["per_batch"]["max_num_splits"][0].update(context=int(HUGE)),
+                     "per_batch.max_num_splits[0].context: is 9999"),
+    "a point a list": (lambda p: p["per_batch"]["max_num_splits"].__setitem__(0, [1, 32]),
+                       "per_batch.max_num_splits[0]: expected a mapping"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_PROFILES)
+def test_verify_of_a_hostile_profile_is_one_line(tmp_path, monkeypatch, case):
+    monkeypatch.chdir(tmp_path)
+    edit, words = HOSTILE_PROFILES[case]
+    _profile(tmp_path, edit)
+    line = one_error_line(cli.invoke(app, ["verify", "profile.yaml", "--runner", H100, "--rounds", "2"]))
+    assert line.startswith(f"mla-tune: error: profile.yaml: {words}"), line
