@@ -284,6 +284,19 @@ def replay_hint_for(gpu: str) -> Iterator[None]:
         raise RunnerUnavailableError(e.message, hint=_REPLAY_HINT.sub(lambda _: instead, e.hint)) from None
 
 
+def _check_verify_rounds(rounds: int, max_rounds: int, limit: int) -> None:
+    """Rounds are device time: both bounds in ``[2, limit]``, and the least no more than the most."""
+    if rounds < 2:
+        raise UsageError(f"--rounds {rounds}: need at least 2 paired rounds for an interval")
+    if rounds > limit:
+        raise UsageError(f"--rounds {rounds} is out of range: 2 to {limit} (each round is a recording on the GPU)")
+    if not 2 <= max_rounds <= limit:
+        raise UsageError(f"--max-rounds {max_rounds} is out of range: 2 to {limit}")
+    if rounds > max_rounds:
+        raise UsageError(f"--rounds {rounds} is above --max-rounds {max_rounds}",
+                         hint=f"raise --max-rounds (at most {limit}) or lower --rounds")
+
+
 def verify_target(path: Path, *, runner: str | Runner = "vllm", rounds: int = 4, max_rounds: int = 24,
                   progress: Callable[[str], None] | None = None) -> Verification:
     """Re-measure each tuned setting of a table or profile against vLLM's default on this host: paired rounds,
@@ -297,10 +310,7 @@ def verify_target(path: Path, *, runner: str | Runner = "vllm", rounds: int = 4,
 
     from .serving.verify import MAX_ROUNDS_LIMIT
 
-    if rounds < 2:
-        raise UsageError(f"--rounds {rounds}: need at least 2 paired rounds for an interval")
-    if not rounds <= max_rounds <= MAX_ROUNDS_LIMIT:
-        raise UsageError(f"--max-rounds {max_rounds}: must lie between --rounds ({rounds}) and {MAX_ROUNDS_LIMIT}")
+    _check_verify_rounds(rounds, max_rounds, MAX_ROUNDS_LIMIT)
     if _yaml.load(path, SCHEMA_VERSIONS).get("kind") == PROFILE_KIND:
         profile = load_profile(path)
         kind, backend, kv = "profile", profile.match.backend, profile.match.kv_cache_dtype
