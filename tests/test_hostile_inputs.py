@@ -306,3 +306,58 @@ def test_verify_of_a_hostile_profile_is_one_line(tmp_path, monkeypatch, case):
     _profile(tmp_path, edit)
     line = one_error_line(cli.invoke(app, ["verify", "profile.yaml", "--runner", H100, "--rounds", "2"]))
     assert line.startswith(f"mla-tune: error: profile.yaml: {words}"), line
+
+
+# -- 7. no terminal control sequence from data reaches the terminal ----------------------------------------------------
+RAW_CONTROLS = ("\x1b", "\x9b", "\x07", "\r", "\x08", "\u202e")
+
+
+def _controlled(tmp_path: Path) -> Path:
+    def edit(t):
+        t["provenance"]["gpu"]["name"] = "NVIDIA H100\x1b]0;pwned\x07\x1b[2J"
+        t["provenance"]["vllm"] = "0.20.0\x9b5m"
+        t["provenance"]["torch"] = "2.11\r\x1b[K\x08"
+        t["provenance"]["cuda"] = "13.0\u202e"
+        t["provenance"]["date"] = "2026-11-24\x1b[8m"
+
+    return edited(GOLDEN_TABLE, tmp_path / "t.yaml", edit)
+
+
+@pytest.mark.parametrize("command", [["show", "t.yaml"], ["diff", "t.yaml", "t.yaml"], ["flags", "t.yaml"],
+                                     ["deploy", "t.yaml", "-o", "p.yaml", "--vllm", "0.20.0"],
+                                     ["verify", "t.yaml", "--runner", H100, "--rounds", "2", "--max-rounds", "2"]])
+def test_control_sequences_in_a_tables_strings_are_shown_escaped(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "400")
+    _controlled(tmp_path)
+    r = cli.invoke(app, command)
+    assert r.exit_code == 0, r.output
+    assert not [c for c in RAW_CONTROLS if c in r.output], repr(r.output)
+    if command[0] != "deploy":  # deploy prints the engine it serves, not the table's provenance
+        assert "\\x1b]0;pwned\\x07\\x1b[2J" in r.output or "\\x9b5m" in r.output, r.output
+
+
+def test_control_sequences_in_an_error_message_are_shown_escaped(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    edited(GOLDEN_TABLE, tmp_path / "t.yaml", lambda t: t["entries"][0].update({"no\x1b[2Jte": "x"}))
+    line = one_error_line(cli.invoke(app, ["show", "t.yaml"]))
+    assert "\x1b" not in line and "entries[0].no\\x1b[2Jte: unknown key" in line
+
+
+def test_stored_study_names_and_messages_are_shown_escaped():
+    from rich.console import Console
+
+    from mla_tune.views.render import print_studies
+    from mla_tune.views.text import printable
+
+    assert printable("plain · text → x1.05 [0.9, 1.1]\n\tok") == "plain · text → x1.05 [0.9, 1.1]\n\tok"
+    assert printable("a\x1b[2Jb\x9bc\x00d\x7f\u202e") == "a\\x1b[2Jb\\x9bc\\x00d\\x7f\\u202e"
+    console = Console(record=True, width=300, force_terminal=False)
+
+    class Summary:  # a stored study whose name someone wrote into the storage
+        name, measured, failed, baseline_ms, best_ms, best_value, confirmed = \
+            "H100/\x1b]0;x\x07m-tp1/FLASH_ATTN_MLA/q1s4k", 3, 0, 1.0, 0.9, 0.9, None
+
+    print_studies(console, [Summary()])
+    text = console.export_text()
+    assert "\x1b" not in text and "\\x1b]0;x\\x07m-tp1" in text
