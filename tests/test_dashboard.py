@@ -88,7 +88,7 @@ def test_the_dashboard_page_shows_the_study_its_metric_and_params_in_a_real_brow
     assert STUDY in home  # the study list, rendered by the page's own JavaScript from the API
     [s] = [s for s in get(dashboard, "/api/studies")["study_summaries"] if s["study_name"] == STUDY]
     page = rendered(browser, f"{dashboard}/dashboard/studies/{s['study_id']}", tmp_path / "profile2")
-    assert "latency_ms" in page and "num_kv_splits" in page
+    assert "latency_vs_default" in page and "num_kv_splits" in page  # the objective's name and the knob
 
 
 def test_the_dashboard_serves_each_studys_plots_from_its_artifact_dir(tmp_path):
