@@ -60,19 +60,25 @@ RETRY_KEEPS = ("role",)
 
 def retry_callback() -> Callable[[optuna.Study, FrozenTrial], None]:
     """A dead worker's trial is re-enqueued once (Optuna's own callback): a config that kills twice is dropped."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        inner = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+    return _Retry()
 
-    def retry(study: optuna.Study, trial: FrozenTrial) -> None:
+
+class _Retry:
+    """``retry_callback``'s callable: a class at module level, so that a storage holding it pickles, as Optuna's
+    storages must (its conformance suite pickles each one)."""
+
+    def __init__(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.inner = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         clean = copy.deepcopy(trial)
         clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in RETRY_KEEPS}
         # The dead owner must not follow the retry: popped by a live worker, it would look dead until re-stamped.
         clean.system_attrs = {k: v for k, v in trial.system_attrs.items() if k != OWNER_ATTR}
         clean.system_attrs[ENQUEUED_ATTR] = this_process()
-        inner(study, clean)
-
-    return retry
+        self.inner(study, clean)
 
 
 class HeartbeatJournalStorage(JournalStorage, HeartbeatStorage):
