@@ -24,6 +24,7 @@ OPTUNA_HOMES = {
     "mla_tune.coordination.claim",
     "mla_tune.coordination.heartbeat",
     "mla_tune.storage.urls",
+    "mla_tune.storage.rdb",
     "mla_tune.coordination.workers",
     "mla_tune.cli",  # sets Optuna's log level
 }

@@ -98,6 +98,22 @@ def test_register_with_a_bad_profile_warns_once_and_returns(tmp_path, monkeypatc
     assert warnings[0].endswith("vLLM's defaults are kept") and "\n" not in warnings[0]
 
 
+@pytest.mark.parametrize("context", [10**400, 10**30], ids=["400 digits", "10^30"])
+def test_a_profile_with_a_huge_context_is_refused_before_the_decision_code_can_overflow(tmp_path, monkeypatch, logs,
+                                                                                       no_install, context):
+    """It used to load and then overflow in ``PerBatchRule.select`` (int / int too large for a float) at a decode
+    batch; now the loader bounds every context, and the plugin logs one line and keeps vLLM's defaults."""
+    data = Profile(dataclasses.replace(FA_MATCH, backend="TRITON_MLA"), (PerBatchRule("num_kv_splits", (
+        Point(8, 4, 1024), Point(8, 16, context))),)).to_dict()
+    path = tmp_path / "profile.yaml"
+    path.write_text(dump_yaml(data))
+    monkeypatch.setenv(plugin.ENV, str(path))
+    plugin.register()
+    (warning,) = logs.at(logging.WARNING)
+    assert f"not applied: DataFileError: {path}: per_batch.num_kv_splits[1].context: is " in warning
+    assert "expected an integer in [1, 1048576]" in warning and no_install == []
+
+
 def _profile_file(tmp_path: Path, profile: Profile = FA_PROFILE) -> Path:
     path = tmp_path / "profile.yaml"
     path.write_text(dump_yaml(profile.to_dict()))

@@ -185,6 +185,15 @@ INVALID = {
     "per-batch knob at build": (_broken(lambda d: d["at_build"].update(max_num_splits=1)),
                                 "at_build.max_num_splits", "max_num_splits cannot be set at build"),
     "provenance not a mapping": (_broken(lambda d: d.update(provenance="x")), "provenance", "expected a mapping"),
+    # a point agrees with the batches it names: its value cannot be moved to another batch size by editing it
+    "tokens edited away from the shape": (_broken(lambda d: d["per_batch"]["max_num_splits"][1].update(tokens=8192)),
+                                          "per_batch.max_num_splits[1]", "is a point for 8192 tokens, but its shape "
+                                          "64q1s4k has 64 tokens at context 4096"),
+    "context edited away from the shape": (
+        _broken(lambda d: d["per_batch"]["max_num_splits"][1].update(context=65536)), "per_batch.max_num_splits[1]",
+        "is a point for 64 tokens at context 65536, but its shape 64q1s4k has 64 tokens at context 4096"),
+    "shape not a batch": (_broken(lambda d: d["per_batch"]["max_num_splits"][1].update(shape="64q1s4k+huge")),
+                          "per_batch.max_num_splits[1].shape", "invalid batch spec 'huge'"),
 }
 
 

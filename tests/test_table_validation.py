@@ -168,3 +168,49 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+# -- an entry agrees with itself: a tampered number is refused, naming the entry ------------------------------------
+@pytest.mark.parametrize("path, value, key, words", [
+    # the hostile pass's case: x3.0 shown and deployed while its own interval says [1.047, 1.077]
+    (f"entries[{TUNED}].speedup", 3.0, f"entries[{TUNED}].speedup", "is x3, outside its own interval [1.047, 1.077]"),
+    (f"entries[{TUNED}].ci", [2.9, 3.1], f"entries[{TUNED}].speedup", "outside its own interval"),
+    (f"entries[{TUNED}].latency_ms.best", 0.017, f"entries[{TUNED}].speedup", "its latencies say x3.012"),
+    (f"entries[{TUNED}].speedup", 0.9, f"entries[{TUNED}].speedup", "outside its own interval"),
+    (f"entries[{TUNED}].ci", [0.99, 1.077], f"entries[{TUNED}].ci", "a tuned entry's interval lies above 1"),
+    ("entries[0].speedup", 1.3, "entries[0].speedup", "keeps vLLM's default (tuned: false), which is x1"),
+    ("entries[0].latency_ms.best", 0.01, "entries[0].latency_ms.best", "keeps vLLM's default"),
+    ("entries[0].params.max_num_splits", 8, "entries[0].params", "differ from default_params"),
+    ("entries[1].best_candidate.speedup", 2.0, "entries[1].best_candidate.speedup", "outside its own interval"),
+])
+def test_an_entry_that_contradicts_itself_is_refused_naming_it(tmp_path, path, value, key, words):
+    file = write(tmp_path, edit(path, value))
+    with pytest.raises(DataFileError) as e:
+        load_table(file)
+    assert e.value.key == key and words in e.value.reason, str(e.value)
+    label = {"entries[0]": "q1s4k", "entries[1]": "8q1s4k", f"entries[{TUNED}]": "64q1s4k"}[key.split(".")[0]]
+    assert f"({label}): the entry contradicts itself; the table was edited or damaged" in e.value.reason
+
+
+def test_tuned_speedups_may_differ_from_their_latencies_by_the_rounds_noise(tmp_path):
+    """The speedup is a geometric mean of per-round ratios, the latencies medians: they differ in real tables."""
+    ok = edit(f"entries[{TUNED}].latency_ms.best", 0.0512 / 1.10)  # x1.10 by the medians, x1.062 by the rounds
+    assert load_table(write(tmp_path, ok))["entries"][TUNED]["speedup"] == 1.062
+
+
+@pytest.mark.parametrize("command", [
+    ["show"], ["flags", "--vllm", "0.20.0"], ["deploy", "-o", "p.yaml", "--vllm", "0.20.0"], ["diff", "SELF"],
+    ["plot", "-o", "plots"], ["report", "-o", "r.html"],
+    ["verify", "--runner", f"replay:{ROOT / 'results' / 'sweeps' / 'h100'}", "--rounds", "2"],
+])
+def test_no_command_shows_or_serves_a_tampered_speedup(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    file = write(tmp_path, edit(f"entries[{TUNED}].speedup", 3.0))
+    args = [command[0], str(file), *[str(file) if a == "SELF" else a for a in command[1:]]]
+    r = CliRunner().invoke(app, args)
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 2 and len(lines) == 1, r.output
+    assert lines[0] == (f"mla-tune: error: {file}: entries[{TUNED}].speedup: is x3, outside its own interval "
+                        "[1.047, 1.077] (64q1s4k): the entry contradicts itself; the table was edited or damaged, "
+                        "export it again")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.yaml"]  # nothing written

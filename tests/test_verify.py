@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -72,3 +73,24 @@ def test_profile_items_run_the_profiles_global_values_too():
     [eager] = profile_items(Profile(match, (rule,), global_=(("cuda_graphs", False),)))
     # without graphs vLLM never reads the cap: the deployment runs eager with the cap idle at vLLM's 32
     assert eager.tuned["cuda_graphs"] is False and eager.tuned["max_num_splits"] == 32
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--rounds", "1000000000000"], "--rounds 1000000000000 is out of range: 2 to 200"),
+    (["--rounds", "201", "--max-rounds", "300"], "--rounds 201 is out of range: 2 to 200"),
+    (["--rounds", "1"], "--rounds 1: need at least 2 paired rounds"),
+    (["--rounds", "30"], "--rounds 30 is above --max-rounds 24 (raise --max-rounds (at most 200) or lower --rounds)"),
+    (["--rounds", "4", "--max-rounds", "1000000000000"], "--max-rounds 1000000000000 is out of range: 2 to 200"),
+    (["--rounds", "4", "--max-rounds", "1"], "--max-rounds 1 is out of range: 2 to 200"),
+])
+def test_verify_rounds_are_bounded_in_one_line_before_anything_runs(args, words, monkeypatch):
+    """`verify --rounds 1000000000000` would have run unbounded: the rounds are device time."""
+    from mla_tune.runners import replay
+
+    def no_runner(*a, **kw):
+        raise AssertionError("a runner was opened")
+
+    monkeypatch.setattr(replay.ReplayRunner, "open", no_runner)
+    r = CliRunner().invoke(app, ["verify", str(TABLE), "--runner", REPLAY, *args])
+    assert r.exit_code == 2 and r.output.startswith(f"mla-tune: error: {words}") and r.output.count("\n") == 1, \
+        r.output

@@ -252,16 +252,27 @@ def expect(path: Path, key: str, value: Any, kind: type | tuple[type, ...], what
     return value
 
 
+# Sane bounds of the numbers mla-tune's files hold, so that what reads them never overflows or prints nonsense.
+MAX_MS = 3_600_000.0  # a latency or sample in milliseconds: an hour, far above any kernel call measured
+MAX_RATIO = 10_000.0  # a speedup or an end of its interval
+MAX_WEIGHT = 1e15  # a traffic weight (a count of batches, say)
+
+
 def number(path: Path, key: str, value: Any, *, low: float = 0.0, high: float = math.inf,
            low_open: bool = True) -> float:
-    """A finite int or float in ``(low, high]`` (``[low, high]`` with ``low_open=False``); NaN and inf never."""
+    """A finite int or float in ``(low, high]`` (``[low, high]`` with ``low_open=False``); NaN, inf and an int too
+    large for a float (400 digits) never."""
     expect(path, key, value, (int, float), "a number")
-    ok = math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        span = f"{'(' if low_open else '['}{low:g}, {high:g}]" if math.isfinite(high) else \
-            f"{'>' if low_open else '>='} {low:g}"
+    try:
+        x = float(value)
+    except OverflowError:  # an int of hundreds of digits: math.isfinite would raise it
+        x = math.inf
+    if not (math.isfinite(x) and (x > low if low_open else x >= low) and x <= high):
+        span = f"{'>' if low_open else '>='} {low:g}"
+        if math.isfinite(high):  # a range of a few units reads as one; a sanity bound as an afterthought
+            span = f"{'(' if low_open else '['}{low:g}, {high:g}]" if high <= 100 else f"{span}, at most {high:g}"
         raise DataFileError(str(path), key, f"is {short(value)}, expected a finite number {span}")
-    return float(value)
+    return x
 
 
 def integer(path: Path, key: str, value: Any, *, low: int = 1, high: int = 2**31 - 1) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 from .errors import RunnerUnavailableError, StudyNotFoundError, UnknownNameError, UsageError
 from .catalog import list_models, list_spaces, list_workloads  # the listings, without Optuna
 from .models import get_model
+from .paths import safe_component
 from .records import StudyName
 from .runners import Runner
 from .space import BACKENDS
@@ -277,10 +278,23 @@ def replay_hint_for(gpu: str) -> Iterator[None]:
     except RunnerUnavailableError as e:
         if not e.hint or not _REPLAY_HINT.search(e.hint):
             raise
-        own = RECORDINGS / gpu.lower()
+        own = RECORDINGS / safe_component(gpu.lower(), fallback="gpu")  # the name comes from the file verified
         instead = (f", or replay the {gpu}'s recordings: --runner replay:{own}" if own.is_dir() else
                    f"; no {gpu} recordings in {RECORDINGS} to replay")
         raise RunnerUnavailableError(e.message, hint=_REPLAY_HINT.sub(lambda _: instead, e.hint)) from None
+
+
+def _check_verify_rounds(rounds: int, max_rounds: int, limit: int) -> None:
+    """Rounds are device time: both bounds in ``[2, limit]``, and the least no more than the most."""
+    if rounds < 2:
+        raise UsageError(f"--rounds {rounds}: need at least 2 paired rounds for an interval")
+    if rounds > limit:
+        raise UsageError(f"--rounds {rounds} is out of range: 2 to {limit} (each round is a recording on the GPU)")
+    if not 2 <= max_rounds <= limit:
+        raise UsageError(f"--max-rounds {max_rounds} is out of range: 2 to {limit}")
+    if rounds > max_rounds:
+        raise UsageError(f"--rounds {rounds} is above --max-rounds {max_rounds}",
+                         hint=f"raise --max-rounds (at most {limit}) or lower --rounds")
 
 
 def verify_target(path: Path, *, runner: str | Runner = "vllm", rounds: int = 4, max_rounds: int = 24,
@@ -296,10 +310,7 @@ def verify_target(path: Path, *, runner: str | Runner = "vllm", rounds: int = 4,
 
     from .serving.verify import MAX_ROUNDS_LIMIT
 
-    if rounds < 2:
-        raise UsageError(f"--rounds {rounds}: need at least 2 paired rounds for an interval")
-    if not rounds <= max_rounds <= MAX_ROUNDS_LIMIT:
-        raise UsageError(f"--max-rounds {max_rounds}: must lie between --rounds ({rounds}) and {MAX_ROUNDS_LIMIT}")
+    _check_verify_rounds(rounds, max_rounds, MAX_ROUNDS_LIMIT)
     if _yaml.load(path, SCHEMA_VERSIONS).get("kind") == PROFILE_KIND:
         profile = load_profile(path)
         kind, backend, kv = "profile", profile.match.backend, profile.match.kv_cache_dtype

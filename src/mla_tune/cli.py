@@ -14,6 +14,7 @@ from typer.core import TyperGroup
 
 from . import __version__
 from .errors import MlaTuneError
+from .views.text import printable
 
 
 # Click's UsageError (BadParameter's base), from the click Typer uses (recent Typers vendor their own).
@@ -38,7 +39,7 @@ class _OneLineErrors(TyperGroup):
             return super().invoke(ctx)
         except _CLICK_USAGE_ERROR as e:
             where = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
-            typer.echo(f"mla-tune: error: {' '.join(e.format_message().split())}{where}", err=True)
+            typer.echo(printable(f"mla-tune: error: {' '.join(e.format_message().split())}{where}"), err=True)
             raise typer.Exit(e.exit_code) from None
 
 
@@ -71,7 +72,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except MlaTuneError as e:
-            typer.echo(f"mla-tune: error: {e}", err=True)
+            typer.echo(f"mla-tune: error: {printable(e)}", err=True)  # messages quote data from files
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             typer.echo("mla-tune: interrupted; finished trials are kept, run the same command to resume", err=True)
@@ -81,13 +82,13 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(141) from None
         except OSError as e:  # a full disk or a vanished file under a write the library did not wrap
             where = f": {e.filename}" if e.filename else ""
-            typer.echo(f"mla-tune: error: {e.strerror or e}{where}", err=True)
+            typer.echo(printable(f"mla-tune: error: {e.strerror or e}{where}"), err=True)
             raise typer.Exit(1) from None
         except Exception as e:  # noqa: BLE001 - only to find a library error Optuna re-raised as its own
             cause = _library_error(e)
             if cause is None:
                 raise
-            typer.echo(f"mla-tune: error: {cause}", err=True)
+            typer.echo(f"mla-tune: error: {printable(cause)}", err=True)
             raise typer.Exit(cause.exit_code) from None
 
     return wrapper
@@ -113,7 +114,7 @@ def _warnings_as_lines() -> None:
 
     def show(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
         if category.__module__.startswith("mla_tune"):
-            typer.echo(f"mla-tune: warning: {message}", err=True)
+            typer.echo(f"mla-tune: warning: {printable(message)}", err=True)
         else:
             default(message, category, filename, lineno, file, line)
 
@@ -416,7 +417,7 @@ def verify(
 
     err = _console(stderr=True)
     result = api.verify_target(target, runner=runner, rounds=rounds, max_rounds=max_rounds,
-                               progress=lambda m: err.print(m))
+                               progress=lambda m: err.print(printable(m)))
     for line in verify_lines(result):
         typer.echo(line)
     if result.slower or result.failed:
@@ -531,7 +532,7 @@ def _attach_plots(storage: Optional[str], backend: list[str], workload: list[str
     try:
         done = attach_plots(storage, run_studies(backend, workload, model, tp, kv_cache_dtype))
     except (MlaTuneError, OSError) as e:
-        typer.echo(f"mla-tune: warning: no plots attached to the studies: {e}", err=True)
+        typer.echo(f"mla-tune: warning: no plots attached to the studies: {printable(e)}", err=True)
         return
     if done.studies:
         n = len(done.studies)

@@ -53,6 +53,7 @@ SCHEMA_VERSIONS = (1, 2)
 
 
 DEFAULT_ROUNDS = 3
+MAX_ROUNDS = 100  # as `mla-tune sweep --rounds` allows
 
 
 @dataclass(frozen=True)
@@ -114,10 +115,7 @@ def read_sweep(path: Path) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
     if header.get("kind") != SWEEP_KIND or header.get("schema_version") not in SCHEMA_VERSIONS:
         raise DataFileError(str(path), "line 1", f"not an mla-tune sweep (kind {SWEEP_KIND}, schema_version "
                             f"{' or '.join(map(str, SCHEMA_VERSIONS))})")
-    try:
-        Environment.from_dict(header["environment"])
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise DataFileError(str(path), "line 1.environment", f"incomplete or missing ({e!r})") from e
+    _check_environment(path, header.get("environment"))
     _check_backends(path, header.get("backends"))
 
     def records() -> Iterator[dict[str, Any]]:
@@ -129,6 +127,24 @@ def read_sweep(path: Path) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
 
 
 MAX_BYTES = 256 * 1024 * 1024  # a recorded GPU's sweeps are ~0.5 MB per file
+
+
+def _check_environment(path: Path, env: Any) -> None:
+    """Where the sweep was recorded: what replay reports, names studies after and compares files by, typed."""
+    where = "line 1.environment"
+    env = _yaml.check_keys(path, where, env, ("runner", "gpu"), ("driver", "cuda", "torch", "vllm", "mla_tune",
+                                                                 "recorded", "extra"))
+    gpu = _yaml.check_keys(path, f"{where}.gpu", env["gpu"], ("name", "compute_capability", "sm_count"))
+    for key, value in (("runner", env["runner"]), ("gpu.name", gpu["name"])):
+        if not _yaml.expect(path, f"{where}.{key}", value, str, "a string").strip() or len(value) > 200:
+            raise DataFileError(str(path), f"{where}.{key}", f"is {_yaml.short(value)}, expected a name")
+    _yaml.expect(path, f"{where}.gpu.compute_capability", gpu["compute_capability"], (str, int, float), "a string")
+    _yaml.integer(path, f"{where}.gpu.sm_count", gpu["sm_count"], high=1 << 16)
+    for key in ("driver", "cuda", "torch", "vllm", "mla_tune", "recorded"):
+        if env.get(key) is not None:
+            _yaml.expect(path, f"{where}.{key}", env[key], str, "a string")
+    for key, value in _yaml.expect(path, f"{where}.extra", env.get("extra") or {}, dict, "a mapping").items():
+        _yaml.expect(path, f"{where}.extra.{key}", value, (str, int, float, bool), "a string or number")
 
 
 def _check_backends(path: Path, backends: Any) -> None:
@@ -162,11 +178,12 @@ def _check_record(path: Path, where: str, rec: dict[str, Any]) -> dict[str, Any]
     if rec["status"] == "ok" and not samples:
         raise DataFileError(str(path), f"{where}.samples_ms", "empty, but the status is ok")
     for j, x in enumerate(samples):
-        _yaml.number(path, f"{where}.samples_ms[{j}]", x)
+        _yaml.number(path, f"{where}.samples_ms[{j}]", x, high=_yaml.MAX_MS)
     if rec.get("rel_err") is not None:
-        _yaml.number(path, f"{where}.rel_err", rec["rel_err"], low_open=False)
-    if "round" in rec and (type(rec["round"]) is not int or rec["round"] < 1):
-        raise DataFileError(str(path), f"{where}.round", f"is {_yaml.short(rec['round'])}; expected 1, 2, ...")
+        _yaml.number(path, f"{where}.rel_err", rec["rel_err"], low_open=False, high=_yaml.MAX_RATIO)
+    if "round" in rec and (type(rec["round"]) is not int or not 1 <= rec["round"] <= MAX_ROUNDS):
+        raise DataFileError(str(path), f"{where}.round", f"is {_yaml.short(rec['round'])}; expected 1, 2, ... "
+                            f"{MAX_ROUNDS}")
     if "reference" in rec:
         _check_pair(path, where, rec)
     return rec

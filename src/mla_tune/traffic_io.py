@@ -34,17 +34,21 @@ class Traffic:
 
 def _entry(path: Path, where: str, spec: object, weight: object) -> tuple[str, float]:
     if not isinstance(spec, str):
-        raise DataFileError(str(path), f"{where}.spec", f"expected a batch spec, got {spec!r}")
+        raise DataFileError(str(path), f"{where}.spec", f"expected a batch spec, got {_yaml.short(spec)}")
     try:
         canonical = batch_spec.format(batch_spec.parse(spec))
     except MlaTuneError as e:
         raise DataFileError(str(path), f"{where}.spec", str(e)) from None
     try:
         w = float(weight)  # type: ignore[arg-type]
+    except OverflowError:  # an int of hundreds of digits
+        w = math.inf
     except (TypeError, ValueError):
-        raise DataFileError(str(path), f"{where}.weight", f"expected a number, got {weight!r}") from None
+        raise DataFileError(str(path), f"{where}.weight", f"expected a number, got {_yaml.short(weight)}") from None
     if isinstance(weight, bool) or not math.isfinite(w) or w <= 0:
-        raise DataFileError(str(path), f"{where}.weight", f"must be a finite number > 0, got {weight!r}")
+        raise DataFileError(str(path), f"{where}.weight", f"must be a finite number > 0, got {_yaml.short(weight)}")
+    if w > _yaml.MAX_WEIGHT:
+        raise DataFileError(str(path), f"{where}.weight", f"is {_yaml.short(weight)}: at most {_yaml.MAX_WEIGHT:g}")
     return canonical, w
 
 

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from .paths import safe_component
+
 ParamValue = Union[int, str, bool]
 
 
@@ -207,9 +209,12 @@ class PairedMeasurement:
 
 
 def gpu_short_name(name: str) -> str:
-    """``NVIDIA H100 80GB HBM3`` -> ``H100``: how studies, profiles and the plugin name a GPU."""
-    words = [w for w in name.replace("NVIDIA", "").split() if w]
-    return words[0] if words else "GPU"
+    """``NVIDIA H100 80GB HBM3`` -> ``H100``: how studies, profiles, the plugin and picture files name a GPU.
+
+    A safe file-name component (``paths.safe_component``) whatever the name holds, as it becomes part of study
+    names and file names: ``NVIDIA ../../x`` is ``x``, never a path."""
+    words = [w for w in str(name).replace("NVIDIA", "").split() if w]
+    return safe_component(words[0], fallback="GPU", limit=64) if words else "GPU"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -95,6 +96,7 @@ def launch(study: dict[str, Any], *, gpus: list[str], storage: str | None, runne
     locks = acquire_all(gpus)
     try:
         open_storage(spec, create=True)  # create the file or schema once, before workers race to do it
+        remove_stale_jobs()
         with tempfile.TemporaryDirectory(prefix="mla-tune-workers-") as tmp:
             procs = [_start(i, len(gpus), lock, study, spec, runner, factory, Path(tmp), progress)
                      for i, lock in enumerate(locks)]
@@ -119,17 +121,48 @@ def _start(index: int, n: int, lock: GpuLock, study: dict[str, Any], spec: Stora
     result = tmp / f"worker{index}.result.json"
     job = WorkerJob(index, n, lock.gpu, spec.target if spec.kind == "rdb" else f"journal:{spec.target}", runner,
                     study, str(result), factory, list(sys.path))
-    job_path = tmp / f"worker{index}.job.json"
-    job_path.write_text(json.dumps(dataclasses.asdict(job)))
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=lock.device, PYTHONUNBUFFERED="1")
     # Own session: a terminal's Ctrl-C reaches the launcher only, which forwards it once (see _wait).
-    popen = subprocess.Popen([sys.executable, "-m", "mla_tune.coordination.workers", str(job_path)],
+    popen = subprocess.Popen([sys.executable, "-m", "mla_tune.coordination.workers"],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, pass_fds=(lock.fd,),
                              start_new_session=True)
     lock.note_holder(popen.pid)
+    _hand_over(popen, job)
     reader = threading.Thread(target=_read_progress, args=(popen, progress), daemon=True)
     reader.start()
     return _Proc(lock, popen, result, reader)
+
+
+def _hand_over(popen: subprocess.Popen, job: WorkerJob) -> None:
+    """The job goes down the worker's stdin as one JSON line, never into a file: it holds the storage URL, and a
+    database password in it would outlive a launcher killed before it could clean up. The pipe stays open after
+    it (the worker stops when it closes: the launcher is gone)."""
+    assert popen.stdin is not None
+    try:
+        popen.stdin.write(json.dumps(dataclasses.asdict(job)).encode() + b"\n")
+        popen.stdin.flush()
+    except BrokenPipeError:
+        pass  # the worker died before reading it: reported as a failed worker by _collect
+
+
+STALE_JOB_S = 60.0
+
+
+def remove_stale_jobs(directory: Path | None = None) -> list[Path]:
+    """Remove job files that launchers before this version left in ``mla-tune-workers-*`` temp folders when they
+    were killed: each holds the storage URL, password included. This launcher writes none; those left by an older
+    one are removed at the next run's start (this user's regular files only, untouched for ``STALE_JOB_S``)."""
+    removed = []
+    now = time.time()
+    for path in Path(directory or tempfile.gettempdir()).glob("mla-tune-workers-*/worker*.job.json"):
+        try:
+            st = path.lstat()
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and now - st.st_mtime > STALE_JOB_S:
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue  # another user's folder, or gone meanwhile
+    return removed
 
 
 _progress_lock = threading.Lock()
@@ -221,4 +254,5 @@ def raise_for_failures(launched: Any) -> None:  # a Launched or an api.ParallelO
                              some_finished=len(failed) < len(launched.workers))
 
 
-__all__ = ["launch", "Launched", "WorkerReport", "WorkersFailedError", "check_storage", "raise_for_failures"]
+__all__ = ["launch", "Launched", "WorkerReport", "WorkersFailedError", "check_storage", "raise_for_failures",
+           "remove_stale_jobs"]

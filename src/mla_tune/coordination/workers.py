@@ -8,9 +8,10 @@ grace period on others), and runs what is left (the retries); a study still shor
 Last, the confirmations, shared the same way: a worker confirms each study no live worker has claimed
 (``confirm.ConfirmClaim``), so workers of several hosts on one storage do not confirm the same study twice.
 
-Started by ``scale.launch`` as ``python -m mla_tune.coordination.workers JOB.json``; reports progress as JSON
+Started by ``scale.launch`` as ``python -m mla_tune.coordination.workers``, its job (``WorkerJob``) the first line
+of its stdin, so that the storage URL and any password in it are never written to disk; reports progress as JSON
 lines on stdout and its result in the job's result file. When the launcher dies (stdin closes), the worker stops
-as on Ctrl-C.
+as on Ctrl-C. (``python -m mla_tune.coordination.workers JOB.json`` reads the job from a file instead.)
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import optuna
 
 from ..errors import MlaTuneError
 from ..runners import Runner, register_runner
-from ..storage.urls import parse_storage
+from ..storage.urls import parse_storage, scrub
 from ..study.confirm import await_confirmation, confirm
 from ..study.engine import ProgressFn, deadline_of, run_trials, settle
 from ..study.loop import Coordination, Incomplete, run_studies
@@ -139,8 +140,22 @@ def _emit(gpu: str) -> Callable[[Any], None]:
     return emit
 
 
+def _read_job_line() -> str:
+    """The first line of stdin, read from the raw descriptor (``_watch_parent`` then reads it to its end)."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(0, 65536)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode()
+
+
 def main(argv: list[str]) -> int:
-    job = WorkerJob(**json.loads(Path(argv[0]).read_text()))
+    text = Path(argv[0]).read_text() if argv else _read_job_line()
+    if not text.strip():
+        return 1  # the launcher died before handing the job over: nothing to do, nowhere to report
+    job = WorkerJob(**json.loads(text))
     sys.path += [p for p in job.sys_path if p not in sys.path]
     if job.runner_factory:
         register_runner(job.runner.partition(":")[0], job.runner_factory)
@@ -152,12 +167,12 @@ def main(argv: list[str]) -> int:
     try:
         result = {"ok": True, **dataclasses.asdict(work(job, _emit(job.gpu)))}
     except MlaTuneError as e:
-        result, code = {"ok": False, "error": str(e), "exit_code": e.exit_code}, e.exit_code
+        result, code = {"ok": False, "error": scrub(str(e), job.storage), "exit_code": e.exit_code}, e.exit_code
     except KeyboardInterrupt:
         result, code = {"ok": False, "error": "interrupted", "exit_code": 130}, 130
     except Exception as e:  # a bug: the traceback goes to stderr, the launcher's one line names it
         traceback.print_exc()
-        first = (str(e).splitlines() or [""])[0]
+        first = scrub((str(e).splitlines() or [""])[0], job.storage)  # the result file is on disk: no secret in it
         result, code = {"ok": False, "error": f"crashed: {type(e).__name__}: {first}", "exit_code": 1}, 1
     Path(job.result).write_text(json.dumps(result))
     return code

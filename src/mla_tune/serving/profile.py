@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import _yaml
-from ..errors import DataFileError
+from .. import _yaml, batch_spec
+from ..errors import BatchSpecError, DataFileError
 from ..knobs import BACKENDS, KNOBS, ServingApply, knob, knob_names
+from ..paths import safe_component
 from ..types import ParamValue
 
 PROFILE_KIND = "mla-tune/serving-profile"
@@ -123,10 +124,64 @@ def mismatch(match: Match, engine: RunningEngine) -> str | None:
 
 
 # -- loading -----------------------------------------------------------------------------------------
-def _int(path: Path, key: str, value: object, low: int = 1) -> int:
+MAX_TOKENS = 1 << 24  # decode tokens of one batch (4096 requests of 16 tokens are 64k)
+
+
+def _int(path: Path, key: str, value: object, low: int = 1, high: int = 1 << 20) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise DataFileError(str(path), key, f"expected an integer >= {low}, got {value!r}")
+        raise DataFileError(str(path), key, f"expected an integer >= {low}, got {_yaml.short(value)}")
+    if value > high:
+        raise DataFileError(str(path), key, f"is {_yaml.short(value)}, expected an integer in [{low}, {high}]")
     return value
+
+
+def _text(path: Path, key: str, value: object, *, numbers: bool = False) -> str:
+    """A short one-line string (``numbers``: a number written without quotes, ``9.0``, is taken as its text)."""
+    kinds = (str, int, float) if numbers else str
+    text = str(_yaml.expect(path, key, value, kinds, "a string"))
+    if not text.strip() or len(text) > 64 or not text.isprintable():
+        raise DataFileError(str(path), key, f"is {_yaml.short(value)}, expected a short name")
+    return text
+
+
+def _names(path: Path, where: str, raw: dict) -> dict:
+    """A section's keys are knob names (an integer key would be neither a knob nor sortable with the others)."""
+    for k in raw:
+        if not isinstance(k, str):
+            raise DataFileError(str(path), f"{where}.{_yaml.short(k)}", "expected a knob name")
+    return raw
+
+
+def _match(path: Path, raw: object) -> Match:
+    m = _yaml.check_keys(path, "match", raw, Match.__dataclass_fields__)
+    if m["backend"] not in BACKENDS:
+        raise DataFileError(str(path), "match.backend", f"unknown backend {_yaml.short(m['backend'])}")
+    gpu = _text(path, "match.gpu", m["gpu"])
+    if safe_component(gpu) != gpu:  # what gpu_short_name makes of the GPU's name: it is part of file names too
+        raise DataFileError(str(path), "match.gpu", f"is {_yaml.short(gpu)}, expected a GPU's short name (H100)")
+    return Match(gpu, _text(path, "match.compute_capability", m["compute_capability"], numbers=True), m["backend"],
+                 *(_int(path, f"match.{k}", m[k]) for k in ("num_q_heads", "kv_lora_rank", "qk_rope_head_dim")),
+                 _text(path, "match.kv_cache_dtype", m["kv_cache_dtype"]),
+                 _text(path, "match.vllm", m["vllm"], numbers=True))
+
+
+# What deploy writes into a profile's provenance; verify reads model and tp (the dims to measure) and measured_with.
+_PROVENANCE = {"tables": list, "measured_with": list, "traffic": str, "vllm_target": str, "model": str, "tp": int,
+               "rule": str}
+
+
+def _provenance(path: Path, raw: object) -> dict[str, Any]:
+    prov = _yaml.check_keys(path, "provenance", raw or {}, (), _PROVENANCE)
+    for key, value in prov.items():
+        where = f"provenance.{key}"
+        if _PROVENANCE[key] is int:
+            _int(path, where, value, high=1024)
+        elif _PROVENANCE[key] is list:
+            for i, item in enumerate(_yaml.expect(path, where, value, list, "a list of strings")):
+                _yaml.expect(path, f"{where}[{i}]", item, str, "a string")
+        else:
+            _yaml.expect(path, where, value, str, "a string")
+    return prov
 
 
 def _knob_value(path: Path, key: str, name: str, value: object, backend: str) -> ParamValue:
@@ -137,7 +192,7 @@ def _knob_value(path: Path, key: str, name: str, value: object, backend: str) ->
     if backend not in k.backends:
         raise DataFileError(str(path), key, f"{name} does not apply to {backend}")
     if not k.accepts(value):
-        raise DataFileError(str(path), key, f"{name}={value!r}; allowed: {k.allowed()}")
+        raise DataFileError(str(path), key, f"{name}={_yaml.short(value)}; allowed: {k.allowed()}")
     return value  # type: ignore[return-value]
 
 
@@ -158,15 +213,32 @@ def _points(path: Path, where: str, name: str, raw: object, backend: str) -> Per
     for i, p in enumerate(items):
         w = f"{where}[{i}]"
         p = _yaml.check_keys(path, w, p, ["tokens", "value"], ["context", "shape"])
-        point = Point(_int(path, f"{w}.tokens", p["tokens"]), _knob_value(path, f"{w}.value", name, p["value"],
-                                                                            backend),
-                      _int(path, f"{w}.context", p["context"]) if p.get("context") is not None else None,
-                      str(p.get("shape", "")))
+        point = Point(_int(path, f"{w}.tokens", p["tokens"], high=MAX_TOKENS),
+                      _knob_value(path, f"{w}.value", name, p["value"], backend),
+                      _int(path, f"{w}.context", p["context"], high=batch_spec.MAX_LEN)
+                      if p.get("context") is not None else None,
+                      _yaml.expect(path, f"{w}.shape", p.get("shape", ""), str, "batch specs joined by +"))
+        _measured_at(path, w, point)
         if (point.tokens, point.context) in seen:
             raise DataFileError(str(path), w, f"a second point for tokens={point.tokens} context={point.context}")
         seen.add((point.tokens, point.context))
         points.append(point)
     return PerBatchRule(name, tuple(sorted(points, key=lambda q: (q.tokens, q.context or 0))))
+
+
+def _measured_at(path: Path, where: str, point: Point) -> None:
+    """A point agrees with the shapes it names: each measured batch has its decode tokens (and its context, where
+    the point has one), so a value cannot be moved to another batch size by editing ``tokens``."""
+    for spec in filter(None, point.shape.split("+")):
+        try:
+            shape = batch_spec.parse(spec)
+        except BatchSpecError as e:
+            raise DataFileError(str(path), f"{where}.shape", str(e)) from None
+        if shape.num_tokens != point.tokens or point.context not in (None, shape.max_kv_len):
+            at = f"{point.tokens} tokens" + (f" at context {point.context}" if point.context is not None else "")
+            raise DataFileError(str(path), where, f"is a point for {at}, but its shape {spec} has "
+                                f"{shape.num_tokens} tokens at context {shape.max_kv_len}: the profile was edited or "
+                                "damaged, deploy it again")
 
 
 def load_profile(path: Path) -> Profile:
@@ -175,24 +247,20 @@ def load_profile(path: Path) -> Profile:
     data = _yaml.check_keys(path, "", _yaml.load(path), ["kind", "schema_version", "match"],
                             ["global", "at_build", "per_batch", "provenance"])
     if data["kind"] != PROFILE_KIND:
-        raise DataFileError(str(path), "kind", f"is {data['kind']!r}, expected {PROFILE_KIND!r}")
-    m = _yaml.check_keys(path, "match", data["match"], Match.__dataclass_fields__)
-    if m["backend"] not in BACKENDS:
-        raise DataFileError(str(path), "match.backend", f"unknown backend {m['backend']!r}")
-    match = Match(str(m["gpu"]), str(m["compute_capability"]), m["backend"],
-                  *(_int(path, f"match.{k}", m[k]) for k in ("num_q_heads", "kv_lora_rank", "qk_rope_head_dim")),
-                  str(m["kv_cache_dtype"]), str(m["vllm"]))
+        raise DataFileError(str(path), "kind", f"is {_yaml.short(data['kind'])}, expected {PROFILE_KIND!r}")
+    match = _match(path, data["match"])
     sections = {}
     for name in ("global", "at_build"):
-        raw = _yaml.expect(path, name, data.get(name) or {}, dict, "a mapping of knob: value")
+        raw = _names(path, name, _yaml.expect(path, name, data.get(name) or {}, dict, "a mapping of knob: value"))
         sections[name] = tuple(sorted((k, _knob_value(path, f"{name}.{k}", k, v, match.backend))
                                       for k, v in raw.items()))
         if name == "at_build":
             for k, _ in sections[name]:
                 _applied_as(path, f"at_build.{k}", k, ServingApply.PLUGIN_AT_BUILD, "at build")
-    raw_rules = _yaml.expect(path, "per_batch", data.get("per_batch") or {}, dict, "a mapping of knob: points")
+    raw_rules = _names(path, "per_batch", _yaml.expect(path, "per_batch", data.get("per_batch") or {}, dict,
+                                                       "a mapping of knob: points"))
     rules = tuple(_points(path, f"per_batch.{k}", k, v, match.backend) for k, v in sorted(raw_rules.items()))
-    prov = _yaml.expect(path, "provenance", data.get("provenance") or {}, dict, "a mapping")
+    prov = _provenance(path, _yaml.expect(path, "provenance", data.get("provenance") or {}, dict, "a mapping"))
     return Profile(match, rules, sections["at_build"], sections["global"], prov)
 
 

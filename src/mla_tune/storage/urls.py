@@ -10,7 +10,6 @@ empty storage somewhere else. Every URL shown to a user goes through ``redact``.
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote_plus
@@ -27,6 +26,7 @@ from ..coordination.heartbeat import (
 )
 from ..errors import StorageError
 from .journal import JournalCorruptError, JournalFile, JournalWriteError
+from .rdb import open_rdb
 
 DEFAULT_STORAGE = "results/studies.journal"
 STORAGE_ENV = env.STORAGE
@@ -147,14 +147,8 @@ def open_storage(spec: StorageSpec, *, create: bool) -> optuna.storages.BaseStor
             raise StorageError(f"no SQLite database at {db}")
         if create:
             _make_folder(db)
-    from optuna.storages import RDBStorage
-
     try:
-        with warnings.catch_warnings():  # heartbeats and their retry callback are flagged experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(_driver(spec.target), heartbeat_interval=heartbeat_interval_s(), grace_period=grace_period_s(),
-                              heartbeat_stale_trial_callback=retry_callback(),
-                              engine_kwargs=_engine_kwargs(spec.target))
+        return open_rdb(spec.target)
     except Exception as e:  # noqa: BLE001 - sqlalchemy raises many kinds; the user needs one line
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StorageError(f"cannot open storage {spec.display}: {scrub(reason, spec.target)}") from None
@@ -284,19 +278,3 @@ def scrub(text: str, url: str) -> str:
     for secret in _secrets(url):
         text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
     return text
-
-
-def _driver(url: str) -> str:
-    """``postgresql://`` means psycopg2 to SQLAlchemy; the ``postgres`` extra installs psycopg 3: use it."""
-    import importlib.util
-
-    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg2") is None \
-            and importlib.util.find_spec("psycopg") is not None:
-        return "postgresql+psycopg://" + url[len("postgresql://"):]
-    return url
-
-
-def _engine_kwargs(url: str) -> dict:
-    if url.startswith("postgresql"):
-        return {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
-    return {}

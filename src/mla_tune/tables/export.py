@@ -18,6 +18,7 @@ from ..study.plan import KV_CACHE_DTYPES
 from ..space import SearchSpace, load_space
 from ..space_auto import AUTO, BACKEND, split_config
 from ..batch_spec import parse as bounded_shape
+from .consistency import check_entry
 from .table import AUTO_TABLE_SCHEMA_VERSION, SCHEMA_VERSIONS, TABLE_KIND
 from ..types import Shape
 
@@ -212,7 +213,7 @@ class _TableCheck:
         if "latency_ms" in e:
             ms = _yaml.check_keys(p, f"{where}.latency_ms", e["latency_ms"], ("default", "best"))
             for k, v in ms.items():
-                _yaml.number(p, f"{where}.latency_ms.{k}", v)
+                _yaml.number(p, f"{where}.latency_ms.{k}", v, high=_yaml.MAX_MS)
         if "samples" in e:
             samples = _yaml.check_keys(p, f"{where}.samples", e["samples"], (), ("default", "best"))
             for k, v in samples.items():
@@ -222,10 +223,11 @@ class _TableCheck:
             best = _yaml.check_keys(p, f"{where}.best_candidate", e["best_candidate"],
                                     ("params", "latency_ms", "speedup"), ("ci", "ci_level"))
             self.configs(f"{where}.best_candidate.params", best["params"], n)
-            _yaml.number(p, f"{where}.best_candidate.latency_ms", best["latency_ms"])
+            _yaml.number(p, f"{where}.best_candidate.latency_ms", best["latency_ms"], high=_yaml.MAX_MS)
             self.verdict(f"{where}.best_candidate", best)
         self.required(where, e)
         self.same_knobs(where, e)
+        check_entry(p, where, label, e)
         return label
 
     def shape_entry(self, where: str, e: dict[str, Any]) -> str:
@@ -241,7 +243,7 @@ class _TableCheck:
                                                "a list of {params, trial_ms}")):
             point = _yaml.check_keys(p, f"{where}.landscape[{i}]", point, ("params", "trial_ms"))
             self.params(f"{where}.landscape[{i}].params", point["params"])
-            _yaml.number(p, f"{where}.landscape[{i}].trial_ms", point["trial_ms"])
+            _yaml.number(p, f"{where}.landscape[{i}].trial_ms", point["trial_ms"], high=_yaml.MAX_MS)
         return spec
 
     def mix_entry(self, where: str, e: dict[str, Any]) -> tuple[int, str]:
@@ -259,7 +261,7 @@ class _TableCheck:
             s = _yaml.check_keys(p, f"{where}.shapes[{i}]", s, ("spec", "weight"))
             self.spec(f"{where}.shapes[{i}].spec", _yaml.expect(p, f"{where}.shapes[{i}].spec", s["spec"], str,
                                                                 "a batch spec string"))
-            _yaml.number(p, f"{where}.shapes[{i}].weight", s["weight"])
+            _yaml.number(p, f"{where}.shapes[{i}].weight", s["weight"], high=_yaml.MAX_WEIGHT)
         return len(shapes), f"mix:{workload}"
 
     def spec(self, key: str, spec: str) -> Shape:
@@ -332,13 +334,13 @@ class _TableCheck:
         """``speedup`` a finite positive number; ``ci`` two finite numbers 0 <= low <= high at a level in (0, 1)."""
         p = self.path
         if "speedup" in e:
-            _yaml.number(p, f"{where}.speedup", e["speedup"])
+            _yaml.number(p, f"{where}.speedup", e["speedup"], high=_yaml.MAX_RATIO)
         if "ci" in e:
             ci = e["ci"]
             if not isinstance(ci, list) or len(ci) != 2:
                 raise DataFileError(str(p), f"{where}.ci", f"is {short(ci)}, expected [low, high]")
-            low = _yaml.number(p, f"{where}.ci[0]", ci[0], low_open=False)
-            high = _yaml.number(p, f"{where}.ci[1]", ci[1], low_open=False)
+            low = _yaml.number(p, f"{where}.ci[0]", ci[0], low_open=False, high=_yaml.MAX_RATIO)
+            high = _yaml.number(p, f"{where}.ci[1]", ci[1], low_open=False, high=_yaml.MAX_RATIO)
             if low > high:
                 raise DataFileError(str(p), f"{where}.ci", f"low {low:g} is above high {high:g}")
         if "ci_level" in e:

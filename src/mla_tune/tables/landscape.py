@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import batch_spec
+from ..paths import safe_component
 from ..stats import round_sig
 from ..types import ParamValue, Shape, freeze_params, gpu_short_name
 
@@ -158,12 +159,12 @@ class Landscape:
     @property
     def stem(self) -> str:
         """A file-name stem: the GPU (``-replay`` when replayed) and the table's file name, or for sweeps
-        ``H100-FLASH_ATTN_MLA-deepseek-v3-tp1-sweep``."""
+        ``H100-FLASH_ATTN_MLA-deepseek-v3-tp1-sweep``; a safe name component whatever the inputs hold."""
         gpu = self.source.gpu_short + ("-replay" if self.source.replay else "")
         if self.kind == "table":
-            return f"{gpu}-{Path(self.source.path).stem}"
+            return safe_component(f"{gpu}-{Path(self.source.path).stem}")
         kv = "" if self.kv_cache_dtype == "auto" else f"-kv{self.kv_cache_dtype}"
-        return f"{gpu}-{self.backend}-{self.model}-tp{self.tp}{kv}-sweep"
+        return safe_component(f"{gpu}-{self.backend}-{self.model}-tp{self.tp}{kv}-sweep")
 
 
 def _ms(x: float | None) -> str:

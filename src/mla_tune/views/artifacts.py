@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..paths import join_inside, safe_component
 from ..records import ATTRS_KEY, Confirmation, StudyName
 from ..storage.urls import StorageSpec, artifact_dir, attach_file, open_storage, parse_storage, storage_file
 
@@ -138,9 +139,9 @@ def _draw(members: list[Any], stale: set[str], tmp: Path) -> Iterable[tuple[str,
         return
     drawn = pictures(whole)
     for p in drawn:
-        (tmp / p.name).write_bytes(p.png)
-    heatmaps = [tmp / p.name for p in drawn if "-heatmap-" in p.name]
-    pages = [tmp / p.name for p in drawn if "-heatmap-" not in p.name]
+        join_inside(tmp, p.name).write_bytes(p.png)
+    heatmaps = [join_inside(tmp, p.name) for p in drawn if "-heatmap-" in p.name]
+    pages = [join_inside(tmp, p.name) for p in drawn if "-heatmap-" not in p.name]
     page_of = {b.label: i // SHAPES_PER_PAGE for i, b in enumerate(shape_bars(whole))}
     for s in members:
         if s.name in stale:
@@ -159,7 +160,7 @@ def _landscape(members: list[Any], tmp: Path) -> Any:
     except UsageError:  # studies of one name group measured with different software: nothing to draw together
         return None
     first = StudyName.parse(members[0].name)
-    path = tmp / f"{first.backend}-{first.model}.yaml"
+    path = join_inside(tmp, safe_component(f"{first.backend}-{first.model}") + ".yaml")  # names from the storage
     return read_table(write_table(table, path))
 
 

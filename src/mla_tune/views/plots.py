@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MlaTuneError, UsageError
+from ..paths import join_inside, safe_component
 from ..tables.landscape import Landscape
 from . import layout
 from .plotdata import Heatmap, ShapeBars, heatmaps, shape_bars
@@ -90,15 +91,20 @@ def _suptitle(ls: Landscape, what: str) -> str:
 def pictures(ls: Landscape) -> list[Picture]:
     """The heatmaps (one per knob measured at several values on the decode grid) and the per-shape charts."""
     with _pyplot().rc_context(_RC):
-        out = [Picture(f"{ls.stem}-heatmap-{h.knob}.png", f"{h.knob}: speedup over vLLM's default",
+        out = [Picture(_png_name(f"{ls.stem}-heatmap-{h.knob}"), f"{h.knob}: speedup over vLLM's default",
                        heatmap_png(ls, h)) for h in heatmaps(ls)]
         bars = shape_bars(ls)
         pages = [bars[i:i + SHAPES_PER_PAGE] for i in range(0, len(bars), SHAPES_PER_PAGE)]
         for n, page in enumerate(pages, start=1):
             suffix = f"-{n}" if len(pages) > 1 else ""
-            out.append(Picture(f"{ls.stem}-landscape{suffix}.png", "per-shape landscape" + (
+            out.append(Picture(_png_name(f"{ls.stem}-landscape{suffix}"), "per-shape landscape" + (
                 f" ({n}/{len(pages)})" if len(pages) > 1 else ""), landscape_png(ls, page)))
     return out
+
+
+def _png_name(stem: str) -> str:
+    """A picture's file name: built from the inputs' GPU, model and file names, so made safe (never a path)."""
+    return safe_component(stem) + ".png"
 
 
 _TICKS = (0.5, 0.67, 0.8, 0.9, 0.95, 1.0, 1.02, 1.05, 1.1, 1.2, 1.5, 2.0)
@@ -306,10 +312,10 @@ def write_pictures(landscapes: list[Landscape], out_dir: Path) -> list[Path]:
     written: list[Path] = []
     for ls in landscapes:
         for pic in pictures(ls):
-            path = out_dir / pic.name
+            path = join_inside(out_dir, pic.name)
             n = 2
             while path in written:  # two inputs of the same GPU and name: keep both
-                path, n = out_dir / f"{Path(pic.name).stem}-{n}.png", n + 1
+                path, n = join_inside(out_dir, f"{Path(pic.name).stem}-{n}.png"), n + 1
             written.append(_write_bytes(path, pic.png))
     return written
 

@@ -12,6 +12,7 @@ from ..records import Confirmation, StudyName
 from ..space import format_config
 from ..stats import round_sig
 from ..study.verdict import judged, verdict_of
+from .text import add_row, printable, say
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -54,7 +55,7 @@ class _Bars:
         if not now and time.monotonic() - self._said_at.get(name, -LOG_EVERY_S) < LOG_EVERY_S:
             return
         self._last[name], self._said_at[name] = text, time.monotonic()
-        self._console.print(f"{name}: {text}", highlight=False)
+        say(self._console, f"{name}: {text}")
 
     def __enter__(self) -> _Bars:
         return self  # the live display starts with the first bar: an early error prints only its own line
@@ -73,7 +74,7 @@ class _Bars:
         if not self._tasks:
             self._progress.__enter__()
         if name not in self._tasks:
-            self._tasks[name] = self._progress.add_task(name, total=total, info="")
+            self._tasks[name] = self._progress.add_task(printable(name), total=total, info="")
         return self._tasks[name]
 
 
@@ -99,11 +100,12 @@ class ProgressView(_Bars):
         task = self._task(p.study, p.total)
         info = self._progress.tasks[task].fields["info"]
         if p.phase == "trial":
-            self._progress.update(task, completed=p.done, total=p.total, info=_best_info(p) or info)
+            self._progress.update(task, completed=p.done, total=p.total, info=printable(_best_info(p) or info))
         elif p.phase == "confirm":
-            self._progress.update(task, info=f"{info.split('  confirm')[0]}  confirming: {p.message}")
+            self._progress.update(task, info=printable(f"{info.split('  confirm')[0]}  confirming: {p.message}"))
         else:
-            self._progress.update(task, info=f"{info.split('  confirm')[0]}  {p.message or 'confirmation stored'}")
+            self._progress.update(task, info=printable(f"{info.split('  confirm')[0]}  "
+                                                      f"{p.message or 'confirmation stored'}"))
 
     def _update_line(self, p: Any) -> None:
         first = p.study not in self._last
@@ -135,7 +137,7 @@ class SweepView(_Bars):
             return self._log("sweep", f"{p.done}/{p.total} measured, {info}",
                              now=p.done in (1, p.total) or p.status != "ok")
         task = self._task("sweep", p.total)
-        self._progress.update(task, completed=p.done, total=p.total, info=info)
+        self._progress.update(task, completed=p.done, total=p.total, info=printable(info))
 
 
 def _env_line(env: dict[str, Any]) -> str:
@@ -146,12 +148,12 @@ def _env_line(env: dict[str, Any]) -> str:
 
 
 def print_outcome(console: Console, outcome: Any) -> None:
-    console.print(f"storage: {outcome.storage}")
-    console.print(f"source:  {_env_line(outcome.environment.as_dict())}")
+    say(console, f"storage: {outcome.storage}")
+    say(console, f"source:  {_env_line(outcome.environment.as_dict())}")
     if outcome.excluded:
         from ..knobs import BACKENDS  # decode backends are left out only by --backend auto, prefill ones by any
 
-        console.print("left out here: " + "; ".join(f"{'decode' if k in BACKENDS else 'prefill'} {k} ({v})"
+        say(console, "left out here: " + "; ".join(f"{'decode' if k in BACKENDS else 'prefill'} {k} ({v})"
                                                     for k, v in outcome.excluded.items()))
     print_studies(console, outcome.summaries)
 
@@ -206,7 +208,7 @@ def _replayed(summary: StudySummary) -> bool:
 
 def print_studies(console: Console, summaries: list[StudySummary]) -> None:
     if not summaries:
-        console.print("no studies")
+        say(console, "no studies")
         return
     from rich.table import Column
 
@@ -215,9 +217,9 @@ def print_studies(console: Console, summaries: list[StudySummary]) -> None:
     t = _table(name, "measured", "failed", "default ms", "best ms", "confirmed speedup", "tuned params",
                "noise floor")
     for row in study_rows(summaries):
-        t.add_row(*row)
-    console.print(t)
-    console.print("measured: distinct configs, a trial each; default/best ms: trial medians; confirmed speedup: "
+        add_row(t, *row)
+    say(console, t)
+    say(console, "measured: distinct configs, a trial each; default/best ms: trial medians; confirmed speedup: "
                   "paired rounds against vLLM's default, 95% family-wise" + _REPLAY_NOTE * replay)
 
 
@@ -227,53 +229,53 @@ def print_table(console: Console, table: dict[str, Any], source: str) -> None:
     m = table["model"]
     replay = table["provenance"].get("runner") == "replay"
     mark = " (replay)" if replay else ""
-    console.print(f"{source}: {table['backend']} on {m['model']} tp{m['tp']} ({m['num_q_heads']} heads), "
+    say(console, f"{source}: {table['backend']} on {m['model']} tp{m['tp']} ({m['num_q_heads']} heads), "
                   f"kv {table['kv_cache_dtype']}, block {table.get('block_size')}")
-    console.print(f"source: {_env_line(table['provenance'])}, date {table['provenance'].get('date') or '-'}")
+    say(console, f"source: {_env_line(table['provenance'])}, date {table['provenance'].get('date') or '-'}")
     t = _table("shape", "kind", "tuned", "params", f"default ms{mark}", f"tuned ms{mark}", "speedup",
                "CI (95% family-wise)")
     for row in table_rows(table):
-        t.add_row(*row)
-    console.print(t)
-    console.print("default/tuned ms: medians of the paired confirmation rounds" + _REPLAY_NOTE * replay)
+        add_row(t, *row)
+    say(console, t)
+    say(console, "default/tuned ms: medians of the paired confirmation rounds" + _REPLAY_NOTE * replay)
 
 
 def print_workloads(console: Console, workloads: dict[str, Any]) -> None:
     t = _table("workload", "shapes (@weight)", "description")
     for name, w in workloads.items():
-        t.add_row(name, " ".join(s.spec if s.weight == 1 else f"{s.spec}@{s.weight:g}" for s in w.shapes),
+        add_row(t, name, " ".join(s.spec if s.weight == 1 else f"{s.spec}@{s.weight:g}" for s in w.shapes),
                   w.description)
-    console.print(t)
-    console.print("ad hoc: --workload spec:8q1s4k@3,256q1s4k@1 (shapes with relative weights) or --traffic FILE")
+    say(console, t)
+    say(console, "ad hoc: --workload spec:8q1s4k@3,256q1s4k@1 (shapes with relative weights) or --traffic FILE")
 
 
 def print_spaces(console: Console, spaces: dict[str, Any]) -> None:
     t = _table("backend", "parameter", "values", "vLLM default")
     for backend, space in spaces.items():
         for i, p in enumerate(space.parameters):
-            t.add_row(backend if i == 0 else "", p.name, " ".join(map(str, p.values())), str(p.default))
+            add_row(t, backend if i == 0 else "", p.name, " ".join(map(str, p.values())), str(p.default))
     # --backend auto has no file: its first parameter is the backend, then the chosen backend's own parameters
-    t.add_row("auto", "backend", " ".join(b for b in spaces if b != "auto") + " (those that run here)",
+    add_row(t, "auto", "backend", " ".join(b for b in spaces if b != "auto") + " (those that run here)",
               "vLLM's choice here")
-    console.print(t)
+    say(console, t)
 
 
 def print_models(console: Console, models: dict[str, Any]) -> None:
     t = _table("model", "heads", "kv_lora_rank", "rope", "nope", "v", "aliases")
     for name, m in models.items():
         d = m.dims
-        t.add_row(name, str(d.num_q_heads), str(d.kv_lora_rank), str(d.qk_rope_head_dim), str(d.qk_nope_head_dim),
+        add_row(t, name, str(d.num_q_heads), str(d.kv_lora_rank), str(d.qk_rope_head_dim), str(d.qk_nope_head_dim),
                   str(d.v_head_dim), ", ".join(m.aliases))
-    console.print(t)
+    say(console, t)
 
 
 def print_backends(console: Console, listing: Any) -> None:
     """A ``catalog.BackendListing``: the runner's environment, or why it cannot start here, then every backend."""
     if listing.environment is not None:
-        console.print(f"source: {_env_line(listing.environment.as_dict())}")
+        say(console, f"source: {_env_line(listing.environment.as_dict())}")
     else:
-        console.print(f"runner {listing.runner} cannot start here: {listing.unavailable}")
+        say(console, f"runner {listing.runner} cannot start here: {listing.unavailable}")
     t = _table("backend", "kind", "available", "reason")
     for s in listing.statuses:
-        t.add_row(s.name, s.kind, "yes" if s.available else "no", s.reason)
-    console.print(t)
+        add_row(t, s.name, s.kind, "yes" if s.available else "no", s.reason)
+    say(console, t)

@@ -7,6 +7,7 @@ from rich.table import Table
 
 from ..tables.diff import ShapeDiff, Side, TableDiff
 from ..tables.landscape import Verdict, latency_text, setting_text
+from .text import add_row, say
 
 
 def result_text(v: Verdict | None) -> str:
@@ -41,22 +42,22 @@ def _side_line(name: str, side: Side) -> str:
 
 
 def print_diff(console: Console, d: TableDiff) -> None:
-    console.print(_side_line("A", d.a))
-    console.print(_side_line("B", d.b))
+    say(console, _side_line("A", d.a))
+    say(console, _side_line("B", d.b))
     if d.header:
-        console.print("tables differ in: " + "; ".join(f"{h.knob} {h.a} vs {h.b}" for h in d.header))
+        say(console, "tables differ in: " + "; ".join(f"{h.knob} {h.a} vs {h.b}" for h in d.header))
     tag = {n: " (replay)" if s.source.replay else "" for n, s in (("A", d.a), ("B", d.b))}
     t = Table("shape", "A setting", f"A ms{tag['A']}\ndefault → tuned", f"A speedup{tag['A']}\n[CI]",
               "B setting", f"B ms{tag['B']}\ndefault → tuned", f"B speedup{tag['B']}\n[CI]", "B/A\nms",
               "where they disagree")
     for row in d.rows:
         ratio = row.latency_ratio
-        t.add_row(row.label, setting_text(row.a), latency_text(row.a), result_text(row.a),
+        add_row(t, row.label, setting_text(row.a), latency_text(row.a), result_text(row.a),
                   setting_text(row.b), latency_text(row.b), result_text(row.b),
                   "-" if ratio is None else f"{ratio:.2f}", disagreement_text(row, d))
-    console.print(t)
+    say(console, t)
     both = len(d.rows) - d.count("only A") - d.count("only B")
-    console.print(f"{both} shapes in both tables ({d.count('differ')} differ, {d.count('same')} the same); "
+    say(console, f"{both} shapes in both tables ({d.count('differ')} differ, {d.count('same')} the same); "
                   f"{d.count('only A')} only in A, {d.count('only B')} only in B")
-    console.print("ms: confirmation medians of vLLM's default and of the tuned setting; speedup: geometric mean of "
+    say(console, "ms: confirmation medians of vLLM's default and of the tuned setting; speedup: geometric mean of "
                   "the confirmation rounds [95% family-wise interval]; B/A: B's deployed latency over A's")

@@ -1,4 +1,5 @@
-"""Terminal text for the serving commands: ``flags``, ``deploy`` and ``verify``. Pure: data in, lines out."""
+"""Terminal text for the serving commands: ``flags``, ``deploy`` and ``verify``. Pure: data in, lines out (each
+line ``printable``: no control character from a table or profile reaches the terminal)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 from ..space_auto import AUTO
 from .render import _env_line
+from .text import printable
 
 
 def _verdict(e: dict[str, Any]) -> str:
@@ -63,7 +65,7 @@ def flag_lines(table: dict[str, Any], flags: list[Any], adapter: Any, only_shape
     if lines and table["backend"] == AUTO:
         lines.append("# backend: auto chose the decode backend per shape, but a deployment runs one: serve the one "
                      "that wins your traffic, with its own table (mla-tune study --backend NAME --export)")
-    return [head, *lines] if lines else []
+    return [printable(x) for x in (head, *lines)] if lines else []
 
 
 def deploy_lines(d: Any, output: str) -> list[str]:
@@ -99,7 +101,7 @@ def deploy_lines(d: Any, output: str) -> list[str]:
         lines.append(f"  caution: {caution}")
     lines.append(f"wrote {output}")
     lines.append(f"serve with: MLA_TUNE_PROFILE={output} vllm serve MODEL {d.settings.args()}".rstrip())
-    return lines
+    return [printable(x) for x in lines]
 
 
 def _point_cost_lines(costs: list[Any]) -> list[str]:
@@ -144,4 +146,4 @@ def verify_lines(v: Any) -> list[str]:
     counts = {k: sum(1 for r in v.results if r.verdict == k) for k in ("holds", "no gain", "slower", "failed")}
     lines.append(", ".join(f"{n} {k}" for k, n in counts.items()) + (" (exit 1: a setting is slower than vLLM's "
                  "default here, or could not run)" if counts["slower"] or counts["failed"] else ""))
-    return lines
+    return [printable(x) for x in lines]
