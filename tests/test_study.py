@@ -618,3 +618,19 @@ def test_a_split_count_that_spells_out_what_auto_ran_is_a_twin_of_the_default():
         study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=ms, user_attrs=attrs))
     picks = candidates(study, config_set_key([{"prefill_backend": "auto", "num_kv_splits": "auto"}]), 3)
     assert [r.measurement.config["num_kv_splits"] for r in picks] == [4, 16]
+
+
+def test_a_trial_keeps_its_recordings_clock_readings():
+    """The paired issue, item 6: each trial stores what its recording said of the clocks (here the fake runner's
+    recording details: its pairing, blocks and GPU seconds), beside its own measurement's details."""
+    from mla_tune.records import TrialResult
+    from mla_tune.study.measure import measure_set
+    from mla_tune.study.plan import plan
+
+    request, space = api.build_request(backend="FLASH_ATTN_MLA", workload="spec:64q1s4k")
+    [target] = plan(request, FakeRunner().environment(), space)
+    got = measure_set(FakeRunner(), target, target.default_configs())
+    result, _ = got.trial_result({})
+    details = TrialResult.from_attrs(result.to_attrs()).measurement.details
+    assert details["recording_paired"] == "interleaved" and int(details["recording_blocks"]) > 0
+    assert float(details["recording_gpu_s"]) > 0 and details["block_size"] == "64"

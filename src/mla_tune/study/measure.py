@@ -8,7 +8,7 @@ minutes apart on a GPU whose power cap moves its clock by more than the gains be
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..records import ShapeResult, TrialResult
@@ -29,9 +29,16 @@ class ShapeOutcome:
     config: dict[str, Any]
     measurement: Measurement
     pair: PairStat | None
+    recording: tuple[tuple[str, str], ...] = ()  # the recording's details: blocks, GPU seconds, clocks, events
 
     def result(self) -> ShapeResult:
-        return ShapeResult.from_measurement(self.measurement, self.config, self.pair)
+        """What a trial stores: the config's measurement, its pair, and the recording's clock readings and share of
+        readings under a clock event (``recording_`` keys among the details, beside the arm's own)."""
+        m = self.measurement
+        if self.recording:
+            m = replace(m, details=tuple(sorted({**dict(m.details),
+                                                 **{f"recording_{k}": v for k, v in self.recording}}.items())))
+        return ShapeResult.from_measurement(m, self.config, self.pair)
 
 
 @dataclass(frozen=True)
@@ -112,7 +119,7 @@ def measure_set(runner: Runner, target: StudyTarget, configs: Sequence[dict[str,
         pm = runner.measure_paired([ref, case])
         gpu_s += pm.gpu_s
         arm, pair = pm.arms[1], pm.pairs[1]  # a failed default fails the arm too, saying so
-        out.append(ShapeOutcome(ws, dict(config), arm, pair))
+        out.append(ShapeOutcome(ws, dict(config), arm, pair, pm.details))
         if pair is None:
             break
     return SetMeasurement(tuple(out), gpu_s)
