@@ -60,12 +60,17 @@ class StudySummary:
         return self.trial_ms(self.best_attrs | {"value": self.best_value} if self.best_attrs else None)
 
     def trial_ms(self, attrs: dict[str, Any] | None) -> float | None:
-        """A trial's time for display: one shape's median (whatever the shape's weight), or for a mix the weighted sum
-        of the shapes' times. Trial values are not times since paired recording (relative to the default), and a
-        per-shape study of schema 1 stored its value multiplied by the shape's weight; the stored medians are times
-        in both."""
+        """A trial's time for display: one shape's time (whatever the shape's weight), or for a mix the weighted sum
+        of the shapes' times. Since paired recording a shape's time is on the default's scale: the default's median in
+        its own trial over the trial's speedup in its pair (two trials' own medians come from recordings minutes
+        apart). A per-shape study of schema 1 stored its value multiplied by the shape's weight: its medians are
+        read instead."""
         if not attrs or attrs.get("status") not in (None, "ok"):
             return None
+        base = ((self.baseline or {}).get("paired") or {}).get("reference_ms")
+        speedup = (attrs.get("paired") or {}).get("speedup")
+        if base and speedup and self.attrs.get("schema_version", 1) >= 2:
+            return float(base) / float(speedup)  # on the default's scale: trials were recorded minutes apart
         if attrs.get("median_ms") is not None:
             return float(attrs["median_ms"])
         shapes = attrs.get("shapes") or {}

@@ -219,8 +219,9 @@ def print_studies(console: Console, summaries: list[StudySummary]) -> None:
     for row in study_rows(summaries):
         add_row(t, *row)
     say(console, t)
-    say(console, "measured: distinct configs, a trial each; default/best ms: trial medians; confirmed speedup: "
-                  "paired rounds against vLLM's default, 95% family-wise" + _REPLAY_NOTE * replay)
+    say(console, "measured: distinct configs, a trial each; default/best ms: the default's trial median and the best "
+                 "config on its scale (by its pairing with the default); confirmed speedup: paired rounds against "
+                 "vLLM's default, 95% family-wise" + _REPLAY_NOTE * replay)
 
 
 def print_table(console: Console, table: dict[str, Any], source: str) -> None:
