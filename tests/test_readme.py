@@ -62,7 +62,7 @@ def test_the_demo_then_show_then_the_dashboard_work_as_written(fresh_clone):
         r = cli.invoke(app, args[1:])
         assert r.exit_code == 0, f"{line}\n{r.output}"
         assert "replay" in r.output  # replayed numbers say so
-    assert "H100-replay/deepseek-v3-tp1/FLASH_ATTN_MLA/32q2s4k" in r.output  # `show` found the demo's studies
+    assert "H100-replay/deepseek-v3-tp1/FLASH_ATTN_MLA/256q1s4k" in r.output  # `show` found the demo's studies
 
     optuna_dashboard = pytest.importorskip("optuna_dashboard")
     from optuna.artifacts import FileSystemArtifactStore
@@ -77,7 +77,7 @@ def test_the_demo_then_show_then_the_dashboard_work_as_written(fresh_clone):
         base = f"http://127.0.0.1:{server.server_port}"
         with urllib.request.urlopen(base + "/api/studies", timeout=30) as resp:
             studies = json.loads(resp.read())["study_summaries"]
-        assert len(studies) == 5
+        assert len(studies) == 6  # decode_4k: 1 to 256 requests
         with urllib.request.urlopen(f"{base}/api/studies/{studies[0]['study_id']}", timeout=30) as resp:
             attached = json.loads(resp.read())["artifacts"]
         if importlib.util.find_spec("matplotlib") is not None:  # the test extra installs it
