@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Iterable
 from dataclasses import replace
@@ -12,6 +13,7 @@ from .. import _yaml, batch_spec
 from ..errors import DataFileError
 from ..knobs import knobs_for
 from ..space import load_space
+from ..stats import block_speedup, blocks_of
 from ..sweep import read_sweep
 from .export import load_table
 from .landscape import Config, Interval, Landscape, Point, ShapeLandscape, Source, Verdict, freeze
@@ -63,9 +65,10 @@ def _table_shape(e: dict[str, Any]) -> ShapeLandscape:
 
 
 def read_sweeps(paths: Iterable[Path]) -> list[Landscape]:
-    """One landscape per (GPU, vLLM, runner, backend, model, TP, KV dtype) over all ``paths``: each config's median
-    (the median of its recordings' medians where a sweep has several rounds), configs that failed in every
-    recording kept with their status; the default is vLLM's config as it resolves for each shape."""
+    """One landscape per (GPU, vLLM, runner, backend, model, TP, KV dtype) over all ``paths``: each config's time
+    (from its pairs with the default where the sweep recorded pairs; else the median of its recordings' medians),
+    configs that failed in every recording kept with their status; the default is vLLM's config as it resolves for
+    each shape."""
     groups: dict[tuple, tuple[list[Source], dict[str, list[dict[str, Any]]]]] = {}
     for path in paths:
         header, records = read_sweep(path)
@@ -96,14 +99,26 @@ def _sweep_landscape(key: tuple, sources: list[Source], shapes: dict[str, list[d
     out = []
     for spec in sorted(shapes, key=_reading_order):
         runs: dict[Config, list[float]] = {}  # one median per recording (a sweep has one per round)
+        ratios: dict[Config, list[float]] = {}  # recorded pairs: the config's speedup over the default in each
+        refs: list[float] = []
         failed: dict[Config, str] = {}
         for r in shapes[spec]:
             config = freeze({**fill, **r["config"]})
             if r["status"] == "ok":
                 runs.setdefault(config, []).append(statistics.median(r["samples_ms"]))
+                ref = r.get("reference")
+                if r.get("order") and ref and ref["status"] == "ok":
+                    order = tuple(int(a) for a in r["order"])
+                    blocks = blocks_of(order, (ref["samples_ms"], r["samples_ms"]))
+                    ratios.setdefault(config, []).append(block_speedup(blocks, 0, 1)[0])
+                    refs.append(statistics.median(ref["samples_ms"]))
             else:
                 failed.setdefault(config, r["status"])
-        points = {c: float(statistics.median(ms)) for c, ms in runs.items()}
+        # Pairs put every config on the default's scale (its median over the config's speedups in its pairs): the
+        # configs' own medians come from recordings minutes apart. Sweeps of separate recordings keep their medians.
+        paired = bool(refs) and set(ratios) == set(runs)
+        points = {c: (statistics.median(refs) / math.exp(statistics.fmean(math.log(x) for x in ratios[c])) if paired
+                      else float(statistics.median(ms))) for c, ms in runs.items()}
         failed = {c: status for c, status in failed.items() if c not in points}  # failed in every recording
         default = freeze({**fill, **space.default_config(batch_spec.parse(spec))})
         out.append(ShapeLandscape(spec, default, tuple(sorted((Point(c, ms) for c, ms in points.items()),
