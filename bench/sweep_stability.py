@@ -22,7 +22,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from mla_tune.runners._timing_policy import drift
-from mla_tune.sweep import read_sweep, record_key
+from mla_tune.recordings import read_sweep, record_key
 
 
 def share(values: list[float], test) -> str:

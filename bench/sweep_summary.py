@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mla_tune import batch_spec
 from mla_tune.space import format_config, load_space
-from mla_tune.sweep import read_sweep
+from mla_tune.recordings import read_sweep
 
 
 def main() -> int:

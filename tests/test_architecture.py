@@ -15,23 +15,58 @@ PACKAGE = "mla_tune"
 
 # Modules that may import optuna: the study engine, coordination and storages (and the CLI's log-level switch).
 OPTUNA_HOMES = {
-    "mla_tune.storage._optuna_compat",  # Optuna's private names, used from here only
+    "mla_tune._optuna_compat",  # Optuna's private names, used from here only
     "mla_tune.study.sampling",
     "mla_tune.study.engine",
     "mla_tune.study.objective",
     "mla_tune.study.confirm",
+    "mla_tune.study.counts",
     "mla_tune.tables.summary",
     "mla_tune.coordination.claim",
     "mla_tune.coordination.heartbeat",
     "mla_tune.storage.urls",
     "mla_tune.storage.rdb",
-    "mla_tune.coordination.workers",
+    "mla_tune.parallel.workers",
     "mla_tune.cli",  # sets Optuna's log level
 }
 
 
 # Optuna's private names mla-tune needs; only _optuna_compat may name them.
 OPTUNA_PRIVATE = {"_storage", "_study_id", "_trial_id", "_get_stale_trial_ids"}
+
+
+# The package's layers, lowest first (the README's Layout states them). A module imports only from its own layer or a
+# lower one, function-local imports included: a lazy import is still a dependency.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("values", ("mla_tune", "mla_tune.errors", "mla_tune.types", "mla_tune.records", "mla_tune.stats", "mla_tune.env",
+                "mla_tune._yaml", "mla_tune.data", "mla_tune.paths", "mla_tune._optuna_compat")),
+    ("grammar", ("mla_tune.batch_spec", "mla_tune.models", "mla_tune.workloads", "mla_tune.traffic",
+                 "mla_tune.traffic_io")),
+    ("knobs", ("mla_tune.knobs", "mla_tune.space", "mla_tune.space_auto")),
+    ("recordings", ("mla_tune.recordings",)),
+    ("vllm adapters", ("mla_tune.vllm_adapters",)),
+    ("coordination", ("mla_tune.coordination",)),
+    ("storage", ("mla_tune.storage",)),
+    ("runners", ("mla_tune.runners",)),
+    ("study", ("mla_tune.study",)),
+    ("sweeps, parallel", ("mla_tune.sweep", "mla_tune.parallel")),
+    ("tables", ("mla_tune.tables",)),
+    ("serving", ("mla_tune.serving",)),
+    ("views", ("mla_tune.views",)),
+    ("api", ("mla_tune.api", "mla_tune.catalog")),
+    ("cli", ("mla_tune.cli", "mla_tune.__main__")),
+)
+
+
+def layer_of(module: str) -> int | None:
+    """The index in ``LAYERS`` of the most specific prefix naming ``module`` (None: no layer names it)."""
+    best: tuple[int, int] | None = None
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            inside = module.startswith(p + ".") and p != PACKAGE  # the package itself (its __init__) is one module
+            if (module == p or inside) and (best is None or len(p) > best[1]):
+                best = (i, len(p))
+    return best[0] if best else None
 
 
 def _is_gpu_home(module: str) -> bool:
@@ -118,6 +153,36 @@ def test_no_import_cycles(imports):
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
+def test_every_module_has_a_layer_and_imports_only_downwards(imports):
+    """Packages form layers, not a loop: a module of one layer never imports one of a higher layer."""
+    orphans = sorted(m for m in imports if layer_of(m) is None)
+    assert not orphans, f"modules in no layer (add them to LAYERS): {orphans}"
+    up = sorted(f"{m} ({LAYERS[layer_of(m)][0]}) -> {d} ({LAYERS[layer_of(d)][0]})"
+                for m, deps in imports.items() for d in deps if d in imports and layer_of(d) > layer_of(m))
+    assert not up, "imports against the layers: " + "; ".join(up)
+
+
+def test_no_package_level_cycles(imports):
+    """Collapsed to their packages (a top-level module is its own), the imports still form no cycle."""
+    def package(m: str) -> str:
+        parts = m.split(".")
+        return ".".join(parts[:2]) if len(parts) > 1 and (SRC / parts[0] / parts[1]).is_dir() else m
+
+    graph: dict[str, set[str]] = {}
+    for m, deps in imports.items():
+        for d in deps:
+            if d in imports and package(d) != package(m):
+                graph.setdefault(package(m), set()).add(package(d))
+    cycle = _find_cycle(graph)
+    assert cycle is None, "package import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_layer_check_catches_an_upward_import():
+    assert layer_of("mla_tune.runners.replay") < layer_of("mla_tune.study.plan")
+    assert layer_of("mla_tune.vllm_adapters._patches") < layer_of("mla_tune.serving.profile")
+    assert layer_of("mla_tune.something_new") is None
+
+
 @pytest.mark.parametrize("dependency", ["torch", "vllm"])
 def test_torch_and_vllm_only_in_the_gpu_runner_and_the_vllm_adapters(imports, dependency):
     bad = sorted(m for m, deps in imports.items()
@@ -134,7 +199,7 @@ def test_optuna_only_in_the_study_engine_coordination_and_storage(imports):
 def test_optuna_private_names_only_in_the_compat_module():
     bad = []
     for module, (path, _) in _modules().items():
-        if module == "mla_tune.storage._optuna_compat":
+        if module == "mla_tune._optuna_compat":
             continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             name = node.attr if isinstance(node, ast.Attribute) else \
@@ -144,7 +209,7 @@ def test_optuna_private_names_only_in_the_compat_module():
                 any(part.startswith("_") for part in name.split("."))
             if name in OPTUNA_PRIVATE or private_module:
                 bad.append(f"{module}:{node.lineno} {name}")
-    assert not bad, f"Optuna private names outside mla_tune/storage/_optuna_compat.py: {bad}"
+    assert not bad, f"Optuna private names outside mla_tune/_optuna_compat.py: {bad}"
 
 
 def test_study_names_are_split_only_by_their_record():

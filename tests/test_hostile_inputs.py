@@ -127,7 +127,7 @@ def files_holding(root: Path, secret: str) -> list[Path]:
 def test_workers_get_the_storage_url_without_it_touching_disk(tmp_path, monkeypatch, recording):
     """The job (storage URL, password included) reaches a worker through its stdin; the worker's error names the
     database without the password."""
-    from mla_tune.coordination import scale
+    from mla_tune.parallel import scale
 
     tmp = tmp_path / "tmp"
     tmp.mkdir()
@@ -189,7 +189,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_job_files_older_launchers_left_are_removed_at_the_next_start(tmp_path):
-    from mla_tune.coordination.scale import STALE_JOB_S, remove_stale_jobs
+    from mla_tune.parallel.scale import STALE_JOB_S, remove_stale_jobs
 
     old = tmp_path / "mla-tune-workers-abc" / "worker0.job.json"
     new = tmp_path / "mla-tune-workers-def" / "worker1.job.json"

@@ -6,7 +6,7 @@ import optuna
 import pytest
 from optuna.storages import InMemoryStorage
 
-from mla_tune.storage._optuna_compat import HeartbeatStorage, has_heartbeat, storage_of, study_id, trial_id
+from mla_tune._optuna_compat import HeartbeatStorage, has_heartbeat, storage_of, study_id, trial_id
 
 
 def test_storage_and_ids_of_a_study_and_its_trials():
@@ -41,7 +41,7 @@ def test_the_heartbeat_hooks_reach_their_public_names():
 
 @pytest.mark.parametrize("kind", ["journal", "sqlite", "memory"])
 def test_set_user_attrs_writes_them_all_and_in_one_journal_append(tmp_path, kind, monkeypatch):
-    from mla_tune.storage._optuna_compat import set_user_attrs
+    from mla_tune._optuna_compat import set_user_attrs
     from mla_tune.storage.urls import open_storage, parse_storage
 
     url = {"journal": str(tmp_path / "s.journal"), "sqlite": f"sqlite:///{tmp_path / 's.db'}"}.get(kind)

@@ -283,7 +283,7 @@ def test_a_crashing_worker_reports_its_error_in_one_line(tmp_path, monkeypatch, 
     """A bug in a worker is named in its result (the launcher's one line), with the traceback on stderr."""
     import json
 
-    from mla_tune.coordination import workers
+    from mla_tune.parallel import workers
 
     def boom(job, progress=None):
         raise RuntimeError("something broke\nsecond line")

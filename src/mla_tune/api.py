@@ -197,7 +197,7 @@ def run_study_parallel(*, gpus: str | list[str], backend: str | Sequence[str], w
     (``scale.raise_for_failures`` turns failures into an error). Ctrl-C stops every worker, then propagates.
     """
     from .coordination.gpu_lock import parse_gpus
-    from .coordination.scale import launch
+    from .parallel.scale import launch
     from .storage.urls import open_storage
     from .tables.summary import summaries_of
 

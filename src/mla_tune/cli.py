@@ -281,7 +281,7 @@ def _study_parallel(gpus: str, export: Optional[Path], **kw: Any) -> None:
     """``study --gpus``: a worker per GPU; prints what finished, then fails if any worker did."""
     from . import api
     from .views.render import ProgressView, print_outcome
-    from .coordination.scale import raise_for_failures
+    from .parallel.scale import raise_for_failures
 
     with ProgressView(_console(stderr=True)) as view:
         par = api.run_study_parallel(gpus=gpus, progress=view.update, **kw)

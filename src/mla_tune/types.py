@@ -74,6 +74,14 @@ class MLADims:
         return f"{self.model}-tp{self.tp}"
 
 
+def dims_dict(dims: MLADims) -> dict[str, Any]:
+    """MLA dims as studies, sweeps and tables store them (``model`` in their records)."""
+    return {"model": dims.model, "tp": dims.tp, "num_q_heads": dims.num_q_heads,
+            "kv_lora_rank": dims.kv_lora_rank, "qk_rope_head_dim": dims.qk_rope_head_dim,
+            "qk_nope_head_dim": dims.qk_nope_head_dim, "v_head_dim": dims.v_head_dim,
+            "q_lora_rank": dims.q_lora_rank}
+
+
 def freeze_params(params: Mapping[str, ParamValue]) -> tuple[tuple[str, ParamValue], ...]:
     """Parameters as a sorted tuple, so that cases hash and compare by value."""
     return tuple(sorted(params.items()))
@@ -267,6 +275,21 @@ class Environment:
                    torch=str(d.get("torch", "unknown")), vllm=str(d.get("vllm", "unknown")),
                    mla_tune=str(d.get("mla_tune", "unknown")), recorded=d.get("recorded"),
                    extra=tuple(sorted((str(k), str(v)) for k, v in (d.get("extra") or {}).items())))
+
+
+@dataclass(frozen=True)
+class EngineMatch:
+    """An engine as a serving profile names it, and as the plugin sees a running one: the profile is applied only
+    where the two agree. ``gpu`` is the short name (H100, H200); ``vllm`` the adapter family ("0.20")."""
+
+    gpu: str
+    compute_capability: str
+    backend: str
+    num_q_heads: int  # per GPU (after tensor parallelism)
+    kv_lora_rank: int
+    qk_rope_head_dim: int
+    kv_cache_dtype: str  # "auto" (the model dtype) or "fp8"
+    vllm: str  # adapter family, e.g. "0.20"
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""Coordination between processes: the multi-GPU launcher and its workers (``scale``, ``workers``), claims that let
-several workers share one study (``claim``), heartbeats that fail a dead worker's trial (``heartbeat``), one
-measuring process per GPU (``gpu_lock``), and Ctrl-C/SIGTERM handled at safe points only (``interrupts``).
-Nothing is imported here: the CLI's listings stay free of Optuna and numpy.
+"""Coordination between processes, below the study engine: claims that let several workers share one study
+(``claim``), heartbeats that fail a dead worker's trial (``heartbeat``), one measuring process per GPU
+(``gpu_lock``), and Ctrl-C/SIGTERM handled at safe points only (``interrupts``). The multi-GPU launcher and its
+workers, which drive the study engine, are in ``mla_tune.parallel``. Nothing is imported here: the CLI's listings
+stay free of Optuna and numpy.
 """

@@ -25,8 +25,7 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from ..records import TrialResult
-from ..storage._optuna_compat import storage_of, study_id, trial_id
-from ..study.sampling import recorded_status
+from .._optuna_compat import storage_of, study_id, trial_id
 from .heartbeat import (
     ENQUEUED_ATTR,
     OWNER_ATTR,
@@ -50,6 +49,21 @@ _log = logging.getLogger(__name__)
 class BudgetSpent(optuna.TrialPruned):
     """Measured plus in-flight trials already fill the budget: this trial ends pruned, without a measurement."""
 
+
+
+def recorded_status(t: FrozenTrial) -> str | None:
+    """The status a finished trial recorded (``ok``, ``failed``, ...), or None where it holds no result to count
+    or reuse.
+
+    A trial holds no result if it stopped before measuring (no status), or if its worker died in the short window
+    after writing an ``ok`` measurement and before Optuna stored the value: the trial then ends FAIL (by heartbeat
+    or on interrupt) with ``status: ok`` but no value. Such a trial is measured again rather than reused as
+    "failed", which would drop a config that works.
+    """
+    status = TrialResult.from_trial(t).status
+    if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and status != "ok"):
+        return status
+    return None  # running, queued, pruned (no value), or FAIL after an "ok" write
 
 def claim(study: optuna.Study, trial: Trial, key: str, limit: int | None,
           baseline_key: str | None = None) -> FrozenTrial | None:

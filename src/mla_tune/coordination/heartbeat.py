@@ -29,7 +29,7 @@ import optuna
 from optuna.storages import JournalStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from ..storage._optuna_compat import HeartbeatStorage, has_heartbeat, storage_of, study_id, trial_id
+from .._optuna_compat import HeartbeatStorage, has_heartbeat, storage_of, study_id, trial_id
 
 HEARTBEAT_ENV = "MLA_TUNE_HEARTBEAT_S"  # seconds between beats (default 10); tests make it short
 DEFAULT_INTERVAL_S = 10.0

@@ -22,7 +22,7 @@ import torch
 
 from .. import __version__
 from ..types import Case, Environment, Measurement, MLADims, PairedMeasurement, Status
-from ..vllm_adapters import _engine as eng
+from . import _vllm_engine as eng
 from ..vllm_adapters import installed_version
 from . import _interleave
 from . import _vllm_timing as tm

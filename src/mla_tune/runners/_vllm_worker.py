@@ -1,7 +1,7 @@
 """The worker process of the vLLM runner: receives requests over a pipe, answers with picklable values.
 
 The parent (``runners/vllm.py``) owns the watchdog. This side imports torch and vLLM (through
-``_vllm_session``/``vllm_adapters._engine``) on its first request, turns every exception into a ``Measurement`` and exits after a CUDA
+``_vllm_session``/``_vllm_engine``) on its first request, turns every exception into a ``Measurement`` and exits after a CUDA
 error that poisons the context, so that the parent starts a fresh process for the next case.
 
 Protocol: the parent sends ``(op, payload)``; the worker answers ``("ok", value, exiting)``,

@@ -24,10 +24,9 @@ from typing import Any
 
 from .. import env
 from ..errors import DataFileError, RunnerUnavailableError
-from ..study.plan import dims_dict
 from ..space import BACKENDS, PREFILL_BACKENDS
-from ..sweep import read_sweep, record_key
-from ..types import BackendStatus, Case, Environment, Measurement, PairedMeasurement, PairStat, Status
+from ..recordings import read_sweep, record_key
+from ..types import BackendStatus, Case, Environment, Measurement, PairedMeasurement, PairStat, Status, dims_dict
 from . import Runner, check_same_shape
 from ._interleave import pair_stats, resampled
 

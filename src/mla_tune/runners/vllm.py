@@ -5,7 +5,7 @@ installed, that vLLM is 0.20.x and that a CUDA GPU is visible. Each ``measure`` 
 process (``spawn``), waits up to a timeout (longer the first time a backend configuration is used: Triton JIT,
 vLLM's model inspection) and, on a timeout or a dead worker, kills it and reports the case as data; the next
 ``measure`` starts a fresh worker. Everything that touches torch or vLLM runs in that worker
-(``_vllm_worker`` -> ``vllm_adapters._engine``/``_vllm_timing``).
+(``_vllm_worker`` -> ``_vllm_engine``/``_vllm_timing``).
 """
 
 from __future__ import annotations

@@ -20,9 +20,8 @@ It holds three kinds of settings:
 
 from __future__ import annotations
 
-import bisect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,9 @@ from .. import _yaml, batch_spec
 from ..errors import BatchSpecError, DataFileError
 from ..knobs import BACKENDS, KNOBS, ServingApply, knob, knob_names
 from ..paths import safe_component
+from ..types import EngineMatch as Match
 from ..types import ParamValue
+from ..vllm_adapters import padded_tokens  # noqa: F401 - where callers have always found it
 
 PROFILE_KIND = "mla-tune/serving-profile"
 MAX_POINTS = 4096
@@ -70,20 +71,6 @@ class PerBatchRule:
     @property
     def uses_context(self) -> bool:
         return any(p.context is not None for p in self.points)
-
-
-@dataclass(frozen=True)
-class Match:
-    """The engine a profile was measured for. ``gpu`` is the short name (H100, H200)."""
-
-    gpu: str
-    compute_capability: str
-    backend: str
-    num_q_heads: int  # per GPU (after tensor parallelism)
-    kv_lora_rank: int
-    qk_rope_head_dim: int
-    kv_cache_dtype: str  # "auto" (the model dtype) or "fp8"
-    vllm: str  # adapter family, e.g. "0.20"
 
 
 @dataclass(frozen=True)
@@ -262,14 +249,3 @@ def load_profile(path: Path) -> Profile:
     rules = tuple(_points(path, f"per_batch.{k}", k, v, match.backend) for k, v in sorted(raw_rules.items()))
     prov = _provenance(path, _yaml.expect(path, "provenance", data.get("provenance") or {}, dict, "a mapping"))
     return Profile(match, rules, sections["at_build"], sections["global"], prov)
-
-
-def padded_tokens(tokens: int, capture_sizes: Sequence[int] | None) -> int:
-    """The CUDA-graph size a decode batch of ``tokens`` runs at: the smallest captured size that holds it.
-
-    vLLM pads a decode batch up to a captured size and captures each size once, so a value keyed on the padded
-    size is the same at capture and at every replay (one keyed on anything else would not be).
-    """
-    sizes = sorted(capture_sizes or ())
-    i = bisect.bisect_left(sizes, tokens)
-    return sizes[i] if i < len(sizes) else tokens

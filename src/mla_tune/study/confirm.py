@@ -31,8 +31,8 @@ from ..knobs import detail_key, knob, knob_names
 from ..records import ATTRS_KEY, CONFIRM_KEY, Candidate, Confirmation, TrialResult
 from ..runners import Runner
 from ..stats import familywise_level, median, round_sig
-from ..storage._optuna_compat import storage_of, study_id
-from ..tables.summary import measured_count
+from .._optuna_compat import storage_of, study_id
+from .counts import measured_count
 from ..types import Environment
 from .budget import past, study_limit
 from .measure import cases_of

@@ -28,8 +28,8 @@ from ..coordination.heartbeat import (
 from ..coordination.interrupts import safe_point
 from ..records import ATTRS_KEY, TrialResult
 from ..runners import Runner
-from ..storage._optuna_compat import enqueue, storage_of, trial_id
-from ..tables.summary import best_ok_trial, measured_count
+from .._optuna_compat import enqueue, storage_of, trial_id
+from .counts import best_ok_trial, measured_count
 from ..types import Environment
 from . import priors
 from .budget import DEFAULT_TRIALS, deadline_of, past, study_budget, study_limit

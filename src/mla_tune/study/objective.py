@@ -19,7 +19,7 @@ from ..coordination.claim import claim
 from ..records import TrialResult
 from ..runners import Runner
 from ..space import Parameter
-from ..storage._optuna_compat import set_user_attrs, storage_of, trial_id
+from .._optuna_compat import set_user_attrs, storage_of, trial_id
 from ..types import Environment
 from .measure import measure_set
 from .plan import StudyTarget, config_set_key

@@ -9,7 +9,7 @@ from typing import Any
 from ..records import StudyName
 from ..space import config_key
 from ..space_auto import AnySpace
-from ..types import Environment, MLADims, ParamValue
+from ..types import Environment, MLADims, ParamValue, dims_dict
 from ..workloads import Workload, WorkloadShape
 
 OBJECTIVES = ("per-shape", "mix")
@@ -84,13 +84,6 @@ class StudyTarget:
 def config_set_key(configs: list[dict[str, ParamValue]]) -> str:
     """Canonical JSON of the configs a trial runs: equal keys run the same kernels."""
     return json.dumps([dict(config_key(c)) for c in configs], sort_keys=True)
-
-
-def dims_dict(dims: MLADims) -> dict[str, Any]:
-    return {"model": dims.model, "tp": dims.tp, "num_q_heads": dims.num_q_heads,
-            "kv_lora_rank": dims.kv_lora_rank, "qk_rope_head_dim": dims.qk_rope_head_dim,
-            "qk_nope_head_dim": dims.qk_nope_head_dim, "v_head_dim": dims.v_head_dim,
-            "q_lora_rank": dims.q_lora_rank}
 
 
 def study_name(env: Environment, request: StudyRequest, label: str) -> StudyName:

@@ -16,7 +16,8 @@ from optuna.trial import FrozenTrial, TrialState
 from ..coordination.heartbeat import dead_trial, stamp_owner
 from ..errors import UnknownNameError
 from ..records import ATTRS_KEY, KEY_ATTR, TrialResult
-from ..storage._optuna_compat import storage_of, trial_id
+from .._optuna_compat import storage_of, trial_id
+from ..coordination.claim import recorded_status  # noqa: F401 - where the study engine reads it
 from . import priors
 
 SAMPLERS = ("auto", "tpe", "grid", "random")
@@ -32,21 +33,6 @@ def detail_key(param: str) -> str:
     after its backend (``TRITON_MLA.num_kv_splits``): the measurement reports it by its own name."""
     param = param.rpartition(".")[2]
     return "prefill" if param == "prefill_backend" else param
-
-
-def recorded_status(t: FrozenTrial) -> str | None:
-    """The status a finished trial recorded (``ok``, ``failed``, ...), or None where it holds no result to count
-    or reuse.
-
-    A trial holds no result if it stopped before measuring (no status), or if its worker died in the short window
-    after writing an ``ok`` measurement and before Optuna stored the value: the trial then ends FAIL (by heartbeat
-    or on interrupt) with ``status: ok`` but no value. Such a trial is measured again rather than reused as
-    "failed", which would drop a config that works.
-    """
-    status = TrialResult.from_trial(t).status
-    if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and status != "ok"):
-        return status
-    return None  # running, queued, pruned (no value), or FAIL after an "ok" write
 
 
 class ExhaustiveSampler(BaseSampler):

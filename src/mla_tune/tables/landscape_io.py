@@ -14,7 +14,7 @@ from ..errors import DataFileError
 from ..knobs import knobs_for
 from ..space import load_space
 from ..stats import block_speedup, blocks_of
-from ..sweep import read_sweep
+from ..recordings import read_sweep
 from .export import load_table
 from .landscape import Config, Interval, Landscape, Point, ShapeLandscape, Source, Verdict, freeze
 from .table import entry_label

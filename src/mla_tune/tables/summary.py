@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..records import ATTRS_KEY, Confirmation, StudyName, TrialResult
+from ..study.counts import best_ok_trial, measured_count
 
 if TYPE_CHECKING:
     import optuna
@@ -81,23 +82,6 @@ class StudySummary:
                                                                for v in shapes.values()):
             return None
         return sum(weights[k] * v["paired"]["reference_ms"] / v["paired"]["speedup"] for k, v in shapes.items())
-
-
-def measured_count(study: optuna.Study) -> int:
-    """Distinct configs measured: what the trial budget counts, since a repeated config costs no GPU time."""
-    from optuna.trial import TrialState
-
-    from ..study.sampling import recorded_status
-
-    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-               if recorded_status(t) and TrialResult.from_trial(t).fresh)
-
-
-def best_ok_trial(study: optuna.Study) -> FrozenTrial | None:
-    from optuna.trial import TrialState
-
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    return min(done, key=lambda t: t.value) if done else None
 
 
 def summarize(study: optuna.Study) -> StudySummary:

@@ -1,8 +1,8 @@
-"""vLLM's facts, one adapter per version family, and the only place that imports vLLM.
+"""vLLM's facts, one adapter per version family (``_facts``), and the plugin's hooks into a live vLLM (``_patches``).
 
 ``adapter_for("0.26.0")`` returns the family's ``Adapter`` (pure data, see ``_facts``); ``installed_adapter()``
-reads the installed version from package metadata without importing vLLM. ``_engine`` (the runner's use of
-vLLM) and ``_patches`` (the serving plugin's) act on a live vLLM with the names an adapter gives them.
+reads the installed version from package metadata without importing vLLM. ``runners._vllm_engine`` (the runner's
+use of vLLM) and ``_patches`` (the serving plugin's) act on a live vLLM with the names an adapter gives them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from ..errors import UsageError
 from .v0_20 import ADAPTER as V0_20
 from .v0_22 import ADAPTER as V0_22
 from .v0_33 import ADAPTER as V0_33
-from ._facts import Adapter, BackendFacts, GlobalSetting, TritonKernelCall
+from ._facts import Adapter, BackendFacts, GlobalSetting, TritonKernelCall, padded_tokens
 
 FAMILIES: tuple[Adapter, ...] = (V0_20, V0_22, V0_33)
 
@@ -70,5 +70,5 @@ def default_adapter(version: str | None = None) -> Adapter:
 
 
 __all__ = ["FAMILIES", "Adapter", "BackendFacts", "GlobalSetting", "TritonKernelCall", "UnsupportedVllmError",
-           "adapter_for", "default_adapter", "installed_adapter", "installed_version", "parse_version",
-           "supported_versions"]
+           "adapter_for", "default_adapter", "installed_adapter", "installed_version", "padded_tokens",
+           "parse_version", "supported_versions"]

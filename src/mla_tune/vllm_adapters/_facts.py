@@ -2,12 +2,13 @@
 
 Pure data, no vLLM import: the CPU tests check every family's facts, ``flags``/``deploy`` print settings for a
 version that is not installed, and the plugin decides what to patch before touching vLLM. The code that acts
-on these facts inside a running vLLM (``_engine``, ``_patches``) reads names from here, never spells them.
+on these facts inside a running vLLM (``runners._vllm_engine``, ``_patches``) reads names from here, never spells them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import bisect
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..knobs import PREFILL_BACKENDS
@@ -175,3 +176,14 @@ class Adapter:
         ideal = max(1, max_seq_len // self.triton_min_work_per_split)
         ideal = 1 << (ideal - 1).bit_length()  # triton.next_power_of_2
         return min(ideal, sm_count * self.triton_occupancy)
+
+
+def padded_tokens(tokens: int, capture_sizes: Sequence[int] | None) -> int:
+    """The CUDA-graph size a decode batch of ``tokens`` runs at: the smallest captured size that holds it.
+
+    vLLM pads a decode batch up to a captured size and captures each size once, so a value keyed on the padded
+    size is the same at capture and at every replay (one keyed on anything else would not be).
+    """
+    sizes = sorted(capture_sizes or ())
+    i = bisect.bisect_left(sizes, tokens)
+    return sizes[i] if i < len(sizes) else tokens

@@ -13,7 +13,7 @@ import importlib
 import inspect
 from typing import Any
 
-from ._facts import Adapter, TritonKernelCall
+from ._facts import Adapter, TritonKernelCall, padded_tokens
 
 _MARK = "_mla_tune_patched"
 # TRITON_MLA's forward_mqa knows the batch's max sequence length; its kernel call does not.
@@ -57,8 +57,7 @@ def force_splits(args: list, kwargs: dict, kc: TritonKernelCall, forced: int) ->
 def _engine_facts(builder: Any, backend: str, vllm_config: Any, kv_cache_spec: Any, adapter: Adapter) -> Any:
     import torch
 
-    from ..serving.profile import RunningEngine
-    from ..types import gpu_short_name
+    from ..types import EngineMatch, gpu_short_name
 
     device = getattr(builder, "device", None)
     index = device.index if getattr(device, "index", None) is not None else torch.cuda.current_device()
@@ -66,7 +65,7 @@ def _engine_facts(builder: Any, backend: str, vllm_config: Any, kv_cache_spec: A
     model = vllm_config.model_config
     hf = model.hf_text_config if hasattr(model, "hf_text_config") else model.hf_config
     cache_dtype = str(getattr(vllm_config.cache_config, "cache_dtype", "auto"))
-    return RunningEngine(
+    return EngineMatch(
         gpu=gpu_short_name(torch.cuda.get_device_name(index)), compute_capability=f"{major}.{minor}", backend=backend,
         num_q_heads=int(model.get_num_attention_heads(vllm_config.parallel_config)),
         kv_lora_rank=int(getattr(hf, "kv_lora_rank", 0)), qk_rope_head_dim=int(getattr(hf, "qk_rope_head_dim", 0)),
@@ -96,8 +95,6 @@ def _wrap_builder_init(cls: Any, backend: str, applier: Any, adapter: Adapter) -
 
 def _wrap_build_decode(cls: Any, attr: str, knob: str, applier: Any, adapter: Adapter) -> None:
     """Per decode batch: set the builder attribute ``attr`` for this call only, from the padded batch size."""
-    from ..serving.profile import padded_tokens
-
     method_name = adapter.builder_decode_method
     original = getattr(cls, method_name)
     signature = inspect.signature(original)

@@ -8,10 +8,10 @@ grace period on others), and runs what is left (the retries); a study still shor
 Last, the confirmations, shared the same way: a worker confirms each study no live worker has claimed
 (``confirm.ConfirmClaim``), so workers of several hosts on one storage do not confirm the same study twice.
 
-Started by ``scale.launch`` as ``python -m mla_tune.coordination.workers``, its job (``WorkerJob``) the first line
+Started by ``scale.launch`` as ``python -m mla_tune.parallel.workers``, its job (``WorkerJob``) the first line
 of its stdin, so that the storage URL and any password in it are never written to disk; reports progress as JSON
 lines on stdout and its result in the job's result file. When the launcher dies (stdin closes), the worker stops
-as on Ctrl-C. (``python -m mla_tune.coordination.workers JOB.json`` reads the job from a file instead.)
+as on Ctrl-C. (``python -m mla_tune.parallel.workers JOB.json`` reads the job from a file instead.)
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from ..study.loop import Coordination, Incomplete, run_studies
 from ..study.plan import StudyTarget
 from ..study.setup import build_requests, open_runner
 from ..types import Environment
-from . import interrupts
-from .interrupts import check
+from ..coordination import interrupts
+from ..coordination.interrupts import check
 
 
 @dataclass(frozen=True)

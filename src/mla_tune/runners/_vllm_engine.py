@@ -20,12 +20,12 @@ from typing import Any
 import torch
 
 from ..knobs import BACKENDS, PREFILL_BACKENDS
-from ..runners._vllm_plan import (EngineKey, Plan, adapter, block_size_for, builder_attributes, capability_refusal,
+from ._vllm_plan import (EngineKey, Plan, adapter, block_size_for, builder_attributes, capability_refusal,
                                   impl_attributes, order_requests, prefill_capability_refusal, prefill_mismatch,
                                   prefill_overrides, resolved_prefill)
-from ..runners._vllm_timing import Batch, Inputs, KVBProj, fill_batch
+from ._vllm_timing import Batch, Inputs, KVBProj, fill_batch
 from ..types import BackendStatus, MLADims
-from ._patches import force_splits
+from ..vllm_adapters._patches import force_splits
 
 log = logging.getLogger("mla_tune.runners.vllm.engine")
 

@@ -28,7 +28,7 @@ from ..storage.urls import StorageSpec, open_storage, parse_storage
 from ..study.engine import Progress
 from ..study.setup import build_requests, open_runner, preflight
 from ..types import Environment
-from .gpu_lock import GpuLock, acquire_all
+from ..coordination.gpu_lock import GpuLock, acquire_all
 from .workers import WorkerJob
 
 STOP_TIMEOUT_S = 60.0  # after Ctrl-C: time for workers to record their current trial before SIGKILL
@@ -123,7 +123,7 @@ def _start(index: int, n: int, lock: GpuLock, study: dict[str, Any], spec: Stora
                     study, str(result), factory, list(sys.path))
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=lock.device, PYTHONUNBUFFERED="1")
     # Own session: a terminal's Ctrl-C reaches the launcher only, which forwards it once (see _wait).
-    popen = subprocess.Popen([sys.executable, "-m", "mla_tune.coordination.workers"],
+    popen = subprocess.Popen([sys.executable, "-m", "mla_tune.parallel.workers"],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, pass_fds=(lock.fd,),
                              start_new_session=True)
     lock.note_holder(popen.pid)
