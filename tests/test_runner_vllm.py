@@ -139,13 +139,17 @@ def test_triton_splits_are_per_call() -> None:
 def test_flashinfer_plumbing() -> None:
     p = plan.make_plan(make_case("FLASHINFER_MLA", "32q4s4k", reorder_batch_threshold=4, cuda_graphs=True))
     assert p.threshold == 4 and p.cuda_graphs and p.engine.cuda_graphs
-    assert plan.builder_attributes(p, False, True) == {"reorder_batch_threshold": 4}
+    assert plan.builder_attributes(p, {}) == {"reorder_batch_threshold": 4}
 
 
 def test_fa_split_cap_only_under_full_graphs_with_aot() -> None:
     p = plan.make_plan(make_case("FLASH_ATTN_MLA", "64q1s4k", max_num_splits=8))
-    assert plan.builder_attributes(p, True, True) == {"reorder_batch_threshold": 512, "max_num_splits": 8}
-    assert plan.builder_attributes(p, False, True)["max_num_splits"] == 0  # FA2: vLLM never sets the cap
+    both = {"fa_aot_schedule": True, "use_full_cuda_graph": True}
+    assert plan.builder_flags() == ("fa_aot_schedule", "use_full_cuda_graph")
+    assert plan.builder_attributes(p, both) == {"reorder_batch_threshold": 512, "max_num_splits": 8}
+    # FA2 (no ahead-of-time scheduler) or no full graph: vLLM never uses a cap; the builder keeps its own (0)
+    assert plan.builder_attributes(p, both | {"fa_aot_schedule": False}) == {"reorder_batch_threshold": 512}
+    assert plan.builder_attributes(p, both | {"use_full_cuda_graph": False}) == {"reorder_batch_threshold": 512}
     other = plan.make_plan(make_case("FLASH_ATTN_MLA", "64q1s4k", max_num_splits=16))
     assert other.engine == p.engine and other.metadata_key != p.metadata_key  # new metadata, same engine
 

@@ -173,6 +173,19 @@ def test_the_installed_vllm_has_every_name_its_adapter_gives():
     for backend in ("CUTLASS_MLA", "TRITON_MLA"):  # the plugin wraps their forward_mqa
         impl = _load(a.backends[backend].impl_class)
         assert callable(getattr(impl, "forward_mqa", None)), impl
+    # the builder attributes knobs set, the flags vLLM checks before using them, where metadata reports them
+    for backend, attrs in a.builder_attrs.items():
+        builder = _load(a.backends[backend].builder_class)
+        init = inspect.getsource(builder.__init__)
+        common_init = inspect.getsource(common.__init__)
+        for attr in attrs.values():  # a class attribute, or one the builders' __init__ sets
+            assert hasattr(builder, attr) or f"self.{attr}" in init + common_init, (backend, attr)
+            for flag in a.builder_attr_requires.get(attr, ()):
+                assert f"self.{flag}" in init, (backend, flag)
+    for backend, reports in a.metadata_reports.items():
+        module = importlib.import_module(a.backends[backend].builder_class.partition(":")[0])
+        for path in reports.values():
+            assert path.rpartition(".")[2] in inspect.getsource(module), (backend, path)
 
 
 @pytest.mark.parametrize("version, cc, kv, expected", [

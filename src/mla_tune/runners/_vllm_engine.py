@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from ..knobs import BACKENDS, PREFILL_BACKENDS
-from ._vllm_plan import (EngineKey, Plan, adapter, block_size_for, builder_attributes, capability_refusal,
+from ._vllm_plan import (EngineKey, Plan, adapter, block_size_for, builder_attributes, builder_flags,
+                         capability_refusal,
                                   impl_attributes, order_requests, prefill_capability_refusal, prefill_mismatch,
                                   prefill_overrides, resolved_prefill)
 from ._vllm_timing import Batch, Inputs, KVBProj, fill_batch
@@ -189,16 +190,7 @@ class Engine:
     layer: Any
     block_size: int
     prefill: str  # the prefill path vLLM really took
-    default_threshold: int
-    default_max_num_splits: int | None
-
-    @property
-    def fa_aot_schedule(self) -> bool:
-        return bool(getattr(self.builder, "fa_aot_schedule", False))
-
-    @property
-    def full_cuda_graph(self) -> bool:
-        return bool(getattr(self.builder, "use_full_cuda_graph", False))
+    builder_defaults: dict[str, Any]  # the builder's own values of every attribute a knob may set (restored first)
 
     def context(self) -> Any:
         """vLLM reads the current config in constructors and some calls: keep ours current."""
@@ -271,8 +263,9 @@ def build_engine(key: EngineKey, model_dir: str, kv_b_proj: KVBProj, device: tor
         raise UnsupportedCase(mismatch)
     if key.backend == "TRITON_MLA":
         install_triton_override()
-    return Engine(key, cfg, backend_cls, impl, builder, layer, block_size, resolved,
-                  int(builder.reorder_batch_threshold), getattr(builder, "max_num_splits", None))
+    settable = adapter().builder_attrs.get(key.backend, {}).values()
+    defaults = {attr: getattr(builder, attr) for attr in settable if hasattr(builder, attr)}
+    return Engine(key, cfg, backend_cls, impl, builder, layer, block_size, resolved, defaults)
 
 
 def _context(cfg: Any) -> Any:
@@ -308,12 +301,11 @@ def detach_persistent_buffers(meta: Any, builder: Any) -> int:
 
 
 def apply_builder_settings(engine: Engine, plan: Plan) -> int:
-    """Set the builder attributes of ``plan`` (or restore vLLM's); returns the threshold in force."""
-    attrs = builder_attributes(plan, engine.fa_aot_schedule, engine.full_cuda_graph)
-    attrs.setdefault("reorder_batch_threshold", engine.default_threshold)
-    if engine.default_max_num_splits is not None:
-        attrs.setdefault("max_num_splits", engine.default_max_num_splits)
-    for name, value in attrs.items():
+    """Restore the builder's own values, then set the plan's (``builder_attributes``); returns the threshold in force."""
+    for name, value in engine.builder_defaults.items():
+        setattr(engine.builder, name, value)
+    flags = {f: bool(getattr(engine.builder, f, False)) for f in builder_flags()}
+    for name, value in builder_attributes(plan, flags).items():
         setattr(engine.builder, name, value)
     return int(engine.builder.reorder_batch_threshold)
 

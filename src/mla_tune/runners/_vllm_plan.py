@@ -91,8 +91,8 @@ class Plan:
     """A case turned into settings: which engine, which builder attributes, which per-call knobs."""
 
     engine: EngineKey
-    threshold: int | None  # builder.reorder_batch_threshold; None = the builder's own (fixed) value
-    max_num_splits: int | None  # FLASH_ATTN_MLA builder.max_num_splits under full graphs; None = vLLM's
+    threshold: int | None  # the reorder threshold the case asks for; None = the builder's own (fixed) value
+    builder: tuple[tuple[str, int], ...]  # metadata-builder attributes the case sets, by vLLM's names (adapter)
     cutlass_splits: int | None  # CutlassMLAImpl._num_kv_splits
     triton_splits: int | None  # forced TRITON_MLA split count; None = vLLM's heuristic
     cuda_graphs: bool
@@ -101,7 +101,7 @@ class Plan:
     @property
     def metadata_key(self) -> tuple:
         """Builder-side settings: changing one of these builds new metadata, nothing else."""
-        return (self.engine, self.threshold, self.max_num_splits)
+        return (self.engine, self.threshold, self.builder)
 
 
 class PlanError(ValueError):
@@ -191,8 +191,7 @@ def make_plan(case: Case) -> Plan:
     engine = EngineKey(case.backend, case.dims, normalize_kv_dtype(case.kv_cache_dtype),
                        str(params.get("prefill_backend", "auto")), cuda_graphs, engine_attention(case.backend, params))
     return Plan(
-        engine=engine, threshold=threshold,
-        max_num_splits=int(params["max_num_splits"]) if "max_num_splits" in params else None,
+        engine=engine, threshold=threshold, builder=builder_settings(case.backend, params),
         cutlass_splits=(adapter().cutlass_auto_splits if splits == "auto" else int(splits))
         if case.backend == "CUTLASS_MLA" else None,
         triton_splits=None if splits == "auto" or case.backend != "TRITON_MLA" else int(splits),
@@ -236,18 +235,24 @@ def impl_attributes(plan: Plan) -> dict[str, object]:
     return {"_num_kv_splits": plan.cutlass_splits} if plan.cutlass_splits is not None else {}
 
 
-def builder_attributes(plan: Plan, fa_aot_schedule: bool, full_cuda_graph: bool) -> dict[str, object]:
-    """Attributes to set on the metadata builder before building metadata.
+def builder_settings(backend: str, params: Mapping[str, ParamValue]) -> tuple[tuple[str, int], ...]:
+    """The metadata-builder attributes the builder-side knobs of ``params`` set, by the names vLLM's adapter gives."""
+    names = adapter().builder_attrs.get(backend, {})
+    return tuple(sorted((names[k.name], int(params[k.name])) for k in knobs_for(backend)
+                        if k.runner is RunnerApply.BUILDER and k.name in params and k.name in names))
 
-    ``max_num_splits`` mirrors FlashAttnMLAMetadataBuilder.__init__: vLLM only copies the config cap into the
-    builder under full CUDA graphs with FA3's ahead-of-time scheduler; otherwise it stays 0 (no cap).
-    """
-    attrs: dict[str, object] = {}
-    if plan.threshold is not None:
-        attrs["reorder_batch_threshold"] = plan.threshold
-    if plan.max_num_splits is not None:
-        attrs["max_num_splits"] = plan.max_num_splits if (fa_aot_schedule and full_cuda_graph) else 0
-    return attrs
+
+def builder_attributes(plan: Plan, flags: Mapping[str, bool]) -> dict[str, object]:
+    """The builder attributes to set before building metadata: the plan's, except where vLLM would never use the
+    value (``Adapter.builder_attr_requires``: the builder's ``flags`` a value needs, e.g. FA3's split cap only under
+    full CUDA graphs with its ahead-of-time scheduler); there the builder keeps what its __init__ chose."""
+    requires = adapter().builder_attr_requires
+    return {attr: value for attr, value in plan.builder if all(flags.get(f, False) for f in requires.get(attr, ()))}
+
+
+def builder_flags() -> tuple[str, ...]:
+    """The builder flags ``builder_attributes`` reads (``Adapter.builder_attr_requires``)."""
+    return tuple(sorted({f for fs in adapter().builder_attr_requires.values() for f in fs}))
 
 
 def order_requests(requests: Sequence[Request], threshold: int) -> tuple[int, ...]:

@@ -29,7 +29,8 @@ from . import _vllm_timing as tm
 from ..errors import one_line
 from ._nvml import CLOCK_EVENT_MASK, Clocks
 from ._timing_policy import timing_details
-from ._vllm_plan import (Plan, RunnerOptions, arm_slots, capability_refusal, classify_failure, default_case,
+from ..knobs import detail_key
+from ._vllm_plan import (Plan, RunnerOptions, adapter, arm_slots, capability_refusal, classify_failure, default_case,
                          kv_offset_refusal, make_plan)
 
 log = logging.getLogger("mla_tune.runners.vllm.session")
@@ -393,9 +394,12 @@ class Session:
              "decode_tokens": str(batch.num_decode_tokens), "prefill_tokens": str(batch.num_prefill_tokens),
              "reorder_batch_threshold": str(batch.threshold),
              "kv_cache_dtype": "fp8" if plan.engine.kv_cache_dtype == "fp8" else "bf16"}
-        decode = getattr(batch.meta, "decode", None)
-        if decode is not None and hasattr(decode, "max_num_splits"):
-            d["fa_num_splits"] = str(decode.max_num_splits)  # 0 = FA's own heuristic
+        for name, path in adapter().metadata_reports.get(engine.key.backend, {}).items():
+            value = batch.meta
+            for part in path.split("."):  # where vLLM's metadata says what ran (the adapter names it)
+                value = getattr(value, part, None)
+            if value is not None:
+                d[detail_key(name)] = str(value)
         if plan.cutlass_splits is not None:
             d["num_kv_splits"] = str(plan.cutlass_splits)
         return d

@@ -29,7 +29,7 @@ _COLORS = {"deployed": "#1b7837", "candidate": "#e08214", "default": "#636363"}
 
 @dataclass(frozen=True)
 class Picture:
-    name: str  # file name, e.g. H200-FLASH_ATTN_MLA-deepseek-v3-tp1-heatmap-max_num_splits.png
+    name: str  # file name, e.g. H200-FLASH_ATTN_MLA-deepseek-v3-tp1-heatmap-<knob>.png
     title: str
     png: bytes
 

@@ -92,6 +92,11 @@ class Adapter:
     # address (an illegal memory access that also leaves the GPU's CUDA contexts unusable). vLLM PR #47671 cast the
     # page number to int64 in 0.25.0; None: no release of the family has the overflow.
     triton_int32_kv_offsets_through: tuple[int, int] | None = None
+    # builder attribute (of ``builder_attrs``) -> the builder's flags that must all be set for vLLM to use a value
+    # set there; otherwise the builder keeps what its own __init__ chose
+    builder_attr_requires: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # backend -> knob -> where built metadata reports the value in force (an attribute path), for measurements
+    metadata_reports: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     notes: tuple[str, ...] = field(default=())
 
     def covers(self, version: tuple[int, int]) -> bool:

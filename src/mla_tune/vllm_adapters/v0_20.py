@@ -62,6 +62,11 @@ BUILDER_ATTRS = {
     "FLASHINFER_MLA": {"reorder_batch_threshold": "reorder_batch_threshold"},
 }
 IMPL_ATTRS = {"CUTLASS_MLA": {"num_kv_splits": "_num_kv_splits"}}
+# FlashAttnMLAMetadataBuilder.__init__ copies the config's split cap into max_num_splits only under full CUDA graphs
+# with FA3's ahead-of-time scheduler; otherwise it stays 0 (no cap) and a value set there would be one vLLM never has.
+BUILDER_ATTR_REQUIRES = {"max_num_splits": ("fa_aot_schedule", "use_full_cuda_graph")}
+# FlashAttnMLADecodeMetadata.max_num_splits: the cap the decode kernel got (0: FA's own heuristic)
+METADATA_REPORTS = {"FLASH_ATTN_MLA": {"max_num_splits": "decode.max_num_splits"}}
 
 # decode_attention_fwd(q, k_buffer, v_buffer, o, lse, req_to_token, b_seq_len, attn_logits, num_kv_splits, ...)
 TRITON_KERNEL = TritonKernelCall(f"{_MLA}.triton_mla", "decode_attention_fwd", 7, "attn_logits", 8,
@@ -83,4 +88,5 @@ ADAPTER = Adapter(
     common_builder=COMMON_BUILDER, builder_decode_method="_build_decode", triton_kernel=TRITON_KERNEL, cudagraph_max_tokens=512,
     cutlass_auto_splits=-1, triton_min_work_per_split=512, triton_occupancy=2, runner_supported=True,
     mla_priority=MLA_PRIORITY, triton_int32_kv_offsets_through=(0, 20),
+    builder_attr_requires=BUILDER_ATTR_REQUIRES, metadata_reports=METADATA_REPORTS,
     notes=("TRITON_MLA's split count and the reorder threshold have no vLLM setting: the plugin applies them",))
