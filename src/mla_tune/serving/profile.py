@@ -32,6 +32,7 @@ from ..knobs import BACKENDS, KNOBS, ServingApply, knob, knob_names
 from ..paths import safe_component
 from ..types import EngineMatch as Match
 from ..types import ParamValue
+from ..vllm_adapters import family_within
 from ..vllm_adapters import padded_tokens  # noqa: F401 - where callers have always found it
 
 PROFILE_KIND = "mla-tune/serving-profile"
@@ -105,6 +106,8 @@ def mismatch(match: Match, engine: RunningEngine) -> str | None:
     for name in ("backend", "gpu", "compute_capability", "num_q_heads", "kv_lora_rank", "qk_rope_head_dim",
                  "kv_cache_dtype", "vllm"):
         want, have = getattr(match, name), getattr(engine, name)
+        if name == "vllm" and family_within(str(have), str(want)):
+            continue
         if str(want) != str(have):
             return f"{name}: profile {want}, engine {have}"
     return None

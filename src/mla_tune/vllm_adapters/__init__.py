@@ -13,10 +13,11 @@ from importlib import metadata
 from ..errors import UsageError
 from .v0_20 import ADAPTER as V0_20
 from .v0_22 import ADAPTER as V0_22
+from .v0_26 import ADAPTER as V0_26
 from .v0_33 import ADAPTER as V0_33
 from ._facts import Adapter, BackendFacts, GlobalSetting, TritonKernelCall, padded_tokens
 
-FAMILIES: tuple[Adapter, ...] = (V0_20, V0_22, V0_33)
+FAMILIES: tuple[Adapter, ...] = (V0_20, V0_22, V0_26, V0_33)
 
 
 class UnsupportedVllmError(UsageError):
@@ -33,6 +34,24 @@ def parse_version(version: str) -> tuple[int, int]:
     if not m:
         raise UnsupportedVllmError(f"cannot read vLLM version {version!r}; supported: {supported_versions()}")
     return int(m.group(1)), int(m.group(2))
+
+
+def family_span(family: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The minors a family name covers: "0.21-0.25" -> ((0, 21), (0, 25)), "0.26" -> ((0, 26), (0, 26))."""
+    first, _, last = str(family).partition("-")
+    return parse_version(first), parse_version(last or first)
+
+
+def family_within(inner: str, outer: str) -> bool:
+    """Does family ``inner`` lie inside family ``outer``? A profile deployed for "0.21-0.26" (before mla-tune gave
+    0.26 a family of its own) still matches an engine of family "0.26"; unreadable names match only themselves."""
+    if inner == outer:
+        return True
+    try:
+        (a, b), (c, d) = family_span(inner), family_span(outer)
+    except UnsupportedVllmError:
+        return False
+    return c <= a and b <= d
 
 
 def adapter_for(version: str) -> Adapter:
@@ -70,5 +89,5 @@ def default_adapter(version: str | None = None) -> Adapter:
 
 
 __all__ = ["FAMILIES", "Adapter", "BackendFacts", "GlobalSetting", "TritonKernelCall", "UnsupportedVllmError",
-           "adapter_for", "default_adapter", "installed_adapter", "installed_version", "padded_tokens",
+           "adapter_for", "default_adapter", "family_span", "family_within", "installed_adapter", "installed_version", "padded_tokens",
            "parse_version", "supported_versions"]

@@ -56,7 +56,7 @@ class TritonKernelCall:
 
 @dataclass(frozen=True)
 class Adapter:
-    family: str  # "0.21-0.26"
+    family: str  # "0.21-0.25"
     first: tuple[int, int]  # oldest minor covered, e.g. (0, 20)
     last: tuple[int, int]  # newest minor covered
     torch: str  # the torch the family's wheels are built for

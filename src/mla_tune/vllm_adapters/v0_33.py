@@ -1,7 +1,7 @@
 """vLLM 0.33 (November 2026, the newest release): written from its released source, not run on a GPU here
 (it needs torch 2.14; the GPU machine has 2.11).
 
-Differences from 0.21-0.26 that matter here: ``_build_decode`` takes ``max_query_len`` (0.31), TRITON_MLA graphs
+Differences from 0.26 that matter here: ``_build_decode`` takes ``max_query_len`` (0.31), TRITON_MLA graphs
 uniform batches again, FLASHINFER_MLA graphs every batch (AttentionCGSupport.ALWAYS).
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .v0_22 import ADAPTER as BASE
-from .v0_22 import BACKENDS as BASE_BACKENDS
+from .v0_26 import ADAPTER as BASE
+from .v0_26 import BACKENDS as BASE_BACKENDS
 from ._facts import BackendFacts
 
 _MLA = "vllm.v1.attention.backends.mla"
@@ -25,10 +25,13 @@ BACKENDS = {
 }
 
 # mla_priority: 0.33.0's _get_backend_priorities lists the dense MLA backends as 0.26 does (sparse ones aside), so
-# the 0.21-0.26 family's list (inherited through BASE) holds.
+# the list inherited through BASE holds.
 ADAPTER = replace(
     BASE, family="0.33", first=(0, 33), last=(0, 33), torch="2.14",
     # 0.33 reads the MLA dims off the layer and drops two CommonAttentionMetadata fields the runner passes; it needs
     # torch 2.14 as well, so the runner is not offered for it
     gpu_validated="", backends=BACKENDS, runner_supported=False,
-    triton_int32_kv_offsets_through=None)
+    triton_int32_kv_offsets_through=None,
+    notes=("TRITON_MLA runs inside full graphs of uniform decode batches: its split count is fixed per captured "
+           "batch size",
+           "the reorder threshold has no vLLM setting: the plugin applies it"))
