@@ -98,10 +98,10 @@ def test_a_profile_for_a_family_range_matches_an_engine_of_a_family_inside_it():
     # a profile deployed for "0.21-0.26" before 0.26 became a family of its own still applies on 0.26
     old = dataclasses.replace(MATCH, vllm="0.21-0.26")
     assert mismatch(old, dataclasses.replace(ENGINE, vllm="0.26")) is None
-    assert mismatch(old, dataclasses.replace(ENGINE, vllm="0.21-0.25")) is None
+    assert mismatch(old, dataclasses.replace(ENGINE, vllm="0.22-0.25")) is None
     assert mismatch(old, dataclasses.replace(ENGINE, vllm="0.33")) == "vllm: profile 0.21-0.26, engine 0.33"
-    assert mismatch(dataclasses.replace(MATCH, vllm="0.26"), dataclasses.replace(ENGINE, vllm="0.21-0.25")) == \
-        "vllm: profile 0.26, engine 0.21-0.25"
+    assert mismatch(dataclasses.replace(MATCH, vllm="0.26"), dataclasses.replace(ENGINE, vllm="0.22-0.25")) == \
+        "vllm: profile 0.26, engine 0.22-0.25"
     assert mismatch(dataclasses.replace(MATCH, vllm="weird"), dataclasses.replace(ENGINE, vllm="0.26")) == \
         "vllm: profile weird, engine 0.26"
 

@@ -58,7 +58,7 @@ def _fake_find_spec(present: set[str]):
     ({"torch"}, "0.20.0", None, "vLLM is not installed"),
     ({"torch", "vllm"}, "0.19.1", None, "vLLM 0.19.1 is installed"),
     ({"torch", "vllm"}, None, None, "unknown version"),
-    ({"torch", "vllm"}, "0.33.0", None, "the vllm runner measures kernels through vLLM 0.20, 0.21-0.25, 0.26 internals only"),
+    ({"torch", "vllm"}, "0.33.0", None, "the vllm runner measures kernels through vLLM 0.20, 0.21, 0.22-0.25, 0.26 internals only"),
     ({"torch", "vllm"}, "0.29.0", None, "vLLM 0.29.0 is installed"),
     ({"torch", "vllm"}, "0.20.0", "no CUDA GPU visible (torch.cuda.is_available() is False)", "no CUDA GPU"),
 ])

@@ -71,4 +71,4 @@ def test_flags_prints_each_entry_with_the_cost_of_a_global_value():
     r = CliRunner().invoke(app, ["flags", str(table), "--shape", "7q"])
     assert r.exit_code == 2 and "unknown shape '7q'; valid:" in r.output and "256q1s4k" in r.output
     r = CliRunner().invoke(app, ["flags", str(table), "--vllm", "0.29.0"])
-    assert r.exit_code == 2 and "not supported" in r.output and "0.21.x-0.25.x, 0.26.x" in r.output
+    assert r.exit_code == 2 and "not supported" in r.output and "0.22.x-0.25.x, 0.26.x" in r.output

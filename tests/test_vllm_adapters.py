@@ -20,11 +20,11 @@ from mla_tune.vllm_adapters import (
     supported_versions,
 )
 
-SUPPORTED = "0.20.x, 0.21.x-0.25.x, 0.26.x, 0.33.x"
+SUPPORTED = "0.20.x, 0.21.x, 0.22.x-0.25.x, 0.26.x, 0.33.x"
 
 
 @pytest.mark.parametrize(("version", "family"), [
-    ("0.20.0", "0.20"), ("0.21.3", "0.21-0.25"), ("0.22.1", "0.21-0.25"), ("0.25.2", "0.21-0.25"),
+    ("0.20.0", "0.20"), ("0.21.3", "0.21"), ("0.22.1", "0.22-0.25"), ("0.25.2", "0.22-0.25"),
     ("0.26.0", "0.26"), ("0.33.0", "0.33"), ("0.33.0rc1", "0.33"), ("v0.20", "0.20"), ("0.26.0+cu130", "0.26"),
 ])
 def test_adapter_for_a_supported_version(version: str, family: str):
@@ -70,7 +70,7 @@ def test_prefill_settings_per_family():
                         "use_trtllm_ragged_deepseek_prefill"} & set(fields)
             assert "mla_prefill_backend" in fields
         assert a.prefill_settings["fa3"] == {"mla_prefill_backend": "FLASH_ATTN", "flash_attn_version": 3}
-    assert v22.prefill_refusal("cudnn", "10.0") == "cudnn prefill does not exist in vLLM 0.21-0.25"
+    assert v22.prefill_refusal("cudnn", "10.0") == "cudnn prefill does not exist in vLLM 0.22-0.25"
     assert v20.prefill_refusal("cudnn", "9.0") == \
         "cudnn prefill needs compute capability 10.x in vLLM 0.20 (this GPU: 9.0)"
     assert v20.prefill_refusal("cudnn", "10.0") is None and v20.prefill_refusal("auto", "9.0") is None
@@ -116,16 +116,18 @@ def test_every_family_has_facts_for_every_backend(a):
 
 
 def test_families_differ_where_vllm_did():
-    v20, v22, v26, v33 = (adapter_for(v) for v in ("0.20.0", "0.22.0", "0.26.0", "0.33.0"))
-    assert v20.backends["TRITON_MLA"].builder_class == v20.common_builder
-    assert v20.backends["TRITON_MLA"].cuda_graph_support == "never"
+    v20, v21, v22, v26, v33 = (adapter_for(v) for v in ("0.20.0", "0.21.0", "0.22.0", "0.26.0", "0.33.0"))
+    for a in (v20, v21):  # TRITON_MLA on the common builder, never in a full graph
+        assert a.backends["TRITON_MLA"].builder_class == a.common_builder
+        assert a.backends["TRITON_MLA"].cuda_graph_support == "never"
+    assert v21.prefill_api == "backend_object" and "cudnn" not in v21.prefill_settings
     assert v22.backends["TRITON_MLA"].cuda_graph_support == "uniform_batch"
     assert v26.backends["TRITON_MLA"].builder_class.endswith("triton_mla:TritonMLAMetadataBuilder")
     assert v26.backends["TRITON_MLA"].cuda_graph_support == "uniform_single_token_decode"
     assert v33.backends["TRITON_MLA"].cuda_graph_support == "uniform_batch"
     assert v33.backends["FLASHINFER_MLA"].cuda_graph_support == "always"
     assert v33.torch == "2.14" and v33.gpu_validated == ""
-    assert v22.gpu_validated == "" and v26.gpu_validated.startswith("0.26.0")
+    assert v21.gpu_validated == v22.gpu_validated == "" and v26.gpu_validated.startswith("0.26.0")
     # the TRITON kernel's int32 KV offsets: through 0.24, fixed in 0.25
     assert v22.triton_int32_kv_offsets((0, 24)) and not v22.triton_int32_kv_offsets((0, 25))
     assert not v26.triton_int32_kv_offsets((0, 26))
@@ -134,7 +136,7 @@ def test_families_differ_where_vllm_did():
 def test_family_spans():
     from mla_tune.vllm_adapters import family_span, family_within
 
-    assert family_span("0.21-0.25") == ((0, 21), (0, 25)) and family_span("0.26") == ((0, 26), (0, 26))
+    assert family_span("0.22-0.25") == ((0, 22), (0, 25)) and family_span("0.26") == ((0, 26), (0, 26))
     assert family_within("0.26", "0.21-0.26") and family_within("0.22-0.25", "0.21-0.26")
     assert not family_within("0.21-0.26", "0.26") and not family_within("0.33", "0.21-0.26")
     assert family_within("odd", "odd") and not family_within("odd", "0.26")
@@ -250,3 +252,10 @@ def test_the_int32_boundary_is_two_to_the_31_elements():
     assert a.triton_kv_offset_refusal((0, 20), 2**31) is None  # the last offset is 2**31 - 1
     assert a.triton_kv_offset_refusal((0, 20), 2**31 + 1) is not None
 
+
+
+@pytest.mark.parametrize("a", FAMILIES, ids=lambda a: a.family)
+def test_a_family_is_one_module_named_for_its_first_release(a):
+    """Adding a vLLM family is a module ``v0_<first minor>.py`` with its ``ADAPTER`` plus its line in FAMILIES."""
+    module = importlib.import_module(f"mla_tune.vllm_adapters.v{a.first[0]}_{a.first[1]}")
+    assert module.ADAPTER is a

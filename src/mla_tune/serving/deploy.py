@@ -355,7 +355,7 @@ def deploy(tables: Sequence[Mapping[str, Any]], traffic: Traffic | None = None, 
 
 
 def cautions_for(backend: str, adapter: Adapter, version: str, model: Mapping[str, Any]) -> tuple[str, ...]:
-    """The target vLLM's known faults on this backend (by release, not family: 0.25 fixed one inside 0.21-0.26)."""
+    """The target vLLM's known faults on this backend (by release, not family: 0.25 fixed one inside 0.22-0.25)."""
     head_size = int(model.get("kv_lora_rank", 512)) + int(model.get("qk_rope_head_dim", 64))
     caution = adapter.triton_serving_caution(parse_version(version), head_size) if backend == "TRITON_MLA" else None
     return (caution,) if caution else ()

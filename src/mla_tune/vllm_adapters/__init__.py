@@ -12,12 +12,13 @@ from importlib import metadata
 
 from ..errors import UsageError
 from .v0_20 import ADAPTER as V0_20
+from .v0_21 import ADAPTER as V0_21
 from .v0_22 import ADAPTER as V0_22
 from .v0_26 import ADAPTER as V0_26
 from .v0_33 import ADAPTER as V0_33
 from ._facts import Adapter, BackendFacts, GlobalSetting, TritonKernelCall, padded_tokens
 
-FAMILIES: tuple[Adapter, ...] = (V0_20, V0_22, V0_26, V0_33)
+FAMILIES: tuple[Adapter, ...] = (V0_20, V0_21, V0_22, V0_26, V0_33)
 
 
 class UnsupportedVllmError(UsageError):

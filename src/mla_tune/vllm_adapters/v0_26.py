@@ -1,4 +1,4 @@
-"""vLLM 0.26: as 0.21-0.25, except that TRITON_MLA's full CUDA graphs narrowed to single-token decode batches
+"""vLLM 0.26: as 0.22-0.25, except that TRITON_MLA's full CUDA graphs narrowed to single-token decode batches
 (AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE), its split count moved into ``triton_mla._compute_num_kv_splits``
 (the kernel call the runner and the plugin wrap is unchanged) and the TRITON decode kernel computes KV offsets in
 int64 (from 0.25).
