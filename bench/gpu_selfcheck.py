@@ -20,7 +20,7 @@ import traceback
 from mla_tune.batch_spec import parse
 from mla_tune.models import get_model
 from mla_tune.runners.vllm import VllmRunner
-from mla_tune.space import load_space
+from mla_tune.vllm_adapters import default_adapter
 from mla_tune.types import Case, freeze_params
 
 OK, UNSUP, OOM = {"ok"}, {"unsupported"}, {"oom"}
@@ -83,7 +83,7 @@ QUICK = {"decode", "refused", "spec", "mixed", "prefill", "triton-splits", "fa-s
 def make_case(backend: str, spec: str, model: str, kv: str, params: dict) -> Case:
     name, _, tp = model.partition("@")
     shape = parse(spec)
-    config = load_space(backend).default_config(shape)
+    config = default_adapter().search_space(backend).default_config(shape)
     config.update(params)
     return Case(backend, shape, get_model(name, int(tp or 1)), freeze_params(config), kv)
 

@@ -23,7 +23,7 @@ import time
 from mla_tune.batch_spec import parse
 from mla_tune.models import get_model
 from mla_tune.runners.vllm import VllmRunner
-from mla_tune.space import load_space
+from mla_tune.vllm_adapters import default_adapter
 from mla_tune.types import Case, freeze_params
 
 SPEC = "64q1s4k"
@@ -34,7 +34,7 @@ TRIALS = [("FLASH_ATTN_MLA", {"max_num_splits": 1}), ("FLASH_ATTN_MLA", {"max_nu
 
 def make_case(backend: str, params: dict, spec: str, model: str, tp: int) -> Case:
     shape = parse(spec)
-    config = load_space(backend).default_config(shape)
+    config = default_adapter().search_space(backend).default_config(shape)
     config.update(params)
     return Case(backend, shape, get_model(model, tp), freeze_params(config))
 

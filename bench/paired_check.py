@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 from mla_tune import batch_spec  # noqa: E402
 from mla_tune.models import get_model  # noqa: E402
 from mla_tune.runners.vllm import VllmRunner  # noqa: E402
-from mla_tune.space import load_space  # noqa: E402
+from mla_tune.vllm_adapters import default_adapter  # noqa: E402
 from mla_tune.stats import t95  # noqa: E402
 from mla_tune.types import Case, freeze_params  # noqa: E402
 
@@ -50,7 +50,7 @@ def main() -> int:
     ap.add_argument("-o", "--output", required=True)
     args = ap.parse_args()
     dims = get_model("deepseek-v3", args.tp)
-    space = load_space(args.backend)
+    space = default_adapter().search_space(args.backend)
     caps = [int(c) for c in args.caps.split(",")]
     out: dict = {"shapes": {}}
     with VllmRunner(pair_min_blocks=args.blocks, pair_max_blocks=max(300, args.blocks)) as runner:

@@ -40,7 +40,7 @@ from mla_tune import batch_spec
 from mla_tune.records import StudyName
 from mla_tune.runners._interleave import pair_stats
 from mla_tune.runners.replay import ReplayRunner
-from mla_tune.space import load_space
+from mla_tune.vllm_adapters import default_adapter
 from mla_tune.study.budget import DEFAULT_TRIALS
 from mla_tune.space_auto import AUTO, AutoSpace
 from mla_tune.study.engine import check_space_available, run_trials
@@ -132,7 +132,7 @@ def target_of(runner: ReplayRunner, land: tuple, sampler: str, seed: int, budget
     dims = MLADims(d["model"], d["tp"], d["num_q_heads"], d["kv_lora_rank"], d["qk_rope_head_dim"],
                    d["qk_nope_head_dim"], d["v_head_dim"], d.get("q_lora_rank"))
     wl = Workload(f"spec:{spec}", "", (WorkloadShape(spec, batch_spec.parse(spec)),))
-    space, _ = check_space_available(load_space(backend).for_kv(kv), runner)
+    space, _ = check_space_available(default_adapter().search_space(backend, kv), runner)
     request = StudyRequest(backend, wl, dims, kv, "per-shape", sampler, budget, None, seed)
     kvs = "" if kv == "auto" else f"-kv{kv}"
     name = StudyName(runner.environment().fingerprint, f"{dims.label}{kvs}", backend, spec)

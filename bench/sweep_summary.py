@@ -18,7 +18,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from mla_tune import batch_spec
-from mla_tune.space import format_config, load_space
+from mla_tune.space import format_config
+from mla_tune.vllm_adapters import recorded_adapter
 from mla_tune.recordings import read_sweep
 
 
@@ -27,13 +28,19 @@ def main() -> int:
     ap.add_argument("sweeps", nargs="+", type=Path)
     args = ap.parse_args()
     rows: dict[tuple, list[dict]] = defaultdict(list)
+    versions = set()
     for path in args.sweeps:
         header, records = read_sweep(path)
         env = header["environment"]
+        versions.add(str(env["vllm"]))
         print(f"# {path}: {env['gpu']['name']}, vLLM {env['vllm']}, torch {env['torch']}, recorded {header['date']}")
         for r in records:
             rows[(r["model"]["tp"], r["shape"], r["backend"])].append(r)
-    spaces = {b: load_space(b) for b in {k[2] for k in rows}}
+    if len({recorded_adapter(v).family for v in versions}) > 1:
+        print(f"sweeps of several vLLM families ({', '.join(sorted(versions))}): summarize each apart", file=sys.stderr)
+        return 2
+    adapter = recorded_adapter(next(iter(versions), None))
+    spaces = {b: adapter.search_space(b) for b in {k[2] for k in rows}}
     print(f"{'tp':>3} {'shape':<10} {'backend':<15} {'default ms':>11} {'best ms':>9} {'ratio':>6}  best changes")
 
     def order(key: tuple) -> tuple:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 
@@ -53,8 +54,9 @@ class FakeRunner(Runner):
                  fail: dict | None = None, interrupt_after: int | None = None,
                  unsupported_prefill: tuple[str, ...] = ("fa4", "flashinfer", "cudnn", "trtllm"),
                  unavailable: tuple[str, ...] = ("CUTLASS_MLA", "FLASHINFER_MLA"), clock_noise: float = 0.0,
-                 arm_jitter: float = 0.0, blocks: int = 8) -> None:
+                 arm_jitter: float = 0.0, blocks: int = 8, vllm: str = FAKE_ENV.vllm) -> None:
         self.optimum, self.noise, self.fail = optimum or {}, noise, fail
+        self.vllm = vllm  # the vLLM it claims to measure with: its family decides which backends run in graphs
         self.rng = random.Random(seed)
         self.calls: list[Case] = []
         self.recordings: list[tuple[Case, ...]] = []
@@ -65,7 +67,7 @@ class FakeRunner(Runner):
         self.closed = False
 
     def environment(self) -> Environment:
-        return FAKE_ENV
+        return FAKE_ENV if self.vllm == FAKE_ENV.vllm else dataclasses.replace(FAKE_ENV, vllm=self.vllm)
 
     def backends(self) -> tuple[BackendStatus, ...]:
         decode = tuple(BackendStatus(b, "decode", b not in self.unavailable,
@@ -85,11 +87,10 @@ class FakeRunner(Runner):
         digest = hashlib.sha256(repr(sorted(params.items())).encode()).digest()
         return 1.05 + digest[0] / 255 * 0.55
 
-    @staticmethod
-    def default_of(case: Case) -> dict:
-        from mla_tune.space import load_space
+    def default_of(self, case: Case) -> dict:
+        from mla_tune.vllm_adapters import recorded_adapter
 
-        return load_space(case.backend).default_config(case.shape)
+        return recorded_adapter(self.vllm).search_space(case.backend).default_config(case.shape)
 
     def on_measure(self) -> None:
         """Called as each measurement or paired recording starts (``events`` counts them from 1): test doubles

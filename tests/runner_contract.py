@@ -8,7 +8,7 @@ import pytest
 
 from mla_tune.runners import Runner
 from mla_tune.space import BACKENDS, PREFILL_BACKENDS
-from mla_tune.space import load_space
+from mla_tune.vllm_adapters import default_adapter
 from mla_tune.types import BackendStatus, Case, Environment, Measurement, PairedMeasurement, Status, freeze_params
 
 
@@ -67,7 +67,7 @@ class RunnerContract:
 
     def test_a_paired_recording_compares_each_arm_with_the_first(self, runner: Runner, ok_case: Case,
                                                                  refused_arm: Case) -> None:
-        default = ok_case.with_params(load_space(ok_case.backend).default_config(ok_case.shape))
+        default = ok_case.with_params(default_adapter().search_space(ok_case.backend).default_config(ok_case.shape))
         pm = runner.measure_paired([default, ok_case, default, refused_arm])
         assert isinstance(pm, PairedMeasurement) and len(pm.arms) == 4
         assert [m.ok for m in pm.arms] == [True, True, True, False], [m.message for m in pm.arms]

@@ -19,12 +19,17 @@ from mla_tune.knobs import (
     knob_names,
     knobs_for,
 )
-from mla_tune.space import load_space
+from mla_tune.vllm_adapters import adapter_for
+
+
+def space_020(backend: str):
+    """The shipped space as vLLM 0.20 runs it (TRITON_MLA without cuda_graphs)."""
+    return adapter_for("0.20.0").search_space(backend)
 
 
 def _resolve(backend: str, spec: str, answers: dict) -> dict:
     """``resolve`` with ``answers`` for the knobs it asks about (their defaults for the rest)."""
-    return load_space(backend).resolve(batch_spec.parse(spec), lambda p: answers.get(p.name, p.default))
+    return space_020(backend).resolve(batch_spec.parse(spec), lambda p: answers.get(p.name, p.default))
 
 
 def _asked(backend: str, spec: str, answers: dict | None = None) -> list[str]:
@@ -34,7 +39,7 @@ def _asked(backend: str, spec: str, answers: dict | None = None) -> list[str]:
         asked.append(p.name)
         return (answers or {}).get(p.name, p.default)
 
-    load_space(backend).resolve(batch_spec.parse(spec), choose)
+    space_020(backend).resolve(batch_spec.parse(spec), choose)
     return asked
 
 
@@ -45,7 +50,7 @@ def test_every_knob_has_a_valid_default_on_each_of_its_backends(k: Knob):
     assert set(k.backends) <= set(k.defaults)
     for b in k.backends:
         assert k.accepts(k.default(b)), (k.name, b, k.default(b))
-        space = load_space(b)
+        space = space_020(b)
         if k.name in space:  # a search space restates vLLM's default, never another one
             assert space[k.name].default == k.default(b)
 
@@ -60,7 +65,9 @@ def test_lookups_and_resolve_order():
     assert knob_names() == tuple(k.name for k in KNOBS)
     assert [k.name for k in knobs_for("FLASH_ATTN_MLA")] == ["reorder_batch_threshold", "prefill_backend",
                                                             "cuda_graphs", "max_num_splits"]
-    assert [k.name for k in knobs_for("TRITON_MLA")] == ["prefill_backend", "num_kv_splits"]
+    # cuda_graphs is a knob of every backend; a family that never graphs one leaves it out of the space
+    assert [k.name for k in knobs_for("TRITON_MLA")] == ["prefill_backend", "num_kv_splits", "cuda_graphs"]
+    assert space_020("TRITON_MLA").names == ("prefill_backend", "num_kv_splits")
     assert [k.name for k in knobs_for("CUTLASS_MLA")] == ["prefill_backend", "prefill_query_quantization",
                                                          "num_kv_splits", "cuda_graphs"]
     assert knobs_for("NO_SUCH_BACKEND") == ()
@@ -93,7 +100,8 @@ def test_check_params_accepts_a_valid_config():
 def test_check_params_names_each_problem():
     assert check_params("FLASH_ATTN_MLA", {"splits": 4, "zz": 1}) == [
         "unknown parameter(s) splits, zz; known: " + ", ".join(knob_names())]
-    assert check_params("TRITON_MLA", {"cuda_graphs": True}) == ["cuda_graphs does not apply to TRITON_MLA"]
+    assert check_params("TRITON_MLA", {"max_num_splits": 1}) == ["max_num_splits does not apply to TRITON_MLA"]
+    assert check_params("TRITON_MLA", {"cuda_graphs": True}) == []  # a knob of every backend (0.22+ graph TRITON)
     assert check_params("FLASHMLA", {"max_num_splits": 4}) == ["max_num_splits does not apply to FLASHMLA"]
     assert check_params("FLASH_ATTN_MLA", {"max_num_splits": 0}) == [
         "max_num_splits=0; allowed: a positive integer"]
@@ -108,7 +116,7 @@ def test_check_params_names_each_problem():
     assert problems[2].startswith("prefill_backend='fa5'")
 
 
-# -- the rules, as load_space(...).resolve walks them -------------------------------------------------------
+# -- the rules, as a space's resolve walks them -------------------------------------------------------
 def test_thresholds_that_split_a_batch_alike_collapse_to_one_representative():
     # 2q4s4k: q_len 4. Thresholds >= 4 send both requests to decode, 1 and 2 send them to prefill.
     for t in (4, 8, 16, 64, 128, 512):
@@ -185,11 +193,10 @@ def _plan_for(backend: str, spec: str, **params):
     from mla_tune.batch_spec import parse
     from mla_tune.models import get_model
     from mla_tune.runners._vllm_plan import make_plan
-    from mla_tune.space import load_space
     from mla_tune.types import Case, freeze_params
 
     shape = parse(spec)
-    config = load_space(backend).resolve(shape, lambda p: params.get(p.name, p.default))  # as a study asks
+    config = space_020(backend).resolve(shape, lambda p: params.get(p.name, p.default))  # as a study asks
     return make_plan(Case(backend, shape, get_model("deepseek-v3", 1), freeze_params(config)))
 
 
@@ -220,7 +227,7 @@ def test_prefill_query_quantization_matters_only_with_fp8_kv_and_a_prefill_part(
     from mla_tune.serving import serving_settings
     from mla_tune.vllm_adapters import adapter_for
 
-    space = load_space("CUTLASS_MLA")
+    space = space_020("CUTLASS_MLA")
     prefill, decode = batch_spec.parse("q2ks4k"), batch_spec.parse("64q1s4k")
     assert {c["prefill_query_quantization"] for c in space.expand(prefill)} == {False}  # bf16 KV: idle
     fp8 = space.for_kv("fp8")

@@ -6,7 +6,7 @@ import pytest
 
 from mla_tune import batch_spec
 from mla_tune.models import get_model
-from mla_tune.space import load_space
+from mla_tune.vllm_adapters import adapter_for
 from mla_tune.study.rounds import PairedRounds, run_rounds
 from mla_tune.types import Case, freeze_params
 
@@ -17,7 +17,7 @@ DIMS = get_model("deepseek-v3", 1)
 
 def case(spec: str, **params) -> Case:
     shape = batch_spec.parse(spec)
-    config = load_space("FLASH_ATTN_MLA").default_config(shape) | params
+    config = adapter_for("0.20.0").search_space("FLASH_ATTN_MLA").default_config(shape) | params
     return Case("FLASH_ATTN_MLA", shape, DIMS, freeze_params(config))
 
 

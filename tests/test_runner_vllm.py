@@ -18,7 +18,7 @@ from mla_tune.models import get_model
 from mla_tune.runners import _vllm_plan as plan
 from mla_tune.runners import vllm as vllm_runner_mod
 from mla_tune.runners.vllm import VllmRunner, check_available
-from mla_tune.space import BACKENDS, load_space
+from mla_tune.space import BACKENDS
 from mla_tune.types import (BackendStatus, Case, Environment, Measurement, PairedMeasurement, PairStat, Request, Shape,
                              Status, freeze_params)
 from mla_tune.vllm_adapters import adapter_for
@@ -30,7 +30,7 @@ DIMS = get_model("deepseek-v3", tp=8)
 
 def make_case(backend: str, spec: str, dims=DIMS, kv: str = "auto", **params) -> Case:
     shape = parse(spec)
-    config = load_space(backend).default_config(shape)
+    config = plan.space_of(backend).default_config(shape)
     config.update(params)
     return Case(backend, shape, dims, freeze_params(config), kv)
 

@@ -79,7 +79,7 @@ BAD = [  # (path, value, key named, words); these printed "xnan [-inf, inf]" or 
     ("entries[0].tuned", True, "entries[0].tuned", "is true, but the entry records an error"),
     ("entries", {"q1s4k": {}}, "entries", "expected a list of entries"),
     ("backend", "FLASH_MLA", "backend", "unknown backend 'FLASH_MLA'"),
-    ("backend", "TRITON_MLA", "entries[0].params.cuda_graphs", "cuda_graphs does not apply to TRITON_MLA"),
+    ("backend", "TRITON_MLA", "entries[0].params.max_num_splits", "max_num_splits does not apply to TRITON_MLA"),
     ("kv_cache_dtype", "int4", "kv_cache_dtype", "known: auto, fp8"),
     ("model.tp", 0, "model.tp", "integer in [1, 1024]"),
     ("model.num_q_heads", "16", "model.num_q_heads", "expected an integer"),

@@ -13,8 +13,9 @@ from .errors import RunnerUnavailableError
 from .knobs import BACKENDS, PREFILL_BACKENDS
 from .models import load_models
 from .runners import Runner, make_runner
-from .space import SearchSpace, load_space
+from .space import SearchSpace
 from .types import BackendStatus, Environment
+from .vllm_adapters import default_adapter
 from .workloads import Workload, load_workloads
 
 
@@ -33,8 +34,11 @@ def list_workloads() -> dict[str, Workload]:
     return load_workloads()
 
 
-def list_spaces() -> dict[str, SearchSpace]:
-    return {b: load_space(b) for b in BACKENDS}
+def list_spaces(vllm: str | None = None) -> dict[str, SearchSpace]:
+    """Every backend's space as vLLM ``vllm`` runs it (default: the installed one, else 0.20): ``cuda_graphs`` is
+    a parameter only where that vLLM replays the backend in full CUDA graphs."""
+    adapter = default_adapter(vllm)
+    return {b: adapter.search_space(b) for b in BACKENDS}
 
 
 def list_models() -> dict[str, Any]:

@@ -436,15 +436,20 @@ def workloads() -> None:
 
 @app.command()
 @handle_errors
-def spaces(models: bool = typer.Option(False, "--models", help="list model presets instead")) -> None:
-    """List the search space of every backend (or the model presets)."""
+def spaces(models: bool = typer.Option(False, "--models", help="list model presets instead"),
+           vllm: Optional[str] = typer.Option(None, "--vllm", help="vLLM version whose full-CUDA-graph support "
+                                              "the spaces follow, e.g. 0.26.0 [default: the installed vLLM, else "
+                                              "0.20]")) -> None:
+    """List the search space of every backend as a vLLM runs it (or the model presets)."""
     from .catalog import list_models, list_spaces
     from .views.render import print_models, print_spaces
+    from .vllm_adapters import default_adapter
 
     if models:
         print_models(_console(), list_models())
     else:
-        print_spaces(_console(), list_spaces())
+        spaces_ = list_spaces(vllm)
+        print_spaces(_console(), spaces_, default_adapter(vllm).label)
 
 
 @app.command()

@@ -12,7 +12,7 @@ configs that run the same kernels compare equal.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,11 +84,28 @@ class ParameterLookup:
 class SearchSpace(ParameterLookup):
     backend: str
     description: str
+    # How far the target vLLM replays this backend in full CUDA graphs: a fact of its family (the vLLM adapter's
+    # ``BackendFacts.cuda_graph_support``), given to ``load_space``, never written in the file.
     cuda_graph_support: str
     parameters: tuple[Parameter, ...]
     path: str = ""
     # The KV-cache dtype the configs run with ("auto" = the model's, or "fp8"): some knobs matter only with one.
     kv_cache_dtype: str = "auto"
+    # The file's ``cuda_graphs`` declaration, kept while the family graphs nothing of this backend (it is then no
+    # parameter, so configs stay as they were), so that ``under_graphs`` can bring it back for one that does.
+    graphs_declared: Parameter | None = field(default=None, compare=False, repr=False)
+
+    def under_graphs(self, support: str) -> SearchSpace:
+        """This space for a vLLM family that replays the backend in full CUDA graphs as far as ``support`` says:
+        ``cuda_graphs`` is searched where the family graphs some batch of it, and is no parameter where it never
+        does (TRITON_MLA on 0.20-0.21, in graphs from 0.22)."""
+        if support not in CUDA_GRAPH_SUPPORT:
+            raise ValueError(f"unknown CUDA graph support {support!r}; known: {', '.join(CUDA_GRAPH_SUPPORT)}")
+        declared = self["cuda_graphs"] if "cuda_graphs" in self else self.graphs_declared
+        params = tuple(p for p in self.parameters if p.name != "cuda_graphs")
+        if support != "never" and declared is not None:
+            params = _in_knob_order((*params, declared))
+        return replace(self, cuda_graph_support=support, parameters=params, graphs_declared=declared)
 
     def for_kv(self, kv_cache_dtype: str) -> SearchSpace:
         """This space for a KV cache of ``kv_cache_dtype`` ("fp8"/"fp8_e4m3" count as fp8, the rest as "auto")."""
@@ -171,6 +188,12 @@ class SearchSpace(ParameterLookup):
     def openings(self) -> list[dict[str, ParamValue]]:
         """Answers worth measuring first besides vLLM's default: none within one backend (see ``AutoSpace``)."""
         return []
+
+    def only(self, names: Iterable[str]) -> SearchSpace:
+        """The space with just the parameters ``names`` (e.g. the knobs a table measured: serving prices values
+        within it, and leaves vLLM's default for the rest), its graph support unchanged."""
+        keep = set(names)
+        return replace(self, parameters=tuple(p for p in self.parameters if p.name in keep))
 
     def restrict(self, name: str, allowed: Iterable[ParamValue], why: str = "") -> SearchSpace:
         """The space without the values of ``name`` outside ``allowed`` (e.g. prefill kernels this GPU lacks).
@@ -264,30 +287,37 @@ def _check_parameter(path: Path, where: str, p: Parameter) -> None:
         raise DataFileError(str(path), f"{where}.default", f"{p.default!r} is outside the parameter's values")
 
 
-def load_space_file(path: Path) -> SearchSpace:
-    data = _yaml.check_keys(path, "", _yaml.load(path),
-                            ["schema_version", "backend", "parameters"], ["description", "cuda_graph_support"])
+def _in_knob_order(params: Iterable[Parameter]) -> tuple[Parameter, ...]:
+    """Parameters in the order their knobs are declared: the order ``resolve`` walks them in."""
+    by_name = {p.name: p for p in params}
+    return tuple(by_name[k.name] for k in KNOBS if k.name in by_name)
+
+
+def load_space_file(path: Path, graphs: str) -> SearchSpace:
+    """The space a file declares, for a vLLM whose graph support for its backend is ``graphs`` (see
+    ``SearchSpace.under_graphs``; the vLLM adapter's ``search_space`` gives it)."""
+    data = _yaml.load(path)
+    if isinstance(data, dict) and "cuda_graph_support" in data:
+        raise DataFileError(str(path), "cuda_graph_support", "how far vLLM graphs a backend is a fact of each vLLM "
+                            "family (its adapter), no longer a line of a search space: remove it")
+    data = _yaml.check_keys(path, "", data, ["schema_version", "backend", "parameters"], ["description"])
     backend = data["backend"]
     if backend not in BACKENDS:
         raise DataFileError(str(path), "backend", f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
-    support = data.get("cuda_graph_support", "never")
-    if support not in CUDA_GRAPH_SUPPORT:
-        raise DataFileError(str(path), "cuda_graph_support",
-                            f"is {support!r}; allowed: {', '.join(CUDA_GRAPH_SUPPORT)}")
     raw_params = _yaml.expect(path, "parameters", data["parameters"] or {}, dict, "a mapping")
     params = {name: _parameter(path, backend, name, raw) for name, raw in raw_params.items()}
-    ordered = tuple(params[k.name] for k in KNOBS if k.name in params)
-    if "cuda_graphs" in params and support == "never":
-        raise DataFileError(str(path), "parameters.cuda_graphs", "backend has cuda_graph_support: never")
-    return SearchSpace(backend, str(data.get("description", "")), support, ordered, str(path))
+    space = SearchSpace(backend, str(data.get("description", "")), "never", _in_knob_order(params.values()),
+                        str(path))
+    return space.under_graphs(graphs)
 
 
-def load_space(backend: str, directory: Path | None = None) -> SearchSpace:
+def load_space(backend: str, graphs: str, directory: Path | None = None) -> SearchSpace:
+    """``search_spaces/<backend>.yaml`` for a vLLM whose graph support for ``backend`` is ``graphs``."""
     directory = directory or search_spaces_dir()
     if backend not in BACKENDS:
         raise UnknownNameError("backend", backend, BACKENDS)
     path = directory / f"{backend}.yaml"
-    space = load_space_file(path)
+    space = load_space_file(path, graphs)
     if space.backend != backend:
         raise DataFileError(str(path), "backend", f"says {space.backend}, the file name says {backend}")
     return space

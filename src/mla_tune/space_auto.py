@@ -47,6 +47,10 @@ class AutoSpace(ParameterLookup):
     def with_members(self, members: tuple[SearchSpace, ...]) -> AutoSpace:
         return replace(self, members=members)
 
+    def under_graphs(self, graph_support: Callable[[str], str]) -> AutoSpace:
+        """Each member under its backend's graph support in the target vLLM (``SearchSpace.under_graphs``)."""
+        return replace(self, members=tuple(m.under_graphs(graph_support(m.backend)) for m in self.members))
+
     def for_kv(self, kv_cache_dtype: str) -> AutoSpace:
         members = tuple(m.for_kv(kv_cache_dtype) for m in self.members)
         return replace(self, members=members, kv_cache_dtype=members[0].kv_cache_dtype if members else "auto")
@@ -118,12 +122,15 @@ def split_config(backend: str, config: dict[str, ParamValue]) -> tuple[str, dict
     return str(params.pop(BACKEND)), params
 
 
-def unsettled(kv_cache_dtype: str = "auto", backends: tuple[str, ...] | None = None) -> AutoSpace:
-    """Every backend's space, before a runner says which run here and which one vLLM picks."""
+def unsettled(graph_support: Callable[[str], str], kv_cache_dtype: str = "auto",
+              backends: tuple[str, ...] | None = None) -> AutoSpace:
+    """Every backend's space, before a runner says which run here and which one vLLM picks; ``graph_support``
+    (a vLLM adapter's) says how far the target vLLM graphs each backend."""
     from .knobs import BACKENDS
     from .space import load_space
 
-    return AutoSpace(tuple(load_space(b) for b in (backends or BACKENDS))).for_kv(kv_cache_dtype)
+    spaces = tuple(load_space(b, graph_support(b)) for b in (backends or BACKENDS))
+    return AutoSpace(spaces).for_kv(kv_cache_dtype)
 
 
 __all__ = ["AUTO", "BACKEND", "AnySpace", "AutoSpace", "prefixed", "split_config", "unsettled"]

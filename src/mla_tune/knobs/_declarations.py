@@ -94,8 +94,8 @@ NUM_KV_SPLITS = Knob(
     matters=_has_decode, detail_key="num_kv_splits")
 
 CUDA_GRAPHS = Knob(
-    name="cuda_graphs", type="bool", backends=("CUTLASS_MLA", "FLASHMLA", "FLASH_ATTN_MLA", "FLASHINFER_MLA"),
-    defaults={b: True for b in ("CUTLASS_MLA", "FLASHMLA", "FLASH_ATTN_MLA", "FLASHINFER_MLA")},
+    # every backend: whether the target vLLM graphs it at all is its family's fact (SearchSpace.under_graphs)
+    name="cuda_graphs", type="bool", backends=BACKENDS, defaults={b: True for b in BACKENDS},
     description="replay a full CUDA graph, as vLLM does for uniform decode batches it captured",
     runner=RunnerApply.ENGINE, serving=ServingApply.COMPILATION_CONFIG,
     # Where vLLM would not graph the batch it runs eager whatever the setting says: measure that.

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 from ..knobs import BACKENDS, PREFILL_BACKENDS, RunnerApply, knobs_for
 from ..knobs import check_params
-from ..space import SearchSpace, load_space
+from ..space import SearchSpace
 from ..types import Case, MLADims, ParamValue, Request, Status
-from ..vllm_adapters import Adapter, adapter_for, default_adapter, parse_version
+from ..vllm_adapters import FAMILIES, Adapter, adapter_for, default_adapter, parse_version
 from ._timing_policy import PairedPolicy, SamplingPolicy, WarmupPolicy
 
 KV_CACHE_DTYPES = {"auto": "auto", "bfloat16": "auto", "bf16": "auto", "fp8": "fp8", "fp8_e4m3": "fp8"}
@@ -158,10 +158,15 @@ def normalize_kv_dtype(kv_cache_dtype: str) -> str:
     return KV_CACHE_DTYPES[kv_cache_dtype]
 
 
-@functools.lru_cache(maxsize=None)
 def space_of(backend: str, kv_cache_dtype: str = "auto") -> SearchSpace:
-    """The backend's search space, parsed once per process (a YAML parse costs ~1 ms, every trial)."""
-    return load_space(backend).for_kv(kv_cache_dtype)
+    """The backend's search space as the driven vLLM runs it, parsed once per process and family (a YAML parse
+    costs ~1 ms, every trial)."""
+    return _space_of(adapter().family, backend, kv_cache_dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _space_of(family: str, backend: str, kv_cache_dtype: str) -> SearchSpace:
+    return next(a for a in FAMILIES if a.family == family).search_space(backend, kv_cache_dtype)
 
 
 def full_params(case: Case) -> dict[str, ParamValue]:

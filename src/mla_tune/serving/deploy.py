@@ -21,7 +21,7 @@ from typing import Any
 from .. import batch_spec
 from ..errors import UsageError
 from ..knobs import ServingApply, Situation, knob, knobs_for
-from ..space import SearchSpace, load_space
+from ..space import SearchSpace
 from ..space_auto import AUTO, BACKEND
 from ..traffic import Traffic, uniform_traffic
 from ..types import ParamValue, Shape, gpu_short_name
@@ -110,6 +110,14 @@ class Deployment:
     cautions: tuple[str, ...] = ()  # known faults of the target vLLM that this deployment must stay clear of
     point_costs: tuple[PointCost, ...] = ()  # per-batch values on the shapes whose own best value differs
     pooled: tuple[Pooled, ...] = ()  # per-batch points that follow their neighbours' tuned value
+
+
+def served_space(adapter: Adapter, backend: str, kv_cache_dtype: str, sources: Sequence[Source]) -> SearchSpace:
+    """The space serving prices a table's values in: the target vLLM's (whether it graphs a batch decides how many
+    values a batch size can take), with the knobs the table measured only. A TRITON_MLA table measured on 0.20, where
+    it never runs in a graph, names no cuda_graphs: deployed on 0.26 the graphs stay vLLM's default."""
+    measured = {name for s in sources for name in s.default}
+    return adapter.search_space(backend, kv_cache_dtype).only(measured)
 
 
 def _sources(table: Mapping[str, Any]) -> tuple[list[Source], list[str]]:
@@ -324,7 +332,7 @@ def deploy(tables: Sequence[Mapping[str, Any]], traffic: Traffic | None = None, 
     traffic = traffic or uniform_traffic([s.spec for s in sources], "every table shape, weighted alike")
     unmeasured = tuple(spec for spec in traffic.specs if spec not in measured)
     rules, at_build, globals_ = [], [], []
-    space = load_space(match.backend).for_kv(match.kv_cache_dtype)
+    space = served_space(adapter, match.backend, match.kv_cache_dtype, sources)
     for k in knobs_for(match.backend):
         if k.per_batch or not any(_matters(k.name, s, space) for s in sources):
             continue  # per batch: below; no measured shape where it changes anything: vLLM's default stays

@@ -13,11 +13,10 @@ from typing import Any
 
 from .. import batch_spec
 from ..knobs import Situation, knob
-from ..space import load_space
 from ..space_auto import AUTO, BACKEND, split_config
 from ..tables.table import entry_label
 from ..vllm_adapters import Adapter
-from .deploy import Source, _sources
+from .deploy import Source, _sources, served_space
 from .settings import ServingSettings, serving_settings
 
 
@@ -57,8 +56,8 @@ def _cost(name: str, value: object, me: str, sources: list[Source], space: Any) 
 def table_flags(table: Mapping[str, Any], adapter: Adapter) -> list[EntryFlags]:
     if table["backend"] == AUTO:
         return _auto_flags(table, adapter)
-    space = load_space(table["backend"]).for_kv(table["kv_cache_dtype"])
     sources, _ = _sources(table)
+    space = served_space(adapter, table["backend"], table["kv_cache_dtype"], sources)
     out = []
     for e in table["entries"]:
         params, defaults = e.get("params"), e.get("default_params")
@@ -87,7 +86,7 @@ def _auto_flags(table: Mapping[str, Any], adapter: Adapter) -> list[EntryFlags]:
         for spec, p, d in zip(specs, params or [], defaults or []):
             backend, own = split_config(AUTO, p)
             if d.get(BACKEND) != backend:  # vLLM's default is another backend's: its own defaults need no setting
-                d = {BACKEND: backend, **load_space(backend).for_kv(table["kv_cache_dtype"]).default_config(
+                d = {BACKEND: backend, **adapter.search_space(backend, table["kv_cache_dtype"]).default_config(
                     batch_spec.parse(spec))}
             label = spec if len(specs) > 1 else entry_label(e)
             out.append(EntryFlags(label, e, serving_settings(backend, own, split_config(AUTO, d)[1], adapter), ()))

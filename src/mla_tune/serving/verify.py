@@ -18,7 +18,7 @@ from typing import Any
 from .. import batch_spec
 from ..models import get_model
 from ..runners import Runner
-from ..space import load_space
+from ..vllm_adapters import family_adapter
 from ..space_auto import AUTO, split_config
 from ..records import Candidate, NoiseFloor
 from ..stats import familywise_level, median, round_sig
@@ -63,7 +63,7 @@ def table_items(table: Mapping[str, Any]) -> list[VerifyItem]:
 
 def profile_items(profile: Profile) -> list[VerifyItem]:
     """One item per measured shape behind each per-batch point (and the at-build values) that changes vLLM's."""
-    space = load_space(profile.match.backend).for_kv(profile.match.kv_cache_dtype)
+    space = family_adapter(profile.match.vllm).search_space(profile.match.backend, profile.match.kv_cache_dtype)
     items = []
     for rule in profile.per_batch:
         for point in rule.points:

@@ -17,6 +17,7 @@ from ..runners import Runner, make_runner
 from ..space import BACKENDS, SearchSpace, load_space
 from ..space_auto import AUTO, AnySpace, AutoSpace, split_config, unsettled
 from ..types import Case, freeze_params
+from ..vllm_adapters import Adapter, UnsupportedVllmError, adapter_for, default_adapter, recorded_adapter
 from ..workloads import get_workload
 from .plan import KV_CACHE_DTYPES, OBJECTIVES, StudyRequest
 from .sampling import SAMPLERS
@@ -65,12 +66,33 @@ def build_request(*, backend: str, workload: str, model: str = "deepseek-v3", tp
     if confirm_max_rounds is not None and confirm_max_rounds < confirm_rounds:
         raise UsageError(f"--confirm-max-rounds ({confirm_max_rounds}) must be at least --confirm-rounds "
                          f"({confirm_rounds})")
-    # knobs that matter only with an fp8 cache see it; auto: every backend until a runner says which run (settle_auto)
-    space = unsettled(kv_cache_dtype) if backend == AUTO else load_space(backend).for_kv(kv_cache_dtype)
+    # knobs that matter only with an fp8 cache see it; auto: every backend until a runner says which run (settle_auto).
+    # Graphs as the installed vLLM runs them until a runner says which vLLM it measures with (as_measured).
+    graphs = _provisional_adapter().graph_support
+    space = unsettled(graphs, kv_cache_dtype) if backend == AUTO else \
+        load_space(backend, graphs(backend)).for_kv(kv_cache_dtype)
     wl = get_workload(workload)
     dims = get_model(model, tp)
     return StudyRequest(backend, wl, dims, kv_cache_dtype, objective, sampler, n_trials, timeout_s, seed,
                         confirm_top, confirm_rounds, confirm_max_rounds), space
+
+
+def _provisional_adapter() -> Adapter:
+    """The installed vLLM's family (0.20's where none or an unsupported one is installed: a replay runner may
+    still run there, and names the vLLM of its recordings once opened)."""
+    try:
+        return default_adapter()
+    except UnsupportedVllmError:
+        return recorded_adapter(None)
+
+
+def as_measured(space: AnySpace, runner: Runner) -> AnySpace:
+    """``space`` under the CUDA graph support of the vLLM ``runner`` measures with (a replay: the recorded one's),
+    so that ``cuda_graphs`` is searched exactly where that vLLM replays the backend in full graphs."""
+    graphs = recorded_adapter(runner.environment().vllm).graph_support
+    if isinstance(space, AutoSpace):
+        return space.under_graphs(graphs)
+    return space.under_graphs(graphs(space.backend))
 
 
 def build_requests(*, backend: str | Sequence[str], workload: str | Sequence[str], tp: int | Sequence[int] = 1,
@@ -132,6 +154,7 @@ def require_backend(runner: Runner, backend: str) -> None:
 def preflight(runner: Runner, request: StudyRequest, space: AnySpace) -> None:
     """Refuse before anything is written: a backend that cannot run here, or shapes the runner cannot answer
     (e.g. a replay of shapes, TP or model dims that were never recorded). ``auto``: vLLM's own choice must run."""
+    space = as_measured(space, runner)
     if isinstance(space, AutoSpace):
         space, _ = settle_auto(runner, request, space)
     else:
@@ -152,8 +175,6 @@ def settle_auto(runner: Runner, request: StudyRequest, space: AutoSpace) -> tupl
     """``--backend auto`` here: the decode backends that run (with every shape answerable: a backend that cannot
     is simply not a choice, its reason kept), vLLM's own choice the default. Refused when vLLM's choice cannot run:
     the baseline every config is judged against would be missing."""
-    from ..vllm_adapters import adapter_for
-
     default = runner.default_backend(request.kv_cache_dtype)
     env = runner.environment()
     if default is None:
@@ -196,7 +217,9 @@ def _cannot_run(runner: Runner, request: StudyRequest, space: SearchSpace, adapt
 def check_space_available(space: AnySpace, runner: Runner, request: StudyRequest | None = None
                           ) -> tuple[AnySpace, dict[str, str]]:
     """Drop prefill backends the runner cannot run here (trials spent on them would only fail); ``auto`` (which
-    needs its ``request``): the decode backends too (``settle_auto``), and each one's prefill backends."""
+    needs its ``request``): the decode backends too (``settle_auto``), and each one's prefill backends. The space
+    is first put under the runner's vLLM's graph support (``as_measured``)."""
+    space = as_measured(space, runner)
     if isinstance(space, AutoSpace):
         if request is None:
             raise ValueError("an auto space is settled for a request")
@@ -260,5 +283,5 @@ def _show(value: Any) -> str:
     return value.get("name", str(value)) if isinstance(value, dict) else str(value)
 
 
-__all__ = ["NOT_TUNED", "build_request", "build_requests", "check_same_source", "check_space_available", "check_tunable",
-           "gpu_locked", "open_runner", "preflight", "require_backend", "settle_auto"]
+__all__ = ["NOT_TUNED", "as_measured", "build_request", "build_requests", "check_same_source",
+           "check_space_available", "check_tunable", "gpu_locked", "open_runner", "preflight", "require_backend", "settle_auto"]

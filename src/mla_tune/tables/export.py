@@ -15,12 +15,13 @@ from .._yaml import short
 from ..errors import BatchSpecError, DataFileError, MlaTuneError, UsageError
 from ..knobs import BACKENDS, check_params
 from ..study.plan import KV_CACHE_DTYPES
-from ..space import SearchSpace, load_space
+from ..space import SearchSpace
 from ..space_auto import AUTO, BACKEND, split_config
 from ..batch_spec import parse as bounded_shape
 from .consistency import check_entry
 from .table import AUTO_TABLE_SCHEMA_VERSION, SCHEMA_VERSIONS, TABLE_KIND
 from ..types import Shape
+from ..vllm_adapters import Adapter, recorded_adapter
 
 HEADER = ("# mla-tune tuning table: vLLM MLA attention settings measured per batch shape.\n"
           "# Entries with tuned: false keep vLLM's defaults (no gain beyond noise). See provenance for the source.\n")
@@ -114,7 +115,7 @@ def check_table(path: Path, data: dict[str, Any]) -> dict[str, Any]:
         entry = _yaml.check_keys(path, f"entries[{i}]", entry, ("tuned", "trials"), _ENTRY_OPTIONAL)
         if ("shape" in entry) == ("workload" in entry):
             raise DataFileError(str(path), f"entries[{i}]", "needs a shape or a workload (a mix entry), not both")
-    check = _TableCheck(Path(path), _check_header(path, data))
+    check = _TableCheck(Path(path), _check_header(path, data), recorded_adapter(data["provenance"].get("vllm")))
     seen: dict[str, int] = {}
     for i, entry in enumerate(entries):
         label = check.entry(f"entries[{i}]", entry)
@@ -183,14 +184,14 @@ def _name(path: Path, key: str, value: Any) -> str:
 class _TableCheck:
     """The values of one table's entries, against its backend's knobs (``auto``: each config's own backend's)."""
 
-    def __init__(self, path: Path, backend: str) -> None:
-        self.path, self.backend = path, backend
+    def __init__(self, path: Path, backend: str, adapter: Adapter) -> None:
+        self.path, self.backend, self.adapter = path, backend, adapter
         self._spaces: dict[str, SearchSpace] = {}
 
     def space(self, backend: str) -> SearchSpace:
-        """Serving prices values within it (flags, deploy resolve with it)."""
+        """Serving prices values within it (flags, deploy resolve with it); as the table's vLLM graphs it."""
         if backend not in self._spaces:
-            self._spaces[backend] = load_space(backend)
+            self._spaces[backend] = self.adapter.search_space(backend)
         return self._spaces[backend]
 
     def entry(self, where: str, e: dict[str, Any]) -> str:

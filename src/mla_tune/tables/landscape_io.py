@@ -12,7 +12,7 @@ from typing import Any
 from .. import _yaml, batch_spec
 from ..errors import DataFileError
 from ..knobs import knobs_for
-from ..space import load_space
+from ..vllm_adapters import recorded_adapter
 from ..stats import block_speedup, blocks_of
 from ..recordings import read_sweep
 from .export import load_table
@@ -93,9 +93,10 @@ def _sweep_landscape(key: tuple, sources: list[Source], shapes: dict[str, list[d
     if len(sources) > 1:
         dates = sorted(s.date for s in sources if s.date)
         src = replace(src, path=", ".join(s.path for s in sources), date=dates[-1] if dates else None)
-    space = load_space(backend).for_kv(kv)
-    knobs = knobs_for(backend)
-    fill = {k.name: k.default(backend) for k in knobs}  # what a recording made before a knob existed ran with
+    space = recorded_adapter(src.vllm).search_space(backend, kv)
+    # what a recording made before a knob existed ran with (knobs of the space only: a family that never graphs
+    # the backend has no cuda_graphs to fill in)
+    fill = {k.name: k.default(backend) for k in knobs_for(backend) if k.name in space}
     out = []
     for spec in sorted(shapes, key=_reading_order):
         runs: dict[Config, list[float]] = {}  # one median per recording (a sweep has one per round)
@@ -123,7 +124,7 @@ def _sweep_landscape(key: tuple, sources: list[Source], shapes: dict[str, list[d
         default = freeze({**fill, **space.default_config(batch_spec.parse(spec))})
         out.append(ShapeLandscape(spec, default, tuple(sorted((Point(c, ms) for c, ms in points.items()),
                                                               key=lambda p: p.ms)), tuple(failed.items())))
-    return Landscape("sweep", src, backend, model, tp, kv, tuple(out), tuple(k.name for k in knobs))
+    return Landscape("sweep", src, backend, model, tp, kv, tuple(out), space.names)
 
 
 def _reading_order(spec: str) -> tuple:

@@ -250,7 +250,11 @@ def print_workloads(console: Console, workloads: dict[str, Any]) -> None:
     say(console, "ad hoc: --workload spec:8q1s4k@3,256q1s4k@1 (shapes with relative weights) or --traffic FILE")
 
 
-def print_spaces(console: Console, spaces: dict[str, Any]) -> None:
+def print_spaces(console: Console, spaces: dict[str, Any], vllm: str = "") -> None:
+    """Each backend's parameters; ``vllm`` ("vLLM 0.26"): the family whose graph support they follow."""
+    if vllm:
+        say(console, f"search spaces as {vllm} runs them (cuda_graphs only where it replays the backend in full "
+                     "CUDA graphs; --vllm for another)")
     t = _table("backend", "parameter", "values", "vLLM default")
     for backend, space in spaces.items():
         for i, p in enumerate(space.parameters):

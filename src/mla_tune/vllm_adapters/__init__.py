@@ -64,6 +64,22 @@ def adapter_for(version: str) -> Adapter:
     raise UnsupportedVllmError(f"vLLM {version} is not supported by this mla-tune; supported: {supported_versions()}")
 
 
+def recorded_adapter(version: object) -> Adapter:
+    """The family of the vLLM a recording, study or table names ("0.20.0"). Files that name none mla-tune can read
+    predate its other families: they were made with 0.20."""
+    try:
+        return adapter_for(str(version))
+    except UnsupportedVllmError:
+        return V0_20
+
+
+def family_adapter(family: str) -> Adapter:
+    """The adapter of a family a profile names ("0.20", "0.22-0.25"). A range an older mla-tune named before
+    splitting it ("0.21-0.26") gets the family of its newest release, whose facts that range stated."""
+    last = family_span(family)[1]
+    return adapter_for(f"{last[0]}.{last[1]}")
+
+
 def installed_version() -> str | None:
     """The installed vLLM's version from its package metadata (vLLM is not imported), or None."""
     try:
@@ -90,5 +106,5 @@ def default_adapter(version: str | None = None) -> Adapter:
 
 
 __all__ = ["FAMILIES", "Adapter", "BackendFacts", "GlobalSetting", "TritonKernelCall", "UnsupportedVllmError",
-           "adapter_for", "default_adapter", "family_span", "family_within", "installed_adapter", "installed_version", "padded_tokens",
-           "parse_version", "supported_versions"]
+           "adapter_for", "default_adapter", "family_adapter", "family_span", "family_within", "installed_adapter",
+           "installed_version", "padded_tokens", "parse_version", "recorded_adapter", "supported_versions"]

@@ -10,8 +10,10 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..knobs import PREFILL_BACKENDS
+from ..space import SearchSpace, load_space
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,16 @@ class Adapter:
 
     def backend(self, name: str) -> BackendFacts | None:
         return self.backends.get(name)
+
+    def graph_support(self, backend: str) -> str:
+        """How far this vLLM replays ``backend`` in full CUDA graphs (an AttentionCGSupport level)."""
+        facts = self.backends.get(backend)
+        return facts.cuda_graph_support if facts is not None else "never"
+
+    def search_space(self, backend: str, kv_cache_dtype: str = "auto", directory: Path | None = None) -> SearchSpace:
+        """``backend``'s search space as this vLLM runs it: ``cuda_graphs`` searched only where it graphs the
+        backend, knobs of one KV-cache dtype matter only with it."""
+        return load_space(backend, self.graph_support(backend), directory).for_kv(kv_cache_dtype)
 
     def global_setting(self, knob: str, backend: str) -> GlobalSetting | None:
         per = self.global_settings.get(knob, {})
