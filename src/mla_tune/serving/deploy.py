@@ -22,6 +22,7 @@ from .. import batch_spec
 from ..errors import UsageError
 from ..knobs import ServingApply, Situation, knob, knobs_for
 from ..space import SearchSpace
+from ..tables.entry import entries
 from ..space_auto import AUTO, BACKEND
 from ..traffic import Traffic, uniform_traffic
 from ..types import ParamValue, Shape, gpu_short_name
@@ -122,24 +123,23 @@ def served_space(adapter: Adapter, backend: str, kv_cache_dtype: str, sources: S
 
 def _sources(table: Mapping[str, Any]) -> tuple[list[Source], list[str]]:
     out, skipped = [], []
-    for e in table["entries"]:
-        if "shape" not in e:
-            skipped.append(f"mix:{e.get('workload')} (a mix entry: tune per shape to deploy per batch)")
+    for e in entries(table):
+        if e.shape is None:
+            skipped.append(f"{e.label} (a mix entry: tune per shape to deploy per batch)")
             continue
-        if "error" in e or not isinstance(e.get("default_params"), dict):
-            skipped.append(f"{e['shape']} ({'fails on every config' if 'error' in e else 'not confirmed'})")
+        if e.error is not None or not e.confirmed_yet:
+            skipped.append(f"{e.shape} ({'fails on every config' if e.error is not None else 'not confirmed'})")
             continue
-        default = dict(e["default_params"])
-        chosen = dict(e["params"]) if e.get("tuned") else default
-        lat = {tuple(sorted(p["params"].items())): float(p["trial_ms"]) for p in e.get("landscape") or ()}
-        ms = e.get("latency_ms") or {}
+        default = dict(e.default_params[0])
+        chosen = dict(e.params[0]) if e.tuned else default
+        lat = {tuple(sorted(c.items())): ms for c, ms in e.landscape}
         # The confirmed medians are the better numbers for the two configs the table vouches for.
-        if ms.get("default") is not None:
-            lat[tuple(sorted(default.items()))] = float(ms["default"])
-        if ms.get("best") is not None:
-            lat[tuple(sorted(chosen.items()))] = float(ms["best"])
-        out.append(Source(e["shape"], batch_spec.parse(e["shape"]), chosen, default, bool(e.get("tuned")),
-                          float(e.get("speedup", 1.0)), tuple(lat.items())))
+        if e.default_ms is not None:
+            lat[tuple(sorted(default.items()))] = float(e.default_ms)
+        if e.best_ms is not None:
+            lat[tuple(sorted(chosen.items()))] = float(e.best_ms)
+        speedup = e.confirmed.speedup if e.confirmed is not None else 1.0
+        out.append(Source(e.shape, batch_spec.parse(e.shape), chosen, default, e.tuned, speedup, tuple(lat.items())))
     return out, skipped
 
 
@@ -374,9 +374,8 @@ def _auto_refusal(table: Mapping[str, Any]) -> str:
     backend), and every rule of a profile is priced within one backend's landscape; the backends it chose say which
     backend's own table to deploy."""
     chosen: dict[str, int] = {}
-    for e in table["entries"]:
-        configs = e.get("params") if isinstance(e.get("params"), list) else [e.get("params") or {}]
-        for c in configs:
+    for e in entries(table):
+        for c in e.params:
             if c.get(BACKEND):
                 chosen[str(c[BACKEND])] = chosen.get(str(c[BACKEND]), 0) + 1
     picks = ", ".join(f"{b} on {n} shape{'s' * (n != 1)}" for b, n in sorted(chosen.items(), key=lambda x: -x[1]))

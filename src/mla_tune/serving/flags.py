@@ -14,7 +14,7 @@ from typing import Any
 from .. import batch_spec
 from ..knobs import Situation, knob
 from ..space_auto import AUTO, BACKEND, split_config
-from ..tables.table import entry_label
+from ..tables.entry import TableEntry, entries
 from ..vllm_adapters import Adapter
 from .deploy import Source, _sources, served_space
 from .settings import ServingSettings, serving_settings
@@ -38,7 +38,7 @@ class ValueCost:
 @dataclass(frozen=True)
 class EntryFlags:
     label: str
-    entry: Mapping[str, Any]
+    entry: TableEntry
     settings: ServingSettings
     costs: tuple[ValueCost, ...]
 
@@ -59,16 +59,17 @@ def table_flags(table: Mapping[str, Any], adapter: Adapter) -> list[EntryFlags]:
     sources, _ = _sources(table)
     space = served_space(adapter, table["backend"], table["kv_cache_dtype"], sources)
     out = []
-    for e in table["entries"]:
-        params, defaults = e.get("params"), e.get("default_params")
-        if not isinstance(params, dict):  # a mix entry: one config per shape, shown per shape
-            for spec, p, d in zip([x["spec"] for x in e.get("shapes", [])], params or [], defaults or []):
+    for e in entries(table):
+        if e.shape is None:  # a mix entry: one config per shape, shown per shape
+            for (spec, _), p, d in zip(e.shapes, e.params, e.default_params):
                 out.append(EntryFlags(spec, e, serving_settings(table["backend"], p, d, adapter), ()))
             continue
-        changed = {k: v for k, v in params.items() if (defaults or {}).get(k) != v}
-        costs = tuple(_cost(k, v, e.get("shape", ""), sources, space) for k, v in sorted(changed.items()))
-        out.append(EntryFlags(entry_label(e), e, serving_settings(table["backend"], params, defaults, adapter),
-                              costs))
+        if not e.params:  # not confirmed yet: nothing to serve
+            continue
+        params, defaults = e.params[0], e.default_params[0]
+        changed = {k: v for k, v in params.items() if defaults.get(k) != v}
+        costs = tuple(_cost(k, v, e.shape, sources, space) for k, v in sorted(changed.items()))
+        out.append(EntryFlags(e.label, e, serving_settings(table["backend"], params, defaults, adapter), costs))
     return out
 
 
@@ -77,17 +78,13 @@ def _auto_flags(table: Mapping[str, Any], adapter: Adapter) -> list[EntryFlags]:
     that backend's own default on the shape. No costs: those price one knob within one backend's landscape, and the
     backend itself is one setting per deployment (``deploy`` takes one backend's table)."""
     out = []
-    for e in table["entries"]:
-        params, defaults = e.get("params"), e.get("default_params")
-        if isinstance(params, dict):
-            specs, params, defaults = [e.get("shape", "")], [params], [defaults or {}]
-        else:
-            specs = [x["spec"] for x in e.get("shapes", [])]
-        for spec, p, d in zip(specs, params or [], defaults or []):
+    for e in entries(table):
+        specs = [e.shape] if e.shape is not None else [spec for spec, _ in e.shapes]
+        for spec, p, d in zip(specs, e.params, e.default_params):
             backend, own = split_config(AUTO, p)
             if d.get(BACKEND) != backend:  # vLLM's default is another backend's: its own defaults need no setting
                 d = {BACKEND: backend, **adapter.search_space(backend, table["kv_cache_dtype"]).default_config(
                     batch_spec.parse(spec))}
-            label = spec if len(specs) > 1 else entry_label(e)
+            label = spec if len(specs) > 1 else e.label
             out.append(EntryFlags(label, e, serving_settings(backend, own, split_config(AUTO, d)[1], adapter), ()))
     return out

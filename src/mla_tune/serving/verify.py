@@ -18,6 +18,7 @@ from typing import Any
 from .. import batch_spec
 from ..models import get_model
 from ..runners import Runner
+from ..tables.entry import entries
 from ..vllm_adapters import family_adapter
 from ..space_auto import AUTO, split_config
 from ..records import Candidate, NoiseFloor
@@ -57,8 +58,9 @@ class VerifyResult:
 
 def table_items(table: Mapping[str, Any]) -> list[VerifyItem]:
     """The tuned per-shape entries of a table."""
-    return [VerifyItem(e["shape"], dict(e["default_params"]), dict(e["params"]), e.get("speedup"))
-            for e in table["entries"] if e.get("tuned") and "shape" in e and isinstance(e.get("params"), dict)]
+    return [VerifyItem(e.shape, dict(e.default_params[0]), dict(e.params[0]),
+                       e.confirmed.speedup if e.confirmed is not None else None)
+            for e in entries(table) if e.tuned and e.shape is not None]
 
 
 def profile_items(profile: Profile) -> list[VerifyItem]:

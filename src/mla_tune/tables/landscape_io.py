@@ -17,7 +17,8 @@ from ..stats import block_speedup, blocks_of
 from ..recordings import read_sweep
 from .export import load_table
 from .landscape import Config, Interval, Landscape, Point, ShapeLandscape, Source, Verdict, freeze
-from .table import entry_label
+from .entry import Interval as EntryInterval
+from .entry import TableEntry, entries
 
 
 def read_inputs(paths: Iterable[Path]) -> list[Landscape]:
@@ -33,35 +34,27 @@ def read_table(path: Path) -> Landscape:
     t = load_table(path)
     m = t["model"]
     return Landscape("table", Source.from_provenance(str(path), t["provenance"]), t["backend"], str(m["model"]),
-                     int(m["tp"]), t["kv_cache_dtype"], tuple(_table_shape(e) for e in t["entries"]),
+                     int(m["tp"]), t["kv_cache_dtype"], tuple(_table_shape(e) for e in entries(t)),
                      tuple(k.name for k in knobs_for(t["backend"])))
 
 
-def _configs(value: Any) -> tuple[Config, ...]:
-    if value is None:
-        return ()
-    return tuple(freeze(c) for c in value) if isinstance(value, list) else (freeze(value),)
+def _interval(x: EntryInterval) -> Interval:
+    low, high = x.ci or (None, None)
+    return Interval(x.speedup, low, high, x.level)
 
 
-def _interval(d: dict[str, Any]) -> Interval:
-    low, high = d.get("ci") or (None, None)
-    return Interval(float(d["speedup"]), low, high, d.get("ci_level"))
-
-
-def _table_shape(e: dict[str, Any]) -> ShapeLandscape:
-    defaults = _configs(e.get("default_params"))
-    lat = e.get("latency_ms") or {}
-    best = e.get("best_candidate")
+def _table_shape(e: TableEntry) -> ShapeLandscape:
+    defaults = tuple(freeze(c) for c in e.default_params)
+    best = e.best_candidate
     verdict = Verdict(
-        tuned=bool(e["tuned"]), params=_configs(e.get("params")) or defaults, default_params=defaults,
-        default_ms=lat.get("default"), best_ms=lat.get("best"),
-        confirmed=_interval(e) if e.get("speedup") is not None else None,
-        candidate=(_configs(best["params"]), _interval(best)) if best else None,
-        note=str(e.get("note", "")), error=e.get("error"))
-    points = sorted((Point(freeze(x["params"]), float(x["trial_ms"])) for x in e.get("landscape") or []),
-                    key=lambda p: p.ms)
-    default = defaults[0] if "shape" in e and defaults else None
-    return ShapeLandscape(entry_label(e), default, tuple(points), (), verdict)
+        tuned=e.tuned, params=tuple(freeze(c) for c in e.params) or defaults, default_params=defaults,
+        default_ms=e.default_ms, best_ms=e.best_ms,
+        confirmed=_interval(e.confirmed) if e.confirmed is not None else None,
+        candidate=(tuple(freeze(c) for c in best.params), _interval(best.interval)) if best else None,
+        note=e.note, error=e.error)
+    points = sorted((Point(freeze(c), ms) for c, ms in e.landscape), key=lambda p: p.ms)
+    default = defaults[0] if e.shape is not None and defaults else None
+    return ShapeLandscape(e.label, default, tuple(points), (), verdict)
 
 
 def read_sweeps(paths: Iterable[Path]) -> list[Landscape]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 from .. import batch_spec
@@ -11,6 +12,7 @@ from ..space import format_config
 from ..space_auto import AUTO
 from ..stats import round_sig
 from ..study.verdict import judge
+from .entry import BestCandidate, Interval, TableEntry, Trials, entries
 from .summary import StudySummary
 
 # An entry of a study whose confirmation has not run: its trials are there, its verdict is not.
@@ -43,64 +45,68 @@ def _block_size(summaries: list[StudySummary]) -> int | None:
     return None
 
 
-def _entry(s: StudySummary) -> dict[str, Any]:
+def _entry(s: StudySummary) -> TableEntry:
+    """What the study's confirmation says of its shape (or mix): one of the entry kinds ``entry`` describes."""
     shapes = s.attrs["shapes"]
-    entry: dict[str, Any] = {"trials": {"measured": s.measured, "failed": s.failed, "reused": s.duplicates}}
+    base = TableEntry(Trials(s.measured, s.failed, s.duplicates), tuned=False)
     if len(shapes) == 1:
-        entry["shape"] = shapes[0]["spec"]
-        entry["kind"] = batch_spec.classify(batch_spec.parse(shapes[0]["spec"]))
-        if s.landscape:  # what `deploy` prices a global value with on this shape
-            entry["landscape"] = [{"params": c, "trial_ms": ms} for c, ms in s.landscape]
+        spec = shapes[0]["spec"]
+        # the trials' times: what `deploy` prices a global value with on this shape
+        base = replace(base, shape=spec, kind=batch_spec.classify(batch_spec.parse(spec)),
+                       landscape=tuple((dict(c), ms) for c, ms in s.landscape or ()))
     else:
-        entry["workload"] = s.attrs["workload"]
-        entry["shapes"] = [{"spec": x["spec"], "weight": x["weight"]} for x in shapes]
+        base = replace(base, workload=s.attrs["workload"], shapes=tuple((x["spec"], x["weight"]) for x in shapes))
     conf = s.confirmation or {}
     defaults = conf.get("default", {}).get("configs")
     if defaults is None:
-        entry.update(tuned=False, note=UNCONFIRMED_NOTE)
-        return entry
-    entry["default_params"] = _one_or_list(defaults)
-    base_failed = (s.baseline or {}).get("status") not in (None, "ok")
-    if s.best_value is None and s.failed and base_failed:  # nothing ran, vLLM's default included
-        why = ((s.baseline or {}).get("message") or "every config failed").splitlines()[0]
-        entry.update(tuned=False, params=_one_or_list(defaults), error=why[:300],
-                     note=f"fails here: all {s.failed} configs failed, vLLM's default included; do not serve this "
-                          "shape with this backend")
-        return entry
+        return replace(base, note=UNCONFIRMED_NOTE)
+    base = replace(base, default_params=tuple(defaults), params=tuple(defaults))
+    if s.best_value is None and s.failed and (s.baseline or {}).get("status") not in (None, "ok"):
+        return _failing(base, s)
     # Judged again from the stored rounds, so every table applies the current statistics to the raw data.
     cands, winner = judge(conf)
     cands = _unweighted(cands, s)
+    if winner is None:
+        return _default_kept(base, cands, s)
+    c = cands[winner]
+    params, same = _as_default_where_equivalent(c["configs"], defaults, s.baseline)
+    if params == defaults:  # the "winner" runs the default's kernels: its gain can only be noise
+        return replace(base, default_ms=c["default_ms"], best_ms=c["default_ms"], confirmed=Interval(1.0),
+                       samples={"default": c["samples"]["default"]},
+                       note=f"keeping vLLM's defaults: the confirmed config (prefill_backend {same}) runs the "
+                            f"same kernels as auto here, so its x{c['speedup']:.3f} is noise")
     replayed = s.attrs.get("environment", {}).get("runner") == "replay"
+    note = f"confirmed x{c['speedup']:.3f} over vLLM's default in {conf['rounds']} " + _rounds_kind(conf, replayed)
+    if same:
+        note += f"; prefill_backend {same} is what auto selects here, so the default is kept for it"
+    return replace(base, tuned=True, params=tuple(params), note=note, default_ms=c["default_ms"],
+                   best_ms=c["best_ms"], confirmed=Interval(c["speedup"], tuple(c["ci"]), c["ci_level"]),
+                   samples=dict(c["samples"]))
+
+
+def _failing(base: TableEntry, s: StudySummary) -> TableEntry:
+    """Nothing ran, vLLM's default included: the entry says so, and why."""
+    why = ((s.baseline or {}).get("message") or "every config failed").splitlines()[0]
+    return replace(base, error=why[:300], note=f"fails here: all {s.failed} configs failed, vLLM's default "
+                   "included; do not serve this shape with this backend")
+
+
+def _default_kept(base: TableEntry, cands: list[dict[str, Any]], s: StudySummary) -> TableEntry:
+    """No candidate confirmed: vLLM's default served, the fastest candidate shown with its interval."""
+    base = replace(base, note=_why_default(cands))
     ok = [c for c in cands if c["status"] == "ok"]
-    if winner is not None:
-        c = cands[winner]
-        params, same = _as_default_where_equivalent(c["configs"], defaults, s.baseline)
-        if params == defaults:  # the "winner" runs the default's kernels: its gain can only be noise
-            entry.update(tuned=False, params=_one_or_list(defaults), speedup=1.0,
-                         latency_ms={"default": c["default_ms"], "best": c["default_ms"]},
-                         samples={"default": c["samples"]["default"]},
-                         note=f"keeping vLLM's defaults: the confirmed config (prefill_backend {same}) runs the "
-                              f"same kernels as auto here, so its x{c['speedup']:.3f} is noise")
-            return entry
-        note = f"confirmed x{c['speedup']:.3f} over vLLM's default in {conf['rounds']} " + _rounds_kind(conf, replayed)
-        if same:
-            note += f"; prefill_backend {same} is what auto selects here, so the default is kept for it"
-        entry.update(tuned=True, params=_one_or_list(params), note=note,
-                     latency_ms={"default": c["default_ms"], "best": c["best_ms"]},
-                     speedup=c["speedup"], ci=c["ci"], ci_level=c["ci_level"], samples=dict(c["samples"]))
-        return entry
-    entry.update(tuned=False, params=_one_or_list(defaults), note=_why_default(cands))
     if ok:
         c = max(ok, key=lambda x: x["speedup"])
-        best = {"params": _one_or_list(c["configs"]), "latency_ms": c["best_ms"], "speedup": c["speedup"]}
-        if all(math.isfinite(x) for x in c["ci"]):  # a candidate kept without its rounds has no interval
-            best.update(ci=c["ci"], ci_level=c["ci_level"])
-        entry.update(latency_ms={"default": c["default_ms"], "best": c["default_ms"]}, speedup=1.0,
-                     samples={"default": c["samples"]["default"]}, best_candidate=best)
-    elif s.baseline and s.baseline.get("median_ms") is not None:
-        entry.update(latency_ms={"default": s.baseline["median_ms"], "best": s.baseline["median_ms"]},
-                     speedup=1.0, samples={"default": s.baseline.get("n_samples", 0)})
-    return entry
+        kept_ci = all(math.isfinite(x) for x in c["ci"])  # a candidate kept without its rounds has no interval
+        interval = Interval(c["speedup"], tuple(c["ci"]), c["ci_level"]) if kept_ci else Interval(c["speedup"])
+        return replace(base, default_ms=c["default_ms"], best_ms=c["default_ms"], confirmed=Interval(1.0),
+                       samples={"default": c["samples"]["default"]},
+                       best_candidate=BestCandidate(tuple(c["configs"]), c["best_ms"], interval))
+    if s.baseline and s.baseline.get("median_ms") is not None:
+        ms = s.baseline["median_ms"]
+        return replace(base, default_ms=ms, best_ms=ms, confirmed=Interval(1.0),
+                       samples={"default": s.baseline.get("n_samples", 0)})
+    return base
 
 
 def _rounds_kind(conf: dict[str, Any], replayed: bool) -> str:
@@ -163,10 +169,6 @@ def _why_default(cands: list[dict[str, Any]]) -> str:
             f" x{c['speedup']:.3f} [{lo:.3f}, {hi:.3f}] is not distinguishable from noise")
 
 
-def _one_or_list(configs: list[dict]) -> Any:
-    return configs[0] if len(configs) == 1 else configs
-
-
 def build_table(summaries: list[StudySummary]) -> dict[str, Any]:
     """One table for one (GPU, model dims, kv dtype, backend): an entry per study, in workload order."""
     if not summaries:
@@ -186,7 +188,7 @@ def build_table(summaries: list[StudySummary]) -> dict[str, Any]:
         "block_size": _block_size(summaries),
         "objective": "+".join(sorted({s.attrs["objective"] for s in summaries})),  # per-shape, mix or both
         "workloads": sorted({s.attrs["workload"] for s in summaries}),
-        "entries": [_entry(s) for s in sorted(summaries, key=_reading_order)],
+        "entries": [_entry(s).to_dict() for s in sorted(summaries, key=_reading_order)],
     }
 
 
@@ -199,32 +201,26 @@ def _reading_order(s: StudySummary) -> tuple:
     return (s.attrs["workload"], 0, len(shape.requests), shape.num_tokens, shape.max_kv_len, s.name)
 
 
-def entry_label(entry: dict[str, Any]) -> str:
-    """How an entry is named: its shape, or ``mix:<workload>`` for a mix study."""
-    return entry.get("shape") or f"mix:{entry.get('workload')}"
-
-
-def _tuned_cell(e: dict[str, Any]) -> str:
-    if "error" in e:
+def _tuned_cell(e: TableEntry) -> str:
+    if e.error is not None:
         return "FAILS"
-    if e.get("tuned"):
+    if e.tuned:
         return "yes"
-    return "not confirmed" if e.get("note") == UNCONFIRMED_NOTE else "no"
+    return "not confirmed" if e.note == UNCONFIRMED_NOTE else "no"
 
 
 def table_rows(table: dict[str, Any]) -> list[list[str]]:
     """Rows for a terminal rendering of a table: shape, kind, tuned, params, default/best ms, speedup, CI."""
     rows = []
-    for e in table["entries"]:
-        lat = e.get("latency_ms") or {}
-        ci = e.get("ci")
-        params = e.get("params")
+    for e in entries(table):
+        ci = e.confirmed.ci if e.confirmed is not None else None
         rows.append([
-            entry_label(e), e.get("kind", "mix"),
+            e.label, e.kind or "mix",
             _tuned_cell(e),
-            format_config(params) if isinstance(params, dict) else ("per shape" if params else "-"),
-            _ms(lat.get("default")), _ms(lat.get("best")),
-            f"x{e['speedup']:.3f}" if e.get("speedup") is not None else "-",
+            format_config(dict(e.params[0])) if e.shape is not None and e.params else
+            ("per shape" if e.params else "-"),
+            _ms(e.default_ms), _ms(e.best_ms),
+            f"x{e.confirmed.speedup:.3f}" if e.confirmed is not None else "-",
             f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-",
         ])
     return rows

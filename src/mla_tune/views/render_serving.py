@@ -6,16 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 from ..space_auto import AUTO
+from ..tables.entry import TableEntry
 from .render import _env_line
 from .text import printable
 
 
-def _verdict(e: dict[str, Any]) -> str:
-    if "error" in e:
+def _verdict(e: TableEntry) -> str:
+    if e.error is not None:
         return "FAILS here"
-    if e.get("tuned"):
-        ci = e.get("ci")
-        return f"x{e['speedup']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+    if e.tuned and e.confirmed is not None:
+        ci = e.confirmed.ci
+        return f"x{e.confirmed.speedup:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
     return "default kept"
 
 
