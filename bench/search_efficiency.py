@@ -43,7 +43,7 @@ from mla_tune.runners.replay import ReplayRunner
 from mla_tune.vllm_adapters import default_adapter
 from mla_tune.study.budget import DEFAULT_TRIALS
 from mla_tune.space_auto import AUTO, AutoSpace
-from mla_tune.study.engine import check_space_available, run_trials
+from mla_tune.study.trials import check_space_available, run_trials
 from mla_tune.study.setup import build_request
 from mla_tune.study.plan import StudyRequest, StudyTarget, config_set_key
 from mla_tune.study.sampling import detail_key

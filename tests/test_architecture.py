@@ -13,11 +13,11 @@ import pytest
 SRC = Path(__file__).resolve().parent.parent / "src"
 PACKAGE = "mla_tune"
 
-# Modules that may import optuna: the study engine, coordination and storages (and the CLI's log-level switch).
+# Modules that may import optuna: the study package, coordination and storages (and the CLI's log-level switch).
 OPTUNA_HOMES = {
     "mla_tune._optuna_compat",  # Optuna's private names, used from here only
     "mla_tune.study.sampling",
-    "mla_tune.study.engine",
+    "mla_tune.study.trials",
     "mla_tune.study.objective",
     "mla_tune.study.confirm",
     "mla_tune.study.counts",
@@ -190,7 +190,7 @@ def test_torch_and_vllm_only_in_the_gpu_runner_and_the_vllm_adapters(imports, de
     assert not bad, f"{dependency} imported outside runners/vllm.py, runners/_vllm_*.py and vllm_adapters/: {bad}"
 
 
-def test_optuna_only_in_the_study_engine_coordination_and_storage(imports):
+def test_optuna_only_in_the_study_package_coordination_and_storage(imports):
     bad = sorted(m for m, deps in imports.items()
                  if m not in OPTUNA_HOMES and any(d == "optuna" or d.startswith("optuna.") for d in deps))
     assert not bad, f"optuna imported outside {sorted(OPTUNA_HOMES)}: {bad}"

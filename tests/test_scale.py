@@ -68,7 +68,7 @@ def storage(request, tmp_path):
 def n_configs(sweep, backend=BACKEND, workload=f"spec:{SPEC}"):
     """Distinct configs per study of ``workload`` (what an exhaustive study measures)."""
     from mla_tune.runners import make_runner
-    from mla_tune.study.engine import check_space_available
+    from mla_tune.study.trials import check_space_available
     from mla_tune.study.plan import plan
 
     runner = make_runner(sweep)
@@ -305,7 +305,7 @@ def test_a_crashing_worker_reports_its_error_in_one_line(tmp_path, monkeypatch, 
 
 def _finished_study(tmp_path):
     """A finished single-shape study on a journal, with what ``confirm`` needs to run it again."""
-    from mla_tune.study.engine import check_space_available
+    from mla_tune.study.trials import check_space_available
     from mla_tune.study.plan import plan
 
     runner = FakeRunner(optimum={"max_num_splits": 8})

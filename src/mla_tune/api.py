@@ -141,7 +141,7 @@ def run_sweep(*, backend: str | Sequence[str], workload: str | Sequence[str], ou
 
     Ctrl-C and SIGTERM stop it inside a measurement only, never while a line is written."""
     from .coordination.interrupts import handled
-    from .study.engine import check_space_available
+    from .study.trials import check_space_available
     from .study.loop import Interruptible
     from .sweep import run_sweep as _run
 

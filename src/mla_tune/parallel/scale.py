@@ -25,7 +25,7 @@ from typing import Any
 from ..errors import MlaTuneError, UsageError
 from ..runners import factory_path
 from ..storage.urls import StorageSpec, open_storage, parse_storage
-from ..study.engine import Progress
+from ..study.trials import Progress
 from ..study.setup import build_requests, open_runner, preflight
 from ..types import Environment
 from ..coordination.gpu_lock import GpuLock, acquire_all

@@ -34,7 +34,7 @@ from ..errors import MlaTuneError
 from ..runners import Runner, register_runner
 from ..storage.urls import parse_storage, scrub
 from ..study.confirm import await_confirmation, confirm
-from ..study.engine import ProgressFn, deadline_of, run_trials, settle
+from ..study.trials import ProgressFn, deadline_of, run_trials, settle
 from ..study.loop import Coordination, Incomplete, run_studies
 from ..study.plan import StudyTarget
 from ..study.setup import build_requests, open_runner

@@ -1,4 +1,4 @@
-"""Counts the study engine reads off a stored study: what the budget counts, and the best finished trial."""
+"""Counts the study package reads off a stored study: what the budget counts, and the best finished trial."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from ..space_auto import AnySpace
 from ..storage.urls import StorageSpec, open_storage
 from ..types import Case, Environment, Measurement, PairedMeasurement
 from .confirm import StudyIncompleteError, await_confirmation, confirm, require_complete
-from .engine import ProgressFn, check_space_available, deadline_of, run_trials, settle
+from .trials import ProgressFn, check_space_available, deadline_of, run_trials, settle
 from .plan import StudyRequest, StudyTarget, plan
 from .setup import preflight
 

@@ -25,7 +25,7 @@ from .measure import measure_set
 from .plan import StudyTarget, config_set_key
 from .sampling import recorded_status
 
-_log = logging.getLogger("mla_tune.study.engine")
+_log = logging.getLogger("mla_tune.study.trials")
 
 
 class MeasurementFailed(Exception):

@@ -17,7 +17,7 @@ from ..coordination.heartbeat import dead_trial, stamp_owner
 from ..errors import UnknownNameError
 from ..records import ATTRS_KEY, KEY_ATTR, TrialResult
 from .._optuna_compat import storage_of, trial_id
-from ..coordination.claim import recorded_status  # noqa: F401 - where the study engine reads it
+from ..coordination.claim import recorded_status  # noqa: F401 - where the study package reads it
 from . import priors
 
 SAMPLERS = ("auto", "tpe", "grid", "random")

@@ -279,7 +279,7 @@ def _baseline_pending_or_done(study: optuna.Study, baseline_key: str) -> bool:
     return False
 
 
-# Re-exported where callers of the study engine have found them: progress values, the budget, set-up and trial
+# Re-exported where callers of the study package have found them: progress values, the budget, set-up and trial
 # queries.
 __all__ = ["ATTRS_KEY", "DEFAULT_TRIALS", "METRIC", "MeasurementFailed", "Objective", "Progress", "ProgressFn",
            "best_ok_trial", "check_space_available", "deadline_of", "measured_count", "open_study", "past",
