@@ -52,6 +52,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sweeps, parallel", ("mla_tune.sweep", "mla_tune.parallel")),
     ("tables", ("mla_tune.tables",)),
     ("serving", ("mla_tune.serving",)),
+    ("prove", ("mla_tune.prove",)),
     ("views", ("mla_tune.views",)),
     ("api", ("mla_tune.api", "mla_tune.catalog")),
     ("cli", ("mla_tune.cli", "mla_tune.__main__")),

@@ -330,3 +330,38 @@ def verify_target(path: Path, *, runner: str | Runner = "vllm", rounds: int = 4,
         with gpu_locked(r):
             results = verify(items, r, backend, dims, kv, rounds, max_rounds, progress)
         return Verification(str(path), kind, source, r.environment(), results)
+
+
+def bench_serve_plan(profile: Path, model: str, server_args: list[str] | tuple[str, ...] = (), *,
+                     traffic: Path | None = None, **options: Any) -> Any:
+    """The ``prove.plan.BenchPlan`` of a bench-serve: every argument checked, nothing started (``--dry-run``)."""
+    from .prove.plan import make_plan
+    from .traffic import load_traffic
+
+    return make_plan(profile, model, server_args, traffic=load_traffic(traffic) if traffic else None, **options)
+
+
+def bench_serve(plan: Any, output: Path, *, progress: Callable[[str], None] | None = None,
+                server_timeout_s: float = 900.0, client_timeout_s: float = 7200.0) -> Any:
+    """Run ``plan`` (``bench_serve_plan``) into ``output``: vLLM's result per run, ``summary.json``, ``summary.txt``
+    and ``ratios.png`` (where matplotlib is installed); returns the ``prove.summary.Summary``. What completed is kept
+    whatever stops it, and the same plan into the same folder runs only what is missing."""
+    from .errors import UsageError
+    from .prove.bench import Timeouts, run_bench
+    from .tables.export import write_atomic
+    from .views.plots import write_bytes_atomic
+    from .views.render_prove import ratios_png, summary_text
+
+    if not (server_timeout_s > 0 and client_timeout_s > 0):
+        raise UsageError("timeouts must be positive numbers of seconds")
+    summary = run_bench(plan, Path(output), progress or (lambda _: None),
+                        timeouts=Timeouts(server_timeout_s, client_timeout_s))
+    write_atomic(Path(output) / "summary.txt", summary_text(summary))
+    try:
+        png = ratios_png(summary)
+    except UsageError as e:  # no matplotlib: the numbers stand without their picture
+        (progress or (lambda _: None))(f"no plot: {e}")
+    else:
+        write_bytes_atomic(Path(output) / "ratios.png", png)
+    return summary
+

@@ -424,6 +424,66 @@ def verify(
         raise typer.Exit(1)
 
 
+@app.command("bench-serve", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@handle_errors
+def bench_serve(
+    ctx: typer.Context,
+    profile: Path = typer.Argument(..., callback=_input, help="a serving profile (mla-tune deploy)"),
+    model: str = typer.Option(..., "--model", help="what vllm serve loads: a model folder (with its tokenizer) "
+                                                   "or a hub id; the server arguments go after --"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="folder for the plan, vLLM's result per "
+                                          "run, the logs, summary.json/txt and ratios.png (the same -o resumes)"),
+    traffic: Optional[Path] = typer.Option(None, callback=_input, help="a traffic file: each shape's decode "
+                                           "batch becomes a concurrency, its context the input length"),
+    input_len: Optional[int] = typer.Option(None, "--input-len", help="input tokens per request [default: 2000]"),
+    output_len: int = typer.Option(500, "--output-len", help="output tokens per request (--ignore-eos)"),
+    concurrency: Optional[str] = typer.Option(None, help="comma-separated concurrencies [default: 8,64,256]"),
+    repeats: int = typer.Option(3, help="crossed-over repeats of every variant (at least 2)"),
+    variant: str = typer.Option("default,profile,flags", "--variant",
+                                help="comma-separated: default (always), profile, flags"),
+    waves: int = typer.Option(4, help="requests per run = waves x concurrency (at least 32)"),
+    port: int = typer.Option(8000, help="the servers' port on 127.0.0.1"),
+    tokenizer: Optional[str] = typer.Option(None, help="tokenizer for the client [default: the model]"),
+    vllm_bin: str = typer.Option("vllm", "--vllm-bin", help="the vllm executable (its serve and bench serve)"),
+    seed: int = typer.Option(0, help="the client's random prompts"),
+    server_timeout: float = typer.Option(900.0, "--server-timeout", help="seconds a server may take to come up"),
+    client_timeout: float = typer.Option(7200.0, "--client-timeout", help="seconds one client run may take"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print every server and client command; start nothing"),
+) -> None:
+    """Prove a profile on vllm serve with vLLM's own client: vLLM's default, the profile and its values as global
+    flags, each in a fresh server, crossed over and repeated; ratios to the default with intervals."""
+    from . import api
+    from .errors import UsageError
+    from .views.render_prove import dry_run_lines, summary_lines
+
+    if traffic is not None and (input_len is not None or concurrency is not None):
+        raise UsageError("--traffic gives the concurrencies and input lengths: drop --input-len and --concurrency")
+    try:
+        levels = [int(c) for c in (concurrency or "8,64,256").split(",") if c.strip()]
+    except ValueError:
+        raise UsageError(f"--concurrency {concurrency!r}: expected integers separated by commas") from None
+    plan = api.bench_serve_plan(profile, model, list(ctx.args), traffic=traffic, tokenizer=tokenizer,
+                                input_len=2000 if input_len is None else input_len, output_len=output_len,
+                                concurrency=levels, waves=waves, repeats=repeats,
+                                variants=[v.strip() for v in variant.split(",") if v.strip()], port=port,
+                                vllm=vllm_bin, seed=seed)
+    if dry_run:
+        for line in dry_run_lines(plan):
+            typer.echo(line)
+        return
+    if output is None:
+        raise UsageError("bench-serve needs -o DIR for its results", hint="or --dry-run to see the commands")
+    err = _console(stderr=True)
+    try:
+        summary = api.bench_serve(plan, output, progress=lambda m: err.print(printable(m)),
+                                  server_timeout_s=server_timeout, client_timeout_s=client_timeout)
+    except KeyboardInterrupt:
+        typer.echo(f"mla-tune: interrupted; completed runs are kept in {output}: the same command resumes", err=True)
+        raise typer.Exit(130) from None
+    for line in summary_lines(summary):
+        typer.echo(line)
+
+
 @app.command()
 @handle_errors
 def workloads() -> None:

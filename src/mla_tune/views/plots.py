@@ -316,11 +316,11 @@ def write_pictures(landscapes: list[Landscape], out_dir: Path) -> list[Path]:
             n = 2
             while path in written:  # two inputs of the same GPU and name: keep both
                 path, n = join_inside(out_dir, f"{Path(pic.name).stem}-{n}.png"), n + 1
-            written.append(_write_bytes(path, pic.png))
+            written.append(write_bytes_atomic(path, pic.png))
     return written
 
 
-def _write_bytes(path: Path, data: bytes) -> Path:
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
     """Readers see the old picture or the new one; the file gets the usual mode (mkstemp's is 0600)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:

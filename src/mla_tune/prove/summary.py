@@ -1,0 +1,162 @@
+"""A bench-serve's runs as each metric's ratio to vLLM's default, per load, with an interval over the repeats.
+
+Pure. A variant's run in repeat r is compared with the default's run in the same repeat (the two ran back to back
+in the crossed-over order), and the ratios of the repeats give the geometric mean and Student's t interval on
+their logs (``stats.paired_speedup``). Every ratio reads "above 1 is better": throughput variant/default,
+latencies default/variant. A gain (or a loss) is claimed only where the interval excludes 1.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..stats import paired_speedup, round_sig
+from .plan import BenchPlan, Load, Start
+
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str  # the field of vLLM's result JSON
+    label: str
+    unit: str
+    higher_is_better: bool
+
+
+METRICS = (
+    Metric("output_throughput", "output throughput", "tok/s", True),
+    Metric("mean_tpot_ms", "mean TPOT", "ms", False),
+    Metric("median_itl_ms", "median ITL", "ms", False),
+    Metric("p99_itl_ms", "p99 ITL", "ms", False),
+    Metric("median_ttft_ms", "median TTFT", "ms", False),
+)
+HEADLINE = ("output_throughput", "mean_tpot_ms", "median_itl_ms")  # what the plot and the short table show
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One completed client run: vLLM's numbers for ``load`` on the server of ``start``."""
+
+    start: Start
+    load: Load
+    values: Mapping[str, float]  # METRICS keys -> value, as vLLM's result JSON has them
+    path: str  # the result JSON
+
+
+@dataclass(frozen=True)
+class Ratio:
+    variant: str
+    load: Load
+    metric: Metric
+    ratio: float  # above 1: the variant is better
+    low: float
+    high: float
+    repeats: int
+
+    @property
+    def verdict(self) -> str:
+        if self.repeats < 2:
+            return "one repeat: no interval"
+        if self.low > 1:
+            return "better"
+        if self.high < 1:
+            return "worse"
+        return "same within noise"
+
+
+@dataclass(frozen=True)
+class Summary:
+    plan: BenchPlan
+    runs: tuple[RunResult, ...]
+    ratios: tuple[Ratio, ...]
+    environment: Mapping[str, str]  # gpu, vllm, mla_tune
+    complete: bool  # every planned run finished
+
+    def medians(self, variant: str, load: Load) -> dict[str, float]:
+        """Each metric's median over the variant's repeats at ``load``."""
+        runs = [r for r in self.runs if r.start.variant.name == variant and r.load == load]
+        return {m.key: statistics.median(r.values[m.key] for r in runs) for m in METRICS
+                if runs and all(m.key in r.values for r in runs)}
+
+    def ratio(self, variant: str, load: Load, metric: str) -> Ratio | None:
+        return next((r for r in self.ratios if r.variant == variant and r.load == load and r.metric.key == metric),
+                    None)
+
+    def to_dict(self) -> dict[str, Any]:
+        p = self.plan
+        return {
+            "kind": "mla-tune/bench-serve", "schema_version": 1, "complete": self.complete,
+            "environment": dict(self.environment), "profile": str(p.profile), "backend": p.backend,
+            "model": p.model, "dummy_weights": p.dummy_weights, "repeats": p.repeats, "level": LEVEL,
+            "client": "vllm bench serve (random dataset, --ignore-eos, --request-rate inf)",
+            "variants": [{"name": v.name, "description": v.description} for v in p.variants],
+            "notes": list(p.notes),
+            "loads": [{
+                "concurrency": x.concurrency, "input_len": x.input_len, "output_len": x.output_len,
+                "num_prompts": x.num_prompts, "shapes": list(x.shapes),
+                "medians": {v.name: {k: round_sig(val, 5) for k, val in self.medians(v.name, x).items()}
+                            for v in p.variants},
+                "ratios": {v.name: {m.key: _ratio_dict(self.ratio(v.name, x, m.key)) for m in METRICS}
+                           for v in p.variants[1:]},
+            } for x in p.loads],
+            "runs": [{"repeat": r.start.repeat + 1, "variant": r.start.variant.name, "order": r.start.index + 1,
+                      "load": r.load.label, "result": r.path} for r in self.runs],
+        }
+
+
+def _ratio_dict(r: Ratio | None) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    out: dict[str, Any] = {"ratio": round_sig(r.ratio, 5), "repeats": r.repeats, "verdict": r.verdict}
+    if r.repeats >= 2:
+        out["ci"] = [round_sig(r.low, 5), round_sig(r.high, 5)]
+    return out
+
+
+def number(v: float) -> str:
+    """A metric value as printed: whole tokens per second, latencies to 4 digits."""
+    return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+
+
+def values_of(result: Mapping[str, Any]) -> dict[str, float]:
+    """The METRICS of one of vLLM's result JSONs (those it has, finite)."""
+    out = {}
+    for m in METRICS:
+        v = result.get(m.key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
+            out[m.key] = float(v)
+    return out
+
+
+def summarize(plan: BenchPlan, runs: Sequence[RunResult], environment: Mapping[str, str]) -> Summary:
+    ratios = []
+    for v in plan.variants[1:]:
+        for load in plan.loads:
+            pairs = _pairs(runs, v.name, load)
+            for m in METRICS:
+                both = [(d[m.key], x[m.key]) for d, x in pairs if m.key in d and m.key in x]
+                if not both:
+                    continue
+                base, cand = zip(*both)
+                # paired_speedup gives baseline/candidate: the default over the variant for latencies (above 1:
+                # the variant is faster), the variant over the default for throughput
+                ps = paired_speedup(cand, base, LEVEL) if m.higher_is_better else paired_speedup(base, cand, LEVEL)
+                ratios.append(Ratio(v.name, load, m, ps.speedup, ps.ci_low, ps.ci_high, ps.rounds))
+    planned = len(plan.starts()) * len(plan.loads)
+    return Summary(plan, tuple(runs), tuple(ratios), dict(environment), len(runs) == planned)
+
+
+def _pairs(runs: Sequence[RunResult], variant: str, load: Load) -> list[tuple[Mapping[str, float],
+                                                                              Mapping[str, float]]]:
+    by = {(r.start.repeat, r.start.variant.name): r.values for r in runs if r.load == load}
+    return [(by[(rep, "default")], by[(rep, variant)]) for rep in sorted({k[0] for k in by})
+            if (rep, "default") in by and (rep, variant) in by]
+
+
+__all__ = ["HEADLINE", "LEVEL", "METRICS", "Metric", "Ratio", "RunResult", "Summary", "number", "summarize",
+           "values_of"]
