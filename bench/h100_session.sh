@@ -16,6 +16,10 @@
 #   sweep   `mla-tune sweep` of FLASH_ATTN_MLA over decode_4k, 2 rounds of pairs (the new landscapes for replay)
 #   e2e     bench/e2e.py: vLLM's engine (16 dense DeepSeek-V3-width layers) with vLLM's default, the deployed
 #           profile and cap 1 set globally, at 8 and 256 requests of 3k context
+#   prove   `mla-tune bench-serve` of the verify step's profile on `vllm serve` (16 dense layers, dummy weights, a
+#           word-level tokenizer: bench/serve_model.py) at 8, 64 and 256 requests, 3 crossed-over repeats; needs the
+#           serve kit (bench/kit-requirements-vllm-0.20.0-serve.txt) in /opt/mla-kit/site. About 15 min: the same
+#           step in the next call resumes where the last one was cut (not yet run on a GPU)
 set -uo pipefail
 [[ ${1:-} ]] || { sed -n 2,20p "$0"; exit 2; }
 
@@ -80,6 +84,15 @@ for step in "$@"; do
       --variant 'profile:profile=logs/profile.yaml' \
       --variant 'cap1:attention={"flash_attn_max_num_splits_for_cuda_graph": 1}' -o logs/e2e.json > logs/e2e.log 2>&1
     echo "rc $?" >> logs/e2e.log; tail -n 12 logs/e2e.log ;;
+  prove)
+    [[ -f logs/profile.yaml ]] || { echo "prove needs logs/profile.yaml: run the verify step first"; continue; }
+    [[ -d /tmp/serve-model ]] || python3 bench/serve_model.py /tmp/serve-model > logs/serve-model.log 2>&1
+    printf '#!/bin/sh\nexec python3 -m vllm.entrypoints.cli.main "$@"\n' > /tmp/vllm && chmod +x /tmp/vllm
+    VLLM_LOGGING_LEVEL=INFO lim 560 python3 -m mla_tune.cli bench-serve logs/profile.yaml --model /tmp/serve-model \
+      -o logs/bench-serve --vllm-bin /tmp/vllm --concurrency 8,64,256 --repeats 3 --waves 2 --input-len 2000 \
+      --output-len 256 -- --load-format dummy --max-model-len 4096 --max-num-seqs 256 --gpu-memory-utilization 0.85 \
+      --compilation-config '{"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}' > logs/bench-serve.log 2>&1
+    echo "rc $?" >> logs/bench-serve.log; tail -n 30 logs/bench-serve.log ;;
   *) echo "unknown step $step" ;;
   esac
   tar -czf "$OUT/$step.tgz" logs $( [[ $step == cool || $step == hot ]] && echo studies/$step.journal ) \
