@@ -49,13 +49,14 @@ def serve(args: list[str]) -> None:
     if mode == "hang":
         time.sleep(3600)
     profile = os.environ.get("MLA_TUNE_PROFILE")
-    if profile and mode != "no-plugin":
+    info = os.environ.get("VLLM_LOGGING_LEVEL", "INFO") in ("INFO", "DEBUG")  # as vLLM's logger filters
+    if profile and mode != "no-plugin" and info:
         print(f"INFO [plugin.py:144] mla-tune: plugin loaded with profile {profile} (vLLM 0.20; patched builders)",
               flush=True)
         if mode == "not-applied":
             print(f"WARNING [plugin.py:67] mla-tune: profile {profile} not applied: it was measured for another "
                   "engine (gpu: profile H100, engine H200); vLLM's defaults are kept", flush=True)
-        else:
+        elif info:
             print(f"INFO [plugin.py:70] mla-tune: profile {profile} applied to FLASH_ATTN_MLA on H100 (vLLM 0.20): "
                   "max_num_splits per decode tokens", flush=True)
     state = {"profile": bool(profile) and mode not in ("no-plugin", "not-applied"),

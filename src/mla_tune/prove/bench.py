@@ -152,13 +152,18 @@ def _claim(out: Path, plan: BenchPlan) -> None:
             theirs = json.loads(path.read_text())
         except (OSError, ValueError):
             theirs = None
-        if theirs != mine:
+        if not isinstance(theirs, dict) or _measured(theirs) != _measured(mine):
             raise UsageError(f"{out} holds another bench-serve plan (plan.json differs)",
                              hint="give another -o, or the same arguments to resume it")
         return
     if any(out.iterdir()):
         raise UsageError(f"{out} is not empty and holds no bench-serve plan", hint="give an empty or new -o")
     _write_json(path, mine)
+
+
+def _measured(plan: dict[str, Any]) -> dict[str, Any]:
+    """What a plan measures: all of it but the port, which a resumed run may change."""
+    return {k: v for k, v in plan.items() if k != "port"}
 
 
 def _write_summary(out: Path, summary: Summary) -> None:

@@ -123,9 +123,10 @@ class BenchPlan:
         return cmd
 
     def server_env(self, variant: Variant, base: Mapping[str, str]) -> dict[str, str]:
-        """``base`` (the caller's environment) without a profile of its own, plus the variant's variables."""
+        """``base`` (the caller's environment) without a profile of its own, plus the variant's variables; vLLM's
+        log at INFO, where the plugin says what it applied (the proof that the profile ran)."""
         env = {k: v for k, v in base.items() if k != PROFILE_ENV}
-        env.update(dict(variant.env))
+        env.update(dict(variant.env), VLLM_LOGGING_LEVEL="INFO")
         return env
 
     def client_command(self, load: Load, result_dir: Path, filename: str) -> list[str]:
