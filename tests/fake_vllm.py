@@ -69,7 +69,7 @@ def serve(args: list[str]) -> None:
                 body = b""
             elif self.path == "/fake/state":
                 asked[0] += 1
-                if mode == "disabled-later" and asked[0] == 1:
+                if mode == "disabled-later" and asked[0] == 1 and profile:
                     print(f"WARNING mla-tune: profile {profile} disabled at decode (RuntimeError: fake); vLLM's "
                           "defaults are kept", flush=True)
                 body = json.dumps(state).encode()

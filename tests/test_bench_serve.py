@@ -73,16 +73,16 @@ def leftovers(out: Path) -> list[str]:
 def test_a_run_crosses_the_variants_over_and_claims_only_what_the_intervals_show(tmp_path, vllm, model, monkeypatch):
     monkeypatch.setenv("VLLM_LOGGING_LEVEL", "WARNING")  # the servers log at INFO anyway: the plugin's proof is there
     out = tmp_path / "out"
-    r = bench(vllm, model, out)
+    r = bench(vllm, model, out, "--repeats", "3")  # the last --repeats wins
     assert r.exit_code == 0, r.output
-    assert counter(tmp_path, "serve") == 6 and counter(tmp_path, "bench") == 12  # 3 variants x 2 repeats x 2 loads
+    assert counter(tmp_path, "serve") == 9 and counter(tmp_path, "bench") == 18  # 3 variants x 3 repeats x 2 loads
     runs = sorted(p.name for p in (out / "runs").iterdir())
-    assert len(runs) == 12 and "r1-default-c8-in2000-out500.json" in runs
+    assert len(runs) == 18 and "r1-default-c8-in2000-out500.json" in runs
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] is True and summary["dummy_weights"] is True
     assert summary["environment"]["vllm"] == "0.20.0"  # vLLM's own --version
     assert [r["variant"] for r in summary["runs"] if r["load"] == "c8-in2000-out500"] == \
-        ["default", "profile", "flags", "flags", "profile", "default"]  # A B C, then C B A
+        ["default", "profile", "flags", "flags", "profile", "default", "default", "profile", "flags"]  # ABC CBA ABC
     small, large = summary["loads"]
     assert large["ratios"]["profile"]["mean_tpot_ms"]["verdict"] == "better"  # the double gives 5% at 64
     assert large["ratios"]["profile"]["output_throughput"]["ratio"] == pytest.approx(1.05, abs=0.01)
@@ -199,14 +199,14 @@ def test_the_dry_run_prints_every_command_and_starts_nothing(tmp_path, vllm, mod
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
     servers = [ln for ln in lines if " serve " in ln and "bench" not in ln]
-    assert len(servers) == 9 and counter(tmp_path, "serve") == 0  # 3 variants x 3 repeats, nothing started
-    assert sum("MLA_TUNE_PROFILE=" in ln for ln in servers) == 3
+    assert len(servers) == 12 and counter(tmp_path, "serve") == 0  # 3 variants x 4 repeats, nothing started
+    assert sum("MLA_TUNE_PROFILE=" in ln for ln in servers) == 4
     assert all('"backend": "FLASH_ATTN_MLA"' in ln and '"flash_attn_version": 3' in ln for ln in servers)
-    assert sum('"flash_attn_max_num_splits_for_cuda_graph": 1' in ln for ln in servers) == 3
+    assert sum('"flash_attn_max_num_splits_for_cuda_graph": 1' in ln for ln in servers) == 4
     clients = [ln for ln in lines if "bench serve" in ln]
-    assert len(clients) == 18 and all("--ignore-eos" in ln for ln in clients)
+    assert len(clients) == 24 and all("--ignore-eos" in ln for ln in clients)
     assert any("--max-concurrency 256" in ln and "--num-prompts 1024" in ln for ln in clients)
-    assert "# [9/9] r3-flags" in lines  # repeat 3 runs forward again
+    assert "# [9/12] r3-flags" in lines and "# [12/12] r4-default" in lines  # ABC CBA ABC CBA
 
 
 def test_the_flags_variant_needs_a_value_vllm_has_a_flag_for():
@@ -259,16 +259,17 @@ def test_without_an_output_folder_only_a_dry_run_is_possible(model):
 def test_a_traffic_file_becomes_the_loads(tmp_path):
     traffic = Traffic((("8q1s1k", 10.0), ("256q1s4k", 1.0), ("2q1s4k_2q1s4k", 1.0), ("q4k", 3.0)), "t.csv")
     loads, notes = loads_from_traffic(traffic, 500, 4)
-    assert [(x.concurrency, x.input_len, x.num_prompts) for x in loads] == [(4, 4096, 32), (8, 1024, 32),
-                                                                            (256, 4096, 1024)]
-    assert loads[0].shapes == ("2q1s4k_2q1s4k",) and notes == ("q4k: no decode request (a prefill-only batch), "
-                                                               "left out",)
+    # input = context less half the output, so that decode contexts average the shape's
+    assert [(x.concurrency, x.input_len, x.num_prompts) for x in loads] == [(4, 3846, 32), (8, 774, 32),
+                                                                            (256, 3846, 1024)]
+    assert loads[0].shapes == ("2q1s4k_2q1s4k",)
+    assert notes[0] == "q4k: no decode request (a prefill-only batch), left out" and "less half" in notes[-1]
     path = tmp_path / "t.csv"
     path.write_text("spec,weight\n8q1s1k,10\n64q1s2k,1\n")
     r = CliRunner().invoke(app, ["bench-serve", str(PROFILE), "--model", "m/m", "--dry-run", "--traffic", str(path),
                                  "--variant", "profile"])
     assert r.exit_code == 0, r.output
-    assert "--max-concurrency 64" in r.output and "--random-input-len 2048" in r.output
+    assert "--max-concurrency 64" in r.output and "--random-input-len 1798" in r.output
     r = CliRunner().invoke(app, ["bench-serve", str(PROFILE), "--model", "m/m", "--dry-run", "--traffic", str(path),
                                  "--concurrency", "8"])
     assert r.exit_code == 2 and "drop --input-len and --concurrency" in r.output

@@ -438,7 +438,8 @@ def bench_serve(
     input_len: Optional[int] = typer.Option(None, "--input-len", help="input tokens per request [default: 2000]"),
     output_len: int = typer.Option(500, "--output-len", help="output tokens per request (--ignore-eos)"),
     concurrency: Optional[str] = typer.Option(None, help="comma-separated concurrencies [default: 8,64,256]"),
-    repeats: int = typer.Option(3, help="crossed-over repeats of every variant (at least 2)"),
+    repeats: int = typer.Option(4, help="crossed-over repeats of every variant (at least 2; an even count "
+                                        "balances the crossover)"),
     variant: str = typer.Option("default,profile,flags", "--variant",
                                 help="comma-separated: default (always), profile, flags"),
     waves: int = typer.Option(4, help="requests per run = waves x concurrency (at least 32)"),

@@ -1,20 +1,25 @@
 """Run a bench-serve plan into a folder, keeping every completed run.
 
-``OUT/plan.json`` says what is run; ``OUT/runs/<repeat>-<variant>-<load>.json`` is vLLM's own result of each
-completed client run (moved in whole once the run is over and checked: every request completed); ``OUT/logs/`` the
-server's and the client's output; ``OUT/summary.json`` the ratios so far, rewritten after each server. A stop at any
-point keeps what completed, and the same command with the same ``-o`` runs only what is missing. A folder holding
-another plan is refused.
+``OUT/plan.json`` says what is run (with the profile's hash) and ``OUT/environment.json`` where (GPU, vLLM);
+``OUT/runs/<repeat>-<variant>-<load>.json`` is vLLM's own result of each completed client run, moved in whole once
+the run is over and checked (every request completed, the plugin's log right for the variant); ``OUT/logs/`` the
+servers' and the clients' output, one server log per start; ``OUT/summary.json`` the ratios so far, rewritten after
+each server and at the end. A stop at any point (Ctrl-C, SIGTERM, SIGHUP) stops the server and keeps what completed;
+the same command with the same ``-o`` runs only what is missing. A folder of another plan, profile or environment is
+refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +28,7 @@ from .. import __version__
 from ..errors import UsageError
 from ..tables.export import write_atomic
 from .plan import BenchPlan, Load, Start, shell
-from .processes import BenchError, gpu_name, plugin_refusal, run_client, server, version_of
+from .processes import BenchError, check_runnable, gpu_name, plugin_refusal, run_client, server, version_of
 from .summary import METRICS, RunResult, Summary, number, summarize, values_of
 
 Progress = Callable[[str], None]
@@ -46,33 +51,53 @@ def run_bench(plan: BenchPlan, out: Path, progress: Progress = lambda _: None, e
     completed and writing the summary of it."""
     env = dict(os.environ if env is None else env)
     out = Path(out)
+    check_runnable(plan.vllm)
     _claim(out, plan)
-    runs_dir, logs = out / "runs", out / "logs"
-    runs_dir.mkdir(exist_ok=True)
-    environment = {"gpu": gpu_name(env), "vllm": version_of(plan.vllm, env), "mla_tune": __version__}
+    (out / "runs").mkdir(exist_ok=True)
+    environment = _same_environment(out, {"gpu": gpu_name(env), "vllm": version_of(plan.vllm, env),
+                                          "mla_tune": __version__})
     progress(f"bench-serve: {environment['gpu']}, vLLM {environment['vllm']}; {len(plan.variants)} variants x "
              f"{plan.repeats} repeats, crossed over; loads {', '.join(x.label for x in plan.loads)}")
     starts = plan.starts()
     try:
-        for start in starts:
-            missing = [x for x in plan.loads if not (runs_dir / run_name(start, x)).exists()]
-            head = f"[{start.index + 1}/{len(starts)}] {start.label}"
-            if not missing:
-                progress(f"{head}: every load done earlier, kept")
-                continue
-            _serve(plan, start, missing, out, env, timeouts, progress, head)
-            _write_summary(out, summarize(plan, _completed(plan, out), environment))
-    except BaseException:
+        with _stops_as_interrupts():
+            for start in starts:
+                missing = [x for x in plan.loads if not _kept(out / "runs" / run_name(start, x), progress)]
+                head = f"[{start.index + 1}/{len(starts)}] {start.label}"
+                if not missing:
+                    progress(f"{head}: every load done earlier, kept")
+                    continue
+                _serve(plan, start, missing, out, env, timeouts, progress, head)
+                _write_summary(out, summarize(plan, _completed(plan, out), environment))
+    finally:
         _write_summary(out, summarize(plan, _completed(plan, out), environment))
-        raise
     return summarize(plan, _completed(plan, out), environment)
+
+
+@contextlib.contextmanager
+def _stops_as_interrupts() -> Iterator[None]:
+    """SIGTERM and SIGHUP (``timeout``, a scheduler, a lost ssh session) stop the bench as Ctrl-C does: the server
+    is stopped and what completed is kept. (Off the main thread Python installs no handlers: nothing changes.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def _serve(plan: BenchPlan, start: Start, loads: list[Load], out: Path, env: dict[str, str], timeouts: Timeouts,
            progress: Progress, head: str) -> None:
     v = start.variant
     cmd, server_env = plan.server_command(v), plan.server_env(v, env)
-    log = out / "logs" / f"{start.label}.server.log"
+    log = _fresh(out / "logs", f"{start.label}.server", ".log")  # a resumed start keeps the log of the runs before
     progress(f"{head}: starting {shell(cmd, dict(v.env))}")
     t0 = time.monotonic()
     last = [0.0]
@@ -84,24 +109,31 @@ def _serve(plan: BenchPlan, start: Start, loads: list[Load], out: Path, env: dic
 
     with server(cmd, server_env, log, plan.port, timeouts.server_s, waiting) as srv:
         progress(f"{head}: server up in {time.monotonic() - t0:.0f} s")
-        _check_plugin(srv.log_lines(), start, log)
+
+        def check() -> None:  # before the first run, and before each run is kept: a plugin that failed while
+            why = plugin_refusal(srv.log_lines(), v)  # serving left vLLM's defaults running, not the profile
+            if why:
+                raise BenchError(f"{start.label}: {why}; its runs would not be the {v.name} variant's, so none is "
+                                 f"reported (log: {log})")
+
+        check()
         for load in loads:
             progress(f"{head}: {load.label}, {load.num_prompts} requests at concurrency {load.concurrency}")
-            values = _client(plan, start, load, out, env, timeouts)
-            # a plugin that failed while serving left vLLM's defaults running: those numbers are not the profile's
-            _check_plugin(srv.log_lines(), start, log)
+            values = _client(plan, start, load, out, env, timeouts, check)
             progress(f"{head}: {load.label}: " + ", ".join(f"{m.label} {number(values[m.key])} {m.unit}"
                                                            for m in METRICS[:3] if m.key in values))
 
 
-def _client(plan: BenchPlan, start: Start, load: Load, out: Path, env: dict[str, str], timeouts: Timeouts
-            ) -> dict[str, float]:
-    """One client run; its result JSON moved into ``runs/`` only once it is complete and every request finished."""
+def _client(plan: BenchPlan, start: Start, load: Load, out: Path, env: dict[str, str], timeouts: Timeouts,
+            check: Callable[[], None]) -> dict[str, float]:
+    """One client run; its result JSON moved into ``runs/`` only once it is complete, every request finished and
+    ``check`` passed."""
     name = run_name(start, load)
     tmp = Path(tempfile.mkdtemp(prefix=".run-", dir=out))
     try:
         cmd = plan.client_command(load, tmp, "result.json")
-        run_client(cmd, env, out / "logs" / name.replace(".json", ".client.log"), timeouts.client_s)
+        run_client(cmd, plan.client_env(env), _fresh(out / "logs", name.removesuffix(".json") + ".client", ".log"),
+                   timeouts.client_s)
         try:
             result = json.loads((tmp / "result.json").read_text())
         except (OSError, ValueError) as e:
@@ -114,17 +146,40 @@ def _client(plan: BenchPlan, start: Start, load: Load, out: Path, env: dict[str,
         lacking = [m.key for m in METRICS if m.key not in values]
         if lacking:
             raise BenchError(f"{start.label} {load.label}: vLLM's result has no {', '.join(lacking)}")
+        check()
         os.replace(tmp / "result.json", out / "runs" / name)
         return values
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _check_plugin(lines: list[str], start: Start, log: Path) -> None:
-    why = plugin_refusal(lines, start.variant)
-    if why:
-        raise BenchError(f"{start.label}: {why}; its runs would not be the {start.variant.name} variant's, so none "
-                         f"is reported (log: {log})")
+def _fresh(folder: Path, stem: str, suffix: str) -> Path:
+    """``folder/stem.suffix``, or ``stem-2.suffix``, ... where earlier attempts left theirs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path, n = folder / f"{stem}{suffix}", 1
+    while path.exists():
+        n += 1
+        path = folder / f"{stem}-{n}{suffix}"
+    return path
+
+
+def _values(path: Path) -> dict[str, float] | None:
+    """A kept run's metrics, or None where its file is missing or not a whole result."""
+    try:
+        values = values_of(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return None
+    return values if all(m.key in values for m in METRICS) else None
+
+
+def _kept(path: Path, progress: Progress) -> bool:
+    """Is the run at ``path`` done? A file that is not a whole result is removed, and the run made again."""
+    if _values(path) is not None:
+        return True
+    if path.exists():
+        path.unlink()
+        progress(f"{path.name}: not a whole result, run again")
+    return False
 
 
 def _completed(plan: BenchPlan, out: Path) -> list[RunResult]:
@@ -132,16 +187,15 @@ def _completed(plan: BenchPlan, out: Path) -> list[RunResult]:
     for start in plan.starts():
         for load in plan.loads:
             path = out / "runs" / run_name(start, load)
-            try:
-                values = values_of(json.loads(path.read_text()))
-            except (OSError, ValueError):
-                continue
-            runs.append(RunResult(start, load, values, str(path.relative_to(out))))
+            values = _values(path)
+            if values is not None:
+                runs.append(RunResult(start, load, values, str(path.relative_to(out))))
     return runs
 
 
 def _claim(out: Path, plan: BenchPlan) -> None:
-    """Make ``out`` this plan's folder, or find it already is; another plan's folder is refused."""
+    """Make ``out`` this plan's folder, or find it already is (its temporaries of a stop by SIGKILL cleared);
+    another plan's folder, or the same plan with a changed profile, is refused."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} is a file, not a folder for bench-serve's results")
     out.mkdir(parents=True, exist_ok=True)
@@ -153,17 +207,36 @@ def _claim(out: Path, plan: BenchPlan) -> None:
         except (OSError, ValueError):
             theirs = None
         if not isinstance(theirs, dict) or _measured(theirs) != _measured(mine):
-            raise UsageError(f"{out} holds another bench-serve plan (plan.json differs)",
-                             hint="give another -o, or the same arguments to resume it")
+            changed = isinstance(theirs, dict) and _measured(theirs) == _measured(mine, "profile_sha256")
+            raise UsageError(f"{out} holds another bench-serve plan ("
+                             f"{'the profile changed since' if changed else 'plan.json differs'})",
+                             hint="give another -o, or the same arguments and profile to resume it")
+        for stale in [*out.glob(".run-*"), *out.glob(".*.json.*"), *(out / "runs").glob(".*")]:
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
         return
     if any(out.iterdir()):
         raise UsageError(f"{out} is not empty and holds no bench-serve plan", hint="give an empty or new -o")
     _write_json(path, mine)
 
 
-def _measured(plan: dict[str, Any]) -> dict[str, Any]:
+def _same_environment(out: Path, here: dict[str, str]) -> dict[str, str]:
+    """The GPU and vLLM of the folder's runs: this host's, which must be those of any run kept from before."""
+    path = out / "environment.json"
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError):
+        before = None
+    if isinstance(before, dict) and any(before.get(k) != here[k] for k in ("gpu", "vllm")):
+        raise UsageError(f"{out} holds runs on {before.get('gpu')} with vLLM {before.get('vllm')}; this host has "
+                         f"{here['gpu']} with vLLM {here['vllm']}: one summary never mixes them",
+                         hint="give another -o")
+    _write_json(path, here)
+    return here
+
+
+def _measured(plan: dict[str, Any], *leave_out: str) -> dict[str, Any]:
     """What a plan measures: all of it but the port, which a resumed run may change."""
-    return {k: v for k, v in plan.items() if k != "port"}
+    return {k: v for k, v in plan.items() if k not in ("port", *leave_out)}
 
 
 def _write_summary(out: Path, summary: Summary) -> None:

@@ -9,6 +9,7 @@ user without the plugin would do: the value the profile takes at its largest bat
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 from collections.abc import Mapping, Sequence
@@ -31,8 +32,15 @@ PLAN_KIND = "mla-tune/bench-serve-plan"
 MAX_CONCURRENCY = 4096
 MAX_TOKENS = 1 << 20  # input or output tokens of one request
 # Server arguments bench-serve sets itself: the user's own would make the variants differ or the client miss them.
-_OWNED = {"--port": "give the port with bench-serve's --port", "--model": "give the model with --model"}
+_OWNED = {"--port": "give the port with bench-serve's --port", "--model": "give the model with --model",
+          "--host": "the servers listen on 127.0.0.1, where the client and the health check reach them",
+          "--attention-backend": "every variant runs the profile's backend; bench-serve sets it",
+          "--config": "bench-serve cannot see into a config file: give its arguments after --"}
 _MERGED = ("--attention-config", "--compilation-config")
+# Environment variables that set what a variant sets: inherited, they would reach vLLM's default too.
+BACKEND_ENV = ("VLLM_ATTENTION_BACKEND",)
+# cudagraph_mode values without full CUDA graphs: a profile measured under full graphs would not run as measured.
+_NO_FULL_GRAPHS = ("NONE", "PIECEWISE")
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,10 @@ class BenchPlan:
     vllm: str  # the vllm executable
     seed: int = 0
     notes: tuple[str, ...] = field(default=())
+    profile_sha256: str = ""  # what the profile held when the plan was made: a resume needs the same
+    # variables the caller's environment may not pass on: they set what a variant sets (the split count of CUTLASS,
+    # the backend), and inherited they would reach vLLM's default too
+    stripped_env: tuple[str, ...] = BACKEND_ENV
 
     @property
     def dummy_weights(self) -> bool:
@@ -113,9 +125,7 @@ class BenchPlan:
     def server_command(self, variant: Variant) -> list[str]:
         attention = {**dict(self.attention_config), **dict(variant.attention_config)}
         compilation = {**dict(self.compilation_config), **dict(variant.compilation_config)}
-        cmd = [self.vllm, "serve", self.model, "--port", str(self.port), *self.server_args]
-        if _value_of(self.server_args, "--host") is None:
-            cmd += ["--host", HOST]
+        cmd = [self.vllm, "serve", self.model, "--port", str(self.port), *self.server_args, "--host", HOST]
         if attention:
             cmd += ["--attention-config", json.dumps(attention, sort_keys=True)]
         if compilation:
@@ -125,9 +135,15 @@ class BenchPlan:
     def server_env(self, variant: Variant, base: Mapping[str, str]) -> dict[str, str]:
         """``base`` (the caller's environment) without a profile of its own, plus the variant's variables; vLLM's
         log at INFO, where the plugin says what it applied (the proof that the profile ran)."""
-        env = {k: v for k, v in base.items() if k != PROFILE_ENV}
+        env = {k: v for k, v in self.client_env(base).items() if k not in (PROFILE_ENV, *self.stripped_env)}
         env.update(dict(variant.env), VLLM_LOGGING_LEVEL="INFO")
         return env
+
+    @staticmethod
+    def client_env(base: Mapping[str, str]) -> dict[str, str]:
+        """``base`` with the servers' host never sent to an HTTP proxy (the client's requests, the health check)."""
+        hosts = ",".join(x for x in (base.get("NO_PROXY") or base.get("no_proxy") or "", HOST, "localhost") if x)
+        return {**base, "NO_PROXY": hosts, "no_proxy": hosts}
 
     def client_command(self, load: Load, result_dir: Path, filename: str) -> list[str]:
         cmd = [self.vllm, "bench", "serve", "--backend", "vllm", "--host", HOST, "--port", str(self.port),
@@ -146,6 +162,7 @@ class BenchPlan:
         """What the plan is, as ``plan.json`` keeps it: a rerun into the same folder resumes only the same plan."""
         return {
             "kind": PLAN_KIND, "schema_version": 1, "profile": str(self.profile), "backend": self.backend,
+            "profile_sha256": self.profile_sha256,
             "model": self.model, "tokenizer": self.tokenizer, "server_args": list(self.server_args),
             "attention_config": dict(self.attention_config), "compilation_config": dict(self.compilation_config),
             "variants": [{"name": v.name, "description": v.description, "env": dict(v.env),
@@ -181,55 +198,75 @@ def loads_from(concurrencies: Sequence[int], input_len: int, output_len: int, wa
 
 
 def loads_from_traffic(traffic: Traffic, output_len: int, waves: int) -> tuple[tuple[Load, ...], tuple[str, ...]]:
-    """A traffic file's decode batches as loads: a shape's decode requests become the concurrency, their context
-    the input length (so one file tunes, deploys and proves). Shapes without a decode request are left out, said
-    in the notes; shapes that become the same load are one load."""
+    """A traffic file's decode batches as loads: a shape's decode requests become the concurrency, and the input
+    length is its context less half the output, so that the context decode steps attend over is the shape's on
+    average (it grows by one token per step). Shapes the client cannot reproduce are left out or cut, each said in
+    a note: a prefill-only batch, multi-token decode (spec decode needs a draft model), a mixed batch's prefills
+    (the client's arrivals decide when prefills meet decodes). Shapes that become one load are one load."""
     _check_tokens("--output-len", output_len)
     if waves < 1:
         raise UsageError(f"--waves must be at least 1, got {waves}")
     merged: dict[tuple[int, int], list[str]] = {}
     notes = []
     for spec, _ in traffic.weights:
-        decode = [r for r in batch_spec.parse(spec).requests if r.context_len > 0]
+        requests = batch_spec.parse(spec).requests
+        decode = [r for r in requests if r.context_len > 0]
         if not decode:
             notes.append(f"{spec}: no decode request (a prefill-only batch), left out")
             continue
-        key = (len(decode), max(r.kv_len for r in decode))  # the spec's s: what a decode step attends over
+        if any(r.q_len > 1 for r in decode):
+            notes.append(f"{spec}: decodes several tokens per step (spec decode, which needs a draft model), left out")
+            continue
+        if len(decode) < len(requests):
+            notes.append(f"{spec}: its prefill part is not served (the client's arrivals decide when prefills meet "
+                         "decodes); its decodes are")
+        context = max(r.kv_len for r in decode)  # the spec's s: what a decode step attends over
+        key = (len(decode), max(1, context - output_len // 2))
         if key[0] > MAX_CONCURRENCY:
             raise UsageError(f"traffic shape {spec} has {key[0]} decode requests: at most {MAX_CONCURRENCY}")
         merged.setdefault(key, []).append(spec)
     if not merged:
-        raise UsageError(f"{traffic.source}: no shape has a decode request, so no load to serve")
-    loads = tuple(Load(c, ctx, output_len, max(32, waves * c), tuple(specs))
-                  for (c, ctx), specs in sorted(merged.items()))
+        raise UsageError(f"{traffic.source}: no shape the client can serve (single-token decodes)")
+    loads = tuple(Load(c, n, output_len, max(32, waves * c), tuple(specs)) for (c, n), specs in sorted(merged.items()))
+    notes.append(f"input length = the shape's context less half of --output-len {output_len}: decode contexts then "
+                 "average the shape's")
     return loads, tuple(notes)
+
+
+def _option(token: str) -> tuple[str, str, str]:
+    """``--name[.key][=value]`` as vLLM's parser reads it (``_`` in a name is ``-``): (name, key, inline value)."""
+    head, eq, inline = token.partition("=")
+    if not head.startswith("--"):
+        return head, "", inline if eq else ""
+    name, _, key = head.partition(".")
+    return name.replace("_", "-"), key, inline if eq else ""
 
 
 def split_server_args(args: Sequence[str], backend: str) -> tuple[tuple[str, ...], dict[str, Any], dict[str, Any]]:
     """The user's ``vllm serve`` arguments without the two JSON configs bench-serve merges variants into, and those
-    configs (the attention config with the profile's backend pinned, so that every variant runs it)."""
+    configs (the attention config with the profile's backend pinned, so that every variant runs it). Read as vLLM
+    reads them: ``--attention_config``, ``--attention-config.backend=X`` and ``-O {...}`` are the same settings."""
     rest: list[str] = []
     configs: dict[str, dict[str, Any]] = {name: {} for name in _MERGED}
     i = 0
     args = list(args)
     while i < len(args):
         a = args[i]
-        name, eq, inline = a.partition("=")
+        name, key, inline = _option(a)
+        has_inline = "=" in a
+        if name == "-O" and (inline or (i + 1 < len(args) and args[i + 1].lstrip().startswith("{"))):
+            name = "--compilation-config"  # -O {...} is the compilation config; -O3 a level, left as given
         if name in _OWNED:
             raise UsageError(f"{name} is not a server argument here: {_OWNED[name]}")
         if name in _MERGED:
-            value = inline if eq else (args[i + 1] if i + 1 < len(args) else None)
+            value = inline if has_inline else (args[i + 1] if i + 1 < len(args) else None)
             if value is None:
-                raise UsageError(f"{name} needs a JSON value")
-            try:
-                parsed = json.loads(value)
-            except json.JSONDecodeError:
-                raise UsageError(f"{name} {value!r} is not JSON; write it as '{{\"key\": value}}'") from None
-            if not isinstance(parsed, dict):
-                raise UsageError(f"{name} must be a JSON object, got {value!r}")
-            configs[name].update(parsed)
-            i += 1 if eq else 2
+                raise UsageError(f"{name} needs a {'value' if key else 'JSON value'}")
+            configs[name].update({key: _json_or_text(value)} if key else _json_object(name, value))
+            i += 1 if has_inline else 2
             continue
+        if a.startswith("--"):  # as vLLM reads it, so that what bench-serve looks for is found in one spelling
+            a = name + (f".{key}" if key else "") + (f"={inline}" if has_inline else "")
         rest.append(a)
         i += 1
     attention = configs["--attention-config"]
@@ -238,6 +275,35 @@ def split_server_args(args: Sequence[str], backend: str) -> tuple[tuple[str, ...
                          f"{backend}: every variant runs the profile's backend")
     attention["backend"] = backend
     return tuple(rest), attention, configs["--compilation-config"]
+
+
+def _json_object(name: str, value: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        raise UsageError(f"{name} {value!r} is not JSON; write it as '{{\"key\": value}}'") from None
+    if not isinstance(parsed, dict):
+        raise UsageError(f"{name} must be a JSON object, got {value!r}")
+    return parsed
+
+
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def check_graphs(profile: Profile, args: Sequence[str], compilation: Mapping[str, Any]) -> None:
+    """Refuse server arguments that turn off the full CUDA graphs a profile was measured under (its per-batch values
+    are chosen per captured graph size; FLASH_ATTN_MLA's split cap exists only there)."""
+    if dict(profile.global_).get("cuda_graphs", True) is not True:
+        return
+    mode = str(compilation.get("cudagraph_mode", "")).upper()
+    if "--enforce-eager" in args or mode in _NO_FULL_GRAPHS:
+        what = "--enforce-eager" if "--enforce-eager" in args else f"cudagraph_mode {mode}"
+        raise UsageError(f"{what} turns off the full CUDA graphs the profile was measured with (cuda_graphs: true)",
+                         hint="drop it, or deploy a profile measured without graphs")
 
 
 def make_variants(names: Sequence[str], profile: Profile, profile_path: Path, adapter: Adapter
@@ -341,16 +407,20 @@ def check_tokenizer(tokenizer: str) -> str | None:
 
 def make_plan(profile_path: Path, model: str, server_args: Sequence[str], *, tokenizer: str | None = None,
               traffic: Traffic | None = None, input_len: int = 2000, output_len: int = 500,
-              concurrency: Sequence[int] = (8, 64, 256), waves: int = 4, repeats: int = 3,
+              concurrency: Sequence[int] = (8, 64, 256), waves: int = 4, repeats: int = 4,
               variants: Sequence[str] = VARIANTS, port: int = 8000, vllm: str = "vllm", seed: int = 0) -> BenchPlan:
     """Check every argument and build the plan; nothing is started."""
     if not 2 <= repeats <= 100:
         raise UsageError(f"--repeats {repeats} is out of range: 2 to 100 (an interval needs two)")
     if not 1024 <= port <= 65535:
         raise UsageError(f"--port {port} is out of range: 1024 to 65535")
-    profile = load_profile(Path(profile_path))
+    profile_path = Path(profile_path).resolve()
+    profile = load_profile(profile_path)
     adapter = family_adapter(profile.match.vllm)
     rest, attention, compilation = split_server_args(server_args, profile.match.backend)
+    check_graphs(profile, rest, compilation)
+    knob_env = tuple(sorted({g.key for per in adapter.global_settings.values() for g in per.values()
+                             if g.section == "env"}))
     notes = []
     if traffic is not None:
         loads, more = loads_from_traffic(traffic, output_len, waves)
@@ -361,11 +431,12 @@ def make_plan(profile_path: Path, model: str, server_args: Sequence[str], *, tok
     unchecked = check_tokenizer(tokenizer)
     if unchecked:
         notes.append(unchecked)
-    chosen, more = make_variants(variants, profile, Path(profile_path), adapter)
+    chosen, more = make_variants(variants, profile, profile_path, adapter)
     notes += more
-    return BenchPlan(Path(profile_path), profile.match.backend, model, tokenizer, rest,
+    return BenchPlan(profile_path, profile.match.backend, model, tokenizer, rest,
                      tuple(sorted(attention.items())), tuple(sorted(compilation.items())), chosen, loads, repeats,
-                     port, vllm, seed, tuple(notes))
+                     port, vllm, seed, tuple(notes), hashlib.sha256(profile_path.read_bytes()).hexdigest(),
+                     (*BACKEND_ENV, *knob_env))
 
 
 __all__ = ["HOST", "PROFILE_ENV", "VARIANTS", "BenchPlan", "Load", "Start", "Variant", "check_tokenizer",

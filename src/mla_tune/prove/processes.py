@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -66,22 +67,40 @@ class Server:
             return []
 
     def stop(self) -> None:
-        """SIGTERM to the server's process group (its engine processes too), SIGKILL if it lingers."""
-        if self.proc.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, 10.0)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
+        """SIGTERM to the server's process group, then SIGKILL to whatever is left of it: engine processes that
+        ignore SIGTERM or outlived a crash of the server would keep the GPU's memory and the port from the next
+        server. Returns once no process of the group is left (or after a last 10 s)."""
+        group = self.proc.pid  # the server leads its own session and process group
+        if self.proc.poll() is None:
+            _signal_group(group, signal.SIGTERM)
             try:
-                self.proc.wait(timeout=wait)
-                return
+                self.proc.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                continue
+                pass
+        _signal_group(group, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _signal_group(group, 0) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _signal_group(group: int, sig: int) -> bool:
+    """Send ``sig`` to a process group; False when no process of it is left."""
+    try:
+        os.killpg(group, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+# Straight to the server: an HTTP proxy of the environment would answer for it, or never.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def _healthy(port: int) -> bool:
     try:
-        with urllib.request.urlopen(f"http://{HOST}:{port}/health", timeout=2) as r:  # noqa: S310 - loopback
+        with _DIRECT.open(f"http://{HOST}:{port}/health", timeout=2) as r:
             return r.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -97,9 +116,8 @@ def server(cmd: Sequence[str], env: Mapping[str, str], log: Path, port: int, tim
         try:
             proc = subprocess.Popen(list(cmd), env=dict(env), stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        except FileNotFoundError:
-            raise UsageError(f"{cmd[0]} not found", hint="install vLLM with its server (the serve kit), or give "
-                                                         "its path with --vllm") from None
+        except OSError as e:
+            raise _not_runnable(cmd[0], e) from None
     srv = Server(proc, log, port)
     try:
         t0 = time.monotonic()
@@ -126,13 +144,26 @@ def run_client(cmd: Sequence[str], env: Mapping[str, str], log: Path, timeout_s:
         try:
             proc = subprocess.run(list(cmd), env=dict(env), stdout=out, stderr=subprocess.STDOUT,
                                   stdin=subprocess.DEVNULL, timeout=timeout_s, check=False)
-        except FileNotFoundError:
-            raise UsageError(f"{cmd[0]} not found", hint="install vLLM (the serve kit), or give --vllm") from None
+        except OSError as e:
+            raise _not_runnable(cmd[0], e) from None
         except subprocess.TimeoutExpired:
             raise BenchError(f"vllm bench serve did not finish in {timeout_s:g} s: {last_words(log)} (log: {log})",
                              hint="raise --client-timeout, or lower --waves") from None
     if proc.returncode != 0:
         raise BenchError(f"vllm bench serve failed with status {proc.returncode}: {last_words(log)} (log: {log})")
+
+
+def _not_runnable(exe: str, e: OSError) -> UsageError:
+    why = "not found" if isinstance(e, FileNotFoundError) else f"cannot be run ({e.strerror or e})"
+    return UsageError(f"{exe} {why}", hint="install vLLM with its server (the serve kit), or give the vllm "
+                                           "executable with --vllm-bin")
+
+
+def check_runnable(exe: str) -> None:
+    """Refuse, before anything is written, a vllm executable that is not there or cannot be run."""
+    if shutil.which(exe) is None:  # None too for a file without the execute bit, or a folder
+        raise _not_runnable(exe, PermissionError(13, "not an executable file") if os.path.exists(exe)
+                            else FileNotFoundError())
 
 
 def plugin_refusal(lines: Sequence[str], variant: Variant) -> str | None:
@@ -166,8 +197,10 @@ def version_of(vllm: str, env: Mapping[str, str]) -> str:
 
 def gpu_name(env: Mapping[str, str]) -> str:
     """The first GPU's name from ``nvidia-smi``, or "unknown" (no driver here)."""
+    visible = (env.get("CUDA_VISIBLE_DEVICES") or "").split(",")[0].strip()  # what the servers see as GPU 0
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], env=dict(env),
+        out = subprocess.run(["nvidia-smi", *(["-i", visible] if visible else []), "--query-gpu=name",
+                              "--format=csv,noheader"], env=dict(env),
                              capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
@@ -175,5 +208,5 @@ def gpu_name(env: Mapping[str, str]) -> str:
     return lines[0].strip() if out.returncode == 0 and lines else "unknown"
 
 
-__all__ = ["BenchError", "Server", "check_port_free", "gpu_name", "last_words", "plugin_refusal", "run_client",
-           "server", "version_of"]
+__all__ = ["BenchError", "Server", "check_port_free", "check_runnable", "gpu_name", "last_words", "plugin_refusal",
+           "run_client", "server", "version_of"]

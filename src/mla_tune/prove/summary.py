@@ -3,7 +3,10 @@
 Pure. A variant's run in repeat r is compared with the default's run in the same repeat (the two ran back to back
 in the crossed-over order), and the ratios of the repeats give the geometric mean and Student's t interval on
 their logs (``stats.paired_speedup``). Every ratio reads "above 1 is better": throughput variant/default,
-latencies default/variant. A gain (or a loss) is claimed only where the interval excludes 1.
+latencies default/variant. A gain (or a loss) is claimed only where the interval excludes 1, and only for the
+judged metrics (throughput, TPOT, ITL: what the profile changes), each at a family-wise 95% over its (variant, load)
+comparisons (Bonferroni), so that a profile that changes nothing is rarely called better or worse. p99 ITL and TTFT
+are shown with their intervals, not judged.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..stats import paired_speedup, round_sig
+from ..stats import familywise_level, paired_speedup, round_sig
 from .plan import BenchPlan, Load, Start
 
 LEVEL = 0.95
@@ -26,14 +29,15 @@ class Metric:
     label: str
     unit: str
     higher_is_better: bool
+    judged: bool = True  # a gain or loss may be claimed on it
 
 
 METRICS = (
     Metric("output_throughput", "output throughput", "tok/s", True),
     Metric("mean_tpot_ms", "mean TPOT", "ms", False),
     Metric("median_itl_ms", "median ITL", "ms", False),
-    Metric("p99_itl_ms", "p99 ITL", "ms", False),
-    Metric("median_ttft_ms", "median TTFT", "ms", False),
+    Metric("p99_itl_ms", "p99 ITL", "ms", False, judged=False),
+    Metric("median_ttft_ms", "median TTFT", "ms", False, judged=False),
 )
 HEADLINE = ("output_throughput", "mean_tpot_ms", "median_itl_ms")  # what the plot and the short table show
 
@@ -57,11 +61,14 @@ class Ratio:
     low: float
     high: float
     repeats: int
+    level: float = LEVEL  # of this interval (family-wise LEVEL over the metric's comparisons)
 
     @property
     def verdict(self) -> str:
         if self.repeats < 2:
             return "one repeat: no interval"
+        if not self.metric.judged:
+            return "shown, not judged"
         if self.low > 1:
             return "better"
         if self.high < 1:
@@ -92,7 +99,10 @@ class Summary:
         return {
             "kind": "mla-tune/bench-serve", "schema_version": 1, "complete": self.complete,
             "environment": dict(self.environment), "profile": str(p.profile), "backend": p.backend,
-            "model": p.model, "dummy_weights": p.dummy_weights, "repeats": p.repeats, "level": LEVEL,
+            "model": p.model, "dummy_weights": p.dummy_weights, "repeats": p.repeats,
+            "level": f"family-wise {LEVEL:.0%} per judged metric over its {(len(p.variants) - 1) * len(p.loads)} "
+                     "(variant, load) comparisons (Bonferroni)",
+            "judged_metrics": [m.key for m in METRICS if m.judged], "profile_sha256": p.profile_sha256,
             "client": "vllm bench serve (random dataset, --ignore-eos, --request-rate inf)",
             "variants": [{"name": v.name, "description": v.description} for v in p.variants],
             "notes": list(p.notes),
@@ -114,7 +124,7 @@ def _ratio_dict(r: Ratio | None) -> dict[str, Any] | None:
         return None
     out: dict[str, Any] = {"ratio": round_sig(r.ratio, 5), "repeats": r.repeats, "verdict": r.verdict}
     if r.repeats >= 2:
-        out["ci"] = [round_sig(r.low, 5), round_sig(r.high, 5)]
+        out.update(ci=[round_sig(r.low, 5), round_sig(r.high, 5)], ci_level=round_sig(r.level, 5))
     return out
 
 
@@ -135,6 +145,7 @@ def values_of(result: Mapping[str, Any]) -> dict[str, float]:
 
 def summarize(plan: BenchPlan, runs: Sequence[RunResult], environment: Mapping[str, str]) -> Summary:
     ratios = []
+    level = familywise_level((len(plan.variants) - 1) * len(plan.loads), LEVEL)  # per metric
     for v in plan.variants[1:]:
         for load in plan.loads:
             pairs = _pairs(runs, v.name, load)
@@ -145,8 +156,8 @@ def summarize(plan: BenchPlan, runs: Sequence[RunResult], environment: Mapping[s
                 base, cand = zip(*both)
                 # paired_speedup gives baseline/candidate: the default over the variant for latencies (above 1:
                 # the variant is faster), the variant over the default for throughput
-                ps = paired_speedup(cand, base, LEVEL) if m.higher_is_better else paired_speedup(base, cand, LEVEL)
-                ratios.append(Ratio(v.name, load, m, ps.speedup, ps.ci_low, ps.ci_high, ps.rounds))
+                ps = paired_speedup(cand, base, level) if m.higher_is_better else paired_speedup(base, cand, level)
+                ratios.append(Ratio(v.name, load, m, ps.speedup, ps.ci_low, ps.ci_high, ps.rounds, level))
     planned = len(plan.starts()) * len(plan.loads)
     return Summary(plan, tuple(runs), tuple(ratios), dict(environment), len(runs) == planned)
 

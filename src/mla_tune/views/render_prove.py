@@ -35,8 +35,9 @@ def summary_lines(s: Summary) -> list[str]:
     out = [f"bench-serve on {env.get('gpu', 'unknown')}, vLLM {env.get('vllm', 'unknown')}: profile {p.profile} "
            f"({p.backend}) on {p.model}{' (dummy weights)' if p.dummy_weights else ''}; vllm bench serve, "
            f"{p.repeats} crossed-over repeats{'' if s.complete else ' (INCOMPLETE: some runs missing)'}",
-           f"ratios to vLLM's default, above 1 = better, [{LEVEL:.0%} interval over the repeats]; a gain or loss is "
-           "claimed only where the interval excludes 1"]
+           f"ratios to vLLM's default, above 1 = better, [interval over the repeats, family-wise {LEVEL:.0%} per metric "
+           f"over its {(len(p.variants) - 1) * len(p.loads)} comparisons]; a gain or loss is claimed only where it "
+           "excludes 1, for throughput, TPOT and ITL (p99 ITL and TTFT: shown, not judged)"]
     out += [f"  {v.name}: {v.description}" for v in p.variants]
     for load in p.loads:
         out.append("")
@@ -63,7 +64,8 @@ def summary_lines(s: Summary) -> list[str]:
 
 
 def _mark(verdict: str) -> str:
-    return {"better": "better", "worse": "WORSE", "same within noise": "="}.get(verdict, "(1 repeat)")
+    return {"better": "better", "worse": "WORSE", "same within noise": "=", "shown, not judged": ""}.get(
+        verdict, "(1 repeat)")
 
 
 def ratios_png(s: Summary) -> bytes:
@@ -95,7 +97,8 @@ def ratios_png(s: Summary) -> bytes:
         ax.legend(fontsize="small")
     env = s.environment
     fig.suptitle(f"bench-serve: {p.backend} profile on {env.get('gpu', 'unknown')}, vLLM {env.get('vllm', '?')}, "
-                 f"{p.repeats} repeats, {LEVEL:.0%} intervals{' (dummy weights)' if p.dummy_weights else ''}",
+                 f"{p.repeats} repeats, family-wise {LEVEL:.0%} intervals"
+                 f"{' (dummy weights)' if p.dummy_weights else ''}",
                  fontsize="medium")
     return _png(fig)
 
