@@ -234,20 +234,8 @@ def sample(run: Callable[[], None], calls: int, graph: bool, policy: SamplingPol
     the policy's count and GPU time are reached; a recording whose first and last thirds disagree is re-taken
     (the drift was warm-up that had not ended), at most ``max_retakes`` times, and the last one is kept.
     """
-    graph_obj = None
-    if graph:
-        torch.cuda.synchronize()
-        graph_obj = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph_obj):
-                run()
-        except Exception as exc:
-            raise GraphCaptureFailed(f"CUDA graph capture failed: {type(exc).__name__}: {exc}") from exc
-        replay = graph_obj.replay
-        replay()
-        torch.cuda.synchronize()
-    else:
-        replay = run
+    graph_obj = capture(run) if graph else None
+    replay = graph_obj.replay if graph_obj is not None else run
     retakes = 0
     while True:
         readings = [read_clocks()]
