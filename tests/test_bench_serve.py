@@ -276,10 +276,10 @@ def test_a_traffic_file_becomes_the_loads(tmp_path):
 
 
 # -- the summary's statistics --------------------------------------------------------------------------------------
-def _plan(repeats: int) -> BenchPlan:
-    variants = (Variant("default", ""), Variant("profile", ""))
-    return BenchPlan(PROFILE, "FLASH_ATTN_MLA", "m", "m", (), (), (), variants, loads_from([8], 100, 10, 1),
-                     repeats, 8000, "vllm")
+def _plan(repeats: int, variants: tuple[str, ...] = ("default", "profile")) -> BenchPlan:
+    """A plan of one load, for the summary's statistics (nothing is started)."""
+    return BenchPlan(PROFILE, "FLASH_ATTN_MLA", "m", "m", (), (), (), tuple(Variant(v, "") for v in variants),
+                     loads_from([8], 100, 10, 1), repeats, 8000, "vllm")
 
 
 def _runs(plan: BenchPlan, tpots: dict[str, list[float]]) -> list[RunResult]:

@@ -27,7 +27,7 @@ from mla_tune.prove import bench as bench_mod
 from mla_tune.prove.plan import BenchPlan, Variant, loads_from, loads_from_traffic, make_plan, split_server_args
 from mla_tune.prove.processes import gpu_name, server
 from mla_tune.prove.summary import METRICS, RunResult, summarize
-from tests.test_bench_serve import PROFILE, bench, counter, free_port, leftovers, model, vllm  # noqa: F401
+from tests.test_bench_serve import PROFILE, _plan, bench, counter, free_port, leftovers, model, vllm  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = Path(__file__).parent / "fake_vllm_hostile.py"
@@ -377,13 +377,8 @@ def test_a_profile_that_changes_nothing_is_rarely_called_better_or_worse():
 
 
 # -- what holds ----------------------------------------------------------------------------------------------------------
-def _plan(variants: tuple[str, ...], repeats: int) -> BenchPlan:
-    return BenchPlan(PROFILE, "FLASH_ATTN_MLA", "m", "m", (), (), (), tuple(Variant(v, "") for v in variants),
-                     loads_from([8], 100, 10, 1), repeats, 8000, "vllm")
-
-
 def test_the_crossover_runs_each_variant_equally_often_before_and_after_the_default():
-    plan = _plan(("default", "profile", "flags"), 4)
+    plan = _plan(4, ("default", "profile", "flags"))
     order = [s.label for s in plan.starts()]
     assert order == ["r1-default", "r1-profile", "r1-flags", "r2-flags", "r2-profile", "r2-default",
                      "r3-default", "r3-profile", "r3-flags", "r4-flags", "r4-profile", "r4-default"]
@@ -393,7 +388,7 @@ def test_the_crossover_runs_each_variant_equally_often_before_and_after_the_defa
 def test_ratios_pair_by_repeat_not_by_position_and_read_above_1_as_better():
     """A slow drift over the session and a variant 10% faster at every repeat: each metric's ratio is ~1.1
     whatever the order, throughput and latency agree, and flags (no change) is ~1."""
-    plan = _plan(("default", "profile", "flags"), 4)
+    plan = _plan(4, ("default", "profile", "flags"))
     runs = []
     for s in plan.starts():
         t = 10.0 * (1 + 0.01 * s.index) / (1.1 if s.variant.name == "profile" else 1.0)
@@ -409,7 +404,7 @@ def test_ratios_pair_by_repeat_not_by_position_and_read_above_1_as_better():
 
 
 def test_a_variant_run_without_its_repeats_default_is_left_out_not_paired_with_another_default():
-    plan = _plan(("default", "profile"), 3)
+    plan = _plan(3)
     runs = [RunResult(s, plan.loads[0], {m.key: 10.0 for m in METRICS}, "x") for s in plan.starts()
             if s.label != "r2-default"]
     r = summarize(plan, runs, {}).ratio("profile", plan.loads[0], "mean_tpot_ms")

@@ -69,9 +69,10 @@ def run_bench(plan: BenchPlan, out: Path, progress: Progress = lambda _: None, e
                     continue
                 _serve(plan, start, missing, out, env, timeouts, progress, head)
                 _write_summary(out, summarize(plan, _completed(plan, out), environment))
-    finally:
-        _write_summary(out, summarize(plan, _completed(plan, out), environment))
-    return summarize(plan, _completed(plan, out), environment)
+    finally:  # however the loop ends: the summary of what is kept
+        summary = summarize(plan, _completed(plan, out), environment)
+        _write_summary(out, summary)
+    return summary
 
 
 @contextlib.contextmanager
