@@ -17,9 +17,9 @@
 #   e2e     bench/e2e.py: vLLM's engine (16 dense DeepSeek-V3-width layers) with vLLM's default, the deployed
 #           profile and cap 1 set globally, at 8 and 256 requests of 3k context
 #   prove   `mla-tune bench-serve` of the verify step's profile on `vllm serve` (16 dense layers, dummy weights, a
-#           word-level tokenizer: bench/serve_model.py) at 8, 64 and 256 requests, 3 crossed-over repeats; needs the
-#           serve kit (bench/kit-requirements-vllm-0.20.0-serve.txt) in /opt/mla-kit/site. About 15 min: the same
-#           step in the next call resumes where the last one was cut (not yet run on a GPU)
+#           word-level tokenizer: bench/serve_model.py) at 8, 64 and 256 requests of 2000 + 128 tokens, one wave
+#           each, 3 crossed-over repeats; needs the serve kit (bench/kit-requirements-vllm-0.20.0-serve.txt) in
+#           /opt/mla-kit/site. About 15 min: the same step in the next call resumes where the last one was cut
 set -uo pipefail
 [[ ${1:-} ]] || { sed -n 2,20p "$0"; exit 2; }
 
@@ -71,6 +71,10 @@ for step in "$@"; do
       > logs/study-hot.log 2>&1; echo "rc $?" >> logs/study-hot.log
     grep -v "^\[I " logs/study-hot.log | tail -n 8; mt show logs/hot.yaml 2>&1 | tail -n 12 ;;
   verify)
+    if [[ ! -f logs/cool.yaml && -f .gpurun/fallback-cool.yaml ]]; then
+      # the cool study failed in this session: deploy the one an earlier session's study exported (said in the log)
+      cp .gpurun/fallback-cool.yaml logs/cool.yaml && echo "FALLBACK: cool.yaml of an earlier session" | tee logs/FALLBACK
+    fi
     [[ -f logs/cool.yaml ]] || mt export -o logs/cool.yaml --backend FLASH_ATTN_MLA --tp 1 --storage studies/cool.journal
     mt deploy logs/cool.yaml --workload decode_4k -o logs/profile.yaml > logs/deploy.log 2>&1; cat logs/deploy.log
     lim 200 python3 -m mla_tune.cli verify logs/profile.yaml > logs/verify.log 2>&1; echo "rc $?" >> logs/verify.log
@@ -89,8 +93,8 @@ for step in "$@"; do
     [[ -d /tmp/serve-model ]] || python3 bench/serve_model.py /tmp/serve-model > logs/serve-model.log 2>&1
     printf '#!/bin/sh\nexec python3 -m vllm.entrypoints.cli.main "$@"\n' > /tmp/vllm && chmod +x /tmp/vllm
     VLLM_LOGGING_LEVEL=INFO lim 560 python3 -m mla_tune.cli bench-serve logs/profile.yaml --model /tmp/serve-model \
-      -o logs/bench-serve --vllm-bin /tmp/vllm --concurrency 8,64,256 --repeats 3 --waves 2 --input-len 2000 \
-      --output-len 256 -- --load-format dummy --max-model-len 4096 --max-num-seqs 256 --gpu-memory-utilization 0.85 \
+      -o logs/bench-serve --vllm-bin /tmp/vllm --concurrency 8,64,256 --repeats 3 --waves 1 --input-len 2000 \
+      --output-len 128 -- --load-format dummy --max-model-len 4096 --max-num-seqs 256 --gpu-memory-utilization 0.85 \
       --compilation-config '{"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}' > logs/bench-serve.log 2>&1
     echo "rc $?" >> logs/bench-serve.log; tail -n 30 logs/bench-serve.log ;;
   *) echo "unknown step $step" ;;
