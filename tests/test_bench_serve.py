@@ -16,7 +16,9 @@ from typer.testing import CliRunner
 
 from mla_tune.cli import app
 from mla_tune.errors import UsageError
-from mla_tune.prove.plan import BenchPlan, Load, Start, Variant, loads_from, loads_from_traffic, split_server_args
+from mla_tune.prove.bench import _completed as bench_completed
+from mla_tune.prove.plan import (BenchPlan, Load, Start, Variant, loads_from, loads_from_traffic, make_plan,
+                                 split_server_args)
 from mla_tune.prove.summary import METRICS, RunResult, summarize
 from mla_tune.traffic_io import Traffic
 
@@ -99,12 +101,31 @@ def test_a_run_crosses_the_variants_over_and_claims_only_what_the_intervals_show
 def test_the_same_command_resumes_only_what_is_missing(tmp_path, vllm, model):
     out = tmp_path / "out"
     assert bench(vllm, model, out).exit_code == 0
-    (out / "runs" / "r2-profile-c64-in2000-out500.json").unlink()
+    cut = out / "runs" / "r2-profile-c64-in2000-out500.json"
+    earlier = out / "runs" / "r2-profile-c8-in2000-out500.json"
+    before = earlier.read_bytes()
+    cut.unlink()  # as if stopped during the start's last load
     r = bench(vllm, model, out)  # on another free port: the port is no part of what is measured
     assert r.exit_code == 0, r.output
-    assert counter(tmp_path, "serve") == 7 and counter(tmp_path, "bench") == 13  # one server, one client again
-    assert "every load done earlier, kept" in r.output
-    assert json.loads((out / "summary.json").read_text())["complete"] is True
+    # the start cut short runs again whole, on one server: its first load too, so that no run of it is the first
+    # on its server where the same run of every other start was not
+    assert counter(tmp_path, "serve") == 7 and counter(tmp_path, "bench") == 14
+    assert "every load done earlier, kept" in r.output and "set aside in superseded/" in r.output
+    assert (out / "superseded" / earlier.name).read_bytes() == before  # kept, not lost
+    assert cut.exists() and earlier.exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is True and not any("superseded" in run["result"] for run in summary["runs"])
+
+
+def test_the_summary_counts_only_whole_starts(tmp_path, vllm, model):
+    out = tmp_path / "out"
+    assert bench(vllm, model, out).exit_code == 0
+    (out / "runs" / "r2-profile-c64-in2000-out500.json").unlink()
+    plan = make_plan(PROFILE, str(model), ["--load-format", "dummy"], concurrency=(8, 64), waves=1, repeats=2)
+    runs = bench_completed(plan, out)
+    assert not [x for x in runs if x.start.label == "r2-profile"]  # its c8 run alone is not compared
+    assert {x.start.label for x in runs} == {s.label for s in plan.starts()} - {"r2-profile"}
+    assert len(runs) == 2 * (len(plan.starts()) - 1)
 
 
 def test_a_folder_of_another_plan_is_refused(tmp_path, vllm, model):
