@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -63,8 +64,14 @@ def _version(module: str) -> str:
 
 
 class Session:
-    def __init__(self, options: RunnerOptions) -> None:
+    """One GPU's vLLM objects cached across measurements, and the measuring of cases with them.
+
+    ``timer`` makes the timer of each paired recording (``_interleave.Timer``: CUDA events here); tests give a
+    fake one, with fakes of torch and of the engine functions, so that this logic runs on CPU."""
+
+    def __init__(self, options: RunnerOptions, timer: Callable[[], _interleave.Timer] | None = None) -> None:
         self.options = options
+        self.new_timer: Callable[[], _interleave.Timer] = timer or tm.CudaTimer
         self.device = torch.device("cuda", options.device)
         torch.cuda.set_device(self.device)
         self.step = ""
@@ -344,7 +351,7 @@ class Session:
         t = time.perf_counter()
         clocks = self.clocks()
         layers = next(iter(prepared.values()))[1].layers
-        rec = _interleave.record(replays, layers, tm.CudaTimer(), self.options.paired_policy, self.options.seed,
+        rec = _interleave.record(replays, layers, self.new_timer(), self.options.paired_policy, self.options.seed,
                                  clocks.read, eager=eager)
         phases["timed_s"] = time.perf_counter() - t
         del graphs
