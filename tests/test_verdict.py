@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mla_tune.records import Candidate, Rounds
-from mla_tune.study.verdict import judge, judge_candidates, verdict_of
+from mla_tune.study.verdict import judge_candidates, verdict_of
 
 DEFAULT = (1.000, 1.002, 0.999, 1.001, 1.000, 1.002)
 
@@ -42,9 +42,10 @@ def test_verdicts_of_what_did_not_win():
     assert verdict_of(failed, None) == "failed"
 
 
-def test_judge_over_stored_candidates_keeps_what_it_does_not_recompute():
+def test_judging_stored_candidates_keeps_what_it_does_not_recompute():
     stored = [candidate(1, 1.010, 1.012).to_attrs() | {"ci95": [1.0, 1.02]},
               {"trial": 2, "configs": [{"s": 2}], "status": "failed", "message": "64q1s4k: oom: no"}]
-    out, winner = judge({"candidates": stored})
+    judged, winner, _ = judge_candidates([Candidate.from_attrs(c) for c in stored])
+    out = [c.to_attrs() for c in judged]
     assert winner is None and out[0]["significant"] is False and out[0]["ci95"] == [1.0, 1.02]
     assert out[1] == stored[1] and out[0]["round_ms"]["again"] == stored[0]["round_ms"]["again"]

@@ -12,9 +12,8 @@ difference is not the config's. Confirmations stored before the floor existed ar
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 from ..records import Candidate, Confirmation, NoiseFloor, Rounds
 from ..stats import PairedSpeedup, familywise_level, paired_speedup, round_sig
@@ -72,15 +71,6 @@ def judged(conf: Confirmation) -> Confirmation:
     return replace(conf, candidates=tuple(cands), winner=winner, floor=floor)
 
 
-def judge(conf: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int | None]:
-    """``judge_candidates`` over a stored confirmation (``Confirmation.to_attrs``): its candidates as stored attrs
-    with the verdict set, and the winner's index."""
-    floor = conf.get("floor_rounds")
-    cands, winner, _ = judge_candidates([Candidate.from_attrs(c) for c in conf.get("candidates") or []],
-                                        Rounds.from_attrs(floor) if floor else None)
-    return [c.to_attrs() for c in cands], winner
-
-
 def verdict_of(c: Candidate, floor: NoiseFloor | None) -> str:
     """What a judged candidate's confirmation says: ``tuned``, ``failed``, ``slower`` (its interval below 1),
     ``under floor`` (above 1 but not above the noise floor's interval) or ``noise``."""
@@ -97,4 +87,4 @@ def verdict_of(c: Candidate, floor: NoiseFloor | None) -> str:
     return "noise"
 
 
-__all__ = ["FAMILY_LEVEL", "judge", "judge_candidates", "judged", "verdict_of"]
+__all__ = ["FAMILY_LEVEL", "judge_candidates", "judged", "verdict_of"]

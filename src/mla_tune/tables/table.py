@@ -11,7 +11,8 @@ from ..errors import UsageError
 from ..space import format_config
 from ..space_auto import AUTO
 from ..stats import round_sig
-from ..study.verdict import judge
+from ..records import Candidate, Confirmation
+from ..study.verdict import judged
 from .entry import BestCandidate, Interval, TableEntry, Trials, entries
 from .summary import StudySummary
 
@@ -64,24 +65,40 @@ def _entry(s: StudySummary) -> TableEntry:
     if s.best_value is None and s.failed and (s.baseline or {}).get("status") not in (None, "ok"):
         return _failing(base, s)
     # Judged again from the stored rounds, so every table applies the current statistics to the raw data.
-    cands, winner = judge(conf)
-    cands = _unweighted(cands, s)
-    if winner is None:
+    confirmation = judged(Confirmation.from_attrs(conf))
+    cands = _unweighted(confirmation.candidates, s)
+    if confirmation.winner is None:
         return _default_kept(base, cands, s)
-    c = cands[winner]
-    params, same = _as_default_where_equivalent(c["configs"], defaults, s.baseline)
+    c = cands[confirmation.winner]
+    params, same = _as_default_where_equivalent(c.configs, defaults, s.baseline)
     if params == defaults:  # the "winner" runs the default's kernels: its gain can only be noise
-        return replace(base, default_ms=c["default_ms"], best_ms=c["default_ms"], confirmed=Interval(1.0),
-                       samples={"default": c["samples"]["default"]},
+        return replace(base, default_ms=c.default_ms, best_ms=c.default_ms, confirmed=Interval(1.0),
+                       samples={"default": _samples(c)["default"]},
                        note=f"keeping vLLM's defaults: the confirmed config (prefill_backend {same}) runs the "
-                            f"same kernels as auto here, so its x{c['speedup']:.3f} is noise")
+                            f"same kernels as auto here, so its x{_speedup(c):.3f} is noise")
     replayed = s.attrs.get("environment", {}).get("runner") == "replay"
-    note = f"confirmed x{c['speedup']:.3f} over vLLM's default in {conf['rounds']} " + _rounds_kind(conf, replayed)
+    note = (f"confirmed x{_speedup(c):.3f} over vLLM's default in {confirmation.rounds} "
+            + _rounds_kind(confirmation.pairing, replayed))
     if same:
         note += f"; prefill_backend {same} is what auto selects here, so the default is kept for it"
-    return replace(base, tuned=True, params=tuple(params), note=note, default_ms=c["default_ms"],
-                   best_ms=c["best_ms"], confirmed=Interval(c["speedup"], tuple(c["ci"]), c["ci_level"]),
-                   samples=dict(c["samples"]))
+    return replace(base, tuned=True, params=tuple(params), note=note, default_ms=c.default_ms,
+                   best_ms=c.best_ms, confirmed=Interval(_speedup(c), _ci(c), c.ci_level),
+                   samples=dict(_samples(c)))
+
+
+# A judged candidate (``verdict.judged``) has its verdict set; these read it where the type checker cannot see that.
+def _speedup(c: Candidate) -> float:
+    assert c.speedup is not None, c
+    return c.speedup
+
+
+def _ci(c: Candidate) -> tuple[float, float]:
+    assert c.ci is not None, c
+    return c.ci
+
+
+def _samples(c: Candidate) -> dict[str, int]:
+    return dict(c.samples or {})
 
 
 def _failing(base: TableEntry, s: StudySummary) -> TableEntry:
@@ -91,17 +108,17 @@ def _failing(base: TableEntry, s: StudySummary) -> TableEntry:
                    "included; do not serve this shape with this backend")
 
 
-def _default_kept(base: TableEntry, cands: list[dict[str, Any]], s: StudySummary) -> TableEntry:
+def _default_kept(base: TableEntry, cands: tuple[Candidate, ...], s: StudySummary) -> TableEntry:
     """No candidate confirmed: vLLM's default served, the fastest candidate shown with its interval."""
     base = replace(base, note=_why_default(cands))
-    ok = [c for c in cands if c["status"] == "ok"]
+    ok = [c for c in cands if c.status == "ok"]
     if ok:
-        c = max(ok, key=lambda x: x["speedup"])
-        kept_ci = all(math.isfinite(x) for x in c["ci"])  # a candidate kept without its rounds has no interval
-        interval = Interval(c["speedup"], tuple(c["ci"]), c["ci_level"]) if kept_ci else Interval(c["speedup"])
-        return replace(base, default_ms=c["default_ms"], best_ms=c["default_ms"], confirmed=Interval(1.0),
-                       samples={"default": c["samples"]["default"]},
-                       best_candidate=BestCandidate(tuple(c["configs"]), c["best_ms"], interval))
+        c = max(ok, key=_speedup)
+        kept_ci = all(math.isfinite(x) for x in _ci(c))  # a candidate kept without its rounds has no interval
+        interval = Interval(_speedup(c), _ci(c), c.ci_level) if kept_ci else Interval(_speedup(c))
+        return replace(base, default_ms=c.default_ms, best_ms=c.default_ms, confirmed=Interval(1.0),
+                       samples={"default": _samples(c)["default"]},
+                       best_candidate=BestCandidate(tuple(c.configs), c.best_ms, interval))
     if s.baseline and s.baseline.get("median_ms") is not None:
         ms = s.baseline["median_ms"]
         return replace(base, default_ms=ms, best_ms=ms, confirmed=Interval(1.0),
@@ -109,10 +126,9 @@ def _default_kept(base: TableEntry, cands: list[dict[str, Any]], s: StudySummary
     return base
 
 
-def _rounds_kind(conf: dict[str, Any], replayed: bool) -> str:
-    """How the confirmation's rounds were recorded: interleaved with the default in one recording (since paired
-    recording), replayed from such pairs, or (older confirmations) separate recordings back to back."""
-    pairing = conf.get("pairing")
+def _rounds_kind(pairing: str | None, replayed: bool) -> str:
+    """How the confirmation's rounds were recorded (its ``pairing``): interleaved with the default in one recording
+    (since paired recording), replayed from such pairs, or (older confirmations) separate recordings back to back."""
     if pairing is None:  # stored before paired recordings
         return ("replayed rounds (resampled from one recording per config, not paired in time)" if replayed
                 else "paired rounds (separate recordings, back to back)")
@@ -126,14 +142,15 @@ def _rounds_kind(conf: dict[str, Any], replayed: bool) -> str:
     return f"rounds ({pairing})"
 
 
-def _unweighted(cands: list[dict[str, Any]], s: StudySummary) -> list[dict[str, Any]]:
+def _unweighted(cands: tuple[Candidate, ...], s: StudySummary) -> tuple[Candidate, ...]:
     """Candidates' times as one shape's times: a per-shape study of schema 1 stored them multiplied by the shape's
     weight (a bug: a weight belongs to a traffic mix, never to one shape's latency)."""
     shapes = s.attrs.get("shapes") or []
     if s.attrs.get("schema_version", 1) >= 2 or len(shapes) != 1 or shapes[0].get("weight", 1) == 1:
         return cands
     w = shapes[0]["weight"]
-    return [c | {k: round_sig(c[k] / w) for k in ("default_ms", "best_ms") if c.get(k) is not None} for c in cands]
+    return tuple(replace(c, default_ms=None if c.default_ms is None else round_sig(c.default_ms / w),
+                         best_ms=None if c.best_ms is None else round_sig(c.best_ms / w)) for c in cands)
 
 
 def _as_default_where_equivalent(configs: list[dict], defaults: list[dict], baseline: dict[str, Any] | None
@@ -154,19 +171,19 @@ def _as_default_where_equivalent(configs: list[dict], defaults: list[dict], base
     return out, same
 
 
-def _why_default(cands: list[dict[str, Any]]) -> str:
-    ok = [c for c in cands if c["status"] == "ok"]
+def _why_default(cands: tuple[Candidate, ...]) -> str:
+    ok = [c for c in cands if c.status == "ok"]
     if not cands:
         return "keeping vLLM's defaults: no other config completed that runs differently from them"
     if not ok:
         return "keeping vLLM's defaults: every candidate failed confirmation"
-    c = max(ok, key=lambda x: x["speedup"])
-    lo, hi = c["ci"]
+    c = max(ok, key=_speedup)
+    lo, hi = _ci(c)
     if hi < 1:
-        return (f"keeping vLLM's defaults: every candidate is slower (best x{c['speedup']:.3f} "
-                f"[{lo:.3f}, {hi:.3f}])")
-    return (f"keeping vLLM's defaults: best candidate ({format_config(c['configs'][0]) if len(c['configs']) == 1 else 'trial ' + str(c['trial'])})"
-            f" x{c['speedup']:.3f} [{lo:.3f}, {hi:.3f}] is not distinguishable from noise")
+        return f"keeping vLLM's defaults: every candidate is slower (best x{_speedup(c):.3f} [{lo:.3f}, {hi:.3f}])"
+    which = format_config(c.configs[0]) if len(c.configs) == 1 else f"trial {c.trial}"
+    return (f"keeping vLLM's defaults: best candidate ({which}) x{_speedup(c):.3f} [{lo:.3f}, {hi:.3f}] is not "
+            "distinguishable from noise")
 
 
 def build_table(summaries: list[StudySummary]) -> dict[str, Any]:
