@@ -38,6 +38,17 @@ class Interval:
     ci: tuple[float, float] | None = None
     level: float | None = None
 
+    @property
+    def low(self) -> float | None:
+        return self.ci[0] if self.ci is not None else None
+
+    @property
+    def high(self) -> float | None:
+        return self.ci[1] if self.ci is not None else None
+
+    def text(self) -> str:
+        return f"x{self.speedup:.3f}" + (f" [{self.ci[0]:.3f}, {self.ci[1]:.3f}]" if self.ci is not None else "")
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"speedup": self.speedup}
         if self.ci is not None:

@@ -15,6 +15,7 @@ from .. import batch_spec
 from ..paths import safe_component
 from ..stats import round_sig
 from ..types import ParamValue, Shape, freeze_params, gpu_short_name
+from .entry import Interval  # noqa: F401 - one interval record for tables and the views over them
 
 Config = tuple[tuple[str, ParamValue], ...]  # sorted (knob, value) pairs: hashable, comparable
 
@@ -64,20 +65,6 @@ class Source:
     def line(self) -> str:
         return (f"{self.gpu} (SM {self.compute_capability}), vLLM {self.vllm}, torch {self.torch}, CUDA {self.cuda}, "
                 f"runner {self.runner}" + (f", {self.date}" if self.date else ""))
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A confirmed speedup over vLLM's default: geometric mean of paired rounds and its interval."""
-
-    speedup: float
-    low: float | None = None
-    high: float | None = None
-    level: float | None = None
-
-    def text(self) -> str:
-        ci = f" [{self.low:.3f}, {self.high:.3f}]" if self.low is not None and self.high is not None else ""
-        return f"x{self.speedup:.3f}{ci}"
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,7 @@ from ..vllm_adapters import recorded_adapter
 from ..stats import block_speedup, blocks_of
 from ..recordings import read_sweep
 from .export import load_table
-from .landscape import Config, Interval, Landscape, Point, ShapeLandscape, Source, Verdict, freeze
-from .entry import Interval as EntryInterval
+from .landscape import Config, Landscape, Point, ShapeLandscape, Source, Verdict, freeze
 from .entry import TableEntry, entries
 
 
@@ -38,19 +37,14 @@ def read_table(path: Path) -> Landscape:
                      tuple(k.name for k in knobs_for(t["backend"])))
 
 
-def _interval(x: EntryInterval) -> Interval:
-    low, high = x.ci or (None, None)
-    return Interval(x.speedup, low, high, x.level)
-
-
 def _table_shape(e: TableEntry) -> ShapeLandscape:
     defaults = tuple(freeze(c) for c in e.default_params)
     best = e.best_candidate
     verdict = Verdict(
         tuned=e.tuned, params=tuple(freeze(c) for c in e.params) or defaults, default_params=defaults,
         default_ms=e.default_ms, best_ms=e.best_ms,
-        confirmed=_interval(e.confirmed) if e.confirmed is not None else None,
-        candidate=(tuple(freeze(c) for c in best.params), _interval(best.interval)) if best else None,
+        confirmed=e.confirmed,
+        candidate=(tuple(freeze(c) for c in best.params), best.interval) if best else None,
         note=e.note, error=e.error)
     points = sorted((Point(freeze(c), ms) for c, ms in e.landscape), key=lambda p: p.ms)
     default = defaults[0] if e.shape is not None and defaults else None
