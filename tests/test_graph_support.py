@@ -79,5 +79,10 @@ def test_spaces_lists_what_a_vllm_searches():
     assert "as vLLM 0.26 runs them" in r26.output and "as vLLM 0.20 runs them" in r20.output
     triton = lambda out: out[out.index("TRITON_MLA"):out.index("FLASHINFER_MLA")]  # noqa: E731
     assert "cuda_graphs" in triton(r26.output) and "cuda_graphs" not in triton(r20.output)
+    # each family's own notes follow its table, and only its own
+    flat = lambda out: " ".join(out.split())  # noqa: E731 - the console wraps long lines
+    assert "TRITON_MLA runs inside full graphs of single-token decode batches" in flat(r26.output)
+    assert "have no vLLM setting: the plugin applies them" in flat(r20.output)
+    assert "single-token" not in flat(r20.output) and "split count and the reorder" not in flat(r26.output)
     bad = CliRunner().invoke(app, ["spaces", "--vllm", "0.19.0"])
     assert bad.exit_code == 2 and "not supported" in bad.output

@@ -510,7 +510,8 @@ def spaces(models: bool = typer.Option(False, "--models", help="list model prese
         print_models(_console(), list_models())
     else:
         spaces_ = list_spaces(vllm)
-        print_spaces(_console(), spaces_, default_adapter(vllm).label)
+        family = default_adapter(vllm)
+        print_spaces(_console(), spaces_, family.label, family.notes)
 
 
 @app.command()

@@ -250,8 +250,9 @@ def print_workloads(console: Console, workloads: dict[str, Any]) -> None:
     say(console, "ad hoc: --workload spec:8q1s4k@3,256q1s4k@1 (shapes with relative weights) or --traffic FILE")
 
 
-def print_spaces(console: Console, spaces: dict[str, Any], vllm: str = "") -> None:
-    """Each backend's parameters; ``vllm`` ("vLLM 0.26"): the family whose graph support they follow."""
+def print_spaces(console: Console, spaces: dict[str, Any], vllm: str = "", notes: tuple[str, ...] = ()) -> None:
+    """Each backend's parameters; ``vllm`` ("vLLM 0.26"): the family whose graph support they follow, and
+    ``notes``: what its adapter says a user of that family should know."""
     if vllm:
         say(console, f"search spaces as {vllm} runs them (cuda_graphs only where it replays the backend in full "
                      "CUDA graphs; --vllm for another)")
@@ -263,6 +264,8 @@ def print_spaces(console: Console, spaces: dict[str, Any], vllm: str = "") -> No
     add_row(t, "auto", "backend", " ".join(b for b in spaces if b != "auto") + " (those that run here)",
               "vLLM's choice here")
     say(console, t)
+    for note in notes:
+        say(console, f"{vllm}: {note}")
 
 
 def print_models(console: Console, models: dict[str, Any]) -> None:
