@@ -5,9 +5,11 @@ evidence under results/, never a test."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import stat
+import statistics
 import sys
 from pathlib import Path
 
@@ -19,7 +21,8 @@ from mla_tune.errors import UsageError
 from mla_tune.prove.bench import _completed as bench_completed
 from mla_tune.prove.plan import (BenchPlan, Load, Start, Variant, loads_from, loads_from_traffic, make_plan,
                                  split_server_args)
-from mla_tune.prove.summary import METRICS, RunResult, summarize
+from mla_tune.prove.summary import METRICS, Ratio, RunResult, summarize
+from mla_tune.stats import paired_speedup, t_quantile
 from mla_tune.traffic_io import Traffic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -334,3 +337,29 @@ def test_a_repeat_without_its_default_is_not_paired():
 def test_load_and_start_labels():
     assert Load(8, 2000, 500, 32).label == "c8-in2000-out500"
     assert Start(0, 1, Variant("flags", "")).label == "r2-flags"
+
+
+# -- how many repeats would decide an undecided ratio ------------------------------------------------------------
+def _ratio(logs: list[float], level: float = 1 - 0.05 / 12) -> Ratio:
+    """The Ratio summarize() makes of repeats whose log ratios are ``logs``."""
+    ps = paired_speedup([math.exp(x) for x in logs], [1.0] * len(logs), level)
+    return Ratio("profile", Load(256, 2000, 128, 256), METRICS[2], ps.speedup, ps.ci_low, ps.ci_high, ps.rounds, level)
+
+
+def test_an_undecided_gain_says_how_many_repeats_would_decide_it():
+    # the H100's profile at concurrency 256, median ITL: x1.046, x1.055, x1.035 over 3 repeats
+    r = _ratio([math.log(17.05 / 16.30), math.log(16.91 / 16.03), math.log(16.83 / 16.26)])
+    assert r.verdict == "same within noise" and r.repeats_to_decide() == 4
+    # the answer is the first n whose interval, at this mean and spread, clears 1 (checked by a plain scan)
+    logs = [0.02, 0.05, -0.01, 0.04]
+    r = _ratio(logs)
+    sd, mean, q = statistics.stdev(logs), statistics.fmean(logs), 1 - (1 - r.level) / 2
+    first = next(n for n in range(5, 101) if t_quantile(q, n - 1) * sd / math.sqrt(n) < mean)
+    assert r.repeats_to_decide() == first
+
+
+def test_no_repeats_are_suggested_where_nothing_is_worth_deciding():
+    assert _ratio([0.05, 0.051, 0.049]).repeats_to_decide() is None  # decided already (better)
+    assert _ratio([0.004, 0.006, -0.002]).repeats_to_decide() is None  # within 1% of 1: negligible
+    assert _ratio([0.5, -0.45, 0.03]).repeats_to_decide() is None  # would need more than 100 repeats
+    assert _ratio([math.log(1.02)]).repeats_to_decide() is None  # one repeat: no spread to go on

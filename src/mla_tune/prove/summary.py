@@ -17,10 +17,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..stats import familywise_level, paired_speedup, round_sig
+from ..stats import familywise_level, paired_speedup, round_sig, t_quantile
 from .plan import BenchPlan, Load, Start
 
 LEVEL = 0.95
+MAX_REPEATS = 100  # what --repeats allows
+NEGLIGIBLE = 0.01  # a ratio within 1% of 1 is not worth more repeats to decide
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,29 @@ class Ratio:
             return "worse"
         return "same within noise"
 
+    def repeats_to_decide(self) -> int | None:
+        """For a judged ratio whose interval includes 1: about how many repeats would make the interval exclude
+        1 if later repeats showed the mean and spread these did (an estimate, not a promise). None where nothing
+        is undecided, where the ratio is within ``NEGLIGIBLE`` of 1, or where even ``MAX_REPEATS`` would not do."""
+        if self.verdict != "same within noise" or not (0 < self.low < self.ratio < self.high < math.inf):
+            return None
+        if abs(math.log(self.ratio)) < math.log1p(NEGLIGIBLE):
+            return None
+        q = 1 - (1 - self.level) / 2
+        mean = abs(math.log(self.ratio))
+        sd = (math.log(self.high) - math.log(self.low)) / 2 * math.sqrt(self.repeats) / t_quantile(q, self.repeats - 1)
+
+        def decides(n: int) -> bool:
+            return t_quantile(q, n - 1) * sd / math.sqrt(n) < mean
+
+        lo, hi = self.repeats, MAX_REPEATS  # decides() turns true once and stays: bisect for the first n
+        if not decides(hi):
+            return None
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if decides(mid) else (mid, hi)
+        return hi
+
 
 @dataclass(frozen=True)
 class Summary:
@@ -125,6 +150,9 @@ def _ratio_dict(r: Ratio | None) -> dict[str, Any] | None:
     out: dict[str, Any] = {"ratio": round_sig(r.ratio, 5), "repeats": r.repeats, "verdict": r.verdict}
     if r.repeats >= 2:
         out.update(ci=[round_sig(r.low, 5), round_sig(r.high, 5)], ci_level=round_sig(r.level, 5))
+    more = r.repeats_to_decide()
+    if more is not None:
+        out["repeats_to_decide"] = more
     return out
 
 

@@ -59,6 +59,11 @@ def summary_lines(s: Summary) -> list[str]:
                                                                   else "") + f" {_mark(r.verdict)}")
                 row += f"  {cell:<34}"
             out.append(row.rstrip())
+    undecided = [(r, n) for r in s.ratios if (n := r.repeats_to_decide()) is not None]
+    if undecided:
+        out += ["", "undecided at this level; at the mean and spread seen, about this many repeats would decide it:"]
+        out += [f"  {r.variant} {r.metric.label} at concurrency {r.load.concurrency}: x{r.ratio:.3f} "
+                f"[{r.low:.3f}, {r.high:.3f}] -> {n} repeats" for r, n in undecided]
     out += [f"note: {n}" for n in p.notes]
     return [printable(x) for x in out]
 
