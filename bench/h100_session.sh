@@ -64,6 +64,7 @@ for step in "$@"; do
     lim 150 python3 bench/paired_check.py --caps 1,16,64 --recordings 5 -o logs/paired_check.json > logs/paired_check.log 2>&1
     echo "rc $?" >> logs/paired_check.log; cat logs/paired_check.log ;;
   cool)
+    rm -f logs/cool.yaml logs/FALLBACK  # a table of this study or none: never one left from before
     lim 300 python3 -m mla_tune.cli study "${STUDY[@]}" --storage studies/cool.journal --export logs/cool.yaml \
       > logs/study-cool.log 2>&1; echo "rc $?" >> logs/study-cool.log; tail -n 22 logs/study-cool.log ;;
   hot)
@@ -71,11 +72,12 @@ for step in "$@"; do
       > logs/study-hot.log 2>&1; echo "rc $?" >> logs/study-hot.log
     grep -v "^\[I " logs/study-hot.log | tail -n 8; mt show logs/hot.yaml 2>&1 | tail -n 12 ;;
   verify)
+    rm -f logs/FALLBACK
+    [[ -f logs/cool.yaml ]] || mt export -o logs/cool.yaml --backend FLASH_ATTN_MLA --tp 1 --storage studies/cool.journal
     if [[ ! -f logs/cool.yaml && -f .gpurun/fallback-cool.yaml ]]; then
-      # the cool study failed in this session: deploy the one an earlier session's study exported (said in the log)
+      # no table from this session's study: deploy the one an earlier session's study exported (said in the log)
       cp .gpurun/fallback-cool.yaml logs/cool.yaml && echo "FALLBACK: cool.yaml of an earlier session" | tee logs/FALLBACK
     fi
-    [[ -f logs/cool.yaml ]] || mt export -o logs/cool.yaml --backend FLASH_ATTN_MLA --tp 1 --storage studies/cool.journal
     mt deploy logs/cool.yaml --workload decode_4k -o logs/profile.yaml > logs/deploy.log 2>&1; cat logs/deploy.log
     lim 200 python3 -m mla_tune.cli verify logs/profile.yaml > logs/verify.log 2>&1; echo "rc $?" >> logs/verify.log
     cat logs/verify.log ;;

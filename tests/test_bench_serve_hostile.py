@@ -216,6 +216,26 @@ def test_an_unreadable_run_file_is_run_again(done, tmp_path):
     assert counter(tmp_path, "serve") == 1 and "INCOMPLETE" not in r.output, r.output
 
 
+@pytest.mark.parametrize("text", ["null", "[1, 2]", "7", '"result"'])
+def test_a_run_file_that_is_json_but_no_result_is_run_again(done, tmp_path, text):
+    out, args, env = _resume(done, tmp_path)
+    (out / "runs" / "r1-default-c64-in2000-out500.json").write_text(text)
+    r = CliRunner().invoke(app, args, env=env)
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert counter(tmp_path, "serve") == 1 and "not a whole result, run again" in r.output
+    assert json.loads((out / "summary.json").read_text())["complete"] is True
+
+
+def test_a_folder_where_a_run_file_belongs_is_removed_and_run_again(done, tmp_path):
+    out, args, env = _resume(done, tmp_path)
+    run = out / "runs" / "r1-default-c64-in2000-out500.json"
+    run.unlink()
+    run.mkdir()
+    r = CliRunner().invoke(app, args, env=env)
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert run.is_file() and counter(tmp_path, "serve") == 1
+
+
 def test_a_resume_with_nothing_to_run_rewrites_the_summary(done, tmp_path):
     out, args, env = _resume(done, tmp_path)
     stale = json.loads((out / "summary.json").read_text())

@@ -230,8 +230,8 @@ _CANDIDATE_KEYS = ("trial", "configs", "status", "message", "default_ms", "best_
 
 @dataclass(frozen=True)
 class Candidate:
-    """One config confirmed against vLLM's default: its rounds, and the verdict ``verdict.judge_candidates`` drew from them
-    (``speedup``, ``ci``, ``ci_level``, ``significant``; recomputed from the rounds whenever it is read)."""
+    """One config confirmed against vLLM's default: its rounds, and the verdict ``verdict.judge_candidates`` drew
+    from them (``speedup``, ``ci``, ``ci_level``, ``significant``; recomputed from the rounds whenever it is read)."""
 
     trial: int
     configs: tuple[Mapping[str, Any], ...]

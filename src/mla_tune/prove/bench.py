@@ -175,9 +175,12 @@ def _fresh(folder: Path, stem: str, suffix: str) -> Path:
 def _values(path: Path) -> dict[str, float] | None:
     """A kept run's metrics, or None where its file is missing or not a whole result."""
     try:
-        values = values_of(json.loads(path.read_text()))
+        result = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(result, dict):  # ``null``, a list, a number: JSON, but no result of vLLM's
+        return None
+    values = values_of(result)
     return values if all(m.key in values for m in METRICS) else None
 
 
@@ -185,7 +188,10 @@ def _kept(path: Path, progress: Progress) -> bool:
     """Is the run at ``path`` done? A file that is not a whole result is removed, and the run made again."""
     if _values(path) is not None:
         return True
-    if path.exists():
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+        progress(f"{path.name}: a folder, not a result: removed, run again")
+    elif path.exists() or path.is_symlink():
         path.unlink()
         progress(f"{path.name}: not a whole result, run again")
     return False
