@@ -23,6 +23,7 @@ from mla_tune.prove.plan import (BenchPlan, Load, Start, Variant, loads_from, lo
                                  split_server_args)
 from mla_tune.prove.summary import METRICS, Ratio, RunResult, summarize
 from mla_tune.stats import paired_speedup, t_quantile
+from mla_tune.views.render_prove import summary_lines
 from mla_tune.traffic_io import Traffic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -363,3 +364,26 @@ def test_no_repeats_are_suggested_where_nothing_is_worth_deciding():
     assert _ratio([0.004, 0.006, -0.002]).repeats_to_decide() is None  # within 1% of 1: negligible
     assert _ratio([0.5, -0.45, 0.03]).repeats_to_decide() is None  # would need more than 100 repeats
     assert _ratio([math.log(1.02)]).repeats_to_decide() is None  # one repeat: no spread to go on
+
+
+# -- runs far off their variant's other repeats are listed ------------------------------------------------------
+def test_a_run_far_off_its_variants_other_repeats_is_listed_as_suspect():
+    plan = _plan(3, ("default", "profile", "flags"))
+    # the H100's concurrency-256 throughput: two runs ran first on a resumed server, cold
+    tput = {"default": [2210.0, 2211.0, 1753.0], "profile": [2228.0, 2223.0, 2223.0], "flags": [1757.0, 2228.0, 2233.0]}
+    runs = [RunResult(s, plan.loads[0], {m.key: tput[s.variant.name][s.repeat] if m.higher_is_better else 10.0
+                                         for m in METRICS}, f"{s.label}.json") for s in plan.starts()]
+    summary = summarize(plan, runs, {"gpu": "g", "vllm": "0.20.0"})
+    found = {(x.run.start.label, x.metric.key): round(x.off, 2) for x in summary.suspects()}
+    assert found == {("r3-default", "output_throughput"): -0.21, ("r1-flags", "output_throughput"): -0.21}
+    text = "\n".join(summary_lines(summary))
+    assert "suspect runs" in text and "r3-default c8-in100-out10: output throughput 1753 tok/s, -21% against the median 2210" in text
+    assert [x["result"] for x in summary.to_dict()["suspect_runs"]] == ["r1-flags.json", "r3-default.json"]
+
+
+def test_runs_within_the_spread_and_two_repeats_list_no_suspect():
+    plan = _plan(3)
+    steady = summarize(plan, _runs(plan, {"default": [10.0, 10.5, 9.6], "profile": [9.0, 9.4, 8.8]}), {})
+    assert steady.suspects() == [] and "suspect" not in "\n".join(summary_lines(steady))
+    two = _plan(2)  # which of two repeats is off cannot be told
+    assert summarize(two, _runs(two, {"default": [10.0, 20.0], "profile": [9.0, 9.0]}), {}).suspects() == []

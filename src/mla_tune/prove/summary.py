@@ -23,6 +23,7 @@ from .plan import BenchPlan, Load, Start
 LEVEL = 0.95
 MAX_REPEATS = 100  # what --repeats allows
 NEGLIGIBLE = 0.01  # a ratio within 1% of 1 is not worth more repeats to decide
+SUSPECT = 0.10  # a run this far off its variant's median at its load is listed: look at its logs
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,22 @@ class Ratio:
 
 
 @dataclass(frozen=True)
+class Suspect:
+    """A run whose ``metric`` lies more than ``SUSPECT`` off the median of its variant's repeats at the same load
+    (itself included: with 3 repeats or more one odd run cannot move the median): a cold server, a neighbour on the
+    GPU, a client that stalled. Shown, never dropped."""
+
+    run: RunResult
+    metric: Metric
+    value: float
+    median: float  # of the variant's repeats at the load
+
+    @property
+    def off(self) -> float:
+        return self.value / self.median - 1
+
+
+@dataclass(frozen=True)
 class Summary:
     plan: BenchPlan
     runs: tuple[RunResult, ...]
@@ -114,6 +131,20 @@ class Summary:
         runs = [r for r in self.runs if r.start.variant.name == variant and r.load == load]
         return {m.key: statistics.median(r.values[m.key] for r in runs) for m in METRICS
                 if runs and all(m.key in r.values for r in runs)}
+
+    def suspects(self) -> list[Suspect]:
+        """Runs far off their variant's median at their load (judged metrics, 3 repeats or more)."""
+        out = []
+        for r in self.runs:
+            same = [x for x in self.runs if x.load == r.load and x.start.variant == r.start.variant]
+            if len(same) < 3:
+                continue
+            for m in METRICS:
+                if m.judged and all(m.key in x.values for x in same):
+                    median = statistics.median(x.values[m.key] for x in same)
+                    if abs(r.values[m.key] / median - 1) > SUSPECT:
+                        out.append(Suspect(r, m, r.values[m.key], median))
+        return out
 
     def ratio(self, variant: str, load: Load, metric: str) -> Ratio | None:
         return next((r for r in self.ratios if r.variant == variant and r.load == load and r.metric.key == metric),
@@ -141,6 +172,9 @@ class Summary:
             } for x in p.loads],
             "runs": [{"repeat": r.start.repeat + 1, "variant": r.start.variant.name, "order": r.start.index + 1,
                       "load": r.load.label, "result": r.path} for r in self.runs],
+            "suspect_runs": [{"result": x.run.path, "metric": x.metric.key, "value": round_sig(x.value, 5),
+                              "variant_median": round_sig(x.median, 5), "off": round_sig(x.off, 3)}
+                             for x in self.suspects()],
         }
 
 
@@ -197,5 +231,5 @@ def _pairs(runs: Sequence[RunResult], variant: str, load: Load) -> list[tuple[Ma
             if (rep, "default") in by and (rep, variant) in by]
 
 
-__all__ = ["HEADLINE", "LEVEL", "METRICS", "Metric", "Ratio", "RunResult", "Summary", "number", "summarize",
-           "values_of"]
+__all__ = ["HEADLINE", "LEVEL", "METRICS", "Metric", "Ratio", "RunResult", "Summary", "Suspect", "number",
+           "summarize", "values_of"]

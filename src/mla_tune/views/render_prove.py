@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..prove.plan import BenchPlan, shell
-from ..prove.summary import HEADLINE, LEVEL, METRICS, Summary, number
+from ..prove.summary import HEADLINE, LEVEL, METRICS, SUSPECT, Summary, number
 from .text import printable
 
 
@@ -64,6 +64,12 @@ def summary_lines(s: Summary) -> list[str]:
         out += ["", "undecided at this level; at the mean and spread seen, about this many repeats would decide it:"]
         out += [f"  {r.variant} {r.metric.label} at concurrency {r.load.concurrency}: x{r.ratio:.3f} "
                 f"[{r.low:.3f}, {r.high:.3f}] -> {n} repeats" for r, n in undecided]
+    suspects = s.suspects()
+    if suspects:
+        out += ["", f"suspect runs, more than {SUSPECT:.0%} off their variant's median at their load (a cold server, a "
+                "neighbour on the GPU?): look at their logs; they are kept in the ratios above"]
+        out += [f"  {x.run.start.label} {x.run.load.label}: {x.metric.label} {number(x.value)} {x.metric.unit}, "
+                f"{x.off:+.0%} against the median {number(x.median)}" for x in suspects]
     out += [f"note: {n}" for n in p.notes]
     return [printable(x) for x in out]
 
