@@ -387,3 +387,27 @@ def test_runs_within_the_spread_and_two_repeats_list_no_suspect():
     assert steady.suspects() == [] and "suspect" not in "\n".join(summary_lines(steady))
     two = _plan(2)  # which of two repeats is off cannot be told
     assert summarize(two, _runs(two, {"default": [10.0, 20.0], "profile": [9.0, 9.0]}), {}).suspects() == []
+
+
+# -- the profile against the global flag, directly ---------------------------------------------------------------
+def test_the_profile_is_judged_against_the_flags_variant_directly():
+    plan = _plan(3, ("default", "profile", "flags"))
+    # the H100's median ITL at concurrency 8 (ms): the flag costs 4.6%, the profile runs the default's split cap
+    itl = {"default": [9.374, 9.38, 9.376], "profile": [9.363, 9.37, 9.376], "flags": [9.82, 9.828, 9.826]}
+    summary = summarize(plan, _runs(plan, itl), {})
+    direct = summary.ratio("profile", plan.loads[0], "median_itl_ms", "flags")
+    assert direct is not None and direct.label == "profile vs flags" and direct.verdict == "better"
+    assert direct.ratio == pytest.approx(9.825 / 9.370, rel=1e-3)
+    assert direct.level == summary.ratio("profile", plan.loads[0], "median_itl_ms").level == 1 - 0.05 / 3
+    load = summary.to_dict()["loads"][0]
+    assert load["profile_vs_flags"]["median_itl_ms"]["verdict"] == "better"
+    assert set(load["ratios"]) == {"profile", "flags"}  # against the default, as before
+    assert "profile vs flags" in "\n".join(summary_lines(summary))
+
+
+def test_no_direct_comparison_without_both_variants():
+    plan = _plan(3)  # default and profile only
+    summary = summarize(plan, _runs(plan, {"default": [10.0, 10.1, 9.9], "profile": [9.0, 9.1, 8.9]}), {})
+    assert all(r.baseline == "default" for r in summary.ratios)
+    assert "profile_vs_flags" not in summary.to_dict()["loads"][0]
+    assert "profile vs flags" not in "\n".join(summary_lines(summary))

@@ -4,9 +4,12 @@ Pure. A variant's run in repeat r is compared with the default's run in the same
 in the crossed-over order), and the ratios of the repeats give the geometric mean and Student's t interval on
 their logs (``stats.paired_speedup``). Every ratio reads "above 1 is better": throughput variant/default,
 latencies default/variant. A gain (or a loss) is claimed only where the interval excludes 1, and only for the
-judged metrics (throughput, TPOT, ITL: what the profile changes), each at a family-wise 95% over its (variant, load)
-comparisons (Bonferroni), so that a profile that changes nothing is rarely called better or worse. p99 ITL and TTFT
-are shown with their intervals, not judged.
+judged metrics (throughput, TPOT, ITL: what the profile changes), each at a family-wise 95% over its comparisons
+(Bonferroni), so that a profile that changes nothing is rarely called better or worse. p99 ITL and TTFT are shown
+with their intervals, not judged.
+
+Where both ran, the profile is also compared with the flags variant directly, repeat by repeat (they run next to each
+other in every repeat): what the plugin's per-batch choice gains over setting the same value once for every batch.
 """
 
 from __future__ import annotations
@@ -60,11 +63,16 @@ class Ratio:
     variant: str
     load: Load
     metric: Metric
-    ratio: float  # above 1: the variant is better
+    ratio: float  # above 1: the variant is better than the baseline
     low: float
     high: float
     repeats: int
     level: float = LEVEL  # of this interval (family-wise LEVEL over the metric's comparisons)
+    baseline: str = "default"
+
+    @property
+    def label(self) -> str:
+        return self.variant if self.baseline == "default" else f"{self.variant} vs {self.baseline}"
 
     @property
     def verdict(self) -> str:
@@ -146,9 +154,9 @@ class Summary:
                         out.append(Suspect(r, m, r.values[m.key], median))
         return out
 
-    def ratio(self, variant: str, load: Load, metric: str) -> Ratio | None:
-        return next((r for r in self.ratios if r.variant == variant and r.load == load and r.metric.key == metric),
-                    None)
+    def ratio(self, variant: str, load: Load, metric: str, baseline: str = "default") -> Ratio | None:
+        return next((r for r in self.ratios if r.variant == variant and r.load == load and r.metric.key == metric
+                     and r.baseline == baseline), None)
 
     def to_dict(self) -> dict[str, Any]:
         p = self.plan
@@ -156,8 +164,8 @@ class Summary:
             "kind": "mla-tune/bench-serve", "schema_version": 1, "complete": self.complete,
             "environment": dict(self.environment), "profile": str(p.profile), "backend": p.backend,
             "model": p.model, "dummy_weights": p.dummy_weights, "repeats": p.repeats,
-            "level": f"family-wise {LEVEL:.0%} per judged metric over its {(len(p.variants) - 1) * len(p.loads)} "
-                     "(variant, load) comparisons (Bonferroni)",
+            "level": f"family-wise {LEVEL:.0%} per judged metric over its {len(comparisons(p)) * len(p.loads)} "
+                     "(comparison, load) pairs (Bonferroni)",
             "judged_metrics": [m.key for m in METRICS if m.judged], "profile_sha256": p.profile_sha256,
             "client": "vllm bench serve (random dataset, --ignore-eos, --request-rate inf)",
             "variants": [{"name": v.name, "description": v.description} for v in p.variants],
@@ -169,6 +177,8 @@ class Summary:
                             for v in p.variants},
                 "ratios": {v.name: {m.key: _ratio_dict(self.ratio(v.name, x, m.key)) for m in METRICS}
                            for v in p.variants[1:]},
+                **({"profile_vs_flags": {m.key: _ratio_dict(self.ratio("profile", x, m.key, "flags"))
+                                         for m in METRICS}} if ("profile", "flags") in comparisons(p) else {}),
             } for x in p.loads],
             "runs": [{"repeat": r.start.repeat + 1, "variant": r.start.variant.name, "order": r.start.index + 1,
                       "load": r.load.label, "result": r.path} for r in self.runs],
@@ -205,31 +215,40 @@ def values_of(result: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def comparisons(plan: BenchPlan) -> list[tuple[str, str]]:
+    """(variant, baseline) pairs the summary judges: every variant against vLLM's default, and the profile against
+    the flags where both run."""
+    names = [v.name for v in plan.variants]
+    out = [(v, "default") for v in names if v != "default"]
+    return out + ([("profile", "flags")] if "profile" in names and "flags" in names else [])
+
+
 def summarize(plan: BenchPlan, runs: Sequence[RunResult], environment: Mapping[str, str]) -> Summary:
     ratios = []
-    level = familywise_level((len(plan.variants) - 1) * len(plan.loads), LEVEL)  # per metric
-    for v in plan.variants[1:]:
+    pairs_ = comparisons(plan)
+    level = familywise_level(len(pairs_) * len(plan.loads), LEVEL)  # per metric
+    for variant, baseline in pairs_:
         for load in plan.loads:
-            pairs = _pairs(runs, v.name, load)
+            pairs = _pairs(runs, variant, load, baseline)
             for m in METRICS:
-                both = [(d[m.key], x[m.key]) for d, x in pairs if m.key in d and m.key in x]
+                both = [(b[m.key], x[m.key]) for b, x in pairs if m.key in b and m.key in x]
                 if not both:
                     continue
                 base, cand = zip(*both)
-                # paired_speedup gives baseline/candidate: the default over the variant for latencies (above 1:
-                # the variant is faster), the variant over the default for throughput
+                # paired_speedup gives baseline/candidate: the baseline over the variant for latencies (above 1:
+                # the variant is faster), the variant over the baseline for throughput
                 ps = paired_speedup(cand, base, level) if m.higher_is_better else paired_speedup(base, cand, level)
-                ratios.append(Ratio(v.name, load, m, ps.speedup, ps.ci_low, ps.ci_high, ps.rounds, level))
+                ratios.append(Ratio(variant, load, m, ps.speedup, ps.ci_low, ps.ci_high, ps.rounds, level, baseline))
     planned = len(plan.starts()) * len(plan.loads)
     return Summary(plan, tuple(runs), tuple(ratios), dict(environment), len(runs) == planned)
 
 
-def _pairs(runs: Sequence[RunResult], variant: str, load: Load) -> list[tuple[Mapping[str, float],
-                                                                              Mapping[str, float]]]:
+def _pairs(runs: Sequence[RunResult], variant: str, load: Load, baseline: str = "default"
+           ) -> list[tuple[Mapping[str, float], Mapping[str, float]]]:
     by = {(r.start.repeat, r.start.variant.name): r.values for r in runs if r.load == load}
-    return [(by[(rep, "default")], by[(rep, variant)]) for rep in sorted({k[0] for k in by})
-            if (rep, "default") in by and (rep, variant) in by]
+    return [(by[(rep, baseline)], by[(rep, variant)]) for rep in sorted({k[0] for k in by})
+            if (rep, baseline) in by and (rep, variant) in by]
 
 
-__all__ = ["HEADLINE", "LEVEL", "METRICS", "Metric", "Ratio", "RunResult", "Summary", "Suspect", "number",
-           "summarize", "values_of"]
+__all__ = ["HEADLINE", "LEVEL", "METRICS", "Metric", "Ratio", "RunResult", "Summary", "Suspect", "comparisons",
+           "number", "summarize", "values_of"]

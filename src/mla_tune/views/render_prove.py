@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..prove.plan import BenchPlan, shell
-from ..prove.summary import HEADLINE, LEVEL, METRICS, SUSPECT, Summary, number
+from ..prove.summary import HEADLINE, LEVEL, METRICS, SUSPECT, Summary, comparisons, number
 from .text import printable
 
 
@@ -32,12 +32,16 @@ def summary_lines(s: Summary) -> list[str]:
     """The ratios to vLLM's default per load: each variant's value, ratio and interval for the headline metrics."""
     p = s.plan
     env = s.environment
+    direct = ("profile", "flags") in comparisons(p)
+    columns = [(v.name, "default", v.name) for v in p.variants[1:]] + (
+        [("profile", "flags", "profile vs flags")] if direct else [])
     out = [f"bench-serve on {env.get('gpu', 'unknown')}, vLLM {env.get('vllm', 'unknown')}: profile {p.profile} "
            f"({p.backend}) on {p.model}{' (dummy weights)' if p.dummy_weights else ''}; vllm bench serve, "
            f"{p.repeats} crossed-over repeats{'' if s.complete else ' (INCOMPLETE: some runs missing)'}",
            f"ratios to vLLM's default, above 1 = better, [interval over the repeats, family-wise {LEVEL:.0%} per metric "
-           f"over its {(len(p.variants) - 1) * len(p.loads)} comparisons]; a gain or loss is claimed only where it "
-           "excludes 1, for throughput, TPOT and ITL (p99 ITL and TTFT: shown, not judged)"]
+           f"over its {len(comparisons(p)) * len(p.loads)} comparisons]; a gain or loss is claimed only where it "
+           "excludes 1, for throughput, TPOT and ITL (p99 ITL and TTFT: shown, not judged)"
+           + ("; 'profile vs flags': the profile's ratio to the flags variant" if direct else "")]
     out += [f"  {v.name}: {v.description}" for v in p.variants]
     for load in p.loads:
         out.append("")
@@ -45,16 +49,16 @@ def summary_lines(s: Summary) -> list[str]:
         out.append(f"concurrency {load.concurrency}, input {load.input_len}, output {load.output_len} tokens, "
                    f"{load.num_prompts} requests{traffic}")
         head = f"  {'metric':<27}{'default':>10}"
-        for v in p.variants[1:]:
-            head += f"  {v.name:<34}"
+        for _, _, title in columns:
+            head += f"  {title:<34}"
         out.append(head.rstrip())
         default = s.medians("default", load)
         for m in METRICS:
             if m.key not in default:
                 continue
             row = f"  {m.label + ' (' + m.unit + ')':<27}{number(default[m.key]):>10}"
-            for v in p.variants[1:]:
-                r = s.ratio(v.name, load, m.key)
+            for variant, baseline, _ in columns:
+                r = s.ratio(variant, load, m.key, baseline)
                 cell = "-" if r is None else (f"x{r.ratio:.3f}" + (f" [{r.low:.3f}, {r.high:.3f}]" if r.repeats >= 2
                                                                   else "") + f" {_mark(r.verdict)}")
                 row += f"  {cell:<34}"
@@ -62,7 +66,7 @@ def summary_lines(s: Summary) -> list[str]:
     undecided = [(r, n) for r in s.ratios if (n := r.repeats_to_decide()) is not None]
     if undecided:
         out += ["", "undecided at this level; at the mean and spread seen, about this many repeats would decide it:"]
-        out += [f"  {r.variant} {r.metric.label} at concurrency {r.load.concurrency}: x{r.ratio:.3f} "
+        out += [f"  {r.label} {r.metric.label} at concurrency {r.load.concurrency}: x{r.ratio:.3f} "
                 f"[{r.low:.3f}, {r.high:.3f}] -> {n} repeats" for r, n in undecided]
     suspects = s.suspects()
     if suspects:
