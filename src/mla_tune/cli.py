@@ -452,7 +452,8 @@ def bench_serve(
     dry_run: bool = typer.Option(False, "--dry-run", help="print every server and client command; start nothing"),
 ) -> None:
     """Prove a profile on vllm serve with vLLM's own client: vLLM's default, the profile and its values as global
-    flags, each in a fresh server, crossed over and repeated; ratios to the default with intervals."""
+    flags, each in a fresh server, crossed over and repeated; ratios to the default (and of the profile to the flags)
+    with intervals."""
     from . import api
     from .errors import UsageError
     from .views.render_prove import dry_run_lines, summary_lines
