@@ -92,10 +92,10 @@ class Ratio:
         is undecided, where the ratio is within ``NEGLIGIBLE`` of 1, or where even ``MAX_REPEATS`` would not do."""
         if self.verdict != "same within noise" or not (0 < self.low < self.ratio < self.high < math.inf):
             return None
-        if abs(math.log(self.ratio)) < math.log1p(NEGLIGIBLE):
+        mean = abs(math.log(self.ratio))
+        if mean < math.log1p(NEGLIGIBLE):
             return None
         q = 1 - (1 - self.level) / 2
-        mean = abs(math.log(self.ratio))
         sd = (math.log(self.high) - math.log(self.low)) / 2 * math.sqrt(self.repeats) / t_quantile(q, self.repeats - 1)
 
         def decides(n: int) -> bool:
@@ -144,14 +144,12 @@ class Summary:
         """Runs far off their variant's median at their load (judged metrics, 3 repeats or more)."""
         out = []
         for r in self.runs:
-            same = [x for x in self.runs if x.load == r.load and x.start.variant == r.start.variant]
-            if len(same) < 3:
+            if sum(x.load == r.load and x.start.variant == r.start.variant for x in self.runs) < 3:
                 continue
+            medians = self.medians(r.start.variant.name, r.load)
             for m in METRICS:
-                if m.judged and all(m.key in x.values for x in same):
-                    median = statistics.median(x.values[m.key] for x in same)
-                    if abs(r.values[m.key] / median - 1) > SUSPECT:
-                        out.append(Suspect(r, m, r.values[m.key], median))
+                if m.judged and m.key in medians and abs(r.values[m.key] / medians[m.key] - 1) > SUSPECT:
+                    out.append(Suspect(r, m, r.values[m.key], medians[m.key]))
         return out
 
     def ratio(self, variant: str, load: Load, metric: str, baseline: str = "default") -> Ratio | None:

@@ -15,7 +15,7 @@ from .. import batch_spec
 from ..paths import safe_component
 from ..stats import round_sig
 from ..types import ParamValue, Shape, freeze_params, gpu_short_name
-from .entry import Interval  # noqa: F401 - one interval record for tables and the views over them
+from .entry import Interval  # one interval record for tables and the views over them
 
 Config = tuple[tuple[str, ParamValue], ...]  # sorted (knob, value) pairs: hashable, comparable
 

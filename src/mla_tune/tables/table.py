@@ -83,7 +83,7 @@ def _entry(s: StudySummary) -> TableEntry:
         note += f"; prefill_backend {same} is what auto selects here, so the default is kept for it"
     return replace(base, tuned=True, params=tuple(params), note=note, default_ms=c.default_ms,
                    best_ms=c.best_ms, confirmed=Interval(_speedup(c), _ci(c), c.ci_level),
-                   samples=dict(_samples(c)))
+                   samples=_samples(c))
 
 
 # A judged candidate (``verdict.judged``) has its verdict set; these read it where the type checker cannot see that.
